@@ -1,0 +1,659 @@
+"""Tests for tunnelpy.config: valid files, wg-quick files, key files and every error kind."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+
+from tunnelpy import config, keys
+from tunnelpy.config import ConfigError
+
+# RFC 7748 §6.1 pairs (Alice, Bob) and one made with wg genkey / wg pubkey.
+OWN_PRIVATE = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo="
+OWN_PUBLIC = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+PEER_A = "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08="
+PEER_B = "5xRorQBUyfD0nGS4oLtjWGDc3UGd3u/DlaH3E7JQH3Y="
+PSK = "+VBA3uEc0idAs6BLnop9sEpdUPr5KljAOxJ8SLK6lkQ="  # from wg genpsk
+
+
+def interface(*extra: str) -> str:
+    return "\n".join(["[Interface]", f"PrivateKey = {OWN_PRIVATE}", *extra]) + "\n"
+
+
+def error_of(text: str, path: str = "site.conf") -> str:
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def expect_error(text: str, line: int, where: str, fragment: str) -> None:
+    message = error_of(text)
+    prefix = f"site.conf:{line}: {where}: " if where else f"site.conf:{line}: "
+    assert message.startswith(prefix), message
+    assert fragment in message, message
+
+
+# ---------------------------------------------------------------------------------------------
+# Valid files
+
+
+FULL = f"""\
+# tunnelpy site link, all keys
+[Interface]
+Name = site-a
+PrivateKey = {OWN_PRIVATE}
+ListenPort = 51820
+Address = 10.10.0.1/24, fd10::1/64
+Address = 10.10.1.1/24
+MTU = 1380
+FwMark = 0x51820
+LogLevel = DEBUG
+
+[Peer]
+Name = site-b
+PublicKey = {PEER_A}
+PresharedKey = {PSK}
+Endpoint = 203.0.113.7:51820
+AllowedIPs = 10.10.0.2/32, 192.168.20.0/24
+AllowedIPs = fd10::2/128
+PersistentKeepalive = 25
+
+[Peer]  # unnamed, v6 endpoint
+PublicKey = {PEER_B}
+Endpoint = [2001:db8::7]:4500
+AllowedIPs = 10.10.0.3/32
+"""
+
+
+def test_full_valid_file() -> None:
+    cfg = config.parse(FULL, "site.conf")
+    assert cfg.path == "site.conf"
+    assert cfg.warnings == ()
+    i = cfg.interface
+    assert i.name == "site-a"
+    assert i.private_key == keys.decode_key(OWN_PRIVATE)
+    assert i.public_key == keys.decode_key(OWN_PUBLIC)
+    assert i.listen_port == 51820
+    assert i.addresses == (
+        ipaddress.ip_interface("10.10.0.1/24"),
+        ipaddress.ip_interface("fd10::1/64"),
+        ipaddress.ip_interface("10.10.1.1/24"),
+    )
+    assert i.mtu == 1380
+    assert i.fwmark == 0x51820
+    assert i.log_level == "debug"
+    assert i.line == 2
+    a, b = cfg.peers
+    assert a.name == "site-b"
+    assert a.public_key == keys.decode_key(PEER_A)
+    assert a.preshared_key == keys.decode_key(PSK)
+    assert a.endpoint == ("203.0.113.7", 51820)
+    assert a.allowed_ips == (
+        ipaddress.ip_network("10.10.0.2/32"),
+        ipaddress.ip_network("192.168.20.0/24"),
+        ipaddress.ip_network("fd10::2/128"),
+    )
+    assert a.persistent_keepalive == 25
+    assert a.line == 12
+    assert b.name == PEER_B[:8]
+    assert b.preshared_key is None
+    assert b.endpoint == ("2001:db8::7", 4500)
+    assert b.persistent_keepalive is None
+    assert b.line == 21
+
+
+def test_secrets_are_not_in_repr() -> None:
+    cfg = config.parse(FULL)
+    text = repr(cfg)
+    assert repr(keys.decode_key(OWN_PRIVATE)) not in text
+    assert repr(keys.decode_key(PSK)) not in text
+
+
+def test_defaults_and_minimal_file() -> None:
+    cfg = config.parse(interface(), default_name="wg7")
+    i = cfg.interface
+    assert (i.name, i.listen_port, i.addresses, i.mtu, i.fwmark) == ("wg7", None, (), 1420, None)
+    assert (i.dns, i.table, i.post_up, i.save_config, i.log_level) == ((), None, (), False, None)
+    assert cfg.peers == ()
+
+
+WG_QUICK = f"""\
+[Interface]
+Address = 10.200.100.8/24
+DNS = 10.200.100.1, example.internal
+DNS = fd00::53
+PrivateKey = {OWN_PRIVATE}
+Table = 1234
+PreUp = echo pre-up
+PostUp = iptables -A FORWARD -i %i -j ACCEPT; iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE
+PostUp = ip rule add table 1234 priority 456, really
+PreDown = echo pre-down
+PostDown = iptables -D FORWARD -i %i -j ACCEPT # trailing comment dropped, as wg-quick does
+SaveConfig = true
+
+[Peer]
+PublicKey = {PEER_A}
+PresharedKey = {PSK}
+AllowedIPs = 0.0.0.0/0, ::/0
+Endpoint = demo.wireguard.com:51820
+"""
+
+
+def test_real_wg_quick_file() -> None:
+    cfg = config.parse(WG_QUICK, "/etc/wireguard/wg0.conf", default_name="wg0")
+    i = cfg.interface
+    assert i.name == "wg0"
+    assert i.dns == ("10.200.100.1", "example.internal", "fd00::53")
+    assert i.table == "1234"
+    assert i.pre_up == ("echo pre-up",)
+    assert i.post_up == (
+        "iptables -A FORWARD -i %i -j ACCEPT; iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE",
+        "ip rule add table 1234 priority 456, really",  # commands are not split on commas
+    )
+    assert i.pre_down == ("echo pre-down",)
+    assert i.post_down == ("iptables -D FORWARD -i %i -j ACCEPT",)
+    assert i.save_config is True
+    assert cfg.warnings == (
+        "/etc/wireguard/wg0.conf:12: Interface.SaveConfig: "
+        "SaveConfig is not supported; the file is never rewritten",
+    )
+    (peer,) = cfg.peers
+    assert peer.endpoint == ("demo.wireguard.com", 51820)  # kept unresolved
+    assert peer.allowed_ips == (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+def test_keys_and_sections_are_case_insensitive() -> None:
+    text = f"[INTERFACE]\nprivatekey={OWN_PRIVATE}\nlistenPORT=7\n[peer]\nPUBLICKEY = {PEER_A}\n"
+    cfg = config.parse(text)
+    assert cfg.interface.listen_port == 7
+    assert cfg.peers[0].public_key == keys.decode_key(PEER_A)
+
+
+def test_comments_blank_lines_crlf_and_bom() -> None:
+    text = "\ufeff# head\r\n\r\n" + interface("ListenPort = 9 # port", "  # indented comment")
+    assert config.parse(text.replace("\n", "\r\n")).interface.listen_port == 9
+
+
+def test_allowed_ips_host_bits_normalized_silently() -> None:
+    cfg = config.parse(
+        interface("[Peer]", f"PublicKey = {PEER_A}", "AllowedIPs = 10.0.0.1/24, 10.9.9.9")
+    )
+    assert cfg.peers[0].allowed_ips == (
+        ipaddress.ip_network("10.0.0.0/24"),
+        ipaddress.ip_network("10.9.9.9/32"),
+    )
+    assert cfg.warnings == ()
+
+
+def test_empty_allowed_ips() -> None:
+    cfg = config.parse(interface("[Peer]", f"PublicKey = {PEER_A}", "AllowedIPs ="))
+    assert cfg.peers[0].allowed_ips == ()
+
+
+def test_overlapping_allowed_ips_warn() -> None:
+    cfg = config.parse(
+        interface(
+            "[Peer]",
+            f"PublicKey = {PEER_A}",
+            "AllowedIPs = 10.0.0.0/24",
+            "[Peer]",
+            f"PublicKey = {PEER_B}",
+            "AllowedIPs = 10.0.0.0/24",
+        ),
+        "site.conf",
+    )
+    assert len(cfg.warnings) == 1
+    assert cfg.warnings[0].startswith("site.conf:8: Peer.AllowedIPs: 10.0.0.0/24 is also in peer")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("off", None),
+        ("0", None),
+        ("0x0", None),
+        ("42", 42),
+        ("0xFF", 255),
+        ("4294967295", 2**32 - 1),
+    ],
+)
+def test_fwmark_values(value: str, expected: int | None) -> None:
+    assert config.parse(interface(f"FwMark = {value}")).interface.fwmark == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("off", None), ("0", None), ("25", 25), ("65535", 65535)]
+)
+def test_keepalive_values(value: str, expected: int | None) -> None:
+    cfg = config.parse(
+        interface("[Peer]", f"PublicKey = {PEER_A}", f"PersistentKeepalive = {value}")
+    )
+    assert cfg.peers[0].persistent_keepalive == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("198.51.100.1:1", ("198.51.100.1", 1)),
+        ("[::1]:65535", ("::1", 65535)),
+        ("[fe80::1%eth0]:51820", ("fe80::1%eth0", 51820)),
+        ("vpn.example.com:51820", ("vpn.example.com", 51820)),
+        ("localhost:5", ("localhost", 5)),
+    ],
+)
+def test_endpoint_values(value: str, expected: tuple[str, int]) -> None:
+    cfg = config.parse(interface("[Peer]", f"PublicKey = {PEER_A}", f"Endpoint = {value}"))
+    assert cfg.peers[0].endpoint == expected
+
+
+def test_listen_port_zero_means_any() -> None:
+    assert config.parse(interface("ListenPort = 0")).interface.listen_port is None
+
+
+def test_v4_only_small_mtu_ok() -> None:
+    assert config.parse(interface("Address = 10.0.0.1/24", "MTU = 576")).interface.mtu == 576
+
+
+def test_save_config_false_no_warning() -> None:
+    cfg = config.parse(interface("SaveConfig = false"))
+    assert cfg.interface.save_config is False
+    assert cfg.warnings == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one per kind, each checking file, line and key
+
+
+def test_error_missing_interface() -> None:
+    expect_error(f"[Peer]\nPublicKey = {PEER_A}\n", 1, "Interface", "missing [Interface] section")
+
+
+def test_error_empty_file() -> None:
+    expect_error("", 1, "Interface", "missing [Interface] section")
+
+
+def test_error_interface_twice() -> None:
+    expect_error(interface() + "[Interface]\n", 3, "Interface", "given twice (first on line 1)")
+
+
+def test_error_unknown_section() -> None:
+    expect_error(interface("[Segment lab]", "VNI = 100"), 3, "Segment", "unknown section")
+
+
+def test_error_unknown_section_suggests() -> None:
+    expect_error(interface("[Peers]"), 3, "Peers", "did you mean [Peer]?")
+
+
+def test_error_section_name_not_allowed() -> None:
+    expect_error(interface("[Peer site-b]"), 3, "Peer", "takes no name")
+
+
+def test_error_malformed_header() -> None:
+    expect_error(interface("[Peer"), 3, "", "malformed section header")
+
+
+def test_error_line_without_equals() -> None:
+    expect_error(interface("ListenPort 51820"), 3, "", "expected 'Key = Value'")
+
+
+def test_error_key_before_section() -> None:
+    expect_error("ListenPort = 1\n" + interface(), 1, "ListenPort", "before any section")
+
+
+def test_error_unknown_key_suggests() -> None:
+    text = interface("[Peer]", f"PublicKey = {PEER_A}", "AllowedIP = 10.0.0.0/24")
+    assert error_of(text) == "site.conf:5: Peer.AllowedIP: unknown key (did you mean AllowedIPs?)"
+
+
+def test_error_key_in_wrong_section() -> None:
+    expect_error(interface("Endpoint = 1.2.3.4:5"), 3, "Interface.Endpoint", "belongs in [Peer]")
+
+
+def test_error_key_in_wrong_section_beats_near_spelling() -> None:
+    text = interface(f"PublicKey = {PEER_A}")
+    assert error_of(text) == (
+        "site.conf:3: Interface.PublicKey: unknown key in [Interface] (PublicKey belongs in [Peer])"
+    )
+
+
+def test_error_unknown_key_lists_valid_ones() -> None:
+    expect_error(interface("Zzzzzz = 1"), 3, "Interface.Zzzzzz", "expected one of Name, PrivateKey")
+
+
+def test_error_key_twice() -> None:
+    expect_error(
+        interface("ListenPort = 1", "listenport = 2"),
+        4,
+        "Interface.ListenPort",
+        "given twice (first on line 3)",
+    )
+
+
+def test_error_bad_private_key() -> None:
+    message = error_of(interface().replace(OWN_PRIVATE, OWN_PRIVATE[:-2] + "="))
+    assert message.startswith("site.conf:2: Interface.PrivateKey: expected a 32-byte base64 key")
+    assert OWN_PRIVATE[:10] not in message  # a secret is never echoed
+
+
+def test_error_bad_public_key() -> None:
+    expect_error(
+        interface("[Peer]", "PublicKey = abc"), 4, "Peer.PublicKey", "expected a 32-byte base64 key"
+    )
+
+
+def test_error_bad_preshared_key() -> None:
+    expect_error(
+        interface("[Peer]", f"PublicKey = {PEER_A}", "PresharedKey = x"),
+        5,
+        "Peer.PresharedKey",
+        "32-byte base64",
+    )
+
+
+def test_error_missing_private_key() -> None:
+    expect_error(
+        "[Interface]\nListenPort = 1\n", 1, "Interface.PrivateKey", "missing, expected PrivateKey"
+    )
+
+
+def test_error_private_key_and_file() -> None:
+    expect_error(
+        interface("PrivateKeyFile = k"),
+        3,
+        "Interface.PrivateKeyFile",
+        "PrivateKey is already given on line 2",
+    )
+
+
+def test_error_preshared_key_and_file() -> None:
+    expect_error(
+        interface(
+            "[Peer]", f"PublicKey = {PEER_A}", f"PresharedKey = {PSK}", "PresharedKeyFile = k"
+        ),
+        6,
+        "Peer.PresharedKeyFile",
+        "PresharedKey is already given on line 5",
+    )
+
+
+@pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "a b", "a:b", ".", ".."])
+def test_error_bad_interface_name(name: str) -> None:
+    expect_error(interface(f"Name = {name}"), 3, "Interface.Name", "not a valid interface name")
+
+
+def test_error_bad_default_name() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.parse(
+            interface(), "my very long site name.conf", default_name="my very long site name"
+        )
+    assert str(info.value).startswith(
+        "my very long site name.conf:1: Interface.Name: the default name"
+    )
+
+
+def test_fifteen_char_name_ok() -> None:
+    assert config.parse(interface("Name = " + "a" * 15)).interface.name == "a" * 15
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("65536", "out of range"), ("-1", "not a number"), ("x", "not a number")],
+)
+def test_error_listen_port(value: str, fragment: str) -> None:
+    expect_error(interface(f"ListenPort = {value}"), 3, "Interface.ListenPort", fragment)
+
+
+@pytest.mark.parametrize("value", ["10.0.0.300/24", "10.0.0.1/33", "nonsense"])
+def test_error_address(value: str) -> None:
+    expect_error(
+        interface(f"Address = 10.0.0.1/24, {value}"), 3, "Interface.Address", "not an address"
+    )
+
+
+def test_error_empty_list_item() -> None:
+    expect_error(
+        interface("Address = 10.0.0.1/24,,10.0.0.2/24"), 3, "Interface.Address", "empty item"
+    )
+
+
+@pytest.mark.parametrize("value", ["575", "65536", "big"])
+def test_error_mtu_range(value: str) -> None:
+    expect_error(interface(f"MTU = {value}"), 3, "Interface.MTU", "expected an MTU 576-65535")
+
+
+def test_error_mtu_too_small_for_ipv6() -> None:
+    expect_error(
+        interface("MTU = 1200", "Address = fd00::1/64"), 3, "Interface.MTU", "at least 1280"
+    )
+
+
+@pytest.mark.parametrize("value", ["0x", "0x1ffffffff", "4294967296", "on", "-1"])
+def test_error_fwmark(value: str) -> None:
+    expect_error(interface(f"FwMark = {value}"), 3, "Interface.FwMark", "expected a mark")
+
+
+def test_error_save_config_not_bool() -> None:
+    expect_error(interface("SaveConfig = yes"), 3, "Interface.SaveConfig", "expected true or false")
+
+
+def test_error_log_level() -> None:
+    expect_error(interface("LogLevel = warn"), 3, "Interface.LogLevel", "did you mean warning?")
+
+
+def test_error_table_two_words() -> None:
+    expect_error(interface("Table = a b"), 3, "Interface.Table", "expected one word")
+
+
+def test_error_missing_public_key() -> None:
+    expect_error(interface("[Peer]", "AllowedIPs = 10.0.0.0/24"), 3, "Peer.PublicKey", "missing")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("203.0.113.7", "has no port"),
+        ("203.0.113.7:", "not a number"),
+        ("203.0.113.7:0", "out of range"),
+        ("203.0.113.7:65536", "out of range"),
+        ("[fd00::1]", "has no port"),
+        ("[fd00::1:51820", "no closing ']'"),
+        ("fd00::1:51820", "needs brackets"),
+        ("[host.example]:1", "not an IPv6 address"),
+        ("bad host:1", "not a host name"),
+    ],
+)
+def test_error_endpoint(value: str, fragment: str) -> None:
+    expect_error(
+        interface("[Peer]", f"PublicKey = {PEER_A}", f"Endpoint = {value}"),
+        5,
+        "Peer.Endpoint",
+        fragment,
+    )
+
+
+def test_error_allowed_ips() -> None:
+    expect_error(
+        interface(
+            "[Peer]",
+            f"PublicKey = {PEER_A}",
+            "AllowedIPs = 10.0.0.0/24",
+            "AllowedIPs = 10.1.0.0/40",
+        ),
+        6,
+        "Peer.AllowedIPs",
+        "not a network",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [("65536", "out of range"), ("always", "not a number")]
+)
+def test_error_keepalive(value: str, fragment: str) -> None:
+    expect_error(
+        interface("[Peer]", f"PublicKey = {PEER_A}", f"PersistentKeepalive = {value}"),
+        5,
+        "Peer.PersistentKeepalive",
+        fragment,
+    )
+
+
+def test_error_duplicate_peer() -> None:
+    text = interface(
+        "[Peer]", f"PublicKey = {PEER_A}", "[Peer]", "Name = other", f"PublicKey = {PEER_A}"
+    )
+    expect_error(text, 7, "Peer.PublicKey", "already defined on line 3")
+
+
+def test_error_peer_is_ourselves() -> None:
+    expect_error(
+        interface("[Peer]", f"PublicKey = {OWN_PUBLIC}"), 4, "Peer.PublicKey", "own public key"
+    )
+
+
+def test_error_duplicate_peer_names() -> None:
+    text = interface(
+        "[Peer]", "Name = b", f"PublicKey = {PEER_A}", "[Peer]", f"PublicKey = {PEER_B}", "Name = b"
+    )
+    expect_error(text, 8, "Peer.Name", "already the name of the peer on line 3")
+
+
+def test_error_peer_name_with_comma() -> None:
+    expect_error(
+        interface("[Peer]", "Name = a,b", f"PublicKey = {PEER_A}"), 4, "Peer.Name", "without commas"
+    )
+
+
+def test_error_message_is_one_line_for_control_characters() -> None:
+    message = error_of(interface("Table = a\x0bb"))
+    assert "\\x0b" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Key files and load()
+
+
+def write(path: Path, text: str, mode: int) -> Path:
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_load_uses_stem_and_key_files_relative_to_config(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    write(tmp_path / "keys" / "own.key", OWN_PRIVATE + "\n", 0o600)
+    write(tmp_path / "keys" / "b.psk", PSK + "\n", 0o400)
+    conf = write(
+        tmp_path / "siteb.conf",
+        f"[Interface]\nPrivateKeyFile = keys/own.key\n[Peer]\nPublicKey = {PEER_A}\n"
+        "PresharedKeyFile = keys/b.psk\n",
+        0o644,
+    )
+    cfg = config.load(str(conf))
+    assert cfg.interface.name == "siteb"
+    assert cfg.interface.private_key == keys.decode_key(OWN_PRIVATE)
+    assert cfg.peers[0].preshared_key == keys.decode_key(PSK)
+    assert cfg.warnings == ()  # no secrets inline, so the config's own mode does not matter
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    key = write(tmp_path / "own.key", OWN_PRIVATE + "\n", mode)
+    conf = write(tmp_path / "site.conf", "[Interface]\nPrivateKeyFile = own.key\n", 0o600)
+    with pytest.raises(ConfigError) as info:
+        config.load(str(conf))
+    assert str(info.value) == (
+        f"{conf}:2: Interface.PrivateKeyFile: {key} is accessible by group or others "
+        f"(mode {mode:04o}), expected mode 0600 (chmod 600 {key})"
+    )
+
+
+def test_key_file_missing(tmp_path: Path) -> None:
+    conf = write(tmp_path / "site.conf", "[Interface]\nPrivateKeyFile = nope.key\n", 0o600)
+    with pytest.raises(
+        ConfigError, match=r"site.conf:2: Interface.PrivateKeyFile: cannot open .*nope.key"
+    ):
+        config.load(str(conf))
+
+
+def test_key_file_with_junk(tmp_path: Path) -> None:
+    write(tmp_path / "own.key", OWN_PRIVATE + "\nmore\n", 0o600)
+    conf = write(
+        tmp_path / "site.conf",
+        f"[Interface]\nPrivateKey = {OWN_PRIVATE}\n[Peer]\nPublicKey = {PEER_A}\nPresharedKeyFile = own.key\n",
+        0o600,
+    )
+    with pytest.raises(
+        ConfigError, match=r"site.conf:5: Peer.PresharedKeyFile: .* does not hold one 32-byte"
+    ):
+        config.load(str(conf))
+
+
+def test_key_file_is_directory(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir(mode=0o700)
+    conf = write(tmp_path / "site.conf", "[Interface]\nPrivateKeyFile = d\n", 0o600)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        config.load(str(conf))
+
+
+def test_parse_reads_key_file_relative_to_path(tmp_path: Path) -> None:
+    write(tmp_path / "own.key", OWN_PRIVATE, 0o600)
+    cfg = config.parse("[Interface]\nPrivateKeyFile = own.key\n", str(tmp_path / "x.conf"))
+    assert cfg.interface.private_key == keys.decode_key(OWN_PRIVATE)
+
+
+def test_load_warns_when_inline_secrets_are_world_readable(tmp_path: Path) -> None:
+    conf = write(tmp_path / "site.conf", interface(), 0o644)
+    cfg = config.load(str(conf))
+    assert cfg.warnings == (
+        f"{conf}: holds secret keys but is accessible by group or others (mode 0644), "
+        f"expected chmod 600 {conf}",
+    )
+    write(conf, interface(), 0o600)
+    assert config.load(str(conf)).warnings == ()
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "none.conf"
+    with pytest.raises(ConfigError) as info:
+        config.load(str(missing))
+    assert str(info.value) == f"{missing}: cannot read the config: No such file or directory"
+
+
+def test_load_bad_utf8(tmp_path: Path) -> None:
+    conf = tmp_path / "site.conf"
+    conf.write_bytes(interface().encode() + b"Table = \xff\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(str(conf))
+    assert str(info.value) == f"{conf}:3: not valid UTF-8 text"
+
+
+def test_example_site_conf_parses(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "conf" / "site.conf"
+    # The example points at /etc and holds a placeholder instead of a usable key: fill both in.
+    write(tmp_path / "site.key", OWN_PRIVATE, 0o600)
+    text = example.read_text()
+    text = text.replace("/etc/tunnelpy/site.key", str(tmp_path / "site.key"))
+    text = text.replace("REPLACE-WITH-SITE-B-PUBLIC-KEY", PEER_A)
+    cfg = config.parse(text, str(example))
+    assert cfg.warnings == ()
+    assert cfg.interface.name == "site"
+    assert cfg.interface.listen_port == 51820
+    (peer,) = cfg.peers
+    assert peer.name == "site-b"
+    assert peer.endpoint == ("site-b.example.net", 51820)
+    assert len(peer.allowed_ips) == 3
+    assert peer.persistent_keepalive == 25
+
+
+def test_example_site_conf_placeholder_is_refused() -> None:
+    example = Path(__file__).resolve().parents[2] / "conf" / "site.conf"
+    text = example.read_text().replace(
+        "PrivateKeyFile = /etc/tunnelpy/site.key", f"PrivateKey = {OWN_PRIVATE}"
+    )
+    with pytest.raises(ConfigError, match="Peer.PublicKey: expected a 32-byte base64 key"):
+        config.parse(text, "site.conf")

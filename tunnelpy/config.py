@@ -1,0 +1,720 @@
+"""site.conf -> frozen dataclasses, with every error naming FILE:LINE, the key and what was expected.
+
+The format is wg-quick's INI dialect, so an existing ``wg0.conf`` parses unchanged: sections and
+keys are case-insensitive, ``#`` starts a comment anywhere on a line, ``Key = a, b`` is a list and
+repeated list keys (Address, AllowedIPs, DNS, PostUp...) accumulate.
+
+configparser is not used: it forgets line numbers and refuses repeated keys, both of which this
+format needs. Instead a small line parser reads the text into raw sections (stage 1, driven by
+the ``SECTIONS`` table of key specs), and one builder per section kind turns a raw section into
+its dataclass (stage 2); cross-section checks (duplicate peers, our own key as a peer) run last.
+
+Extension point: a new section kind (``[Segment lab]``, ``[Bridge br0]``...) is one more
+``SectionSpec`` in ``SECTIONS`` with ``named=True``, its ``KeySpec`` table and a builder, plus a
+field on ``Config`` to hold what the builder returns. Until then such headers are unknown
+sections and an error.
+
+This module opens and starts nothing on the host: it only reads the config and key files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunnelpy import keys
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_MTU = 1420
+IFNAMSIZ = 16  # Linux: names hold at most IFNAMSIZ - 1 bytes plus the terminating NUL
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SAVE_CONFIG_WARNING = "SaveConfig is not supported; the file is never rewritten"
+
+
+class ConfigError(Exception):
+    """A mistake in the config. ``str(e)`` is one line: ``FILE:LINE: Section.Key: message``."""
+
+    def __init__(self, path: str, line: int | None, where: str, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.where = where
+        self.message = message
+        super().__init__(_format_message(path, line, where, message))
+
+
+def _format_message(path: str, line: int | None, where: str, message: str) -> str:
+    location = path if line is None else f"{path}:{line}"
+    text = f"{location}: {where}: {message}" if where else f"{location}: {message}"
+    # One line, always: log lines and `tunnelpy check` output must not be split by a value.
+    return " ".join(text.splitlines())
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    """The ``[Interface]`` section."""
+
+    name: str
+    private_key: bytes = field(repr=False)  # never in logs or reprs
+    listen_port: int | None  # None (or 0 in the file): the kernel picks a free port
+    addresses: tuple[IPInterface, ...]
+    mtu: int = DEFAULT_MTU
+    fwmark: int | None = None  # None: off (the file's 0 and "off" mean the same)
+    dns: tuple[str, ...] = ()
+    table: str | None = None
+    pre_up: tuple[str, ...] = ()
+    post_up: tuple[str, ...] = ()
+    pre_down: tuple[str, ...] = ()
+    post_down: tuple[str, ...] = ()
+    save_config: bool = False
+    log_level: str | None = None  # tunnelpy extension: debug, info, warning, error, critical
+    line: int = 0  # line of the [Interface] header
+
+    @property
+    def public_key(self) -> bytes:
+        """Our own public key, derived from the private key."""
+        return keys.public_from_private_bytes(self.private_key)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One ``[Peer]`` section."""
+
+    public_key: bytes
+    name: str  # a label for logs and status; default: first 8 characters of the base64 key
+    preshared_key: bytes | None = field(default=None, repr=False)
+    endpoint: tuple[str, int] | None = None  # (host without brackets, port); host unresolved
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    persistent_keepalive: int | None = None  # None: off (the file's 0 and "off" mean the same)
+    line: int = 0  # line of the [Peer] header
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole parsed file."""
+
+    path: str
+    interface: InterfaceConfig
+    peers: tuple[PeerConfig, ...]
+    warnings: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: lines -> raw sections
+
+
+class _BadValue(Exception):
+    """Raised by a value parser; the caller adds file, line and key."""
+
+
+@dataclass
+class _Context:
+    path: str
+    base_dir: str  # key files are relative to the config file's directory
+    default_name: str  # the interface name when [Interface] has no Name
+    warnings: list[str] = field(default_factory=list)
+
+    def error(self, line: int | None, where: str, message: str) -> ConfigError:
+        return ConfigError(self.path, line, where, message)
+
+    def warn(self, line: int | None, where: str, message: str) -> None:
+        self.warnings.append(_format_message(self.path, line, where, message))
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """How one key is spelled and parsed.
+
+    ``parse`` turns one value (one list item when ``multi``) into a Python value or raises
+    _BadValue. ``multi`` keys may repeat and accumulate; ``split`` says whether a multi key's
+    value is a comma list (AllowedIPs) or one item per line (PostUp commands contain commas).
+    """
+
+    name: str
+    parse: Callable[[str, _Context], Any]
+    multi: bool = False
+    split: bool = True
+    secret: bool = False  # never echo the value in an error
+
+
+@dataclass
+class RawSection:
+    """A section as read, before its builder checks it as a whole."""
+
+    spec: SectionSpec
+    name: str | None
+    line: int
+    values: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)  # key -> (line, value)
+
+    def get(self, key: str) -> tuple[int, Any] | None:
+        items = self.values.get(key)
+        return items[0] if items else None
+
+    def value(self, key: str, default: Any = None) -> Any:
+        item = self.get(key)
+        return default if item is None else item[1]
+
+    def all(self, key: str) -> list[tuple[int, Any]]:
+        return self.values.get(key, [])
+
+    def where(self, key: str = "") -> str:
+        return f"{self.spec.name}.{key}" if key else self.spec.name
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """One kind of section: its keys, whether it carries a name and may repeat, its builder."""
+
+    name: str
+    keys: tuple[KeySpec, ...]
+    build: Callable[[RawSection, _Context], Any]
+    named: bool = False  # [Segment lab] carries a name, [Peer] does not
+    repeatable: bool = False
+    required: bool = False
+    exclusive: tuple[tuple[str, str], ...] = ()  # pairs of keys of which at most one is given
+
+    def key(self, name: str) -> KeySpec | None:
+        for spec in self.keys:
+            if spec.name.lower() == name.lower():
+                return spec
+        return None
+
+
+def _show(value: str) -> str:
+    # repr() escapes control characters, keeping the message on one line; long values are cut.
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def _suggest(word: str, choices: list[str]) -> str | None:
+    lowered = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
+
+
+def _read_sections(text: str, ctx: _Context) -> list[RawSection]:
+    sections: list[RawSection] = []
+    current: RawSection | None = None
+    first_header: dict[str, int] = {}
+    # split("\n") rather than splitlines(): the latter also breaks on \x0c, \x1c, U+2028...
+    # and would shift line numbers away from what an editor shows.
+    for lineno, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
+        line = raw.split("#", 1)[0].strip()  # wg-quick drops everything from the first '#'
+        if not line:
+            continue
+        if line.startswith("["):
+            current = _read_header(line, lineno, ctx, first_header)
+            sections.append(current)
+            continue
+        key, eq, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise ctx.error(
+                lineno, "", f"expected 'Key = Value' or a [Section] header, got {_show(line)}"
+            )
+        if current is None:
+            raise ctx.error(
+                lineno, key, "key before any section, expected an [Interface] header first"
+            )
+        _read_key(current, key, value, lineno, ctx)
+    for spec in SECTIONS.values():
+        if spec.required and spec.name.lower() not in first_header:
+            raise ctx.error(1, spec.name, f"missing [{spec.name}] section, expected exactly one")
+    return sections
+
+
+def _read_header(line: str, lineno: int, ctx: _Context, first_header: dict[str, int]) -> RawSection:
+    if not line.endswith("]"):
+        raise ctx.error(lineno, "", f"malformed section header {_show(line)}, expected [Name]")
+    words = line[1:-1].split(None, 1)
+    if not words:
+        raise ctx.error(lineno, "", "empty section header, expected [Interface] or [Peer]")
+    kind, name = words[0], (words[1].strip() if len(words) > 1 else None)
+    spec = SECTIONS.get(kind.lower())
+    if spec is None:
+        known = " or ".join(f"[{s.name}]" for s in SECTIONS.values())
+        guess = _suggest(kind, [s.name for s in SECTIONS.values()])
+        hint = f"did you mean [{guess}]?" if guess else f"expected {known}"
+        raise ctx.error(lineno, kind, f"unknown section ({hint})")
+    if name is not None and not spec.named:
+        raise ctx.error(lineno, spec.name, f"[{spec.name}] takes no name, got {_show(name)}")
+    if name is None and spec.named:
+        raise ctx.error(
+            lineno, spec.name, f"[{spec.name}] needs a name, expected [{spec.name} NAME]"
+        )
+    first = first_header.setdefault(spec.name.lower(), lineno)
+    if first != lineno and not spec.repeatable:
+        raise ctx.error(
+            lineno,
+            spec.name,
+            f"[{spec.name}] given twice (first on line {first}), expected exactly one",
+        )
+    return RawSection(spec=spec, name=name, line=lineno)
+
+
+def _read_key(section: RawSection, key: str, value: str, lineno: int, ctx: _Context) -> None:
+    spec = section.spec.key(key)
+    if spec is None:
+        raise ctx.error(lineno, section.where(key), _unknown_key_hint(section.spec, key))
+    where = section.where(spec.name)
+    previous = section.get(spec.name)
+    if previous is not None and not spec.multi:
+        raise ctx.error(lineno, where, f"given twice (first on line {previous[0]}), expected once")
+    for a, b in section.spec.exclusive:
+        other = b if spec.name == a else a if spec.name == b else None
+        given = section.get(other) if other is not None else None
+        if given is not None:
+            raise ctx.error(
+                lineno,
+                where,
+                f"{other} is already given on line {given[0]}, expected only one of {a} and {b}",
+            )
+    if spec.multi and spec.split:
+        items = [item.strip() for item in value.split(",")] if value else []
+        if any(not item for item in items):
+            raise ctx.error(
+                lineno, where, f"empty item in {_show(value)}, expected a comma-separated list"
+            )
+    else:
+        items = [value]
+    parsed = section.values.setdefault(spec.name, [])
+    for item in items:
+        try:
+            parsed.append((lineno, spec.parse(item, ctx)))
+        except _BadValue as e:
+            raise ctx.error(lineno, where, str(e)) from None
+
+
+def _unknown_key_hint(section: SectionSpec, key: str) -> str:
+    # A key that exists verbatim in another section is a stronger hint than a near spelling
+    # here: PublicKey in [Interface] is a misplaced line, not a misspelt PrivateKey.
+    for other in SECTIONS.values():
+        elsewhere = other.key(key) if other is not section else None
+        if elsewhere is not None:
+            return f"unknown key in [{section.name}] ({elsewhere.name} belongs in [{other.name}])"
+    guess = _suggest(key, [k.name for k in section.keys])
+    if guess:
+        return f"unknown key (did you mean {guess}?)"
+    return f"unknown key (expected one of {', '.join(k.name for k in section.keys)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Value parsers: each takes the stripped text and raises _BadValue with what was expected.
+
+_DIGITS = re.compile(r"[0-9]+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
+def _int(value: str, low: int, high: int, what: str) -> int:
+    if not _DIGITS.fullmatch(value):
+        raise _BadValue(f"{_show(value)} is not a number, expected {what} {low}-{high}")
+    number = int(value)
+    if not low <= number <= high:
+        raise _BadValue(f"{number} is out of range, expected {what} {low}-{high}")
+    return number
+
+
+def _key(value: str, _ctx: _Context) -> bytes:
+    try:
+        return keys.decode_key(value)
+    except ValueError:
+        raise _BadValue(
+            "expected a 32-byte base64 key (44 characters, as wg genkey prints)"
+        ) from None
+
+
+def _key_file(value: str, ctx: _Context) -> bytes:
+    if not value:
+        raise _BadValue("empty path, expected the path of a file holding one base64 key")
+    path = os.path.join(ctx.base_dir, os.path.expanduser(value))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise _BadValue(f"cannot open {path}: {e.strerror}") from None
+    try:
+        # fstat on the opened file, not stat on the path: nothing can swap it in between.
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _BadValue(f"{path} is not a regular file, expected a file holding one base64 key")
+        if st.st_mode & 0o077:
+            raise _BadValue(
+                f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
+                f"expected mode 0600 (chmod 600 {path})"
+            )
+        data = b""
+        while len(data) < 4096:  # a key file is 45 bytes; anything much longer is not one
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    try:
+        return keys.decode_key(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise _BadValue(
+            f"{path} does not hold one 32-byte base64 key (as wg genkey prints)"
+        ) from None
+
+
+def valid_ifname(name: str) -> str | None:
+    """Why ``name`` is not a valid Linux interface name, or None if it is (dev_valid_name())."""
+    if not name:
+        return "it is empty"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"it is longer than {IFNAMSIZ - 1} bytes"
+    if name in (".", ".."):
+        return "'.' and '..' are not allowed"
+    if any(c == "/" or c == ":" or c.isspace() for c in name):
+        return "it contains '/', ':' or whitespace"
+    return None
+
+
+def _ifname(value: str, _ctx: _Context) -> str:
+    reason = valid_ifname(value)
+    if reason:
+        raise _BadValue(
+            f"{_show(value)} is not a valid interface name ({reason}), expected up to 15 characters without '/', ':' or spaces"
+        )
+    return value
+
+
+def _peer_name(value: str, _ctx: _Context) -> str:
+    # Peer names are referred to in comma lists (a segment's `Peers = a, b`): no commas.
+    if not value or "," in value:
+        raise _BadValue(
+            f"{_show(value)} is not a usable label, expected a non-empty name without commas"
+        )
+    return value
+
+
+def _port(value: str, _ctx: _Context) -> int:
+    return _int(value, 0, 65535, "a port")
+
+
+def _mtu(value: str, _ctx: _Context) -> int:
+    return _int(value, 576, 65535, "an MTU")
+
+
+def _fwmark(value: str, _ctx: _Context) -> int | None:
+    if value.lower() == "off":
+        return None
+    if value[:2].lower() == "0x":
+        digits = value[2:]
+        if not re.fullmatch(r"[0-9A-Fa-f]+", digits):
+            raise _BadValue(f"{_show(value)} is not a number, expected a mark 0-0xffffffff or off")
+        mark = int(digits, 16)
+        if mark > 0xFFFFFFFF:
+            raise _BadValue(f"{value} is out of range, expected a mark 0-0xffffffff or off")
+    else:
+        if not _DIGITS.fullmatch(value):
+            raise _BadValue(f"{_show(value)} is not a number, expected a mark 0-0xffffffff or off")
+        mark = _int(value, 0, 0xFFFFFFFF, "a mark")
+    return mark or None
+
+
+def _keepalive(value: str, _ctx: _Context) -> int | None:
+    if value.lower() == "off":
+        return None
+    if not _DIGITS.fullmatch(value):
+        raise _BadValue(f"{_show(value)} is not a number, expected seconds 0-65535 or off")
+    return _int(value, 0, 65535, "seconds") or None
+
+
+def _address(value: str, _ctx: _Context) -> IPInterface:
+    try:
+        return ipaddress.ip_interface(value)
+    except ValueError:
+        raise _BadValue(
+            f"{_show(value)} is not an address, expected e.g. 10.0.0.1/24 or fd00::1/64"
+        ) from None
+
+
+def _network(value: str, _ctx: _Context) -> IPNetwork:
+    try:
+        # strict=False: like wg, 10.0.0.1/24 means 10.0.0.0/24 and is accepted silently.
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _BadValue(
+            f"{_show(value)} is not a network, expected e.g. 10.0.0.0/24 or fd00::/64"
+        ) from None
+
+
+def _endpoint(value: str, _ctx: _Context) -> tuple[str, int]:
+    expected = "expected host:port or [IPv6]:port"
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            raise _BadValue(f"{_show(value)} has no closing ']', {expected}")
+        if not rest.startswith(":") or not rest[1:]:
+            raise _BadValue(f"{_show(value)} has no port, {expected}")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _BadValue(f"{_show(host)} is not an IPv6 address, {expected}") from None
+    else:
+        host, colon, port_text = value.rpartition(":")
+        if not colon:
+            raise _BadValue(f"{_show(value)} has no port, {expected}")
+        if ":" in host:
+            raise _BadValue(f"{_show(value)}: an IPv6 endpoint needs brackets, {expected}")
+        if not _HOSTNAME.fullmatch(host):
+            raise _BadValue(f"{_show(host)} is not a host name or address, {expected}")
+    # Port 0 cannot be sent to, unlike ListenPort 0 which means "any".
+    return host, _int(port_text, 1, 65535, "a port")
+
+
+def _word(value: str, _ctx: _Context) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise _BadValue(f"{_show(value)}: expected one word")
+    return value
+
+
+def _command(value: str, _ctx: _Context) -> str:
+    if not value:
+        raise _BadValue("empty command, expected a shell command")
+    return value
+
+
+def _bool(value: str, _ctx: _Context) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise _BadValue(f"{_show(value)}: expected true or false")
+    return value.lower() == "true"
+
+
+def _log_level(value: str, _ctx: _Context) -> str:
+    if value.lower() not in LOG_LEVELS:
+        guess = _suggest(value, list(LOG_LEVELS))
+        hint = f" (did you mean {guess}?)" if guess else ""
+        raise _BadValue(
+            f"{_show(value)} is not a log level{hint}, expected one of {', '.join(LOG_LEVELS)}"
+        )
+    return value.lower()
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: raw sections -> dataclasses
+
+
+def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
+    name_item = section.get("Name")
+    if name_item is None:
+        reason = valid_ifname(ctx.default_name)
+        if reason:
+            raise ctx.error(
+                section.line,
+                section.where("Name"),
+                f"the default name {_show(ctx.default_name)} (the config file's stem) is not a "
+                f"valid interface name ({reason}), expected a Name = line",
+            )
+        name = ctx.default_name
+    else:
+        name = name_item[1]
+    private = section.get("PrivateKey") or section.get("PrivateKeyFile")
+    if private is None:
+        raise ctx.error(
+            section.line,
+            section.where("PrivateKey"),
+            "missing, expected PrivateKey = <base64> or PrivateKeyFile = PATH",
+        )
+    addresses = tuple(a for _, a in section.all("Address"))
+    mtu_item = section.get("MTU")
+    mtu = DEFAULT_MTU if mtu_item is None else mtu_item[1]
+    if mtu < 1280 and any(a.version == 6 for a in addresses):
+        raise ctx.error(
+            mtu_item[0] if mtu_item else section.line,
+            section.where("MTU"),
+            f"{mtu} is too small for IPv6 addresses, expected an MTU of at least 1280",
+        )
+    save_item = section.get("SaveConfig")
+    save_config = bool(save_item and save_item[1])
+    if save_item and save_config:
+        ctx.warn(save_item[0], section.where("SaveConfig"), SAVE_CONFIG_WARNING)
+    return InterfaceConfig(
+        name=name,
+        private_key=private[1],
+        listen_port=section.value("ListenPort") or None,
+        addresses=addresses,
+        mtu=mtu,
+        fwmark=section.value("FwMark"),
+        dns=tuple(d for _, d in section.all("DNS")),
+        table=section.value("Table"),
+        pre_up=tuple(c for _, c in section.all("PreUp")),
+        post_up=tuple(c for _, c in section.all("PostUp")),
+        pre_down=tuple(c for _, c in section.all("PreDown")),
+        post_down=tuple(c for _, c in section.all("PostDown")),
+        save_config=save_config,
+        log_level=section.value("LogLevel"),
+        line=section.line,
+    )
+
+
+def _build_peer(section: RawSection, ctx: _Context) -> PeerConfig:
+    public = section.get("PublicKey")
+    if public is None:
+        raise ctx.error(
+            section.line, section.where("PublicKey"), "missing, expected PublicKey = <base64>"
+        )
+    psk = section.get("PresharedKey") or section.get("PresharedKeyFile")
+    return PeerConfig(
+        public_key=public[1],
+        name=section.value("Name") or keys.encode_key(public[1])[:8],
+        preshared_key=psk[1] if psk else None,
+        endpoint=section.value("Endpoint"),
+        allowed_ips=tuple(n for _, n in section.all("AllowedIPs")),
+        persistent_keepalive=section.value("PersistentKeepalive"),
+        line=section.line,
+    )
+
+
+def _check_peers(
+    interface: InterfaceConfig, peers: list[tuple[RawSection, PeerConfig]], ctx: _Context
+) -> None:
+    own_public = interface.public_key
+    by_key: dict[bytes, RawSection] = {}
+    by_name: dict[str, RawSection] = {}
+    claimed: dict[IPNetwork, tuple[PeerConfig, int]] = {}
+    for section, peer in peers:
+        key_item = section.get("PublicKey")
+        key_line = key_item[0] if key_item else section.line
+        if peer.public_key == own_public:
+            raise ctx.error(
+                key_line,
+                "Peer.PublicKey",
+                "is this interface's own public key, expected another host's",
+            )
+        if peer.public_key in by_key:
+            raise ctx.error(
+                key_line,
+                "Peer.PublicKey",
+                f"the same peer is already defined on line {by_key[peer.public_key].line}, "
+                "expected each PublicKey once",
+            )
+        by_key[peer.public_key] = section
+        if peer.name in by_name:
+            name_item = section.get("Name")
+            raise ctx.error(
+                name_item[0] if name_item else section.line,
+                "Peer.Name",
+                f"{_show(peer.name)} is already the name of the peer on line "
+                f"{by_name[peer.name].line}, expected unique names",
+            )
+        by_name[peer.name] = section
+        for line, network in section.all("AllowedIPs"):
+            if network in claimed and claimed[network][0] is not peer:
+                other, other_line = claimed[network]
+                # wg does the same silently (the last peer wins); say so, it is rarely meant.
+                ctx.warn(
+                    line,
+                    "Peer.AllowedIPs",
+                    f"{network} is also in peer {other.name!r} (line {other_line}); "
+                    "this later peer gets it, as with wg",
+                )
+            claimed[network] = (peer, line)
+
+
+# --------------------------------------------------------------------------------------------
+# The table of section kinds. Add new kinds here (see the module docstring).
+
+_INTERFACE = SectionSpec(
+    name="Interface",
+    keys=(
+        KeySpec("Name", _ifname),
+        KeySpec("PrivateKey", _key, secret=True),
+        KeySpec("PrivateKeyFile", _key_file),
+        KeySpec("ListenPort", _port),
+        KeySpec("Address", _address, multi=True),
+        KeySpec("MTU", _mtu),
+        KeySpec("FwMark", _fwmark),
+        KeySpec("DNS", _word, multi=True),
+        KeySpec("Table", _word),
+        KeySpec("PreUp", _command, multi=True, split=False),
+        KeySpec("PostUp", _command, multi=True, split=False),
+        KeySpec("PreDown", _command, multi=True, split=False),
+        KeySpec("PostDown", _command, multi=True, split=False),
+        KeySpec("SaveConfig", _bool),
+        KeySpec("LogLevel", _log_level),
+    ),
+    build=_build_interface,
+    required=True,
+    exclusive=(("PrivateKey", "PrivateKeyFile"),),
+)
+
+_PEER = SectionSpec(
+    name="Peer",
+    keys=(
+        KeySpec("Name", _peer_name),
+        KeySpec("PublicKey", _key),
+        KeySpec("PresharedKey", _key, secret=True),
+        KeySpec("PresharedKeyFile", _key_file),
+        KeySpec("Endpoint", _endpoint),
+        KeySpec("AllowedIPs", _network, multi=True),
+        KeySpec("PersistentKeepalive", _keepalive),
+    ),
+    build=_build_peer,
+    repeatable=True,
+    exclusive=(("PresharedKey", "PresharedKeyFile"),),
+)
+
+SECTIONS: dict[str, SectionSpec] = {spec.name.lower(): spec for spec in (_INTERFACE, _PEER)}
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def parse(text: str, path: str = "<string>", default_name: str = "tp0") -> Config:
+    """Parse config text. Key files are read relative to ``path``'s directory."""
+    return _parse(text, path, default_name, file_mode=None)
+
+
+def load(path: str) -> Config:
+    """Read and parse a config file; the interface name defaults to the file's stem."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, "", f"cannot read the config: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(path, line, "", "not valid UTF-8 text") from None
+    return _parse(text, path, Path(path).stem, file_mode=mode)
+
+
+def _parse(text: str, path: str, default_name: str, file_mode: int | None) -> Config:
+    base_dir = "" if path.startswith("<") else os.path.dirname(path)
+    ctx = _Context(path=path, base_dir=base_dir, default_name=default_name)
+    sections = _read_sections(text, ctx)
+    built: dict[str, list[tuple[RawSection, Any]]] = {name: [] for name in SECTIONS}
+    for section in sections:
+        built[section.spec.name.lower()].append((section, section.spec.build(section, ctx)))
+    # _read_sections has enforced exactly one [Interface].
+    interface: InterfaceConfig = built["interface"][0][1]
+    peers: list[tuple[RawSection, PeerConfig]] = built["peer"]
+    _check_peers(interface, peers, ctx)
+    if file_mode is not None and file_mode & 0o077:
+        if any(s.get(k.name) for s in sections for k in s.spec.keys if k.secret):
+            # wg-quick only warns here, and existing wg0.conf files must keep working.
+            ctx.warn(
+                None,
+                "",
+                f"holds secret keys but is accessible by group or others (mode "
+                f"{stat.S_IMODE(file_mode):04o}), expected chmod 600 {path}",
+            )
+    return Config(
+        path=path,
+        interface=interface,
+        peers=tuple(p for _, p in peers),
+        warnings=tuple(ctx.warnings),
+    )
