@@ -1,0 +1,64 @@
+# tunnelpyd.plugin.sh - the "tunnelpyd" tunnel for anchors.sh (sourced with -p).
+#
+# Brings up one tunnelpyd in each namespace from a generated site.conf: inner $IN_A/$IN_B,
+# endpoints on the veth underlay, the same MTU and port as the wggo anchor, so the rows compare
+# like with like. anchors.sh kills the daemons (bg_in PIDs) and deletes both namespaces after.
+#
+# env: TUNNELPYD       command that starts the daemon (default: tunnelpyd on PATH, else this
+#                      checkout's tunnelpy.cli via python3 -c)
+#      TUNNELPYD_ARGS  extra daemon arguments, e.g. "--log-level debug"
+#      TUNNELPY_ROOT   the checkout (set by run.sh; default: this file's parent directory)
+
+TUNNELPY_ROOT=${TUNNELPY_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+TP_A=tpa$SFX; TP_B=tpb$SFX   # <=15 chars and host-unique: UAPI sockets share /var/run/wireguard
+
+tp_daemon_cmd() {        # the daemon command as words, one per line
+  if [ -n "${TUNNELPYD:-}" ]; then printf '%s\n' $TUNNELPYD
+  elif command -v tunnelpyd >/dev/null; then command -v tunnelpyd
+  else printf '%s\n' python3 -c 'import sys; from tunnelpy.cli import daemon_main; sys.exit(daemon_main())'
+  fi
+}
+
+tp_keypair() {           # tp_keypair NAME : $W/NAME.key (0600) and $W/NAME.pub
+  (umask 077
+   if command -v tunnelpy >/dev/null; then tunnelpy genkey; else wg genkey; fi >"$W/$1.key") || return 1
+  if command -v tunnelpy >/dev/null; then tunnelpy pubkey; else wg pubkey; fi <"$W/$1.key" >"$W/$1.pub"
+}
+
+tp_conf() {              # tp_conf NAME KEY IN UL_PEER PEER_PUB IN_PEER : a site.conf on stdout
+  cat <<CONF
+[Interface]
+Name = $1
+PrivateKey = $(cat "$W/$2.key")
+ListenPort = 51820
+Address = $3/24
+MTU = $MTU
+
+[Peer]
+Name = bench-peer
+PublicKey = $(cat "$W/$5.pub")
+Endpoint = $4:51820
+AllowedIPs = $6/32
+CONF
+}
+
+tun_tunnelpyd_up() {
+  local -a cmd; mapfile -t cmd < <(tp_daemon_cmd)
+  # The checkout must be importable inside `ip netns exec` when tunnelpyd is not installed.
+  export PYTHONPATH="$TUNNELPY_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  tp_keypair tp-a && tp_keypair tp-b || return 1
+  (umask 077
+   tp_conf "$TP_A" tp-a "$IN_A" "$UL_B" tp-b "$IN_B" >"$W/$TP_A.conf"
+   tp_conf "$TP_B" tp-b "$IN_B" "$UL_A" tp-a "$IN_A" >"$W/$TP_B.conf")
+  # shellcheck disable=SC2086  # TUNNELPYD_ARGS is a word list on purpose
+  bg_in "$NS_A" "$W/tunnelpyd-a.log" "${cmd[@]}" -c "$W/$TP_A.conf" ${TUNNELPYD_ARGS:-}
+  # shellcheck disable=SC2086
+  bg_in "$NS_B" "$W/tunnelpyd-b.log" "${cmd[@]}" -c "$W/$TP_B.conf" ${TUNNELPYD_ARGS:-}
+  wait_link "$NS_A" "$TP_A" && wait_link "$NS_B" "$TP_B" || return 1
+  local rev; rev=$(git -C "$TUNNELPY_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+  NOTE[tunnelpyd]="tunnelpyd $rev, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
+}
+
+tun_tunnelpyd_down() {   # keep the daemon's own view of the session next to the results
+  nsa wg show "$TP_A" >"$OUTDIR/tunnelpyd-wg-show-run$RUN.txt" 2>&1 || true
+}
