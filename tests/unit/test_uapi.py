@@ -1,0 +1,698 @@
+"""Tests for tunnelpy.io.uapi: the codec, the server over a real socket, and the real wg tool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import os
+import secrets
+import shutil
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from tunnelpy import keys
+from tunnelpy.io import uapi
+from tunnelpy.io.uapi import (
+    UNSET,
+    DeviceSnapshot,
+    PeerChange,
+    PeerSnapshot,
+    SetRequest,
+    UapiError,
+    UapiServer,
+    UapiSocketError,
+)
+
+PRIVATE = keys.decode_key("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=")  # RFC 7748 Alice
+PUBLIC = keys.decode_key("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=")
+PEER1 = keys.decode_key("3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08=")  # RFC 7748 Bob
+PEER2 = keys.decode_key("5xRorQBUyfD0nGS4oLtjWGDc3UGd3u/DlaH3E7JQH3Y=")
+PSK = bytes(range(1, 33))
+ZERO_HEX = "0" * 64
+
+
+def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text)
+
+
+def snapshot() -> DeviceSnapshot:
+    return DeviceSnapshot(
+        private_key=PRIVATE,
+        listen_port=51820,
+        fwmark=0x51820,
+        peers=[
+            PeerSnapshot(
+                public_key=PEER1,
+                preshared_key=PSK,
+                endpoint=("203.0.113.7", 51820),
+                persistent_keepalive=25,
+                last_handshake=1_700_000_000.25,
+                rx_bytes=1000,
+                tx_bytes=2000,
+                allowed_ips=[net("10.10.0.2/32"), net("192.168.20.0/24")],
+            ),
+            PeerSnapshot(
+                public_key=PEER2,
+                endpoint=("2001:db8::7", 4500),
+                allowed_ips=[net("fd10::/64")],
+            ),
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# format_get
+
+
+def test_format_get_exact() -> None:
+    assert uapi.format_get(snapshot()).decode() == (
+        f"private_key={PRIVATE.hex()}\n"
+        "listen_port=51820\n"
+        f"fwmark={0x51820}\n"
+        f"public_key={PEER1.hex()}\n"
+        f"preshared_key={PSK.hex()}\n"
+        "protocol_version=1\n"
+        "endpoint=203.0.113.7:51820\n"
+        "last_handshake_time_sec=1700000000\n"
+        "last_handshake_time_nsec=250000000\n"
+        "tx_bytes=2000\n"
+        "rx_bytes=1000\n"
+        "persistent_keepalive_interval=25\n"
+        "allowed_ip=10.10.0.2/32\n"
+        "allowed_ip=192.168.20.0/24\n"
+        f"public_key={PEER2.hex()}\n"
+        f"preshared_key={ZERO_HEX}\n"
+        "protocol_version=1\n"
+        "endpoint=[2001:db8::7]:4500\n"
+        "last_handshake_time_sec=0\n"
+        "last_handshake_time_nsec=0\n"
+        "tx_bytes=0\n"
+        "rx_bytes=0\n"
+        "persistent_keepalive_interval=0\n"
+        "allowed_ip=fd10::/64\n"
+        "errno=0\n"
+        "\n"
+    )
+
+
+def test_format_get_empty_device_omits_unset_fields() -> None:
+    assert uapi.format_get(DeviceSnapshot(None, 0)) == b"errno=0\n\n"
+    assert uapi.format_get(DeviceSnapshot(bytes(32), 0, 0)) == b"errno=0\n\n"
+
+
+def test_format_get_peer_without_endpoint() -> None:
+    text = uapi.format_get(DeviceSnapshot(None, 0, peers=[PeerSnapshot(PEER1)])).decode()
+    assert "endpoint" not in text
+    assert text.startswith(f"public_key={PEER1.hex()}\npreshared_key={ZERO_HEX}\n")
+
+
+@pytest.mark.parametrize(
+    ("t", "sec", "nsec"),
+    [(0.0, 0, 0), (-5.0, 0, 0), (12.5, 12, 500_000_000), (3.9999999999, 3, 999_999_999)],
+)
+def test_format_get_handshake_time(t: float, sec: int, nsec: int) -> None:
+    text = uapi.format_get(DeviceSnapshot(None, 0, peers=[PeerSnapshot(PEER1, last_handshake=t)]))
+    assert f"last_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\n" in text.decode()
+
+
+def test_format_endpoint() -> None:
+    assert uapi.format_endpoint(("10.0.0.1", 1)) == "10.0.0.1:1"
+    assert uapi.format_endpoint(("fe80::1%eth0", 2)) == "[fe80::1%eth0]:2"
+
+
+# ---------------------------------------------------------------------------------------------
+# parse_set
+
+
+def test_parse_set_full_request() -> None:
+    body = (
+        f"private_key={PRIVATE.hex()}\n"
+        "listen_port=51820\n"
+        "fwmark=0\n"
+        "replace_peers=true\n"
+        f"public_key={PEER1.hex()}\n"
+        "protocol_version=1\n"
+        f"preshared_key={PSK.hex().upper()}\n"
+        "endpoint=[2001:DB8::7]:4500\n"
+        "persistent_keepalive_interval=25\n"
+        "replace_allowed_ips=true\n"
+        "allowed_ip=10.10.0.2/32\n"
+        "allowed_ip=192.168.20.1/24\n"
+        f"public_key={PEER2.hex()}\n"
+        "update_only=true\n"
+        f"preshared_key={ZERO_HEX}\n"
+        "endpoint=198.51.100.1:1\n"
+        "persistent_keepalive_interval=0\n"
+        f"public_key={PUBLIC.hex()}\n"
+        "remove=true\n"
+        "\n"
+    )
+    assert uapi.parse_set(body) == SetRequest(
+        private_key=PRIVATE,
+        listen_port=51820,
+        fwmark=0,
+        replace_peers=True,
+        peers=[
+            PeerChange(
+                public_key=PEER1,
+                preshared_key=PSK,
+                endpoint=("2001:db8::7", 4500),
+                persistent_keepalive=25,
+                replace_allowed_ips=True,
+                allowed_ips=[net("10.10.0.2/32"), net("192.168.20.0/24")],
+            ),
+            PeerChange(
+                public_key=PEER2,
+                update_only=True,
+                preshared_key=None,
+                endpoint=("198.51.100.1", 1),
+                persistent_keepalive=0,
+            ),
+            PeerChange(public_key=PUBLIC, remove=True),
+        ],
+    )
+
+
+def test_parse_set_empty_and_defaults() -> None:
+    for body in ("", "\n", "set=1\n\n"):
+        request = uapi.parse_set(body)
+        assert request == SetRequest()
+        assert request.private_key is UNSET
+
+
+def test_parse_set_zero_private_key_means_remove() -> None:
+    assert uapi.parse_set(f"private_key={ZERO_HEX}\n").private_key is None
+
+
+def test_parse_set_unmentioned_peer_fields() -> None:
+    (peer,) = uapi.parse_set(f"public_key={PEER1.hex()}\n").peers
+    assert peer.preshared_key is UNSET
+    assert (peer.endpoint, peer.persistent_keepalive, peer.allowed_ips) == (None, None, [])
+
+
+def test_parse_set_same_peer_twice_keeps_order() -> None:
+    body = (
+        f"public_key={PEER1.hex()}\nallowed_ip=10.0.0.0/8\npublic_key={PEER1.hex()}\nremove=true\n"
+    )
+    first, second = uapi.parse_set(body).peers
+    assert first.allowed_ips == [net("10.0.0.0/8")]
+    assert second.remove
+
+
+def test_parse_set_endpoint_with_zone() -> None:
+    body = f"public_key={PEER1.hex()}\nendpoint=[fe80::1%eth0]:51820\n"
+    assert uapi.parse_set(body).peers[0].endpoint == ("fe80::1%eth0", 51820)
+
+
+PEER = f"public_key={PEER1.hex()}\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("listen_port\n", errno.EPROTO),
+        (PEER + "garbage\n", errno.EPROTO),
+        ("private_key=abc\n", errno.EINVAL),
+        (f"private_key={PRIVATE.hex()}0\n", errno.EINVAL),
+        (f"private_key={'g' * 64}\n", errno.EINVAL),
+        ("public_key=\n", errno.EINVAL),
+        ("listen_port=65536\n", errno.EINVAL),
+        ("listen_port=-1\n", errno.EINVAL),
+        ("listen_port=+1\n", errno.EINVAL),
+        ("listen_port= 1\n", errno.EINVAL),
+        ("listen_port=1_0\n", errno.EINVAL),
+        ("listen_port=\n", errno.EINVAL),
+        ("fwmark=4294967296\n", errno.EINVAL),
+        ("replace_peers=false\n", errno.EINVAL),
+        ("Listen_Port=1\n", errno.EINVAL),  # keys are case-sensitive
+        ("nonsense=1\n", errno.EINVAL),
+        ("endpoint=1.2.3.4:5\n", errno.EINVAL),  # a peer key before any public_key
+        ("protocol_version=1\n", errno.EINVAL),  # likewise
+        (PEER + "remove=1\n", errno.EINVAL),
+        (PEER + "update_only=false\n", errno.EINVAL),
+        (PEER + "replace_allowed_ips=yes\n", errno.EINVAL),
+        (PEER + "preshared_key=00\n", errno.EINVAL),
+        (PEER + "endpoint=host.example:51820\n", errno.EINVAL),
+        (PEER + "endpoint=1.2.3.4\n", errno.EINVAL),
+        (PEER + "endpoint=1.2.3.4:65536\n", errno.EINVAL),
+        (PEER + "endpoint=2001:db8::1:51820\n", errno.EINVAL),
+        (PEER + "endpoint=[1.2.3.4]:5\n", errno.EINVAL),
+        (PEER + "endpoint=[2001:db8::1]:\n", errno.EINVAL),
+        (PEER + "persistent_keepalive_interval=65536\n", errno.EINVAL),
+        (PEER + "allowed_ip=10.0.0.1\n", errno.EINVAL),
+        (PEER + "allowed_ip=10.0.0.0/33\n", errno.EINVAL),
+        (PEER + "allowed_ip=fd00::/129\n", errno.EINVAL),
+        (PEER + "allowed_ip=nonsense/8\n", errno.EINVAL),
+        (PEER + "protocol_version=2\n", errno.EINVAL),
+        (PEER + "private_key=" + ZERO_HEX + "\n", errno.EINVAL),  # a device key inside a peer
+        (PEER + "last_handshake_time_sec=0\n", errno.EINVAL),  # a get-only key
+        ("listen_port=1\n\nlisten_port=2\n", errno.EINVAL),  # text after the end
+    ],
+)
+def test_parse_set_errors(body: str, code: int) -> None:
+    with pytest.raises(UapiError) as info:
+        uapi.parse_set(body)
+    assert info.value.errno == code
+
+
+def test_format_errno_is_negative_like_wireguard_go() -> None:
+    assert uapi.format_errno(0) == b"errno=0\n\n"
+    assert uapi.format_errno(errno.EINVAL) == b"errno=-22\n\n"
+    assert uapi.format_errno(-errno.EINVAL) == b"errno=-22\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The server over a real socket
+
+
+class Device:
+    """A stand-in daemon: records set requests, answers get from a snapshot."""
+
+    def __init__(self) -> None:
+        self.snapshot = snapshot()
+        self.requests: list[SetRequest] = []
+        self.fail_with: BaseException | None = None
+
+    def get(self) -> DeviceSnapshot:
+        if self.fail_with is not None:
+            raise self.fail_with
+        return self.snapshot
+
+    def set(self, request: SetRequest) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.requests.append(request)
+        if request.listen_port is not None:
+            self.snapshot.listen_port = request.listen_port
+
+
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+RUNNERS = [pytest.param(asyncio.run, id="asyncio"), pytest.param(uvloop.run, id="uvloop")]
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """Everything up to and including ``errno=N`` and its blank line."""
+    data = b""
+    while True:
+        line = await asyncio.wait_for(reader.readline(), 5)
+        if not line:
+            raise EOFError(data)
+        data += line
+        if line.startswith(b"errno="):
+            assert await asyncio.wait_for(reader.readline(), 5) == b"\n"
+            return data + b"\n"
+
+
+def serve(
+    tmp_path: Path, run: Runner, body: Callable[[UapiServer, Device], Awaitable[None]]
+) -> Device:
+    device = Device()
+
+    async def main() -> None:
+        server = UapiServer("tp9", device.get, device.set, directory=str(tmp_path / "wg"))
+        await server.start()
+        try:
+            await body(server, device)
+        finally:
+            await server.close()
+
+    run(main())
+    return device
+
+
+async def connect(server: UapiServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_unix_connection(server.path)
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_socket_file_and_directory(tmp_path: Path, run: Runner) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        assert server.path == str(tmp_path / "wg" / "tp9.sock")
+        st = os.stat(server.path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(tmp_path / "wg").st_mode) == 0o755
+
+    serve(tmp_path, run, body)
+    assert not (tmp_path / "wg" / "tp9.sock").exists()
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_several_requests_on_one_connection(tmp_path: Path, run: Runner) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"get=1\n\n")
+        assert await read_answer(reader) == uapi.format_get(snapshot())
+        writer.write(b"set=1\nlisten_port=4242\n" + PEER.encode() + b"allowed_ip=10.0.0.0/8\n\n")
+        assert await read_answer(reader) == b"errno=0\n\n"
+        writer.write(b"get=1\n\n")
+        assert b"\nlisten_port=4242\n" in await read_answer(reader)
+        writer.close()
+
+    device = serve(tmp_path, run, body)
+    (request,) = device.requests
+    assert request.listen_port == 4242
+    assert request.peers == [PeerChange(PEER1, allowed_ips=[net("10.0.0.0/8")])]
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_malformed_requests_get_errno_and_connection_survives(
+    tmp_path: Path, run: Runner
+) -> None:
+    cases = [
+        (b"set=1\nlisten_port=99999\n\n", b"errno=-22\n\n"),
+        (b"set=1\nno equals sign\n\n", b"errno=-71\n\n"),
+        (b"set=1\n" + PEER.encode() + b"endpoint=nowhere\n\n", b"errno=-22\n\n"),
+        (b"set=1\nlisten_port=\xff\n\n", b"errno=-22\n\n"),  # not UTF-8
+        (b"get=1\nlisten_port=1\n\n", b"errno=-22\n\n"),  # get takes no keys
+        (b"frobnicate=1\nx=y\n\n", b"errno=-22\n\n"),  # unknown operation
+        (b"get=2\n\n", b"errno=-22\n\n"),
+        (b"\n", b"errno=-22\n\n"),  # an empty request
+    ]
+
+    async def body(server: UapiServer, device: Device) -> None:
+        reader, writer = await connect(server)
+        for request, answer in cases:
+            writer.write(request)
+            assert await read_answer(reader) == answer, request
+        writer.write(b"get=1\n\n")
+        assert (await read_answer(reader)).endswith(b"errno=0\n\n")
+        writer.close()
+
+    device = serve(tmp_path, run, body)
+    assert device.requests == []  # nothing malformed was applied, not even in part
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_callback_errors(tmp_path: Path, run: Runner) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        reader, writer = await connect(server)
+        device.fail_with = UapiError(errno.EADDRINUSE, "port taken")
+        writer.write(b"set=1\nlisten_port=53\n\n")
+        assert await read_answer(reader) == b"errno=-98\n\n"
+        device.fail_with = RuntimeError("a bug in the daemon")
+        writer.write(b"set=1\nlisten_port=53\n\n")
+        assert await read_answer(reader) == b"errno=-55\n\n"
+        writer.write(b"get=1\n\n")
+        assert await read_answer(reader) == b"errno=-55\n\n"
+        device.fail_with = None
+        writer.write(b"get=1\n\n")
+        assert (await read_answer(reader)).endswith(b"errno=0\n\n")
+        writer.close()
+
+    serve(tmp_path, run, body)
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_async_callbacks(tmp_path: Path, run: Runner) -> None:
+    seen: list[SetRequest] = []
+
+    async def get() -> DeviceSnapshot:
+        await asyncio.sleep(0)
+        return DeviceSnapshot(None, 7)
+
+    async def set_(request: SetRequest) -> None:
+        await asyncio.sleep(0)
+        seen.append(request)
+
+    async def main() -> None:
+        async with UapiServer("tp8", get, set_, directory=str(tmp_path)) as server:
+            reader, writer = await connect(server)
+            writer.write(b"get=1\n\nset=1\nfwmark=3\n\n")  # two requests in one write
+            assert await read_answer(reader) == b"listen_port=7\nerrno=0\n\n"
+            assert await read_answer(reader) == b"errno=0\n\n"
+            writer.close()
+
+    run(main())
+    assert seen == [SetRequest(fwmark=3)]
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_overlong_line(tmp_path: Path, run: Runner) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"set=1\nlisten_port=" + b"1" * (uapi.MAX_LINE + 10) + b"\n\n")
+        assert await read_answer(reader) == b"errno=-22\n\n"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and hung up
+        writer.close()
+
+    assert serve(tmp_path, run, body).requests == []
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_set_ended_by_eof(tmp_path: Path, run: Runner) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        # Complete lines and then end of stream: applied, as wireguard-go does.
+        reader, writer = await connect(server)
+        writer.write(b"set=1\nlisten_port=7\n")
+        writer.write_eof()
+        assert await read_answer(reader) == b"errno=0\n\n"
+        writer.close()
+        # Cut off mid-line: "listen_port=6" might be the start of 65000; never applied.
+        reader, writer = await connect(server)
+        writer.write(b"set=1\nlisten_port=6")
+        writer.write_eof()
+        assert await read_answer(reader) == b"errno=-22\n\n"
+        writer.close()
+        # get without its blank line: no answer, like wireguard-go.
+        reader, writer = await connect(server)
+        writer.write(b"get=1\n")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+    device = serve(tmp_path, run, body)
+    assert [r.listen_port for r in device.requests] == [7]
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_close_ends_open_connections(tmp_path: Path, run: Runner) -> None:
+    async def main() -> None:
+        server = UapiServer("tp7", Device().get, Device().set, directory=str(tmp_path))
+        await server.start()
+        reader, writer = await connect(server)
+        writer.write(b"set=1\n")  # a request left half-way
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(server.close(), 5)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await server.close()  # closing twice is harmless
+
+    run(main())
+    assert not (tmp_path / "tp7.sock").exists()
+
+
+def stale_socket(path: Path) -> None:
+    """A socket file nobody listens on, as a crashed daemon leaves behind."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_replaces_stale_socket(tmp_path: Path, run: Runner) -> None:
+    stale_socket(tmp_path / "tp6.sock")
+
+    async def main() -> None:
+        async with UapiServer("tp6", Device().get, Device().set, directory=str(tmp_path)) as s:
+            reader, writer = await connect(s)
+            writer.write(b"get=1\n\n")
+            assert (await read_answer(reader)).endswith(b"errno=0\n\n")
+            writer.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_refuses_live_socket(tmp_path: Path, run: Runner) -> None:
+    async def main() -> None:
+        first = UapiServer("tp5", Device().get, Device().set, directory=str(tmp_path))
+        await first.start()
+        second = UapiServer("tp5", Device().get, Device().set, directory=str(tmp_path))
+        with pytest.raises(UapiSocketError) as info:
+            await second.start()
+        assert str(info.value) == (
+            f"interface tp5 is already served by another daemon: {tmp_path / 'tp5.sock'}"
+        )
+        # The first server is untouched and still answers.
+        reader, writer = await connect(first)
+        writer.write(b"get=1\n\n")
+        assert (await read_answer(reader)).endswith(b"errno=0\n\n")
+        writer.close()
+        await first.close()
+
+    run(main())
+
+
+def test_server_refuses_to_remove_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "tp4.sock").write_text("not a socket")
+    server = UapiServer("tp4", Device().get, Device().set, directory=str(tmp_path))
+    with pytest.raises(UapiSocketError, match="exists and is not a socket"):
+        asyncio.run(server.start())
+    assert (tmp_path / "tp4.sock").read_text() == "not a socket"
+
+
+def test_close_leaves_a_successors_socket(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = UapiServer("tp3", Device().get, Device().set, directory=str(tmp_path))
+        await server.start()
+        # A successor took the path over (believing it stale): our exit must not remove it.
+        os.unlink(server.path)
+        stale_socket(Path(server.path))
+        await server.close()
+
+    asyncio.run(main())
+    assert (tmp_path / "tp3.sock").exists()
+
+
+@pytest.mark.parametrize("name", ["", "a/b", ".", ".."])
+def test_server_rejects_bad_names(name: str) -> None:
+    with pytest.raises(ValueError):
+        UapiServer(name, Device().get, Device().set)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the real wg tool, which looks for sockets in /var/run/wireguard
+
+needs_wg = pytest.mark.skipif(
+    shutil.which("wg") is None or os.geteuid() != 0, reason="needs wg and root"
+)
+
+
+async def wg(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "wg",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def with_wg(run: Runner, body: Callable[[str, Device], Awaitable[None]]) -> Device:
+    device = Device()
+    name = "tpt" + secrets.token_hex(4)  # unique: other tests and daemons use this directory
+
+    async def main() -> None:
+        server = UapiServer(name, device.get, device.set)
+        await server.start()
+        try:
+            await body(name, device)
+        finally:
+            await server.close()
+
+    try:
+        run(main())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/var/run/wireguard/{name}.sock")
+    assert not os.path.exists(f"/var/run/wireguard/{name}.sock")
+    return device
+
+
+@needs_wg
+@pytest.mark.parametrize("run", RUNNERS)
+def test_wg_show(run: Runner) -> None:
+    async def body(name: str, device: Device) -> None:
+        code, out, err = await wg("show", name, "dump", env={"WG_HIDE_KEYS": "never"})
+        assert (code, err) == (0, "")
+        assert out.splitlines() == [
+            "\t".join([keys.encode_key(PRIVATE), keys.encode_key(PUBLIC), "51820", "0x51820"]),
+            "\t".join(
+                [
+                    keys.encode_key(PEER1),
+                    keys.encode_key(PSK),
+                    "203.0.113.7:51820",
+                    "10.10.0.2/32,192.168.20.0/24",
+                    "1700000000",
+                    "1000",
+                    "2000",
+                    "25",
+                ]
+            ),
+            "\t".join(
+                [
+                    keys.encode_key(PEER2),
+                    "(none)",
+                    "[2001:db8::7]:4500",
+                    "fd10::/64",
+                    "0",
+                    "0",
+                    "0",
+                    "off",
+                ]
+            ),
+        ]
+        code, out, _ = await wg("show", name)
+        assert code == 0
+        assert f"interface: {name}" in out
+        assert f"public key: {keys.encode_key(PUBLIC)}" in out
+        code, out, _ = await wg("show", "interfaces")
+        assert name in out.split()
+
+    with_wg(run, body)
+
+
+@needs_wg
+@pytest.mark.parametrize("run", RUNNERS)
+def test_wg_set(run: Runner) -> None:
+    async def body(name: str, device: Device) -> None:
+        args = ["set", name, "listen-port", "5555", "fwmark", "0x10"]
+        args += ["peer", keys.encode_key(PEER1), "endpoint", "[2001:db8::9]:7"]
+        args += ["allowed-ips", "10.1.0.0/16,fd01::/64", "persistent-keepalive", "off"]
+        args += ["peer", keys.encode_key(PEER2), "remove"]
+        assert await wg(*args) == (0, "", "")
+        device.fail_with = UapiError(errno.EADDRINUSE, "port taken")
+        code, _, err = await wg("set", name, "listen-port", "53")
+        # The negative errno on the wire is what makes wg print the right reason.
+        assert (code, err) == (1, "Unable to modify interface: Address already in use\n")
+
+    device = with_wg(run, body)
+    (request,) = device.requests
+    assert request == SetRequest(
+        listen_port=5555,
+        fwmark=16,
+        peers=[
+            PeerChange(
+                PEER1,
+                endpoint=("2001:db8::9", 7),
+                persistent_keepalive=0,
+                replace_allowed_ips=True,
+                allowed_ips=[net("10.1.0.0/16"), net("fd01::/64")],
+            ),
+            PeerChange(PEER2, remove=True),
+        ],
+    )
+
+
+@needs_wg
+def test_wg_syncconf(tmp_path: Path) -> None:
+    conf = tmp_path / "sync.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {keys.encode_key(PRIVATE)}\nListenPort = 51820\n"
+        f"[Peer]\nPublicKey = {keys.encode_key(PEER1)}\nAllowedIPs = 10.9.0.0/16\n"
+    )
+
+    async def body(name: str, device: Device) -> None:
+        code, _, err = await wg("syncconf", name, str(conf))
+        assert (code, err) == (0, "")
+
+    device = with_wg(asyncio.run, body)
+    # syncconf reads the device, then sends only the differences: PEER2 is not in the file.
+    (request,) = device.requests
+    removed = [p.public_key for p in request.peers if p.remove]
+    assert removed == [PEER2]
+    (peer1,) = [p for p in request.peers if p.public_key == PEER1]
+    assert peer1.replace_allowed_ips
+    assert peer1.allowed_ips == [net("10.9.0.0/16")]
