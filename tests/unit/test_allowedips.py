@@ -1,0 +1,257 @@
+"""AllowedIPs: longest-prefix match, ownership semantics, and a brute-force cross-check."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunnelpy.protocol.allowedips import AllowedIPs, Network
+
+net = ipaddress.ip_network
+
+
+def ip(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+@dataclass
+class Peer:  # eq=True makes it unhashable, like many engine dataclasses: must still work
+    name: str
+
+
+A, B, C, D = Peer("a"), Peer("b"), Peer("c"), Peer("d")
+
+
+def test_longest_prefix_wins_across_nested_prefixes() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("10.0.0.0/8"), A)
+    t.insert(net("10.1.0.0/16"), B)
+    t.insert(net("10.1.2.0/24"), C)
+    t.insert(net("10.1.2.3/32"), D)
+    assert t.lookup(ip("10.1.2.3")) is D
+    assert t.lookup(ip("10.1.2.4")) is C
+    assert t.lookup(ip("10.1.3.1")) is B
+    assert t.lookup(ip("10.2.0.0")) is A
+    assert t.lookup(ip("11.0.0.0")) is None
+    t.remove(net("10.1.2.0/24"))
+    assert t.lookup(ip("10.1.2.4")) is B
+    assert t.lookup(ip("10.1.2.3")) is D
+
+
+def test_ipv6_and_families_are_separate() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("fd00::/8"), A)
+    t.insert(net("fd00:1::/32"), B)
+    t.insert(net("fd00:1::7/128"), C)
+    t.insert(net("10.0.0.0/8"), D)
+    assert t.lookup(ip("fd00:1::7")) is C
+    assert t.lookup(ip("fd00:1::8")) is B
+    assert t.lookup(ip("fd12::1")) is A
+    assert t.lookup(ip("fe80::1")) is None
+    # ::ffff:10.0.0.1 and 10.0.0.1 are different keys: no cross-family leaks.
+    assert t.lookup(ip("::ffff:10.0.0.1")) is None
+    assert t.lookup(ip("10.0.0.1")) is D
+
+
+def test_default_routes() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("0.0.0.0/0"), A)
+    t.insert(net("::/0"), B)
+    t.insert(net("192.168.0.0/16"), C)
+    assert t.lookup(ip("1.2.3.4")) is A
+    assert t.lookup(ip("255.255.255.255")) is A
+    assert t.lookup(ip("192.168.7.7")) is C
+    assert t.lookup(ip("2001:db8::1")) is B
+    assert t.lookup(ip("::")) is B
+
+
+def test_bad_address_lengths() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("0.0.0.0/0"), A)
+    assert t.lookup(b"") is None
+    assert t.lookup(b"\x01\x02\x03") is None
+    assert t.lookup(b"\x00" * 5) is None
+
+
+def test_insert_replaces_owner_of_identical_prefix() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("10.0.0.0/24"), A)
+    t.insert(net("10.0.1.0/24"), A)
+    t.insert(net("10.0.0.0/24"), B)
+    assert len(t) == 2
+    assert t.lookup(ip("10.0.0.9")) is B
+    assert t.networks_of(A) == [net("10.0.1.0/24")]
+    assert t.networks_of(B) == [net("10.0.0.0/24")]
+    t.insert(net("10.0.0.0/24"), B)  # same owner again: no change
+    assert len(t) == 2 and t.networks_of(B) == [net("10.0.0.0/24")]
+
+
+def test_host_bits_are_normalised() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert("10.0.0.1/24", A)
+    t.insert(ipaddress.ip_interface("fd00::5/64"), B)
+    assert t.networks_of(A) == [net("10.0.0.0/24")]
+    assert t.networks_of(B) == [net("fd00::/64")]
+    assert t.lookup(ip("10.0.0.200")) is A
+    assert net("10.0.0.0/24") in t and "10.0.0.99/24" in t and 42 not in t
+    t.insert(net("10.0.0.0/24"), C)  # the same prefix written canonically
+    assert len(t) == 2 and t.networks_of(A) == []
+    t.remove("10.0.0.7/24")
+    assert t.lookup(ip("10.0.0.200")) is None and len(t) == 1
+
+
+def test_remove_value_and_networks_of() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    nets_a = [net("10.0.0.0/24"), net("fd00::/64"), net("0.0.0.0/0")]
+    for n in nets_a:
+        t.insert(n, A)
+    t.insert(net("10.0.0.128/25"), B)
+    assert t.networks_of(A) == nets_a
+    assert len(t) == 4
+    t.remove_value(A)
+    assert t.networks_of(A) == []
+    assert len(t) == 1
+    assert t.lookup(ip("10.0.0.1")) is None
+    assert t.lookup(ip("10.0.0.129")) is B
+    assert t.lookup(ip("8.8.8.8")) is None
+    t.remove_value(A)  # idempotent
+    t.remove(net("192.0.2.0/24"))  # absent: no effect
+    assert len(t) == 1
+
+
+def test_identity_not_equality() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    a2 = Peer("a")  # equal to A, but another peer
+    t.insert(net("10.0.0.0/8"), A)
+    t.insert(net("11.0.0.0/8"), a2)
+    t.remove_value(a2)
+    assert t.lookup(ip("10.1.1.1")) is A
+    assert t.lookup(ip("11.1.1.1")) is None
+
+
+def test_none_value_rejected_and_bad_types() -> None:
+    t: AllowedIPs[Peer | None] = AllowedIPs()
+    with pytest.raises(ValueError):
+        t.insert(net("10.0.0.0/8"), None)
+    with pytest.raises(TypeError):
+        t.insert(ipaddress.ip_address("10.0.0.1"), A)  # type: ignore[arg-type]
+
+
+def test_items_and_clear() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("10.0.0.0/8"), A)
+    t.insert(net("fd00::/8"), B)
+    t.insert(net("11.0.0.0/8"), A)
+    assert sorted((str(n), p.name) for n, p in t.items()) == [
+        ("10.0.0.0/8", "a"),
+        ("11.0.0.0/8", "a"),
+        ("fd00::/8", "b"),
+    ]
+    t.clear()
+    assert len(t) == 0 and t.lookup(ip("10.0.0.1")) is None and list(t.items()) == []
+
+
+def _random_network(r: random.Random, v6: bool) -> Network:
+    bits = 128 if v6 else 32
+    # Bias towards a few lengths as in real configs, but cover all of them.
+    plen = r.choice([0, 8, 16, 24, 32, 48, 64, 128][: 8 if v6 else 5] + [r.randint(0, bits)])
+    plen = min(plen, bits)
+    # Draw from a small space so that prefixes nest and collide often.
+    top = r.getrandbits(12) << (bits - 12)
+    addr = top | r.getrandbits(bits - 12)
+    addr = addr >> (bits - plen) << (bits - plen) if plen else 0
+    return (ipaddress.IPv6Network if v6 else ipaddress.IPv4Network)((addr, plen))
+
+
+def _brute_force(routes: dict[Network, Peer], addr: bytes) -> Peer | None:
+    a = ipaddress.ip_address(addr)
+    best: tuple[int, Peer] | None = None
+    for n, p in routes.items():
+        if n.version == a.version and a in n and (best is None or n.prefixlen > best[0]):
+            best = (n.prefixlen, p)
+    return None if best is None else best[1]
+
+
+Key = tuple[int, int, int]  # (bits, prefix length, network address as int)
+
+
+def _key(n: Network) -> Key:
+    return n.max_prefixlen, n.prefixlen, int(n.network_address)
+
+
+def _brute_force_indexed(routes: dict[Key, Peer], addr: bytes) -> Peer | None:
+    # Same meaning as _brute_force, fast enough for 10^5 routes: try every length.
+    a = int.from_bytes(addr, "big")
+    bits = len(addr) * 8
+    for plen in range(bits, -1, -1):
+        p = routes.get((bits, plen, a >> (bits - plen) << (bits - plen)))
+        if p is not None:
+            return p
+    return None
+
+
+def test_1e5_random_prefixes_match_brute_force() -> None:
+    r = random.Random(20261128)
+    peers = [Peer(str(i)) for i in range(500)]
+    t: AllowedIPs[Peer] = AllowedIPs()
+    routes: dict[Key, Peer] = {}
+    nets: dict[Key, Network] = {}
+    for i in range(100_000):
+        n = _random_network(r, v6=i % 2 == 1)
+        p = peers[r.randrange(len(peers))]
+        t.insert(n, p)
+        routes[_key(n)] = p
+        nets[_key(n)] = n
+    # Remove some prefixes and a few whole peers, as reconfiguration would.
+    for k in r.sample(sorted(routes), 2_000):
+        t.remove(nets[k])
+        del routes[k]
+    gone = {id(p) for p in peers[:5]}
+    for p in peers[:5]:
+        t.remove_value(p)
+    routes = {k: q for k, q in routes.items() if id(q) not in gone}
+    assert len(t) == len(routes)
+    for p in peers[5:15]:
+        assert sorted(map(_key, t.networks_of(p))) == sorted(k for k, q in routes.items() if q is p)
+    for i in range(4_000):
+        bits = 128 if i % 2 else 32
+        addr = ((r.getrandbits(12) << (bits - 12)) | r.getrandbits(bits - 12)).to_bytes(
+            bits // 8, "big"
+        )
+        assert t.lookup(addr) is _brute_force_indexed(routes, addr)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 0xFFFF), st.integers(0, 16), st.integers(0, 3), st.booleans()),
+        max_size=60,
+    ),
+    st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=30),
+)
+def test_hypothesis_against_linear_scan(
+    ops: list[tuple[int, int, int, bool]], probes: list[int]
+) -> None:
+    """Insert/remove a mix of prefixes inside 10.0.0.0/16 and compare with a linear scan."""
+    peers = [A, B, C, D]
+    t: AllowedIPs[Peer] = AllowedIPs()
+    routes: dict[Network, Peer] = {}
+    for low, plen16, who, is_insert in ops:
+        plen = 16 + plen16
+        addr = (0x0A000000 | low) >> (32 - plen) << (32 - plen)
+        n = ipaddress.IPv4Network((addr, plen))
+        if is_insert:
+            t.insert(n, peers[who])
+            routes[n] = peers[who]
+        else:
+            t.remove(n)
+            routes.pop(n, None)
+    assert len(t) == len(routes)
+    for low in probes:
+        addr = (0x0A000000 | low).to_bytes(4, "big")
+        assert t.lookup(addr) is _brute_force(routes, addr)

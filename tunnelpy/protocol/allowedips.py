@@ -1,0 +1,199 @@
+"""Cryptokey routing: the AllowedIPs table mapping IP prefixes to peers (longest-prefix match).
+
+Theory of operation
+-------------------
+WireGuard routes by key: an outgoing packet goes to the peer whose AllowedIPs holds the longest
+prefix containing its destination, and an incoming packet is accepted only if its source maps
+back to the peer whose session decrypted it. Each prefix has exactly one owner; inserting a
+prefix that already exists moves it to the new owner (as `wg set … allowed-ips` does).
+
+Representation: per address family, one dict per prefix length `plen`, keyed by the address's
+top `plen` bits as an int (`int(addr) >> (bits - plen)`). A lookup converts the 4 or 16 raw
+header bytes with `int.from_bytes` and probes only the prefix lengths actually present, longest
+first; the first hit is the longest match. Real configurations use a handful of distinct
+lengths (/32, /128, a few subnets, /0), so a lookup is a few dict probes whatever the number of
+prefixes; the worst case is bounded by 33 (IPv4) or 129 (IPv6) probes.
+
+Prefixes are normalised (10.0.0.1/24 is stored as 10.0.0.0/24). Values are compared by
+identity for `remove_value`/`networks_of` (peer objects need not be hashable), and must not be
+None, which `lookup` uses for "no route".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["AllowedIPs", "Network", "NetworkLike"]
+
+V = TypeVar("V")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Also accepted on input: "10.0.0.1/24" strings and interfaces (host bits are dropped).
+NetworkLike = Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface | str
+
+
+class _Family(Generic[V]):
+    """The per-length tables of one address family."""
+
+    __slots__ = ("bits", "tables", "levels")
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.tables: dict[int, dict[int, V]] = {}
+        # (shift, table) for each present prefix length, longest prefix first: what lookup walks.
+        self.levels: list[tuple[int, dict[int, V]]] = []
+
+    def _relevel(self) -> None:
+        bits = self.bits
+        self.levels = [
+            (bits - plen, self.tables[plen]) for plen in sorted(self.tables, reverse=True)
+        ]
+
+    def table(self, plen: int) -> dict[int, V]:
+        t = self.tables.get(plen)
+        if t is None:
+            t = self.tables[plen] = {}
+            self._relevel()
+        return t
+
+    def drop_if_empty(self, plen: int) -> None:
+        if not self.tables.get(plen, True):
+            del self.tables[plen]
+            self._relevel()
+
+
+class AllowedIPs(Generic[V]):
+    """Longest-prefix-match table from IPv4/IPv6 networks to values (peers)."""
+
+    __slots__ = ("_v4", "_v6", "_owners", "_count")
+
+    def __init__(self) -> None:
+        self._v4: _Family[V] = _Family(32)
+        self._v6: _Family[V] = _Family(128)
+        # id(value) → (value, {network: None}) in insertion order; id() because peers may be
+        # unhashable dataclasses, and holding the value keeps its id from being reused.
+        self._owners: dict[int, tuple[V, dict[Network, None]]] = {}
+        self._count = 0
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _locate(self, network: NetworkLike) -> tuple[_Family[V], int, int, Network]:
+        """(family, plen, key, normalised network) for a network given in any accepted form."""
+        if isinstance(network, str):
+            # strict=False clears host bits: "10.0.0.1/24" means 10.0.0.0/24, as in wg.
+            network = ipaddress.ip_network(network, strict=False)
+        elif isinstance(network, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+            network = network.network
+        # An IPv4Network/IPv6Network can never hold host bits, so it is already normalised.
+        if isinstance(network, ipaddress.IPv4Network):
+            fam = self._v4
+        elif isinstance(network, ipaddress.IPv6Network):
+            fam = self._v6
+        else:
+            raise TypeError(f"expected an IPv4Network or IPv6Network, got {network!r}")
+        plen = network.prefixlen
+        return fam, plen, int(network.network_address) >> (fam.bits - plen), network
+
+    def _disown(self, value: V, network: Network) -> None:
+        entry = self._owners.get(id(value))
+        if entry is not None:
+            nets = entry[1]
+            nets.pop(network, None)
+            if not nets:
+                del self._owners[id(value)]
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def insert(self, network: NetworkLike, value: V) -> None:
+        """Route `network` to `value`, replacing any previous owner of the identical prefix."""
+        if value is None:
+            raise ValueError("AllowedIPs values must not be None")
+        fam, plen, key, network = self._locate(network)
+        table = fam.table(plen)
+        old = table.get(key)
+        if old is None:
+            self._count += 1
+        elif old is not value:
+            self._disown(old, network)
+        table[key] = value
+        entry = self._owners.get(id(value))
+        if entry is None:
+            self._owners[id(value)] = (value, {network: None})
+        else:
+            entry[1][network] = None
+
+    def remove(self, network: NetworkLike) -> None:
+        """Forget `network` (exact prefix); no effect if it is absent."""
+        fam, plen, key, network = self._locate(network)
+        table = fam.tables.get(plen)
+        if table is None:
+            return
+        old = table.pop(key, None)
+        if old is None:
+            return
+        self._count -= 1
+        self._disown(old, network)
+        fam.drop_if_empty(plen)
+
+    def remove_value(self, value: V) -> None:
+        """Forget every prefix owned by `value` (compared by identity)."""
+        entry = self._owners.pop(id(value), None)
+        if entry is None:
+            return
+        for network in entry[1]:
+            fam, plen, key, _ = self._locate(network)
+            table = fam.tables[plen]
+            del table[key]
+            self._count -= 1
+            fam.drop_if_empty(plen)
+
+    def lookup(self, addr: bytes) -> V | None:
+        """The owner of the longest prefix containing `addr` (4 or 16 raw bytes), or None."""
+        n = len(addr)
+        if n == 4:
+            levels = self._v4.levels
+        elif n == 16:
+            levels = self._v6.levels
+        else:
+            return None
+        a = int.from_bytes(addr, "big")
+        for shift, table in levels:
+            v = table.get(a >> shift)
+            if v is not None:
+                return v
+        return None
+
+    def networks_of(self, value: V) -> list[Network]:
+        """The prefixes owned by `value`, in the order they were inserted."""
+        entry = self._owners.get(id(value))
+        return [] if entry is None else list(entry[1])
+
+    def items(self) -> Iterator[tuple[Network, V]]:
+        """Every (network, owner), grouped by owner."""
+        for value, nets in list(self._owners.values()):
+            for network in nets:
+                yield network, value
+
+    def clear(self) -> None:
+        self._v4 = _Family(32)
+        self._v6 = _Family(128)
+        self._owners.clear()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, network: object) -> bool:
+        if not isinstance(
+            network,
+            ipaddress.IPv4Network
+            | ipaddress.IPv6Network
+            | ipaddress.IPv4Interface
+            | ipaddress.IPv6Interface
+            | str,
+        ):
+            return False
+        fam, plen, key, _ = self._locate(network)
+        table = fam.tables.get(plen)
+        return table is not None and key in table
