@@ -657,3 +657,9 @@ def test_example_site_conf_placeholder_is_refused() -> None:
     )
     with pytest.raises(ConfigError, match="Peer.PublicKey: expected a 32-byte base64 key"):
         config.parse(text, "site.conf")
+
+
+def test_values_may_contain_equals_signs() -> None:
+    cfg = config.parse(interface("PostUp = sysctl -w net.ipv4.ip_forward=1", "Table = off"))
+    assert cfg.interface.post_up == ("sysctl -w net.ipv4.ip_forward=1",)
+    assert cfg.interface.table == "off"
