@@ -255,3 +255,86 @@ def test_hypothesis_against_linear_scan(
     for low in probes:
         addr = (0x0A000000 | low).to_bytes(4, "big")
         assert t.lookup(addr) is _brute_force(routes, addr)
+
+
+def test_memo_never_returns_a_stale_owner() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    addr = ip("10.1.2.3")
+    assert t.lookup(addr) is None  # a memoised miss…
+    t.insert(net("10.0.0.0/8"), A)
+    assert t.lookup(addr) is A  # …is forgotten on insert
+    t.insert(net("10.1.0.0/16"), B)
+    assert t.lookup(addr) is B
+    t.insert(net("10.1.0.0/16"), C)  # owner replaced
+    assert t.lookup(addr) is C
+    t.remove(net("10.1.0.0/16"))
+    assert t.lookup(addr) is A
+    t.remove_value(A)
+    assert t.lookup(addr) is None
+    t.insert(net("0.0.0.0/0"), D)
+    assert t.lookup(addr) is D
+    t.clear()
+    assert t.lookup(addr) is None
+
+
+def test_lookup_accepts_memoryview_and_bytearray() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("10.0.0.0/8"), A)
+    t.insert(net("fd00::/8"), B)
+    packet = bytearray(b"\x45" + bytes(15) + ip("10.9.9.9") + ip("10.8.8.8"))
+    view = memoryview(bytes(packet))
+    assert t.lookup(view[16:20]) is A  # type: ignore[arg-type]
+    assert t.lookup(view[16:20]) is A  # type: ignore[arg-type]  (memoised, same answer)
+    assert t.lookup(packet[16:20]) is A  # type: ignore[arg-type]  (bytearray: unhashable)
+    assert t.lookup(bytearray(ip("fd00::1"))) is B  # type: ignore[arg-type]
+    for key in t._memo:  # noqa: SLF001 - the memo must not pin packet buffers
+        assert type(key) is bytes
+
+
+def test_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunnelpy.protocol import allowedips
+
+    monkeypatch.setattr(allowedips, "_MEMO_MAX", 8)
+    t: AllowedIPs[Peer] = AllowedIPs()
+    t.insert(net("10.0.0.0/8"), A)
+    for i in range(100):
+        assert t.lookup(bytes([10, 0, 0, i])) is A
+        assert len(t._memo) <= 8  # noqa: SLF001
+    assert t.lookup(ip("11.0.0.0")) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 0xFFFF),
+            st.integers(0, 16),
+            st.integers(0, 3),
+            st.booleans(),
+            st.integers(0, 0xFFFF),
+        ),
+        max_size=60,
+    )
+)
+def test_hypothesis_lookups_interleaved_with_changes(
+    ops: list[tuple[int, int, int, bool, int]],
+) -> None:
+    peers = [A, B, C, D]
+    t: AllowedIPs[Peer] = AllowedIPs()
+    routes: dict[Network, Peer] = {}
+    for low, plen16, who, is_insert, probe in ops:
+        plen = 16 + plen16
+        addr = (0x0A000000 | low) >> (32 - plen) << (32 - plen)
+        n = ipaddress.IPv4Network((addr, plen))
+        if is_insert:
+            t.insert(n, peers[who])
+            routes[n] = peers[who]
+        elif who == 3:
+            t.remove_value(peers[plen16 % 4])
+            routes = {k: v for k, v in routes.items() if v is not peers[plen16 % 4]}
+        else:
+            t.remove(n)
+            routes.pop(n, None)
+        for a in (0x0A000000 | probe, 0x0A000000 | low):
+            packed = a.to_bytes(4, "big")
+            assert t.lookup(packed) is _brute_force(routes, packed)

@@ -14,6 +14,12 @@ first; the first hit is the longest match. Real configurations use a handful of 
 lengths (/32, /128, a few subnets, /0), so a lookup is a few dict probes whatever the number of
 prefixes; the worst case is bounded by 33 (IPv4) or 129 (IPv6) probes.
 
+Tables with many distinct lengths (a full routing table) would pay for every probe on every
+packet, so results are memoised per address in a bounded dict: traffic concentrates on few
+destinations and sources, and a hit costs one probe whatever the table. Every mutation clears
+the memo (configuration changes are rare), so it never returns a stale owner; when it is full it
+is simply cleared, which keeps the cost of a flood of distinct addresses at one extra dict store.
+
 Prefixes are normalised (10.0.0.1/24 is stored as 10.0.0.0/24). Values are compared by
 identity for `remove_value`/`networks_of` (peer objects need not be hashable), and must not be
 None, which `lookup` uses for "no route".
@@ -26,6 +32,9 @@ from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 __all__ = ["AllowedIPs", "Network", "NetworkLike"]
+
+_MEMO_MAX = 1 << 16
+_MISS = object()
 
 V = TypeVar("V")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,7 +75,7 @@ class _Family(Generic[V]):
 class AllowedIPs(Generic[V]):
     """Longest-prefix-match table from IPv4/IPv6 networks to values (peers)."""
 
-    __slots__ = ("_v4", "_v6", "_owners", "_count")
+    __slots__ = ("_v4", "_v6", "_owners", "_count", "_memo")
 
     def __init__(self) -> None:
         self._v4: _Family[V] = _Family(32)
@@ -75,6 +84,7 @@ class AllowedIPs(Generic[V]):
         # unhashable dataclasses, and holding the value keeps its id from being reused.
         self._owners: dict[int, tuple[V, dict[Network, None]]] = {}
         self._count = 0
+        self._memo: dict[bytes, V | None] = {}
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -110,6 +120,7 @@ class AllowedIPs(Generic[V]):
         if value is None:
             raise ValueError("AllowedIPs values must not be None")
         fam, plen, key, network = self._locate(network)
+        self._memo.clear()
         table = fam.table(plen)
         old = table.get(key)
         if old is None:
@@ -132,6 +143,7 @@ class AllowedIPs(Generic[V]):
         old = table.pop(key, None)
         if old is None:
             return
+        self._memo.clear()
         self._count -= 1
         self._disown(old, network)
         fam.drop_if_empty(plen)
@@ -141,6 +153,7 @@ class AllowedIPs(Generic[V]):
         entry = self._owners.pop(id(value), None)
         if entry is None:
             return
+        self._memo.clear()
         for network in entry[1]:
             fam, plen, key, _ = self._locate(network)
             table = fam.tables[plen]
@@ -150,6 +163,22 @@ class AllowedIPs(Generic[V]):
 
     def lookup(self, addr: bytes) -> V | None:
         """The owner of the longest prefix containing `addr` (4 or 16 raw bytes), or None."""
+        memo = self._memo
+        try:
+            v = memo.get(addr, _MISS)
+        except TypeError:  # a bytearray is unhashable: answer without the memo
+            return self.lookup_uncached(addr)
+        if v is not _MISS:
+            return v  # type: ignore[return-value]
+        v = self.lookup_uncached(addr)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        # Key by an immutable copy: a memoryview key would pin the whole receive buffer.
+        memo[addr if type(addr) is bytes else bytes(addr)] = v
+        return v
+
+    def lookup_uncached(self, addr: bytes) -> V | None:
+        """`lookup` without the memo: probe each present prefix length, longest first."""
         n = len(addr)
         if n == 4:
             levels = self._v4.levels
@@ -180,6 +209,7 @@ class AllowedIPs(Generic[V]):
         self._v6 = _Family(128)
         self._owners.clear()
         self._count = 0
+        self._memo.clear()
 
     def __len__(self) -> int:
         return self._count
