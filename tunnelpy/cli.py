@@ -1,0 +1,146 @@
+"""Command-line entry points: `tunnelpyd` (the daemon) and `tunnelpy` (keys, checks, status, demo).
+
+User mistakes end here as one line on stderr and exit status 1 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import config as cfgmod
+from . import keys
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd (stderr is the journal) prefix sd-daemon priorities and add no timestamps."""
+
+    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIO.get(record.levelno, 6)}>{record.getMessage()}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Our own loggers follow --log-level; libraries (pyroute2 is very chatty at debug) stay at
+    # warning so a debug log is about the tunnel, not netlink internals.
+    root.setLevel(logging.WARNING)
+    for name in ("tunnelpyd", "tunnelpy"):
+        logging.getLogger(name).setLevel(LEVELS.get(level, logging.INFO))
+
+
+def _fail(prog: str, msg: str) -> int:
+    print(f"{prog}: {msg}", file=sys.stderr)
+    return 1
+
+
+def daemon_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tunnelpyd", description="tunnelpy VPN daemon")
+    ap.add_argument("-c", "--config", required=True, help="site.conf (wg-quick syntax)")
+    ap.add_argument("--log-level", choices=sorted(LEVELS), default=None)
+    ap.add_argument(
+        "--uapi-dir", default="/var/run/wireguard", help="where the WireGuard UAPI socket goes"
+    )
+    args = ap.parse_args(argv)
+    try:
+        conf = cfgmod.load(args.config)
+    except cfgmod.ConfigError as e:
+        return _fail("tunnelpyd", str(e))
+    except OSError as e:
+        return _fail("tunnelpyd", f"{args.config}: {e.strerror}")
+    setup_logging(args.log_level or conf.interface.log_level or "info")
+
+    import uvloop
+
+    from .daemon import Daemon, StartupError
+
+    daemon = Daemon(conf, uapi_dir=args.uapi_dir)
+    try:
+        return uvloop.run(daemon.run())
+    except StartupError as e:
+        return _fail("tunnelpyd", str(e))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_genkey(args: argparse.Namespace) -> int:
+    print(keys.generate_private())
+    return 0
+
+
+def _cmd_genpsk(args: argparse.Namespace) -> int:
+    print(keys.generate_psk())
+    return 0
+
+
+def _cmd_pubkey(args: argparse.Namespace) -> int:
+    text = sys.stdin.read().strip()
+    try:
+        print(keys.public_from_private(text))
+    except ValueError:
+        return _fail("tunnelpy pubkey", "expected a base64 private key on standard input")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        conf = cfgmod.load(args.config)
+    except cfgmod.ConfigError as e:
+        return _fail("tunnelpy", str(e))
+    except OSError as e:
+        return _fail("tunnelpy", f"{args.config}: {e.strerror}")
+    for w in conf.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    n_ips = sum(len(p.allowed_ips) for p in conf.peers)
+    print(f"{conf.path}: OK: interface {conf.interface.name}, {len(conf.peers)} peer(s), {n_ips} allowed IP prefix(es)")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .show import show
+
+    return show(args.name, as_json=args.json, uapi_dir=args.uapi_dir)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep_going=args.keep)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tunnelpy", description="tunnelpy tools")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("genkey", help="print a new private key").set_defaults(fn=_cmd_genkey)
+    sub.add_parser("genpsk", help="print a new pre-shared key").set_defaults(fn=_cmd_genpsk)
+    sub.add_parser("pubkey", help="private key on stdin -> public key").set_defaults(fn=_cmd_pubkey)
+    p = sub.add_parser("check", help="validate a config file")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(fn=_cmd_check)
+    p = sub.add_parser("show", help="status of running tunnelpyd (and WireGuard) interfaces")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--uapi-dir", default="/var/run/wireguard")
+    p.set_defaults(fn=_cmd_show)
+    p = sub.add_parser("demo", help="two sites in network namespaces, ping across, tear down")
+    p.add_argument("--keep", action="store_true", help="keep the lab up until Ctrl-C")
+    p.set_defaults(fn=_cmd_demo)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

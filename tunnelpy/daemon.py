@@ -1,0 +1,351 @@
+"""The asyncio shell around the engine: the only code that knows the loop, the clock and signals.
+
+Start-up is ordered so that a failure changes nothing on the host: names are resolved and every
+precondition checked first (interface name free, UAPI socket not served by a live daemon, UDP
+port free), then the TUN is created and configured, hooks run, and only then do packets flow.
+Anything that fails after the TUN exists unwinds what was done, in reverse.
+
+The data path: a readiness callback on the TUN fd drains a batch of packets and gives it to
+``engine.from_tunnel``; one on the UDP socket drains a batch of datagrams and gives it to
+``engine.from_network``; the Output of either is performed at once (datagrams grouped by
+destination, packets written to the TUN). One loop timer is kept at ``engine.next_deadline()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+from . import config as cfgmod
+from .io.tun import Tun
+from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiServer
+from .io.udp import UdpSocket, resolve
+from .netlink import iface
+from .protocol.engine import Engine, Event, Output
+from .protocol.peer import Peer
+
+log = logging.getLogger("tunnelpyd")
+
+
+class StartupError(Exception):
+    """A one-line, user-facing reason the daemon could not start (nothing was left behind)."""
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class Daemon:
+    def __init__(self, conf: cfgmod.Config, *, uapi_dir: str = "/var/run/wireguard") -> None:
+        self.conf = conf
+        self.name = conf.interface.name
+        self.uapi_dir = uapi_dir
+        self.engine = Engine(
+            conf.interface.private_key, rng=os.urandom, wall=time.time, mtu=conf.interface.mtu
+        )
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tun: Tun | None = None
+        self.udp: UdpSocket | None = None
+        self.uapi: UapiServer | None = None
+        self.routes = iface.RouteState()
+        self.fwmark: int | None = conf.interface.fwmark
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stop = asyncio.Event()
+        self._undo: list[Callable[[], None]] = []
+        self._hostnames: dict[bytes, tuple[str, int]] = {}  # peer key -> configured host:port
+        self._resolving: set[bytes] = set()
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        try:
+            await self._start()
+        except StartupError:
+            await self._teardown()
+            raise
+        except BaseException:
+            await self._teardown()
+            raise
+        log.info(
+            "%s up: listening on UDP %d, %d peer(s)", self.name, self.udp.port, len(self.engine.peers)
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("%s shutting down", self.name)
+            await self._teardown()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _blocking(self, fn: Callable, *args):
+        assert self.loop is not None
+        return await self.loop.run_in_executor(None, fn, *args)
+
+    async def _start(self) -> None:
+        conf = self.conf
+        ic = conf.interface
+        for w in conf.warnings:
+            log.warning("%s", w)
+        if ic.dns:
+            log.warning("DNS = %s is not applied by tunnelpyd (configure your resolver)", ", ".join(ic.dns))
+
+        # 1. Everything that can fail without side effects.
+        endpoints: dict[bytes, tuple[str, int] | None] = {}
+        for p in conf.peers:
+            if p.endpoint is None:
+                endpoints[p.public_key] = None
+                continue
+            host, port = p.endpoint
+            if not _is_literal(host):
+                self._hostnames[p.public_key] = (host, port)
+            try:
+                endpoints[p.public_key] = await self._blocking(resolve, host, port)
+            except OSError as e:
+                raise StartupError(
+                    f"{conf.path}:{p.line}: Peer.Endpoint: cannot resolve {host}: {e}"
+                ) from None
+        if await self._blocking(iface.link_exists, self.name):
+            raise StartupError(f"interface {self.name} already exists")
+
+        # 2. Things that need undoing, in order.
+        self.uapi = UapiServer(self.name, self._uapi_get, self._uapi_set, directory=self.uapi_dir)
+        try:
+            await self.uapi.start()
+        except Exception as e:
+            self.uapi = None
+            raise StartupError(str(e)) from None
+        nets = [n for p in conf.peers for n in p.allowed_ips]
+        if iface.needs_default_route_rules(nets, ic.table) and not self.fwmark:
+            self.fwmark = iface.DEFAULT_ROUTE_TABLE
+        try:
+            self.udp = UdpSocket(ic.listen_port, self.fwmark)
+        except OSError as e:
+            raise StartupError(str(e)) from None
+        for p in conf.peers:
+            self.engine.add_peer(
+                p.public_key,
+                name=p.name,
+                preshared_key=p.preshared_key,
+                endpoint=endpoints[p.public_key],
+                allowed_ips=p.allowed_ips,
+                persistent_keepalive=p.persistent_keepalive or 0,
+                now=self.loop.time(),
+            )
+        self._run_hooks("PreUp", ic.pre_up)
+        try:
+            self.tun = Tun(self.name)
+        except Exception as e:
+            raise StartupError(str(e)) from None
+        try:
+            await self._blocking(iface.configure_device, self.name, ic.mtu, list(ic.addresses))
+            await self._blocking(iface.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes)
+            if iface.needs_default_route_rules(nets, ic.table):
+                fams = {iface.family_of(n) for n in nets if n.prefixlen == 0}
+                await self._blocking(iface.add_default_route_rules, self.fwmark, fams, self.routes)
+        except iface.NetlinkSetupError as e:
+            raise StartupError(str(e)) from None
+        self._run_hooks("PostUp", ic.post_up)
+
+        self.loop.add_reader(self.tun.fd, self._on_tun)
+        self.loop.add_reader(self.udp.fileno(), self._on_udp)
+        # Keepalives configured at start, etc.
+        self._perform(self.engine.on_timer(self.loop.time()))
+
+    async def _teardown(self) -> None:
+        loop = self.loop
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.tun is not None:
+            if loop is not None:
+                loop.remove_reader(self.tun.fd)
+            self._run_hooks("PreDown", self.conf.interface.pre_down)
+            if self.routes.rules:
+                await self._blocking(iface.remove_rules, self.routes)
+            # Closing the TUN deletes the device with its addresses and routes.
+            self.tun.close()
+            self.tun = None
+            self._run_hooks("PostDown", self.conf.interface.post_down)
+        if self.udp is not None:
+            if loop is not None:
+                loop.remove_reader(self.udp.fileno())
+            self.udp.close()
+            self.udp = None
+        if self.uapi is not None:
+            await self.uapi.close()
+            self.uapi = None
+
+    def _run_hooks(self, what: str, commands: tuple[str, ...]) -> None:
+        for cmd in commands:
+            cmd = cmd.replace("%i", self.name)
+            log.info("%s: %s", what, cmd)
+            r = subprocess.run(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL)
+            if r.returncode != 0:
+                if what in ("PreUp", "PostUp"):
+                    raise StartupError(f"{what} command failed with status {r.returncode}: {cmd}")
+                log.warning("%s command failed with status %d: %s", what, r.returncode, cmd)
+
+    # ------------------------------------------------------------------ data path
+
+    def _on_tun(self) -> None:
+        assert self.tun is not None and self.loop is not None
+        packets = self.tun.read_batch()
+        if packets:
+            self._perform(self.engine.from_tunnel(packets, self.loop.time()))
+
+    def _on_udp(self) -> None:
+        assert self.udp is not None and self.loop is not None
+        datagrams = self.udp.recv_batch()
+        if datagrams:
+            self._perform(self.engine.from_network(datagrams, self.loop.time()))
+
+    def _on_timer(self) -> None:
+        assert self.loop is not None
+        self._timer = None
+        self._timer_at = None
+        self._perform(self.engine.on_timer(self.loop.time()))
+
+    def _perform(self, out: Output) -> None:
+        udp = self.udp
+        if udp is not None:
+            for addr, datagrams in out.datagrams.items():
+                udp.send(addr, datagrams)
+        if out.packets and self.tun is not None:
+            self.tun.write_batch(out.packets)
+        for ev in out.events:
+            self._on_event(ev)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self.loop is not None
+        deadline = self.engine.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.kind == "handshake_complete":
+            log.info("peer %s: handshake complete (%s)", ev.peer, ev.detail)
+        elif ev.kind == "handshake_failed":
+            log.warning("peer %s: handshake did not complete after %s", ev.peer, ev.detail)
+        elif ev.kind == "roamed":
+            log.info("peer %s: endpoint moved %s", ev.peer, ev.detail)
+        elif ev.kind == "handshake_sent":
+            log.debug("peer %s: handshake initiation sent %s", ev.peer, ev.detail)
+        elif ev.kind == "resolve":
+            self._re_resolve(ev.peer)
+
+    def _re_resolve(self, peer_name: str) -> None:
+        """Endpoints given as names are resolved again when the peer goes quiet (DNS moved)."""
+        for key, peer in self.engine.peers.items():
+            if peer.name == peer_name and key in self._hostnames and key not in self._resolving:
+                self._resolving.add(key)
+                assert self.loop is not None
+                self.loop.create_task(self._resolve_task(key, peer))
+
+    async def _resolve_task(self, key: bytes, peer: Peer) -> None:
+        host, port = self._hostnames[key]
+        try:
+            addr = await self._blocking(resolve, host, port)
+        except OSError as e:
+            log.warning("peer %s: cannot resolve %s: %s", peer.name, host, e)
+        else:
+            if addr != peer.endpoint and not peer.removed:
+                log.info("peer %s: %s now resolves to %s", peer.name, host, addr[0])
+                peer.endpoint = addr
+        finally:
+            self._resolving.discard(key)
+
+    # ------------------------------------------------------------------ UAPI
+
+    def _uapi_get(self) -> DeviceSnapshot:
+        e = self.engine
+        peers = [
+            PeerSnapshot(
+                public_key=p.public_key,
+                preshared_key=p.preshared_key if any(p.preshared_key) else None,
+                endpoint=p.endpoint,
+                persistent_keepalive=p.persistent_keepalive,
+                last_handshake=p.last_handshake_wall,
+                rx_bytes=p.stats.rx_bytes,
+                tx_bytes=p.stats.tx_bytes,
+                allowed_ips=e.allowed.networks_of(p),
+            )
+            for p in e.peers.values()
+        ]
+        return DeviceSnapshot(
+            private_key=e.private_key,
+            listen_port=self.udp.port if self.udp else 0,
+            fwmark=self.fwmark or 0,
+            peers=peers,
+        )
+
+    def _uapi_set(self, req: SetRequest) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        e = self.engine
+        if isinstance(req.private_key, bytes):
+            e.set_private_key(req.private_key)
+        elif req.private_key is None:
+            log.warning("UAPI: removing the private key is not supported; key kept")
+        if req.listen_port is not None and self.udp is not None and req.listen_port != self.udp.port:
+            new = UdpSocket(req.listen_port, self.fwmark)
+            self.loop.remove_reader(self.udp.fileno())
+            self.udp.close()
+            self.udp = new
+            self.loop.add_reader(new.fileno(), self._on_udp)
+        if req.fwmark is not None and self.udp is not None:
+            self.fwmark = req.fwmark or None
+            self.udp.set_fwmark(req.fwmark)
+        if req.replace_peers:
+            for key in list(e.peers):
+                e.remove_peer(key)
+        for ch in req.peers:
+            self._apply_peer_change(ch, now)
+        self._perform(e.on_timer(now))
+
+    def _apply_peer_change(self, ch: PeerChange, now: float) -> None:
+        e = self.engine
+        peer = e.peers.get(ch.public_key)
+        if ch.remove:
+            e.remove_peer(ch.public_key)
+            self._hostnames.pop(ch.public_key, None)
+            return
+        if peer is None:
+            if ch.update_only:
+                return
+            peer = e.add_peer(ch.public_key)
+        if ch.preshared_key is not UNSET:
+            peer.preshared_key = ch.preshared_key or bytes(32)
+        if ch.endpoint is not None:
+            peer.endpoint = ch.endpoint
+            self._hostnames.pop(ch.public_key, None)
+        if ch.replace_allowed_ips:
+            e.set_allowed_ips(peer, ch.allowed_ips)
+        else:
+            for net in ch.allowed_ips:
+                e.allowed.insert(net, peer)
+        if ch.persistent_keepalive is not None:
+            e.set_persistent_keepalive(peer, ch.persistent_keepalive, now)
+

@@ -1,0 +1,767 @@
+"""The sans-I/O WireGuard engine: batches of bytes and `now` in, actions out.
+
+Theory of operation
+-------------------
+The engine is the whole protocol of one interface: its static key, its peers, the index table
+that maps the 32-bit receiver index of an incoming message to a keypair or pending handshake, and
+the cryptokey routing table (AllowedIPs). It never touches a socket, a device or a clock. The
+daemon feeds it three things and performs what comes back in an :class:`Output`:
+
+``from_tunnel(packets, now)``
+    IP packets read from the TUN. Each is routed by destination through AllowedIPs to a peer,
+    padded, encrypted with the peer's current keypair and queued as a transport message for the
+    peer's endpoint. A peer with no usable keypair stages the packet (bounded) and starts a
+    handshake; staged packets leave as soon as the handshake completes.
+
+``from_network(datagrams, now)``
+    UDP payloads with their source address. Handshake messages are checked (mac1, then under load
+    mac2 or a cookie reply), consumed, and answered; transport messages are looked up by receiver
+    index, decrypted, checked against the replay window, and their inner source must be routed to
+    the sending peer (cryptokey routing inbound) before the packet is handed to the TUN. An
+    authenticated packet from a new address moves the peer's endpoint there (roaming).
+
+``on_timer(now)``
+    Fires the per-peer timers whose deadline passed (see peer.py); ``next_deadline()`` tells the
+    daemon when to call it next.
+
+Nothing from the network raises: every rejected datagram increments ``drops[reason]`` (and the
+peer's own counter where a peer is known) and is forgotten. The output groups datagrams by
+destination address, so a batch for one peer can leave in one GSO send.
+
+The state machine follows wireguard-go (device/send.go, receive.go, timers.go, noise-protocol.go)
+so timing behaviour, not only the bytes, matches what WireGuard peers expect.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from . import handshake as hs
+from .allowedips import AllowedIPs
+from .constants import (
+    COOKIE_REPLY_SIZE,
+    HANDSHAKE_INITIATION_RATE,
+    INITIATION_SIZE,
+    KEEPALIVE_TIMEOUT,
+    MAX_TIMER_HANDSHAKES,
+    MSG_COOKIE_REPLY,
+    MSG_INITIATION,
+    MSG_RESPONSE,
+    MSG_TRANSPORT,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    RESPONSE_SIZE,
+    TRANSPORT_HEADER_SIZE,
+)
+from .cookie import CookieChecker
+from .crypto import generate_private_key, public_key
+from .peer import Addr, Network, Peer
+from .session import Keypair
+from .tai64n import tai64n
+
+Rng = Callable[[int], bytes]
+WallClock = Callable[[], float]
+
+_TRANSPORT_HEADER = struct.Struct("<IIQ")
+_NONCE_PREFIX = b"\x00\x00\x00\x00"
+_U64 = struct.Struct("<Q")
+_ZERO_PAD = bytes(16)
+
+# The responder is "under load" (and demands cookies) when it has processed more than this many
+# handshake messages within the last second; it stays so for UNDER_LOAD_AFTER seconds afterwards.
+# wireguard-go's trigger is a handshake queue 1/8 full (128 of 1024 entries).
+UNDER_LOAD_THRESHOLD = 128
+UNDER_LOAD_AFTER = 1.0
+# Per source IP, while under load: 20 initiations per second, burst 5 (wireguard-go ratelimiter).
+RATELIMIT_PER_SECOND = 20.0
+RATELIMIT_BURST = 5.0
+RATELIMIT_MAX_SOURCES = 4096
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth one log line or a daemon reaction (never carries key material)."""
+
+    kind: str  # handshake_sent, handshake_complete, handshake_failed, roamed, resolve
+    peer: str
+    detail: str = ""
+
+
+@dataclass
+class Output:
+    """What the daemon must do after one engine call."""
+
+    datagrams: dict[Addr, list[bytes]] = field(default_factory=dict)  # grouped by destination
+    packets: list[bytes] = field(default_factory=list)  # to write to the TUN
+    events: list[Event] = field(default_factory=list)
+
+    def send(self, addr: Addr, data: bytes) -> None:
+        bucket = self.datagrams.get(addr)
+        if bucket is None:
+            self.datagrams[addr] = [data]
+        else:
+            bucket.append(data)
+
+    def merge(self, other: Output) -> None:
+        for addr, items in other.datagrams.items():
+            self.datagrams.setdefault(addr, []).extend(items)
+        self.packets.extend(other.packets)
+        self.events.extend(other.events)
+
+
+def addr_bytes(addr: Addr) -> bytes:
+    """The source identity that cookies are bound to: packed IP then big-endian port."""
+    try:
+        return ipaddress.ip_address(addr[0]).packed + struct.pack(">H", addr[1] & 0xFFFF)
+    except ValueError:
+        return addr[0].encode() + struct.pack(">H", addr[1] & 0xFFFF)
+
+
+class Engine:
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        rng: Rng,
+        wall: WallClock,
+        mtu: int = 1420,
+        under_load_threshold: int = UNDER_LOAD_THRESHOLD,
+    ) -> None:
+        self.rng = rng
+        self.wall = wall
+        self.mtu = mtu
+        self.under_load_threshold = under_load_threshold
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed: AllowedIPs[Peer] = AllowedIPs()
+        # local index -> (peer, keypair); keypair None = our pending initiation.
+        self.indices: dict[int, tuple[Peer, Keypair | None]] = {}
+        self.drops: Counter[str] = Counter()
+        self._heap: list[tuple[float, int, Peer]] = []
+        self._seq = itertools.count()
+        self._handshake_times: list[float] = []
+        self._under_load_until = float("-inf")
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # src ip -> (tokens, last)
+        self.set_private_key(private_key)
+
+    # ---------------------------------------------------------------- configuration
+
+    def set_private_key(self, private_key: bytes) -> None:
+        self.private_key = private_key
+        self.public_key = public_key(private_key)
+        self.cookie_checker = CookieChecker(self.public_key, self.rng)
+        # A new identity invalidates every session: the peers would not recognise us.
+        for peer in self.peers.values():
+            self._clear_sessions(peer)
+
+    def add_peer(
+        self,
+        public_key: bytes,
+        *,
+        name: str | None = None,
+        preshared_key: bytes | None = None,
+        endpoint: Addr | None = None,
+        allowed_ips: Iterable[Network] = (),
+        persistent_keepalive: int = 0,
+        now: float | None = None,
+    ) -> Peer:
+        if public_key in self.peers:
+            raise ValueError("peer already exists")
+        peer = Peer(
+            public_key,
+            name=name or _short(public_key),
+            preshared_key=preshared_key,
+            endpoint=endpoint,
+            persistent_keepalive=persistent_keepalive,
+        )
+        self.peers[public_key] = peer
+        for net in allowed_ips:
+            self.allowed.insert(net, peer)
+        if persistent_keepalive and now is not None:
+            # wg sends a keepalive at once when a persistent keepalive is configured, so a peer
+            # behind NAT becomes reachable without waiting for traffic.
+            peer.persistent_at = now
+            self._schedule(peer)
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.allowed.remove_value(peer)
+        self._clear_sessions(peer)
+        peer.removed = True
+
+    def set_allowed_ips(self, peer: Peer, networks: Iterable[Network]) -> None:
+        self.allowed.remove_value(peer)
+        for net in networks:
+            self.allowed.insert(net, peer)
+
+    def set_persistent_keepalive(self, peer: Peer, interval: int, now: float) -> None:
+        was = peer.persistent_keepalive
+        peer.persistent_keepalive = interval
+        if interval and not was:
+            peer.persistent_at = now
+            self._schedule(peer)
+        elif not interval:
+            peer.persistent_at = None
+
+    # ---------------------------------------------------------------- timers
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            t, _, peer = heap[0]
+            if peer.removed or peer.scheduled_at != t:
+                heapq.heappop(heap)  # superseded entry
+                continue
+            return t
+        return None
+
+    def _schedule(self, peer: Peer) -> None:
+        t = peer.earliest_deadline()
+        if t is None:
+            return
+        if peer.scheduled_at is None or t < peer.scheduled_at:
+            peer.scheduled_at = t
+            heapq.heappush(self._heap, (t, next(self._seq), peer))
+
+    def on_timer(self, now: float) -> Output:
+        out = Output()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            t, _, peer = heapq.heappop(heap)
+            if peer.removed or peer.scheduled_at != t:
+                continue
+            peer.scheduled_at = None
+            self._fire_timers(peer, now, out)
+            self._schedule(peer)
+        return out
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self.rng(4), "little") / 2**32 * REKEY_TIMEOUT_JITTER_MAX
+
+    def _fire_timers(self, peer: Peer, now: float, out: Output) -> None:
+        if peer.retransmit_at is not None and peer.retransmit_at <= now:
+            peer.retransmit_at = None
+            if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
+                # Gave up after REKEY_ATTEMPT_TIME: drop what waited and stop keepalives.
+                out.events.append(
+                    Event("handshake_failed", peer.name, f"{peer.handshake_attempts + 1} attempts")
+                )
+                peer.send_keepalive_at = None
+                peer.staged.clear()
+                self._drop_pending(peer)
+                if peer.zero_keys_at is None:
+                    peer.zero_keys_at = now + REJECT_AFTER_TIME * 3
+            else:
+                peer.handshake_attempts += 1
+                if peer.handshake_attempts % 3 == 0:
+                    out.events.append(Event("resolve", peer.name, "no handshake response"))
+                self._send_initiation(peer, now, out, retry=True)
+        if peer.send_keepalive_at is not None and peer.send_keepalive_at <= now:
+            peer.send_keepalive_at = None
+            self._send_keepalive(peer, now, out)
+            if peer.need_another_keepalive:
+                peer.need_another_keepalive = False
+                peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
+        if peer.new_handshake_at is not None and peer.new_handshake_at <= now:
+            peer.new_handshake_at = None
+            # We sent data and heard nothing back: the path or the peer changed.
+            out.events.append(Event("resolve", peer.name, "peer went quiet"))
+            self._send_initiation(peer, now, out, retry=False)
+        if peer.zero_keys_at is not None and peer.zero_keys_at <= now:
+            peer.zero_keys_at = None
+            self._clear_sessions(peer)
+        if peer.persistent_at is not None and peer.persistent_at <= now:
+            peer.persistent_at = None
+            if peer.persistent_keepalive:
+                self._send_keepalive(peer, now, out)
+
+    # Timer events, named after wireguard-go's timers.go so the two can be read side by side.
+
+    def _t_data_sent(self, peer: Peer, now: float) -> None:
+        if peer.new_handshake_at is None:
+            peer.new_handshake_at = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+
+    def _t_data_received(self, peer: Peer, now: float) -> None:
+        if peer.send_keepalive_at is None:
+            peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
+        else:
+            peer.need_another_keepalive = True
+
+    def _t_authenticated_sent(self, peer: Peer, now: float) -> None:
+        peer.send_keepalive_at = None
+        self._t_traversal(peer, now)
+
+    def _t_authenticated_received(self, peer: Peer, now: float) -> None:
+        peer.new_handshake_at = None
+        peer.last_received = now
+        self._t_traversal(peer, now)
+
+    def _t_traversal(self, peer: Peer, now: float) -> None:
+        if peer.persistent_keepalive:
+            peer.persistent_at = now + peer.persistent_keepalive
+
+    def _t_handshake_complete(self, peer: Peer, now: float) -> None:
+        peer.retransmit_at = None
+        peer.handshake_attempts = 0
+        peer.last_handshake = now
+        peer.last_handshake_wall = self.wall()
+        peer.stats.handshakes += 1
+
+    def _t_session_derived(self, peer: Peer, now: float) -> None:
+        peer.zero_keys_at = now + REJECT_AFTER_TIME * 3
+
+    # ---------------------------------------------------------------- outbound
+
+    def from_tunnel(self, packets: Iterable[bytes], now: float) -> Output:
+        out = Output()
+        by_peer: dict[Peer, list[bytes]] = {}
+        lookup = self.allowed.lookup
+        for pkt in packets:
+            version = pkt[0] >> 4 if pkt else 0
+            if version == 4 and len(pkt) >= 20:
+                peer = lookup(pkt[16:20])
+            elif version == 6 and len(pkt) >= 40:
+                peer = lookup(pkt[24:40])
+            else:
+                self.drops["tun_not_ip"] += 1
+                continue
+            if peer is None:
+                self.drops["tun_no_route"] += 1
+                continue
+            bucket = by_peer.get(peer)
+            if bucket is None:
+                by_peer[peer] = [pkt]
+            else:
+                bucket.append(pkt)
+        for peer, pkts in by_peer.items():
+            self.send_to_peer(peer, pkts, now, out)
+        for peer in by_peer:
+            self._schedule(peer)
+        return out
+
+    def send_to_peer(self, peer: Peer, payloads: list[bytes], now: float, out: Output) -> None:
+        """Encrypt payloads (IP packets, or L2 plaintexts) for one peer, or stage them."""
+        kp = peer.current
+        if kp is None or not kp.usable_for_sending(now) or peer.endpoint is None:
+            for p in payloads:
+                if len(peer.staged) == peer.staged.maxlen:
+                    self.drops["staged_overflow"] += 1
+                    peer.count_drop("staged_overflow")
+                peer.staged.append(p)
+            if peer.endpoint is None:
+                self.drops["no_endpoint"] += 1
+                peer.count_drop("no_endpoint")
+                return
+            self._send_initiation(peer, now, out, retry=False)
+            return
+        self._encrypt_batch(peer, kp, payloads, now, out)
+        # keepKeyFreshSending: the initiator rekeys an old or much-used session before it expires.
+        if kp.is_initiator and (
+            kp.send_counter > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME
+        ):
+            self._send_initiation(peer, now, out, retry=False)
+
+    def _encrypt_batch(
+        self, peer: Peer, kp: Keypair, payloads: list[bytes], now: float, out: Output
+    ) -> None:
+        mtu = self.mtu
+        encrypt = kp.send.encrypt
+        pack = _TRANSPORT_HEADER.pack
+        u64 = _U64.pack
+        remote = kp.remote_index
+        counter = kp.send_counter
+        sent = 0
+        datagrams = []
+        for p in payloads:
+            n = len(p)
+            if n and n < mtu:
+                pad = (-n) % 16
+                if n + pad > mtu:
+                    pad = mtu - n
+                if pad:
+                    p = p + _ZERO_PAD[:pad]
+            data = pack(MSG_TRANSPORT, remote, counter) + encrypt(
+                _NONCE_PREFIX + u64(counter), p, None
+            )
+            counter += 1
+            sent += len(data)
+            datagrams.append(data)
+        if counter >= REJECT_AFTER_MESSAGES:
+            # Never reuse a nonce: the tail of the batch is dropped, and a rekey is forced.
+            datagrams = datagrams[: max(0, REJECT_AFTER_MESSAGES - kp.send_counter)]
+            counter = REJECT_AFTER_MESSAGES
+        kp.send_counter = counter
+        addr = peer.endpoint
+        assert addr is not None
+        bucket = out.datagrams.get(addr)
+        if bucket is None:
+            out.datagrams[addr] = datagrams
+        else:
+            bucket.extend(datagrams)
+        peer.stats.tx_bytes += sent
+        peer.stats.tx_packets += len(datagrams)
+        if any(payloads):
+            self._t_data_sent(peer, now)
+        self._t_authenticated_sent(peer, now)
+
+    def _send_keepalive(self, peer: Peer, now: float, out: Output) -> None:
+        if peer.staged:
+            self._flush_staged(peer, now, out)
+            return
+        self.send_to_peer(peer, [b""], now, out)
+
+    def _flush_staged(self, peer: Peer, now: float, out: Output) -> None:
+        staged = list(peer.staged)
+        peer.staged.clear()
+        self.send_to_peer(peer, staged, now, out)
+
+    def _new_index(self, peer: Peer, kp: Keypair | None) -> int:
+        while True:
+            idx = int.from_bytes(self.rng(4), "little")
+            if idx not in self.indices:
+                self.indices[idx] = (peer, kp)
+                return idx
+
+    def _drop_pending(self, peer: Peer) -> None:
+        if peer.handshake is not None:
+            self.indices.pop(peer.handshake.sender_index, None)
+            peer.handshake = None
+
+    def _send_initiation(self, peer: Peer, now: float, out: Output, *, retry: bool) -> None:
+        if not retry:
+            peer.handshake_attempts = 0
+        if peer.endpoint is None:
+            return
+        if now - peer.last_sent_handshake < REKEY_TIMEOUT and not retry:
+            return  # one initiation per REKEY_TIMEOUT unless the retransmit timer asks
+        peer.last_sent_handshake = now
+        self._drop_pending(peer)
+        index = self._new_index(peer, None)
+        msg, state = hs.create_initiation(
+            self.private_key,
+            self.public_key,
+            peer.public_key,
+            peer.preshared_key,
+            index,
+            generate_private_key(self.rng),
+            tai64n(self.wall()),
+        )
+        peer.handshake = state
+        msg = peer.cookie_gen.add_macs(msg, now)
+        out.send(peer.endpoint, msg)
+        peer.stats.tx_bytes += len(msg)
+        out.events.append(Event("handshake_sent", peer.name, "retry" if retry else ""))
+        self._t_authenticated_sent(peer, now)
+        peer.retransmit_at = now + REKEY_TIMEOUT + self._jitter()
+        self._schedule(peer)
+
+    # ---------------------------------------------------------------- inbound
+
+    def from_network(self, datagrams: Iterable[tuple[bytes, Addr]], now: float) -> Output:
+        out = Output()
+        touched: set[Peer] = set()
+        for data, addr in datagrams:
+            n = len(data)
+            if n < 4 or data[1:4] != b"\x00\x00\x00":
+                self.drops["bad_header"] += 1
+                continue
+            kind = data[0]
+            if kind == MSG_TRANSPORT:
+                if n < TRANSPORT_HEADER_SIZE + 16:
+                    self.drops["too_short"] += 1
+                    continue
+                self._receive_transport(data, addr, now, out, touched)
+            elif kind == MSG_INITIATION:
+                if n != INITIATION_SIZE:
+                    self.drops["bad_size"] += 1
+                    continue
+                self._receive_initiation(data, addr, now, out, touched)
+            elif kind == MSG_RESPONSE:
+                if n != RESPONSE_SIZE:
+                    self.drops["bad_size"] += 1
+                    continue
+                self._receive_response(data, addr, now, out, touched)
+            elif kind == MSG_COOKIE_REPLY:
+                if n != COOKIE_REPLY_SIZE:
+                    self.drops["bad_size"] += 1
+                    continue
+                self._receive_cookie(data, now)
+            else:
+                self.drops["bad_type"] += 1
+        for peer in touched:
+            self._schedule(peer)
+        return out
+
+    def _receive_transport(
+        self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
+    ) -> None:
+        _, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
+        entry = self.indices.get(receiver)
+        if entry is None or entry[1] is None:
+            self.drops["unknown_index"] += 1
+            return
+        peer, kp = entry
+        if not kp.usable_for_receiving(now) or counter >= REJECT_AFTER_MESSAGES:
+            self.drops["expired_session"] += 1
+            peer.count_drop("expired_session")
+            return
+        try:
+            plain = kp.recv.decrypt(_NONCE_PREFIX + _U64.pack(counter), data[16:], None)
+        except Exception:  # InvalidTag: forged, corrupted or for a key we no longer hold
+            self.drops["bad_auth"] += 1
+            peer.count_drop("bad_auth")
+            return
+        if not kp.replay.accept(counter):
+            self.drops["replay"] += 1
+            peer.count_drop("replay")
+            return
+        touched.add(peer)
+        peer.stats.rx_bytes += len(data)
+        peer.stats.rx_packets += 1
+        if kp is peer.next:
+            # The initiator used the new session: promote it (ReceivedWithKeypair).
+            peer.previous = peer.current
+            peer.current = kp
+            peer.next = None
+            # The responder's handshake is complete only now (wireguard-go receive.go).
+            self._t_handshake_complete(peer, now)
+            out.events.append(Event("handshake_complete", peer.name, "responder"))
+            if peer.staged:
+                self._flush_staged(peer, now, out)
+        if peer.endpoint != addr:
+            out.events.append(Event("roamed", peer.name, f"{_fmt(peer.endpoint)} -> {_fmt(addr)}"))
+            peer.endpoint = addr
+        self._t_authenticated_received(peer, now)
+        # keepKeyFreshReceiving: the initiator renews a session about to be rejected.
+        if (
+            kp.is_initiator
+            and peer.current is kp
+            and now - kp.created > REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+            and peer.handshake is None
+        ):
+            self._send_initiation(peer, now, out, retry=False)
+        if not plain:
+            return  # a keepalive: authenticated, nothing to deliver
+        self.deliver(peer, plain, now, out)
+
+    def deliver(self, peer: Peer, plain: bytes, now: float, out: Output) -> None:
+        """Hand an authenticated plaintext to the tunnel after cryptokey routing checks."""
+        version = plain[0] >> 4
+        if version == 4:
+            if len(plain) < 20:
+                self._drop(peer, "bad_inner_packet")
+                return
+            length = int.from_bytes(plain[2:4], "big")
+            src = plain[12:16]
+        elif version == 6:
+            if len(plain) < 40:
+                self._drop(peer, "bad_inner_packet")
+                return
+            length = 40 + int.from_bytes(plain[4:6], "big")
+            src = plain[8:24]
+        else:
+            self._drop(peer, "bad_inner_packet")
+            return
+        if length > len(plain) or length < 20:
+            self._drop(peer, "bad_inner_packet")
+            return
+        if self.allowed.lookup(src) is not peer:
+            self._drop(peer, "not_allowed_source")
+            return
+        self._t_data_received(peer, now)
+        out.packets.append(plain[:length] if length != len(plain) else plain)
+
+    def _drop(self, peer: Peer, reason: str) -> None:
+        self.drops[reason] += 1
+        peer.count_drop(reason)
+
+    def _under_load(self, now: float) -> bool:
+        times = self._handshake_times
+        times.append(now)
+        if len(times) > self.under_load_threshold:
+            # keep only the last second's worth
+            cutoff = now - 1.0
+            i = 0
+            while i < len(times) and times[i] < cutoff:
+                i += 1
+            del times[:i]
+            if len(times) > self.under_load_threshold:
+                self._under_load_until = now + UNDER_LOAD_AFTER
+                del times[: len(times) - self.under_load_threshold]
+        return now < self._under_load_until
+
+    def _check_macs(self, data: bytes, addr: Addr, sender: int, now: float, out: Output) -> bool:
+        """mac1 always; under load, mac2 or answer with a cookie. True = go on."""
+        if not self.cookie_checker.check_mac1(data):
+            self.drops["bad_mac1"] += 1
+            return False
+        if not self._under_load(now):
+            return True
+        src = addr_bytes(addr)
+        if not self.cookie_checker.check_mac2(data, src, now):
+            out.send(addr, self.cookie_checker.create_reply(data, sender, src, now))
+            self.drops["cookie_sent"] += 1
+            return False
+        if data[0] == MSG_INITIATION and not self._ratelimit(src[:-2], now):
+            self.drops["ratelimited"] += 1
+            return False
+        return True
+
+    def _ratelimit(self, ip: bytes, now: float) -> bool:
+        tokens, last = self._buckets.get(ip, (RATELIMIT_BURST, now))
+        tokens = min(RATELIMIT_BURST, tokens + (now - last) * RATELIMIT_PER_SECOND)
+        if len(self._buckets) > RATELIMIT_MAX_SOURCES:
+            # Bounded memory under a spoofed-source flood: forget buckets that have refilled.
+            cutoff = now - RATELIMIT_BURST / RATELIMIT_PER_SECOND
+            self._buckets = {k: v for k, v in self._buckets.items() if v[1] > cutoff}
+        if tokens < 1.0:
+            self._buckets[ip] = (tokens, now)
+            return False
+        self._buckets[ip] = (tokens - 1.0, now)
+        return True
+
+    def _receive_initiation(
+        self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
+    ) -> None:
+        sender = int.from_bytes(data[4:8], "little")
+        if not self._check_macs(data, addr, sender, now, out):
+            return
+        consumed = hs.consume_initiation(self.private_key, self.public_key, data)
+        if consumed is None:
+            self.drops["bad_initiation"] += 1
+            return
+        peer = self.peers.get(consumed.remote_static)
+        if peer is None:
+            self.drops["unknown_peer"] += 1
+            return
+        if consumed.timestamp <= peer.last_timestamp:
+            self._drop(peer, "replayed_initiation")
+            return
+        if now - peer.last_initiation_consumed < HANDSHAKE_INITIATION_RATE:
+            self._drop(peer, "initiation_flood")
+            return
+        peer.last_timestamp = consumed.timestamp
+        peer.last_initiation_consumed = now
+        index = self._new_index(peer, None)
+        msg, send_key, recv_key = hs.create_response(
+            consumed, peer.preshared_key, index, generate_private_key(self.rng)
+        )
+        kp = Keypair(send_key, recv_key, index, consumed.sender_index, now, is_initiator=False)
+        self.indices[index] = (peer, kp)
+        # BeginSymmetricSession, responder side: the new keypair waits in `next`.
+        for old in (peer.next, peer.previous):
+            if old is not None:
+                self.indices.pop(old.local_index, None)
+        peer.next = kp
+        peer.previous = None
+        if peer.endpoint != addr:
+            if peer.endpoint is not None:
+                out.events.append(
+                    Event("roamed", peer.name, f"{_fmt(peer.endpoint)} -> {_fmt(addr)}")
+                )
+            peer.endpoint = addr
+        msg = peer.cookie_gen.add_macs(msg, now)
+        out.send(addr, msg)
+        peer.stats.rx_bytes += len(data)
+        peer.stats.tx_bytes += len(msg)
+        touched.add(peer)
+        self._t_authenticated_received(peer, now)
+        self._t_authenticated_sent(peer, now)
+        self._t_session_derived(peer, now)
+
+    def _receive_response(
+        self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
+    ) -> None:
+        sender = int.from_bytes(data[4:8], "little")
+        if not self._check_macs(data, addr, sender, now, out):
+            return
+        receiver = int.from_bytes(data[8:12], "little")
+        entry = self.indices.get(receiver)
+        if entry is None or entry[1] is not None:
+            self.drops["unknown_index"] += 1
+            return
+        peer = entry[0]
+        state = peer.handshake
+        if state is None or state.sender_index != receiver:
+            self.drops["unknown_index"] += 1
+            return
+        result = hs.consume_response(state, self.private_key, data)
+        if result is None:
+            self._drop(peer, "bad_response")
+            return
+        remote_index, send_key, recv_key = result
+        peer.handshake = None
+        kp = Keypair(send_key, recv_key, receiver, remote_index, now, is_initiator=True)
+        self.indices[receiver] = (peer, kp)
+        # BeginSymmetricSession, initiator side: the new keypair is current at once.
+        if peer.next is not None:
+            if peer.previous is not None:
+                self.indices.pop(peer.previous.local_index, None)
+            if peer.current is not None:
+                self.indices.pop(peer.current.local_index, None)
+            peer.previous = peer.next
+            peer.next = None
+        else:
+            if peer.previous is not None:
+                self.indices.pop(peer.previous.local_index, None)
+            peer.previous = peer.current
+        peer.current = kp
+        if peer.endpoint != addr:
+            out.events.append(Event("roamed", peer.name, f"{_fmt(peer.endpoint)} -> {_fmt(addr)}"))
+            peer.endpoint = addr
+        peer.stats.rx_bytes += len(data)
+        touched.add(peer)
+        self._t_authenticated_received(peer, now)
+        self._t_handshake_complete(peer, now)
+        self._t_session_derived(peer, now)
+        out.events.append(Event("handshake_complete", peer.name, "initiator"))
+        # Confirm the session to the responder: staged data if we have it, else a keepalive.
+        self._send_keepalive(peer, now, out)
+
+    def _receive_cookie(self, data: bytes, now: float) -> None:
+        receiver = int.from_bytes(data[4:8], "little")
+        entry = self.indices.get(receiver)
+        if entry is None:
+            self.drops["unknown_index"] += 1
+            return
+        peer = entry[0]
+        if not peer.cookie_gen.consume_reply(data, now):
+            self._drop(peer, "bad_cookie")
+            return
+        self.drops["cookie_received"] += 1  # counted, not an error: the retry will carry mac2
+
+    # ---------------------------------------------------------------- helpers
+
+    def _clear_sessions(self, peer: Peer) -> None:
+        for kp in peer.keypairs():
+            self.indices.pop(kp.local_index, None)
+        peer.previous = peer.current = peer.next = None
+        self._drop_pending(peer)
+
+    def total_drops(self) -> dict[str, int]:
+        return dict(self.drops)
+
+
+def _short(key: bytes) -> str:
+    import base64
+
+    return base64.b64encode(key).decode()[:8]
+
+
+def _fmt(addr: Addr | None) -> str:
+    if addr is None:
+        return "(none)"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
