@@ -31,7 +31,7 @@ import ipaddress
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["AllowedIPs", "Network", "NetworkLike"]
+__all__ = ["AllowedIPs", "Addr", "Network", "NetworkLike"]
 
 _MEMO_MAX = 1 << 16
 _MISS = object()
@@ -40,6 +40,8 @@ V = TypeVar("V")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Also accepted on input: "10.0.0.1/24" strings and interfaces (host bits are dropped).
 NetworkLike = Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface | str
+# Addresses as sliced from a packet: bytes usually, a memoryview or bytearray slice also works.
+Addr = bytes | bytearray | memoryview
 
 
 class _Family(Generic[V]):
@@ -84,7 +86,7 @@ class AllowedIPs(Generic[V]):
         # unhashable dataclasses, and holding the value keeps its id from being reused.
         self._owners: dict[int, tuple[V, dict[Network, None]]] = {}
         self._count = 0
-        self._memo: dict[bytes, V | None] = {}
+        self._memo: dict[object, V | None] = {}
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -161,7 +163,7 @@ class AllowedIPs(Generic[V]):
             self._count -= 1
             fam.drop_if_empty(plen)
 
-    def lookup(self, addr: bytes) -> V | None:
+    def lookup(self, addr: Addr) -> V | None:
         """The owner of the longest prefix containing `addr` (4 or 16 raw bytes), or None."""
         memo = self._memo
         try:
@@ -177,7 +179,7 @@ class AllowedIPs(Generic[V]):
         memo[addr if type(addr) is bytes else bytes(addr)] = v
         return v
 
-    def lookup_uncached(self, addr: bytes) -> V | None:
+    def lookup_uncached(self, addr: Addr) -> V | None:
         """`lookup` without the memo: probe each present prefix length, longest first."""
         n = len(addr)
         if n == 4:

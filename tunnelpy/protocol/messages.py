@@ -122,7 +122,7 @@ def message_type(data: bytes | bytearray | memoryview) -> int:
     if n < MIN_TRANSPORT_SIZE:
         # Nothing valid is shorter than a keepalive (32 B); this also makes the u32 read safe.
         return 0
-    (t,) = _unpack_u32(data)  # reads type byte and the three reserved zero bytes at once
+    t: int = _unpack_u32(data)[0]  # reads type byte and the three reserved zero bytes at once
     if t == MSG_TRANSPORT:
         return t
     if _EXACT_SIZE.get(t) == n:
@@ -156,14 +156,16 @@ def receiver_index(data: bytes | bytearray | memoryview) -> int | None:
     at = _RECEIVER_AT.get(message_type(data))
     if at is None:
         return None
-    return _unpack_u32(data, at)[0]
+    index: int = _unpack_u32(data, at)[0]
+    return index
 
 
 def sender_index(data: bytes | bytearray | memoryview) -> int | None:
     """The sender index of an initiation or response; None otherwise."""
     if message_type(data) not in (MSG_INITIATION, MSG_RESPONSE):
         return None
-    return _unpack_u32(data, 4)[0]
+    index: int = _unpack_u32(data, 4)[0]
+    return index
 
 
 def mac_offsets(data: bytes | bytearray | memoryview) -> tuple[int, int]:

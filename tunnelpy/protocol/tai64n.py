@@ -46,5 +46,7 @@ def is_newer(candidate: bytes, last: bytes | None) -> bool:
 
 def to_unix(stamp: bytes) -> float:
     """Seconds since the unix epoch of a TAI64N timestamp (for logs and tests)."""
+    secs: int
+    nanos: int
     secs, nanos = _STRUCT.unpack(stamp)
     return (secs - _BASE) + nanos / 1e9
