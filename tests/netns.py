@@ -74,7 +74,7 @@ class LabError(RuntimeError):
 class _Registry:
     netns: set[str] = field(default_factory=set)
     ifnames: set[str] = field(default_factory=set)
-    pids: set[int] = field(default_factory=set)
+    procs: list[Proc] = field(default_factory=list)
     labs: list[Lab] = field(default_factory=list)
 
 
@@ -120,7 +120,8 @@ def leaks() -> list[str]:
             found.append(f"socket {WG_RUN_DIR / name}.sock")
         if name in host_links:
             found.append(f"host link {name}")
-    found += [f"process {pid}" for pid in sorted(REGISTRY.pids) if _pid_alive(pid)]
+    # Through the Popen objects, not bare PIDs: a reaped PID may already belong to someone else.
+    found += [f"process {p.pid} ({' '.join(p.argv)})" for p in REGISTRY.procs if p.alive]
     return found
 
 
@@ -241,7 +242,6 @@ class Proc:
         # Children the daemon forked keep the group alive after the leader is gone.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        REGISTRY.pids.discard(self.pid)
         return self.popen.returncode
 
 
@@ -481,7 +481,7 @@ class Lab:
             )
         proc = Proc(ns, list(cmd), log_path, popen)
         self.procs.append(proc)
-        REGISTRY.pids.add(popen.pid)
+        REGISTRY.procs.append(proc)
         return proc
 
     def wait_for(
