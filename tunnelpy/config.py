@@ -11,8 +11,13 @@ its dataclass (stage 2); cross-section checks (duplicate peers, our own key as a
 
 Extension point: a new section kind (``[Segment lab]``, ``[Bridge br0]``...) is one more
 ``SectionSpec`` in ``SECTIONS`` with ``named=True``, its ``KeySpec`` table and a builder, plus a
-field on ``Config`` to hold what the builder returns. Until then such headers are unknown
-sections and an error.
+field on ``Config`` to hold what the builder returns.
+
+``[Interface] Transport`` picks the wire: ``wireguard`` (the default, byte-compatible with wg) or
+``vxlan`` (plain RFC 7348 for lab overlays: no keys anywhere, ListenPort 4789 by default, every
+peer needs Name and Endpoint). It is read before any section is built because it changes what a
+``[Peer]`` must contain. ``[Segment NAME]`` sections are L2 segments (one TAP per VNI); their
+cross-checks (unique VNI and device, Peers and MAC naming existing peers) run after the peers.
 
 This module opens and starts nothing on the host: it only reads the config and key files.
 """
@@ -37,6 +42,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MTU = 1420
 IFNAMSIZ = 16  # Linux: names hold at most IFNAMSIZ - 1 bytes plus the terminating NUL
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+TRANSPORT_WIREGUARD = "wireguard"
+TRANSPORT_VXLAN = "vxlan"
+TRANSPORTS = (TRANSPORT_WIREGUARD, TRANSPORT_VXLAN)
+VXLAN_PORT = 4789  # IANA; the Linux vxlan device defaults to 8472 unless told dstport 4789
+VNI_MAX = (1 << 24) - 1
+DEFAULT_AGING = 300.0
+DEFAULT_MAX_FDB = 4096
 SAVE_CONFIG_WARNING = "SaveConfig is not supported; the file is never rewritten"
 
 
@@ -77,10 +89,13 @@ class InterfaceConfig:
     save_config: bool = False
     log_level: str | None = None  # tunnelpy extension: debug, info, warning, error, critical
     line: int = 0  # line of the [Interface] header
+    transport: str = TRANSPORT_WIREGUARD  # tunnelpy extension: "wireguard" or "vxlan" (plain)
 
     @property
     def public_key(self) -> bytes:
-        """Our own public key, derived from the private key."""
+        """Our own public key, derived from the private key (b"" with Transport = vxlan)."""
+        if not self.private_key:
+            return b""
         return keys.public_from_private_bytes(self.private_key)
 
 
@@ -88,13 +103,31 @@ class InterfaceConfig:
 class PeerConfig:
     """One ``[Peer]`` section."""
 
-    public_key: bytes
+    public_key: bytes  # b"" with Transport = vxlan (plain VXLAN peers have no keys)
     name: str  # a label for logs and status; default: first 8 characters of the base64 key
     preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: tuple[str, int] | None = None  # (host without brackets, port); host unresolved
     allowed_ips: tuple[IPNetwork, ...] = ()
     persistent_keepalive: int | None = None  # None: off (the file's 0 and "off" mean the same)
     line: int = 0  # line of the [Peer] header
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """One ``[Segment NAME]`` section: an L2 segment (a TAP device) carrying one VNI."""
+
+    name: str
+    vni: int  # 1..16777215, unique across segments
+    device: str  # the TAP's interface name; default: the segment's name
+    bridge: str | None  # enslave the TAP to this bridge
+    peers: tuple[str, ...] | None  # peer Names; None: every peer
+    mtu: int | None
+    addresses: tuple[IPInterface, ...]
+    hub: bool  # forward frames between peers of this segment (hub/split-horizon off)
+    static_macs: tuple[tuple[bytes, str], ...]  # (6-byte MAC, peer name) static FDB entries
+    aging: float  # seconds a learnt MAC stays in the FDB
+    max_fdb: int  # learnt FDB entries at most
+    line: int = 0  # line of the [Segment NAME] header
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,7 @@ class Config:
     interface: InterfaceConfig
     peers: tuple[PeerConfig, ...]
     warnings: tuple[str, ...] = ()
+    segments: tuple[SegmentConfig, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,6 +155,7 @@ class _Context:
     base_dir: str  # key files are relative to the config file's directory
     default_name: str  # the interface name when [Interface] has no Name
     warnings: list[str] = field(default_factory=list)
+    transport: str = TRANSPORT_WIREGUARD  # read from [Interface] before any section is built
 
     def error(self, line: int | None, where: str, message: str) -> ConfigError:
         return ConfigError(self.path, line, where, message)
@@ -500,6 +535,80 @@ def _log_level(value: str, _ctx: _Context) -> str:
     return value.lower()
 
 
+def _transport(value: str, _ctx: _Context) -> str:
+    if value.lower() not in TRANSPORTS:
+        raise _BadValue(f"{_show(value)} is not a transport, expected wireguard or vxlan")
+    return value.lower()
+
+
+_YES = ("yes", "true", "on", "1")
+_NO = ("no", "false", "off", "0")
+
+
+def _yes_no(value: str, _ctx: _Context) -> bool:
+    # tunnelpy's own keys take the spellings people type; wg-quick's SaveConfig keeps _bool.
+    if value.lower() in _YES:
+        return True
+    if value.lower() in _NO:
+        return False
+    raise _BadValue(f"{_show(value)}: expected yes or no")
+
+
+def _vni(value: str, _ctx: _Context) -> int:
+    return _int(value, 1, VNI_MAX, "a VNI")
+
+
+def _link_mtu(value: str, _ctx: _Context) -> int:
+    return _int(value, 68, 65535, "an MTU")
+
+
+def _seconds(value: str, _ctx: _Context) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _BadValue(f"{_show(value)} is not a number, expected seconds") from None
+    if not 0 <= seconds <= 1_000_000:  # also refuses nan and inf
+        raise _BadValue(f"{value} is out of range, expected seconds 0-1000000")
+    return seconds
+
+
+def _fdb_size(value: str, _ctx: _Context) -> int:
+    return _int(value, 1, 1 << 20, "a number of entries")
+
+
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
+
+
+def mac_bytes(value: str) -> bytes:
+    """``aa:bb:cc:dd:ee:ff`` -> 6 bytes; raises ValueError for anything else."""
+    if not _MAC.fullmatch(value):
+        raise ValueError(value)
+    return bytes.fromhex(value.replace(":", ""))
+
+
+def _mac(value: str, _ctx: _Context) -> bytes:
+    try:
+        return mac_bytes(value)
+    except ValueError:
+        raise _BadValue(
+            f"{_show(value)} is not a MAC address, expected aa:bb:cc:dd:ee:ff"
+        ) from None
+
+
+def _unicast_mac(value: str, ctx: _Context) -> bytes:
+    mac = _mac(value, ctx)
+    if mac[0] & 1 or mac == bytes(6):
+        raise _BadValue(f"{value} is a multicast or zero address, expected a unicast MAC")
+    return mac
+
+
+def _mac_at_peer(value: str, ctx: _Context) -> tuple[bytes, str]:
+    mac_text, at, peer = value.partition("@")
+    if not at or not peer.strip():
+        raise _BadValue(f"{_show(value)}: expected aa:bb:cc:dd:ee:ff@peername")
+    return _unicast_mac(mac_text.strip(), ctx), _peer_name(peer.strip(), ctx)
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 2: raw sections -> dataclasses
 
@@ -518,8 +627,29 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
         name = ctx.default_name
     else:
         name = name_item[1]
+    transport = section.value("Transport", TRANSPORT_WIREGUARD)
     private = section.get("PrivateKey") or section.get("PrivateKeyFile")
-    if private is None:
+    listen_port = section.value("ListenPort") or None
+    if transport == TRANSPORT_VXLAN:
+        for key in ("PrivateKey", "PrivateKeyFile"):
+            item = section.get(key)
+            if item is not None:
+                raise ctx.error(
+                    item[0],
+                    section.where(key),
+                    "plain VXLAN has no keys (Transport = vxlan), expected no "
+                    f"{key} line or Transport = wireguard",
+                )
+        private = (section.line, b"")
+        port_item = section.get("ListenPort")
+        if port_item is not None and port_item[1] == 0:
+            raise ctx.error(
+                port_item[0],
+                section.where("ListenPort"),
+                f"plain VXLAN needs a fixed port, expected a port 1-65535 (default {VXLAN_PORT})",
+            )
+        listen_port = listen_port or VXLAN_PORT
+    elif private is None:
         raise ctx.error(
             section.line,
             section.where("PrivateKey"),
@@ -541,7 +671,7 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
     return InterfaceConfig(
         name=name,
         private_key=private[1],
-        listen_port=section.value("ListenPort") or None,
+        listen_port=listen_port,
         addresses=addresses,
         mtu=mtu,
         fwmark=section.value("FwMark"),
@@ -554,10 +684,13 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
         save_config=save_config,
         log_level=section.value("LogLevel"),
         line=section.line,
+        transport=transport,
     )
 
 
 def _build_peer(section: RawSection, ctx: _Context) -> PeerConfig:
+    if ctx.transport == TRANSPORT_VXLAN:
+        return _build_vxlan_peer(section, ctx)
     public = section.get("PublicKey")
     if public is None:
         raise ctx.error(
@@ -575,6 +708,33 @@ def _build_peer(section: RawSection, ctx: _Context) -> PeerConfig:
     )
 
 
+def _build_vxlan_peer(section: RawSection, ctx: _Context) -> PeerConfig:
+    for key in ("PublicKey", "PresharedKey", "PresharedKeyFile"):
+        item = section.get(key)
+        if item is not None:
+            raise ctx.error(
+                item[0],
+                section.where(key),
+                "plain VXLAN peers have no keys (Transport = vxlan), expected no "
+                f"{key} line or Transport = wireguard",
+            )
+    for key, expected in (("Endpoint", "Endpoint = host:port"), ("Name", "Name = label")):
+        if section.get(key) is None:
+            raise ctx.error(
+                section.line,
+                section.where(key),
+                f"missing, a plain VXLAN peer (Transport = vxlan) needs {expected}",
+            )
+    return PeerConfig(
+        public_key=b"",
+        name=section.value("Name"),
+        endpoint=section.value("Endpoint"),
+        allowed_ips=tuple(n for _, n in section.all("AllowedIPs")),
+        persistent_keepalive=section.value("PersistentKeepalive"),
+        line=section.line,
+    )
+
+
 def _check_peers(
     interface: InterfaceConfig, peers: list[tuple[RawSection, PeerConfig]], ctx: _Context
 ) -> None:
@@ -585,20 +745,23 @@ def _check_peers(
     for section, peer in peers:
         key_item = section.get("PublicKey")
         key_line = key_item[0] if key_item else section.line
-        if peer.public_key == own_public:
+        if not peer.public_key:  # plain VXLAN: no keys to compare
+            pass
+        elif peer.public_key == own_public:
             raise ctx.error(
                 key_line,
                 "Peer.PublicKey",
                 "is this interface's own public key, expected another host's",
             )
-        if peer.public_key in by_key:
+        elif peer.public_key in by_key:
             raise ctx.error(
                 key_line,
                 "Peer.PublicKey",
                 f"the same peer is already defined on line {by_key[peer.public_key].line}, "
                 "expected each PublicKey once",
             )
-        by_key[peer.public_key] = section
+        if peer.public_key:
+            by_key[peer.public_key] = section
         if peer.name in by_name:
             name_item = section.get("Name")
             raise ctx.error(
@@ -619,6 +782,130 @@ def _check_peers(
                     "this later peer gets it, as with wg",
                 )
             claimed[network] = (peer, line)
+
+
+def _build_segment(section: RawSection, ctx: _Context) -> SegmentConfig:
+    assert section.name is not None  # named=True
+    if section.get("VNI") is None:
+        raise ctx.error(section.line, section.where("VNI"), "missing, expected VNI = 1-16777215")
+    device_item = section.get("Device")
+    if device_item is None:
+        reason = valid_ifname(section.name)
+        if reason:
+            raise ctx.error(
+                section.line,
+                section.where("Device"),
+                f"the default device name {_show(section.name)} (the segment's name) is not a "
+                f"valid interface name ({reason}), expected a Device = line",
+            )
+        device = section.name
+    else:
+        device = device_item[1]
+    peers_given = "Peers" in section.values
+    mtu_item = section.get("MTU")
+    addresses = tuple(a for _, a in section.all("Address"))
+    if mtu_item is not None and mtu_item[1] < 1280 and any(a.version == 6 for a in addresses):
+        raise ctx.error(
+            mtu_item[0],
+            section.where("MTU"),
+            f"{mtu_item[1]} is too small for IPv6 addresses, expected an MTU of at least 1280",
+        )
+    return SegmentConfig(
+        name=section.name,
+        vni=section.value("VNI"),
+        device=device,
+        bridge=section.value("Bridge"),
+        peers=tuple(n for _, n in section.all("Peers")) if peers_given else None,
+        mtu=section.value("MTU"),
+        addresses=addresses,
+        hub=section.value("Hub", False),
+        static_macs=tuple(m for _, m in section.all("MAC")),
+        aging=section.value("AgingTime", DEFAULT_AGING),
+        max_fdb=section.value("MaxFDBEntries", DEFAULT_MAX_FDB),
+        line=section.line,
+    )
+
+
+def _check_segments(
+    interface: InterfaceConfig,
+    peers: list[tuple[RawSection, PeerConfig]],
+    segments: list[tuple[RawSection, SegmentConfig]],
+    ctx: _Context,
+) -> None:
+    peer_names = {p.name for _, p in peers}
+    by_name: dict[str, int] = {}
+    by_vni: dict[int, SegmentConfig] = {}
+    by_device: dict[str, SegmentConfig] = {}
+    for section, seg in segments:
+        if seg.name in by_name:
+            raise ctx.error(
+                section.line,
+                "Segment",
+                f"[Segment {seg.name}] given twice (first on line {by_name[seg.name]}), "
+                "expected unique segment names",
+            )
+        by_name[seg.name] = section.line
+        vni_line = section.all("VNI")[0][0]
+        if seg.vni in by_vni:
+            raise ctx.error(
+                vni_line,
+                section.where("VNI"),
+                f"{seg.vni} is already the VNI of segment {by_vni[seg.vni].name!r} "
+                f"(line {by_vni[seg.vni].line}), expected a VNI per segment",
+            )
+        by_vni[seg.vni] = seg
+        device_item = section.get("Device")
+        device_line = device_item[0] if device_item else section.line
+        if seg.device in by_device:
+            other = by_device[seg.device]
+            raise ctx.error(
+                device_line,
+                section.where("Device"),
+                f"{seg.device!r} is already the device of segment {other.name!r} "
+                f"(line {other.line}), expected a device per segment",
+            )
+        if seg.device == interface.name:
+            raise ctx.error(
+                device_line,
+                section.where("Device"),
+                f"{seg.device!r} is the [Interface] Name, expected another device name",
+            )
+        by_device[seg.device] = seg
+        bridge_item = section.get("Bridge")
+        if bridge_item is not None and bridge_item[1] in (seg.device, interface.name):
+            raise ctx.error(
+                bridge_item[0],
+                section.where("Bridge"),
+                f"{bridge_item[1]!r} is the segment's own device or the [Interface] Name, "
+                "expected a bridge's name",
+            )
+        for line, name in section.all("Peers"):
+            if name not in peer_names:
+                guess = _suggest(name, sorted(peer_names))
+                hint = f" (did you mean {guess}?)" if guess else ""
+                known = ", ".join(sorted(peer_names)) or "none"
+                raise ctx.error(
+                    line,
+                    section.where("Peers"),
+                    f"{_show(name)} is not the Name of any [Peer]{hint}, expected one of: {known}",
+                )
+        members = peer_names if seg.peers is None else set(seg.peers)
+        seen: dict[bytes, int] = {}
+        for line, (mac, name) in section.all("MAC"):
+            if name not in members:
+                raise ctx.error(
+                    line,
+                    section.where("MAC"),
+                    f"peer {_show(name)} is not in segment {seg.name!r}, expected one of: "
+                    f"{', '.join(sorted(members)) or 'none'}",
+                )
+            if mac in seen:
+                raise ctx.error(
+                    line,
+                    section.where("MAC"),
+                    f"{mac.hex(':')} is already given on line {seen[mac]}, expected each MAC once",
+                )
+            seen[mac] = line
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,6 +929,7 @@ _INTERFACE = SectionSpec(
         KeySpec("PostDown", _command, multi=True, split=False),
         KeySpec("SaveConfig", _bool),
         KeySpec("LogLevel", _log_level),
+        KeySpec("Transport", _transport),
     ),
     build=_build_interface,
     required=True,
@@ -664,7 +952,28 @@ _PEER = SectionSpec(
     exclusive=(("PresharedKey", "PresharedKeyFile"),),
 )
 
-SECTIONS: dict[str, SectionSpec] = {spec.name.lower(): spec for spec in (_INTERFACE, _PEER)}
+_SEGMENT = SectionSpec(
+    name="Segment",
+    keys=(
+        KeySpec("VNI", _vni),
+        KeySpec("Device", _ifname),
+        KeySpec("Bridge", _ifname),
+        KeySpec("Peers", _peer_name, multi=True),
+        KeySpec("MTU", _link_mtu),
+        KeySpec("Address", _address, multi=True),
+        KeySpec("Hub", _yes_no),
+        KeySpec("MAC", _mac_at_peer, multi=True),
+        KeySpec("AgingTime", _seconds),
+        KeySpec("MaxFDBEntries", _fdb_size),
+    ),
+    build=_build_segment,
+    named=True,
+    repeatable=True,
+)
+
+SECTIONS: dict[str, SectionSpec] = {
+    spec.name.lower(): spec for spec in (_INTERFACE, _PEER, _SEGMENT)
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,6 +1005,10 @@ def _parse(text: str, path: str, default_name: str, file_mode: int | None) -> Co
     base_dir = "" if path.startswith("<") else os.path.dirname(path)
     ctx = _Context(path=path, base_dir=base_dir, default_name=default_name)
     sections = _read_sections(text, ctx)
+    # Peers are built differently per transport, and [Interface] may come after them.
+    for section in sections:
+        if section.spec is _INTERFACE:
+            ctx.transport = section.value("Transport", TRANSPORT_WIREGUARD)
     built: dict[str, list[tuple[RawSection, Any]]] = {name: [] for name in SECTIONS}
     for section in sections:
         built[section.spec.name.lower()].append((section, section.spec.build(section, ctx)))
@@ -703,6 +1016,8 @@ def _parse(text: str, path: str, default_name: str, file_mode: int | None) -> Co
     interface: InterfaceConfig = built["interface"][0][1]
     peers: list[tuple[RawSection, PeerConfig]] = built["peer"]
     _check_peers(interface, peers, ctx)
+    segments: list[tuple[RawSection, SegmentConfig]] = built["segment"]
+    _check_segments(interface, peers, segments, ctx)
     if file_mode is not None and file_mode & 0o077:
         if any(s.get(k.name) for s in sections for k in s.spec.keys if k.secret):
             # wg-quick only warns here, and existing wg0.conf files must keep working.
@@ -717,4 +1032,5 @@ def _parse(text: str, path: str, default_name: str, file_mode: int | None) -> Co
         interface=interface,
         peers=tuple(p for _, p in peers),
         warnings=tuple(ctx.warnings),
+        segments=tuple(s for _, s in segments),
     )

@@ -282,7 +282,7 @@ def test_error_interface_twice() -> None:
 
 
 def test_error_unknown_section() -> None:
-    expect_error(interface("[Segment lab]", "VNI = 100"), 3, "Segment", "unknown section")
+    expect_error(interface("[Zone lab]", "VNI = 100"), 3, "Zone", "unknown section")
 
 
 def test_error_unknown_section_suggests() -> None:
@@ -663,3 +663,415 @@ def test_values_may_contain_equals_signs() -> None:
     cfg = config.parse(interface("PostUp = sysctl -w net.ipv4.ip_forward=1", "Table = off"))
     assert cfg.interface.post_up == ("sysctl -w net.ipv4.ip_forward=1",)
     assert cfg.interface.table == "off"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport = vxlan
+
+
+def vxlan_file(*peer_lines: str, iface: tuple[str, ...] = ()) -> str:
+    lines = ["[Interface]", "Transport = vxlan", *iface]
+    if peer_lines:
+        lines += ["[Peer]", *peer_lines]
+    return "\n".join(lines) + "\n"
+
+
+def test_transport_default_is_wireguard() -> None:
+    cfg = config.parse(interface())
+    assert cfg.interface.transport == "wireguard"
+    assert cfg.segments == ()
+
+
+def test_transport_vxlan_defaults() -> None:
+    cfg = config.parse(
+        vxlan_file("Name = b", "Endpoint = 192.0.2.2:4789", "AllowedIPs = 10.0.0.0/24")
+    )
+    i = cfg.interface
+    assert i.transport == "vxlan"
+    assert i.private_key == b""
+    assert i.public_key == b""
+    assert i.listen_port == 4789
+    (peer,) = cfg.peers
+    assert (peer.public_key, peer.name, peer.endpoint) == (b"", "b", ("192.0.2.2", 4789))
+    assert peer.preshared_key is None
+
+
+def test_transport_vxlan_peers_before_interface_and_case() -> None:
+    text = "[Peer]\nName = b\nEndpoint = 192.0.2.2:4789\n[Interface]\nTransport = VXLAN\n"
+    text += "ListenPort = 8472\n[Peer]\nName = c\nEndpoint = 192.0.2.3:8472\n"
+    cfg = config.parse(text)
+    assert cfg.interface.listen_port == 8472
+    assert [p.name for p in cfg.peers] == ["b", "c"]
+
+
+def test_transport_explicit_wireguard_unchanged() -> None:
+    cfg = config.parse(interface("Transport = WireGuard"))
+    assert cfg.interface.transport == "wireguard"
+    assert cfg.interface.public_key == keys.decode_key(OWN_PUBLIC)
+
+
+def test_error_transport_unknown() -> None:
+    expect_error(
+        interface("Transport = gre"), 3, "Interface.Transport", "expected wireguard or vxlan"
+    )
+
+
+def test_error_vxlan_private_key() -> None:
+    expect_error(
+        vxlan_file(iface=(f"PrivateKey = {OWN_PRIVATE}",)),
+        3,
+        "Interface.PrivateKey",
+        "plain VXLAN has no keys",
+    )
+
+
+def test_error_vxlan_private_key_file(tmp_path: Path) -> None:
+    write(tmp_path / "k", OWN_PRIVATE, 0o600)
+    expect_error(
+        vxlan_file(iface=(f"PrivateKeyFile = {tmp_path / 'k'}",)),
+        3,
+        "Interface.PrivateKeyFile",
+        "plain VXLAN has no keys",
+    )
+
+
+def test_error_vxlan_listen_port_zero() -> None:
+    expect_error(
+        vxlan_file(iface=("ListenPort = 0",)), 3, "Interface.ListenPort", "needs a fixed port"
+    )
+
+
+@pytest.mark.parametrize(
+    "line", [f"PublicKey = {PEER_A}", f"PresharedKey = {PSK}"], ids=["public", "preshared"]
+)
+def test_error_vxlan_peer_keys(line: str) -> None:
+    key = line.split()[0]
+    expect_error(
+        vxlan_file("Name = b", line, "Endpoint = 192.0.2.2:4789"),
+        5,
+        f"Peer.{key}",
+        "plain VXLAN peers have no keys",
+    )
+
+
+def test_error_vxlan_peer_preshared_key_file(tmp_path: Path) -> None:
+    write(tmp_path / "psk", PSK, 0o600)
+    expect_error(
+        vxlan_file("Name = b", f"PresharedKeyFile = {tmp_path / 'psk'}", "Endpoint = 192.0.2.2:1"),
+        5,
+        "Peer.PresharedKeyFile",
+        "plain VXLAN peers have no keys",
+    )
+
+
+def test_error_vxlan_peer_needs_endpoint() -> None:
+    expect_error(vxlan_file("Name = b"), 3, "Peer.Endpoint", "needs Endpoint = host:port")
+
+
+def test_error_vxlan_peer_needs_name() -> None:
+    expect_error(vxlan_file("Endpoint = 192.0.2.2:4789"), 3, "Peer.Name", "needs Name = label")
+
+
+def test_error_vxlan_duplicate_peer_names() -> None:
+    text = vxlan_file("Name = b", "Endpoint = 192.0.2.2:4789")
+    text += "[Peer]\nName = b\nEndpoint = 192.0.2.3:4789\n"
+    expect_error(text, 7, "Peer.Name", "already the name of the peer on line 3")
+
+
+# ---------------------------------------------------------------------------------------------
+# [Segment NAME]
+
+
+def peers_ab() -> list[str]:
+    return [
+        "[Peer]", "Name = a", f"PublicKey = {PEER_A}",
+        "[Peer]", "Name = b", f"PublicKey = {PEER_B}",
+    ]  # fmt: skip
+
+
+def seg_file(*lines: str) -> str:
+    """[Interface] (lines 1-2), peers a and b (lines 3-8), then ``lines`` from line 9."""
+    return interface(*peers_ab(), *lines)
+
+
+def test_segment_defaults() -> None:
+    cfg = config.parse(seg_file("[Segment lab]", "VNI = 100"))
+    (seg,) = cfg.segments
+    assert seg == config.SegmentConfig(
+        name="lab",
+        vni=100,
+        device="lab",
+        bridge=None,
+        peers=None,
+        mtu=None,
+        addresses=(),
+        hub=False,
+        static_macs=(),
+        aging=300.0,
+        max_fdb=4096,
+        line=9,
+    )
+
+
+def test_segment_all_keys_and_several() -> None:
+    cfg = config.parse(
+        seg_file(
+            "[Segment lab]",
+            "VNI = 16777215",
+            "Device = lab0",
+            "Bridge = br-lab",
+            "Peers = a, b",
+            "MTU = 1500",
+            "Address = 10.9.0.1/24, fd09::1/64",
+            "Address = 10.9.1.1/24",
+            "Hub = yes",
+            "MAC = 02:00:00:00:00:0A@a",
+            "MAC = 02:00:00:00:00:0b@b, 02:00:00:00:00:0c@b",
+            "AgingTime = 12.5",
+            "MaxFDBEntries = 10",
+            "[Segment other]",
+            "VNI = 1",
+            "Peers = b",
+            "Hub = off",
+        )
+    )
+    lab, other = cfg.segments
+    assert (lab.name, lab.vni, lab.device, lab.bridge) == ("lab", 16777215, "lab0", "br-lab")
+    assert lab.peers == ("a", "b")
+    assert lab.mtu == 1500
+    assert [str(a) for a in lab.addresses] == ["10.9.0.1/24", "fd09::1/64", "10.9.1.1/24"]
+    assert lab.hub is True
+    assert lab.static_macs == (
+        (bytes.fromhex("02000000000a"), "a"),
+        (bytes.fromhex("02000000000b"), "b"),
+        (bytes.fromhex("02000000000c"), "b"),
+    )
+    assert (lab.aging, lab.max_fdb) == (12.5, 10)
+    assert (other.vni, other.device, other.peers, other.hub, other.line) == (
+        1,
+        "other",
+        ("b",),
+        False,
+        22,
+    )
+
+
+def test_segment_empty_peers_means_none() -> None:
+    (seg,) = config.parse(seg_file("[Segment lab]", "VNI = 5", "Peers =")).segments
+    assert seg.peers == ()
+
+
+def test_segment_with_vxlan_transport() -> None:
+    text = vxlan_file("Name = b", "Endpoint = 192.0.2.2:4789") + "[Segment lab]\nVNI = 7\n"
+    (seg,) = config.parse(text).segments
+    assert (seg.vni, seg.peers) == (7, None)
+
+
+def test_error_segment_needs_name() -> None:
+    expect_error(seg_file("[Segment]"), 9, "Segment", "needs a name")
+
+
+def test_error_segment_missing_vni() -> None:
+    expect_error(seg_file("[Segment lab]", "Device = x"), 9, "Segment.VNI", "missing")
+
+
+@pytest.mark.parametrize("value", ["0", "16777216", "x", "-1"])
+def test_error_segment_vni_range(value: str) -> None:
+    expect_error(
+        seg_file("[Segment lab]", f"VNI = {value}"), 10, "Segment.VNI", "expected a VNI 1-16777215"
+    )
+
+
+def test_error_segment_vni_twice() -> None:
+    expect_error(
+        seg_file("[Segment a1]", "VNI = 5", "[Segment a2]", "VNI = 5"),
+        12,
+        "Segment.VNI",
+        "5 is already the VNI of segment 'a1' (line 9)",
+    )
+
+
+def test_error_segment_name_twice() -> None:
+    expect_error(
+        seg_file("[Segment a1]", "VNI = 5", "[Segment a1]", "VNI = 6"),
+        11,
+        "Segment",
+        "given twice (first on line 9)",
+    )
+
+
+def test_error_segment_device_twice() -> None:
+    expect_error(
+        seg_file("[Segment a1]", "VNI = 5", "[Segment a2]", "VNI = 6", "Device = a1"),
+        13,
+        "Segment.Device",
+        "'a1' is already the device of segment 'a1'",
+    )
+
+
+def test_error_segment_device_is_interface() -> None:
+    text = seg_file("[Segment lab]", "VNI = 5", "Device = tp0")
+    expect_error(text, 11, "Segment.Device", "is the [Interface] Name")
+
+
+def test_error_segment_bad_device() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Device = a/b"),
+        11,
+        "Segment.Device",
+        "not a valid interface name",
+    )
+
+
+def test_error_segment_default_device_invalid() -> None:
+    expect_error(
+        seg_file("[Segment a-very-long-segment-name]", "VNI = 5"),
+        9,
+        "Segment.Device",
+        "the default device name",
+    )
+
+
+def test_error_segment_bad_bridge() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Bridge = x y"),
+        11,
+        "Segment.Bridge",
+        "not a valid interface name",
+    )
+
+
+def test_error_segment_bridge_is_own_device() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Bridge = lab"),
+        11,
+        "Segment.Bridge",
+        "expected a bridge's name",
+    )
+
+
+def test_error_segment_unknown_peer() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Peers = a", "Peers = c"),
+        12,
+        "Segment.Peers",
+        "'c' is not the Name of any [Peer]",
+    )
+
+
+def test_error_segment_unknown_peer_suggests() -> None:
+    text = interface(
+        "[Peer]",
+        "Name = site-b",
+        f"PublicKey = {PEER_A}",
+        "[Segment lab]",
+        "VNI = 5",
+        "Peers = site-c",
+    )
+    expect_error(text, 8, "Segment.Peers", "did you mean site-b?")
+
+
+@pytest.mark.parametrize("value", ["0", "67", "65536", "big"])
+def test_error_segment_mtu(value: str) -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", f"MTU = {value}"),
+        11,
+        "Segment.MTU",
+        "expected an MTU 68-65535",
+    )
+
+
+def test_error_segment_mtu_too_small_for_ipv6() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "MTU = 1000", "Address = fd00::1/64"),
+        11,
+        "Segment.MTU",
+        "too small for IPv6",
+    )
+
+
+def test_error_segment_address() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Address = 10.0.0.300/24"),
+        11,
+        "Segment.Address",
+        "is not an address",
+    )
+
+
+def test_error_segment_hub() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Hub = maybe"), 11, "Segment.Hub", "expected yes or no"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("02:00:00:00:00:01", "expected aa:bb:cc:dd:ee:ff@peername"),
+        ("02:00:00:00:00:01@", "expected aa:bb:cc:dd:ee:ff@peername"),
+        ("02:00:00:00:01@a", "is not a MAC address"),
+        ("02-00-00-00-00-01@a", "is not a MAC address"),
+        ("01:00:5e:00:00:01@a", "expected a unicast MAC"),
+        ("00:00:00:00:00:00@a", "expected a unicast MAC"),
+    ],
+)
+def test_error_segment_mac_syntax(value: str, fragment: str) -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", f"MAC = {value}"), 11, "Segment.MAC", fragment
+    )
+
+
+def test_error_segment_mac_peer_not_in_segment() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Peers = a", "MAC = 02:00:00:00:00:01@b"),
+        12,
+        "Segment.MAC",
+        "peer 'b' is not in segment 'lab'",
+    )
+
+
+def test_error_segment_mac_unknown_peer() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "MAC = 02:00:00:00:00:01@zz"),
+        11,
+        "Segment.MAC",
+        "peer 'zz' is not in segment 'lab'",
+    )
+
+
+def test_error_segment_mac_twice() -> None:
+    expect_error(
+        seg_file(
+            "[Segment lab]", "VNI = 5", "MAC = 02:00:00:00:00:01@a", "MAC = 02:00:00:00:00:01@b"
+        ),
+        12,
+        "Segment.MAC",
+        "already given on line 11",
+    )
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "nan", "inf", "2000000"])
+def test_error_segment_aging(value: str) -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", f"AgingTime = {value}"),
+        11,
+        "Segment.AgingTime",
+        "expected seconds",
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "x", "99999999"])
+def test_error_segment_max_fdb(value: str) -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", f"MaxFDBEntries = {value}"),
+        11,
+        "Segment.MaxFDBEntries",
+        "expected a number of entries",
+    )
+
+
+def test_error_segment_unknown_key() -> None:
+    expect_error(
+        seg_file("[Segment lab]", "VNI = 5", "Vni2 = 3"), 11, "Segment.Vni2", "unknown key"
+    )
