@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 
 from . import config as cfgmod
+from .datapath import DataPath
 from .io.tun import Tun
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiServer
 from .io.udp import UdpSocket, resolve
 from .netlink import iface
-from .protocol.engine import Engine, Event, Output
+from .protocol.engine import Engine, Event
 from .protocol.peer import Peer
 
 log = logging.getLogger("tunnelpyd")
@@ -59,8 +60,7 @@ class Daemon:
         self.uapi: UapiServer | None = None
         self.routes = iface.RouteState()
         self.fwmark: int | None = conf.interface.fwmark
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self.datapath: DataPath | None = None
         self._stop = asyncio.Event()
         self._undo: list[Callable[[], None]] = []
         self._hostnames: dict[bytes, tuple[str, int]] = {}  # peer key -> configured host:port
@@ -162,19 +162,14 @@ class Daemon:
             raise StartupError(str(e)) from None
         self._run_hooks("PostUp", ic.post_up)
 
-        self.loop.add_reader(self.tun.fd, self._on_tun)
-        self.loop.add_reader(self.udp.fileno(), self._on_udp)
-        # Keepalives configured at start, etc.
-        self._perform(self.engine.on_timer(self.loop.time()))
+        self.datapath = DataPath(self.loop, self.engine, self.udp, self.tun, self._on_event)
+        self.datapath.start()
 
     async def _teardown(self) -> None:
-        loop = self.loop
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.datapath is not None:
+            self.datapath.stop()
+            self.datapath = None
         if self.tun is not None:
-            if loop is not None:
-                loop.remove_reader(self.tun.fd)
             self._run_hooks("PreDown", self.conf.interface.pre_down)
             if self.routes.rules:
                 await self._blocking(iface.remove_rules, self.routes)
@@ -183,8 +178,6 @@ class Daemon:
             self.tun = None
             self._run_hooks("PostDown", self.conf.interface.post_down)
         if self.udp is not None:
-            if loop is not None:
-                loop.remove_reader(self.udp.fileno())
             self.udp.close()
             self.udp = None
         if self.uapi is not None:
@@ -201,48 +194,7 @@ class Daemon:
                     raise StartupError(f"{what} command failed with status {r.returncode}: {cmd}")
                 log.warning("%s command failed with status %d: %s", what, r.returncode, cmd)
 
-    # ------------------------------------------------------------------ data path
-
-    def _on_tun(self) -> None:
-        assert self.tun is not None and self.loop is not None
-        packets = self.tun.read_batch()
-        if packets:
-            self._perform(self.engine.from_tunnel(packets, self.loop.time()))
-
-    def _on_udp(self) -> None:
-        assert self.udp is not None and self.loop is not None
-        datagrams = self.udp.recv_batch()
-        if datagrams:
-            self._perform(self.engine.from_network(datagrams, self.loop.time()))
-
-    def _on_timer(self) -> None:
-        assert self.loop is not None
-        self._timer = None
-        self._timer_at = None
-        self._perform(self.engine.on_timer(self.loop.time()))
-
-    def _perform(self, out: Output) -> None:
-        udp = self.udp
-        if udp is not None:
-            for addr, datagrams in out.datagrams.items():
-                udp.send(addr, datagrams)
-        if out.packets and self.tun is not None:
-            self.tun.write_batch(out.packets)
-        for ev in out.events:
-            self._on_event(ev)
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        assert self.loop is not None
-        deadline = self.engine.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+    # ------------------------------------------------------------------ events
 
     def _on_event(self, ev: Event) -> None:
         if ev.kind == "handshake_complete":
@@ -311,10 +263,11 @@ class Daemon:
             log.warning("UAPI: removing the private key is not supported; key kept")
         if req.listen_port is not None and self.udp is not None and req.listen_port != self.udp.port:
             new = UdpSocket(req.listen_port, self.fwmark)
-            self.loop.remove_reader(self.udp.fileno())
-            self.udp.close()
+            old = self.udp
             self.udp = new
-            self.loop.add_reader(new.fileno(), self._on_udp)
+            if self.datapath is not None:
+                self.datapath.replace_udp(new)
+            old.close()
         if req.fwmark is not None and self.udp is not None:
             self.fwmark = req.fwmark or None
             self.udp.set_fwmark(req.fwmark)
@@ -323,7 +276,8 @@ class Daemon:
                 e.remove_peer(key)
         for ch in req.peers:
             self._apply_peer_change(ch, now)
-        self._perform(e.on_timer(now))
+        if self.datapath is not None:
+            self.datapath.perform(e.on_timer(now))
 
     def _apply_peer_change(self, ch: PeerChange, now: float) -> None:
         e = self.engine

@@ -40,9 +40,9 @@ import itertools
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from . import handshake as hs
+from .actions import Event, Output
 from .allowedips import AllowedIPs
 from .constants import (
     COOKIE_REPLY_SIZE,
@@ -65,9 +65,11 @@ from .constants import (
 )
 from .cookie import CookieChecker
 from .crypto import generate_private_key, public_key
+from .fdb import Fdb
 from .peer import Addr, Network, Peer
 from .session import Keypair
 from .tai64n import tai64n
+from .vxlan import ETH_HLEN, FLAG_I, HEADER_LEN, pack_header
 
 Rng = Callable[[int], bytes]
 WallClock = Callable[[], float]
@@ -88,43 +90,32 @@ RATELIMIT_BURST = 5.0
 RATELIMIT_MAX_SOURCES = 4096
 
 
-@dataclass(frozen=True)
-class Event:
-    """Something worth one log line or a daemon reaction (never carries key material)."""
-
-    kind: str  # handshake_sent, handshake_complete, handshake_failed, roamed, resolve
-    peer: str
-    detail: str = ""
-
-
-@dataclass
-class Output:
-    """What the daemon must do after one engine call."""
-
-    datagrams: dict[Addr, list[bytes]] = field(default_factory=dict)  # grouped by destination
-    packets: list[bytes] = field(default_factory=list)  # to write to the TUN
-    events: list[Event] = field(default_factory=list)
-
-    def send(self, addr: Addr, data: bytes) -> None:
-        bucket = self.datagrams.get(addr)
-        if bucket is None:
-            self.datagrams[addr] = [data]
-        else:
-            bucket.append(data)
-
-    def merge(self, other: Output) -> None:
-        for addr, items in other.datagrams.items():
-            self.datagrams.setdefault(addr, []).extend(items)
-        self.packets.extend(other.packets)
-        self.events.extend(other.events)
-
-
 def addr_bytes(addr: Addr) -> bytes:
     """The source identity that cookies are bound to: packed IP then big-endian port."""
     try:
         return ipaddress.ip_address(addr[0]).packed + struct.pack(">H", addr[1] & 0xFFFF)
     except ValueError:
         return addr[0].encode() + struct.pack(">H", addr[1] & 0xFFFF)
+
+
+class Segment:
+    """An L2 segment riding the encrypted sessions: a VNI, its member peers and its FDB."""
+
+    def __init__(
+        self, vni: int, peers: list[Peer] | None, *, hub: bool, fdb: Fdb[Peer], max_frame: int
+    ) -> None:
+        self.vni = vni
+        self.header = pack_header(vni)
+        self.peers = peers  # None: every peer of the interface
+        self.hub = hub
+        self.fdb = fdb
+        self.max_frame = max_frame
+
+    def members(self, all_peers: Iterable[Peer]) -> list[Peer]:
+        return list(all_peers) if self.peers is None else [p for p in self.peers if not p.removed]
+
+    def has(self, peer: Peer) -> bool:
+        return self.peers is None or peer in self.peers
 
 
 class Engine:
@@ -146,6 +137,7 @@ class Engine:
         # local index -> (peer, keypair); keypair None = our pending initiation.
         self.indices: dict[int, tuple[Peer, Keypair | None]] = {}
         self.drops: Counter[str] = Counter()
+        self.segments: dict[int, Segment] = {}
         self._heap: list[tuple[float, int, Peer]] = []
         self._seq = itertools.count()
         self._handshake_times: list[float] = []
@@ -199,6 +191,8 @@ class Engine:
             return
         self.allowed.remove_value(peer)
         self._clear_sessions(peer)
+        for seg in self.segments.values():
+            seg.fdb.forget_peer(peer)
         peer.removed = True
 
     def set_allowed_ips(self, peer: Peer, networks: Iterable[Network]) -> None:
@@ -214,6 +208,29 @@ class Engine:
             self._schedule(peer)
         elif not interval:
             peer.persistent_at = None
+
+    def add_segment(
+        self,
+        vni: int,
+        peers: Iterable[Peer] | None = None,
+        *,
+        hub: bool = False,
+        aging: float = 300.0,
+        max_fdb: int = 4096,
+        max_frame: int = 1514 + 4,
+        static: Iterable[tuple[bytes, Peer]] = (),
+    ) -> Segment:
+        seg = Segment(
+            vni, None if peers is None else list(peers), hub=hub, fdb=Fdb(aging, max_fdb),
+            max_frame=max_frame,
+        )  # fmt: skip
+        for mac, p in static:
+            seg.fdb.add_static(mac, p)
+        self.segments[vni] = seg
+        return seg
+
+    def remove_segment(self, vni: int) -> None:
+        self.segments.pop(vni, None)
 
     # ---------------------------------------------------------------- timers
 
@@ -351,6 +368,44 @@ class Engine:
             self._schedule(peer)
         return out
 
+    def from_segment(self, vni: int, frames: Iterable[bytes], now: float) -> Output:
+        """Ethernet frames read from a segment's TAP: switch them to peers by the FDB."""
+        out = Output()
+        seg = self.segments.get(vni)
+        if seg is None:
+            self.drops["unknown_vni"] += 1
+            return out
+        members: list[Peer] | None = None
+        by_peer: dict[Peer, list[bytes]] = {}
+        header = seg.header
+        lookup = seg.fdb.lookup
+        for f in frames:
+            n = len(f)
+            if n < ETH_HLEN:
+                self.drops["frame_too_short"] += 1
+                continue
+            if n > seg.max_frame:
+                self.drops["frame_too_big"] += 1
+                continue
+            payload = header + f
+            target = None if f[0] & 1 else lookup(f[:6], now)
+            if target is not None and not target.removed:
+                targets = [target]
+            else:
+                if members is None:
+                    members = seg.members(self.peers.values())
+                targets = members  # broadcast, multicast and unknown unicast: flood
+            for p in targets:
+                bucket = by_peer.get(p)
+                if bucket is None:
+                    by_peer[p] = [payload]
+                else:
+                    bucket.append(payload)
+        for peer, payloads in by_peer.items():
+            self.send_to_peer(peer, payloads, now, out)
+            self._schedule(peer)
+        return out
+
     def send_to_peer(self, peer: Peer, payloads: list[bytes], now: float, out: Output) -> None:
         """Encrypt payloads (IP packets, or L2 plaintexts) for one peer, or stage them."""
         kp = peer.current
@@ -386,7 +441,9 @@ class Engine:
         datagrams = []
         for p in payloads:
             n = len(p)
-            if n and n < mtu:
+            # Only IP packets are padded (their length field says where padding starts);
+            # L2 plaintexts (first byte 0x08) and keepalives travel as they are.
+            if n and n < mtu and p[0] & 0xC0 == 0x40:
                 pad = (-n) % 16
                 if n + pad > mtu:
                     pad = mtu - n
@@ -559,6 +616,9 @@ class Engine:
     def deliver(self, peer: Peer, plain: bytes, now: float, out: Output) -> None:
         """Hand an authenticated plaintext to the tunnel after cryptokey routing checks."""
         version = plain[0] >> 4
+        if plain[0] == FLAG_I:
+            self._deliver_frame(peer, plain, now, out)
+            return
         if version == 4:
             if len(plain) < 20:
                 self._drop(peer, "bad_inner_packet")
@@ -582,6 +642,45 @@ class Engine:
             return
         self._t_data_received(peer, now)
         out.packets.append(plain[:length] if length != len(plain) else plain)
+
+    def _deliver_frame(self, peer: Peer, plain: bytes, now: float, out: Output) -> None:
+        if len(plain) < HEADER_LEN + ETH_HLEN:
+            self._drop(peer, "bad_inner_frame")
+            return
+        vni = int.from_bytes(plain[4:7], "big")
+        seg = self.segments.get(vni)
+        if seg is None:
+            self._drop(peer, "unknown_vni")
+            return
+        if not seg.has(peer):
+            self._drop(peer, "peer_not_in_segment")
+            return
+        frame = plain[HEADER_LEN:]
+        if frame[6] & 1:
+            self._drop(peer, "bad_src_mac")  # a group address is never a source
+            return
+        seg.fdb.learn(frame[6:12], peer, now)
+        self._t_data_received(peer, now)
+        local = True
+        if seg.hub:
+            # A hub relays between its spokes; everywhere else split horizon applies: a frame
+            # from a peer never goes back out to peers, so a full mesh cannot loop.
+            target = None if frame[0] & 1 else seg.fdb.lookup(frame[:6], now)
+            if target is peer:
+                return
+            if target is not None:
+                targets, local = [target], False
+            else:
+                targets = [p for p in seg.members(self.peers.values()) if p is not peer]
+            for p in targets:
+                self.send_to_peer(p, [plain], now, out)
+                self._schedule(p)
+        if local:
+            bucket = out.frames.get(vni)
+            if bucket is None:
+                out.frames[vni] = [frame]
+            else:
+                bucket.append(frame)
 
     def _drop(self, peer: Peer, reason: str) -> None:
         self.drops[reason] += 1

@@ -1,0 +1,227 @@
+"""Layer 2 over the encrypted sessions: FDB learning and aging, flooding with split horizon,
+VNI isolation and hubs — N in-memory engines and a hand-held clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tunnelpy.protocol.crypto import generate_private_key, public_key
+from tunnelpy.protocol.engine import Engine, Output
+from tunnelpy.protocol.fdb import Fdb, format_mac, parse_mac
+from tunnelpy.protocol.vxlan import (
+    FLAG_I,
+    VxlanEngine,
+    flow_hash,
+    pack_header,
+    parse_header,
+)
+
+BCAST = b"\xff" * 6
+
+
+def mac(n: int) -> bytes:
+    return bytes([0x02, 0, 0, 0, 0, n])
+
+
+def frame(dst: bytes, src: bytes, body: bytes = b"payload") -> bytes:
+    return dst + src + b"\x88\xb5" + body  # local experimental ethertype: not IP
+
+
+class Mesh:
+    """Engines named a, b, c… each with a peer for every other; addresses are fake."""
+
+    def __init__(self, names: str, links: list[str] | None = None, seed: int = 3) -> None:
+        self.now = 100.0
+        self.rng = random.Random(seed).randbytes
+        self.eng: dict[str, Engine] = {}
+        self.addr = {n: (f"192.0.2.{i + 1}", 51820) for i, n in enumerate(names)}
+        self.by_addr = {a: n for n, a in self.addr.items()}
+        keys = {n: generate_private_key(self.rng) for n in names}
+        for n in names:
+            self.eng[n] = Engine(keys[n], rng=self.rng, wall=lambda: 1.7e9 + self.now)
+        links = links or [x + y for x in names for y in names if x < y]
+        self.peer: dict[tuple[str, str], object] = {}
+        for x, y in [(link[0], link[1]) for link in links]:
+            for a, b in ((x, y), (y, x)):
+                self.peer[(a, b)] = self.eng[a].add_peer(
+                    public_key(keys[b]), name=b, endpoint=self.addr[b]
+                )
+        self.frames: dict[str, dict[int, list[bytes]]] = {n: {} for n in names}
+        self.wire: list[tuple[str, str]] = []
+
+    def run(self, src: str, out: Output) -> None:
+        queue = [(src, out)]
+        for _ in range(50):
+            if not queue:
+                return
+            nxt = []
+            for name, o in queue:
+                for vni, fr in o.frames.items():
+                    self.frames[name].setdefault(vni, []).extend(fr)
+                for addr, dgs in o.datagrams.items():
+                    dst = self.by_addr[addr]
+                    self.wire += [(name, dst)] * len(dgs)
+                    nxt.append((dst, self.eng[dst].from_network(
+                        [(d, self.addr[name]) for d in dgs], self.now)))
+            queue = nxt
+        raise AssertionError("did not settle")
+
+    def tap(self, name: str, vni: int, frames: list[bytes]) -> None:
+        self.run(name, self.eng[name].from_segment(vni, frames, self.now))
+
+    def got(self, name: str, vni: int) -> list[bytes]:
+        return self.frames[name].get(vni, [])
+
+
+def test_header_round_trip_and_first_byte_differs_from_ip():
+    h = pack_header(0xABCDEF)
+    assert h == b"\x08\x00\x00\x00\xab\xcd\xef\x00" and parse_header(h) == 0xABCDEF
+    assert parse_header(b"\x00" * 8) is None and parse_header(b"\x08") is None
+    assert h[0] == FLAG_I and h[0] >> 4 not in (4, 6)
+
+
+def test_mac_text():
+    assert format_mac(parse_mac("aa:bb:cc:00:01:ff")) == "aa:bb:cc:00:01:ff"
+    with pytest.raises(ValueError):
+        parse_mac("aa:bb:cc")
+
+
+def test_fdb_learn_move_age_static_and_limit():
+    f: Fdb[str] = Fdb(aging=300, max_entries=3)
+    assert f.learn(mac(1), "p", 0) and f.lookup(mac(1), 10) == "p"
+    assert f.learn(mac(1), "q", 20) and f.lookup(mac(1), 20) == "q" and f.moves == 1
+    assert f.lookup(mac(1), 320.5) is None  # aged out 300 s after last seen
+    f.add_static(mac(9), "s")
+    assert not f.learn(mac(9), "p", 1) and f.lookup(mac(9), 10**6) == "s"
+    f.learn(mac(2), "p", 400)
+    f.learn(mac(3), "p", 400)
+    assert not f.learn(mac(4), "p", 400) and f.refused == 1  # full: new MACs refused
+    assert f.learn(mac(4), "p", 800)  # after aging there is room again
+    ages = {format_mac(m): age for m, _, age in f.entries(800)}
+    assert ages["02:00:00:00:00:09"] is None and ages["02:00:00:00:00:04"] == 0
+
+
+def test_two_sites_broadcast_then_learned_unicast():
+    m = Mesh("ab")
+    for n in "ab":
+        m.eng[n].add_segment(100)
+    m.tap("a", 100, [frame(BCAST, mac(1))])  # ARP-like broadcast from host 1 behind a
+    assert m.got("b", 100) == [frame(BCAST, mac(1))]
+    m.tap("b", 100, [frame(mac(1), mac(2))])  # b answers: unicast to a learned MAC
+    assert m.got("a", 100) == [frame(mac(1), mac(2))]
+    assert m.eng["a"].segments[100].fdb.lookup(mac(2), m.now) is m.peer[("a", "b")]
+
+
+def test_vni_isolation_and_unknown_vni():
+    m = Mesh("ab")
+    m.eng["a"].add_segment(100)
+    m.eng["a"].add_segment(200)
+    m.eng["b"].add_segment(100)
+    m.tap("a", 100, [frame(BCAST, mac(1), b"v100")])
+    m.tap("a", 200, [frame(BCAST, mac(1), b"v200")])
+    assert m.got("b", 100) == [frame(BCAST, mac(1), b"v100")]
+    assert m.got("b", 200) == []
+    assert m.eng["b"].drops["unknown_vni"] == 1
+
+
+def test_segment_peer_membership_enforced():
+    m = Mesh("abc")
+    m.eng["a"].add_segment(100, peers=[m.peer[("a", "b")]])
+    m.eng["c"].add_segment(100)  # c floods to a, but a's segment only admits b
+    m.eng["b"].add_segment(100)
+    m.tap("c", 100, [frame(BCAST, mac(3))])
+    assert m.got("a", 100) == [] and m.eng["a"].drops["peer_not_in_segment"] == 1
+    assert m.got("b", 100) == [frame(BCAST, mac(3))]
+
+
+def test_full_mesh_split_horizon_no_loops():
+    m = Mesh("abc")
+    for n in "abc":
+        m.eng[n].add_segment(7)
+    m.tap("a", 7, [frame(BCAST, mac(1))])
+    assert m.got("b", 7) == [frame(BCAST, mac(1))] and m.got("c", 7) == [frame(BCAST, mac(1))]
+    data_msgs = [w for w in m.wire if w[0] != "a"]
+    # b and c never re-flood what they received (only handshake replies/keepalives leave them)
+    assert m.got("a", 7) == []
+    assert all(src in "bc" for src, _ in data_msgs)
+
+
+def test_hub_relays_between_spokes():
+    m = Mesh("hxy", links=["hx", "hy"])  # spokes x and y only know the hub
+    m.eng["h"].add_segment(9, hub=True)
+    m.eng["x"].add_segment(9)
+    m.eng["y"].add_segment(9)
+    m.tap("x", 9, [frame(BCAST, mac(10))])
+    assert m.got("y", 9) == [frame(BCAST, mac(10))]  # flooded by the hub to the other spoke
+    assert m.got("h", 9) == [frame(BCAST, mac(10))]  # and delivered locally at the hub
+    m.tap("y", 9, [frame(mac(10), mac(11))])  # known unicast: hub forwards only to x
+    assert m.got("x", 9) == [frame(mac(10), mac(11))]
+    assert m.got("h", 9) == [frame(BCAST, mac(10))]
+    assert m.got("x", 9)[0] not in m.got("y", 9)
+
+
+def test_fdb_aging_with_hand_held_clock_falls_back_to_flooding():
+    m = Mesh("abc")
+    for n in "abc":
+        m.eng[n].add_segment(5, aging=60)
+    m.tap("b", 5, [frame(BCAST, mac(2))])
+    m.tap("a", 5, [frame(mac(2), mac(1), b"1")])
+    assert m.got("c", 5) == [frame(BCAST, mac(2))]  # unicast went to b only
+    m.now += 61
+    m.tap("a", 5, [frame(mac(2), mac(1), b"2")])
+    assert frame(mac(2), mac(1), b"2") in m.got("c", 5)  # entry aged: flooded
+
+
+def test_frames_too_big_or_short_dropped():
+    m = Mesh("ab")
+    m.eng["a"].add_segment(1, max_frame=1400)
+    m.tap("a", 1, [b"\x00" * 10, frame(BCAST, mac(1), b"x" * 1500)])
+    assert m.eng["a"].drops["frame_too_short"] == 1 and m.eng["a"].drops["frame_too_big"] == 1
+
+
+def test_static_mac_entries():
+    m = Mesh("abc")
+    m.eng["a"].add_segment(3, static=[(mac(30), m.peer[("a", "c")])])
+    m.eng["b"].add_segment(3)
+    m.eng["c"].add_segment(3)
+    m.tap("a", 3, [frame(mac(30), mac(1))])
+    assert m.got("c", 3) == [frame(mac(30), mac(1))] and m.got("b", 3) == []
+
+
+def test_ip_and_l2_share_one_session():
+    import ipaddress
+
+    m = Mesh("ab")
+    for n in "ab":
+        m.eng[n].add_segment(100)
+    pb = m.peer[("a", "b")]
+    m.eng["a"].set_allowed_ips(pb, [ipaddress.ip_network("10.0.0.2/32")])
+    m.eng["b"].set_allowed_ips(m.peer[("b", "a")], [ipaddress.ip_network("10.0.0.1/32")])
+    m.tap("a", 100, [frame(BCAST, mac(1))])
+    kp = pb.current
+    ip = bytes.fromhex("4500001c000000004011000a0a0000010a000002") + b"\x00" * 8
+    out = m.eng["a"].from_tunnel([ip], m.now)
+    assert pb.current is kp  # no new handshake: the same session carries both
+    got = m.eng["b"].from_network([(d, m.addr["a"]) for d in out.datagrams[m.addr["b"]]], m.now)
+    assert got.packets == [ip]
+
+
+def test_plain_vxlan_engine():
+    e = VxlanEngine()
+    k1 = e.add_peer("k1", ("10.0.0.1", 4789))
+    k2 = e.add_peer("k2", ("10.0.0.2", 4789))
+    e.add_segment(42, [k1, k2])
+    out = e.from_segment(42, [frame(BCAST, mac(1))], 0)
+    keys = sorted(out.datagrams)
+    assert [k[:2] for k in keys] == [("10.0.0.1", 4789), ("10.0.0.2", 4789)]
+    assert out.datagrams[keys[0]] == [pack_header(42) + frame(BCAST, mac(1))]
+    assert keys[0][2] == flow_hash(frame(BCAST, mac(1)))
+    back = e.from_network([(pack_header(42) + frame(mac(1), mac(2)), ("10.0.0.2", 55555))], 1)
+    assert back.frames == {42: [frame(mac(1), mac(2))]}
+    out = e.from_segment(42, [frame(mac(2), mac(1))], 2)
+    assert [k[:2] for k in out.datagrams] == [("10.0.0.2", 4789)]  # learned: unicast
+    e.from_network([(b"\x00" * 30, ("10.0.0.2", 1)), (pack_header(43) + frame(BCAST, mac(5)), ("10.0.0.2", 1)),
+                    (pack_header(42) + frame(BCAST, mac(5)), ("10.9.9.9", 1))], 3)
+    assert e.drops == {"bad_vxlan_header": 1, "unknown_vni": 1, "unknown_source": 1}

@@ -1,0 +1,124 @@
+"""The packet pump: device and socket readiness → engine batches → device writes and sends.
+
+This is the only per-packet code outside the engine, so it is kept apart from the daemon's
+life-cycle and control code (and is where TUN offloads, UDP GSO/GRO and worker processes plug in).
+Each readiness callback drains a bounded batch, makes one engine call, and performs the Output:
+datagrams grouped by destination go out in one `send` per destination, packets for the TUN and
+frames for each segment's TAP are written, events go to the daemon, and the single loop timer is
+moved to the engine's next deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from .io.tun import Tun
+from .io.udp import UdpSocket
+from .protocol.engine import Engine, Event, Output
+
+
+class DataPath:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        engine: Engine,
+        udp: UdpSocket,
+        tun: Tun | None,
+        on_event: Callable[[Event], None],
+    ) -> None:
+        self.loop = loop
+        self.engine = engine
+        self.udp = udp
+        self.tun = tun
+        self.taps: dict[int, Tun] = {}  # VNI -> TAP device of that segment
+        self.on_event = on_event
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.tun is not None:
+            self.loop.add_reader(self.tun.fd, self._on_tun)
+        self.loop.add_reader(self.udp.fileno(), self._on_udp)
+        for vni, tap in self.taps.items():
+            self.loop.add_reader(tap.fd, self._on_tap, vni, tap)
+        self.perform(self.engine.on_timer(self.loop.time()))
+
+    def add_tap(self, vni: int, tap: Tun, *, running: bool) -> None:
+        self.taps[vni] = tap
+        if running:
+            self.loop.add_reader(tap.fd, self._on_tap, vni, tap)
+
+    def remove_tap(self, vni: int) -> Tun | None:
+        tap = self.taps.pop(vni, None)
+        if tap is not None and tap.fd >= 0:
+            self.loop.remove_reader(tap.fd)
+        return tap
+
+    def replace_udp(self, udp: UdpSocket) -> None:
+        self.loop.remove_reader(self.udp.fileno())
+        self.udp = udp
+        self.loop.add_reader(udp.fileno(), self._on_udp)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.tun is not None and self.tun.fd >= 0:
+            self.loop.remove_reader(self.tun.fd)
+        for tap in self.taps.values():
+            if tap.fd >= 0:
+                self.loop.remove_reader(tap.fd)
+        self.loop.remove_reader(self.udp.fileno())
+
+    # -- readiness callbacks -------------------------------------------------------------------
+
+    def _on_tun(self) -> None:
+        packets = self.tun.read_batch()  # type: ignore[union-attr]
+        if packets:
+            self.perform(self.engine.from_tunnel(packets, self.loop.time()))
+
+    def _on_tap(self, vni: int, tap: Tun) -> None:
+        frames = tap.read_batch()
+        if frames:
+            self.perform(self.engine.from_segment(vni, frames, self.loop.time()))
+
+    def _on_udp(self) -> None:
+        datagrams = self.udp.recv_batch()
+        if datagrams:
+            self.perform(self.engine.from_network(datagrams, self.loop.time()))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.perform(self.engine.on_timer(self.loop.time()))
+
+    # -- performing an Output ------------------------------------------------------------------
+
+    def perform(self, out: Output) -> None:
+        send = self.udp.send
+        for addr, datagrams in out.datagrams.items():
+            send(addr, datagrams)
+        if out.packets and self.tun is not None:
+            self.tun.write_batch(out.packets)
+        if out.frames:
+            for vni, frames in out.frames.items():
+                tap = self.taps.get(vni)
+                if tap is not None:
+                    tap.write_batch(frames)
+        for ev in out.events:
+            self.on_event(ev)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.engine.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
