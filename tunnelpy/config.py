@@ -32,7 +32,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tunnelpy import keys
 
@@ -49,6 +49,15 @@ VXLAN_PORT = 4789  # IANA; the Linux vxlan device defaults to 8472 unless told d
 VNI_MAX = (1 << 24) - 1
 DEFAULT_AGING = 300.0
 DEFAULT_MAX_FDB = 4096
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
+IPVLAN_MODES = ("l2", "l3", "l3s")
+BOND_MODES = (
+    "balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb",
+    "balance-alb",
+)  # fmt: skip
+TEAM_RUNNERS = ("activebackup", "roundrobin", "loadbalance", "broadcast", "lacp", "random")
+VLAN_PROTOCOLS = ("802.1Q", "802.1ad")
+MASTER_KINDS = ("bridge", "bond", "team")
 SAVE_CONFIG_WARNING = "SaveConfig is not supported; the file is never rewritten"
 
 
@@ -130,6 +139,131 @@ class SegmentConfig:
     line: int = 0  # line of the [Segment NAME] header
 
 
+@dataclass(frozen=True, kw_only=True)
+class LinkConfig:
+    """What every topology section has. ``kind`` is the Linux link kind (``ip link ... type``).
+
+    ``namespace``: where the link ends up (None: tunnelpyd's own namespace). A VLAN, MACVLAN,
+    IPVLAN or VXLAN with ``Link`` is created beside its parent and moved there; its default is
+    the parent's namespace. For a veth pair it is where the *peer* end goes.
+    """
+
+    KIND: ClassVar[str] = ""
+    name: str
+    namespace: str | None = None
+    master: str | None = None  # enslave to this bridge, bond or team
+    addresses: tuple[IPInterface, ...] = ()
+    mtu: int | None = None
+    line: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+    @property
+    def parent(self) -> str | None:
+        """The lower device this link is created on (``ip link add ... link PARENT``)."""
+        return None
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeConfig(LinkConfig):
+    KIND: ClassVar[str] = "bridge"
+    port_names: tuple[str, ...] = ()
+    stp: bool = False
+    vlan_filtering: bool = False
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return self.port_names
+
+
+@dataclass(frozen=True, kw_only=True)
+class VethConfig(LinkConfig):
+    KIND: ClassVar[str] = "veth"
+    peer: str = ""  # the other end's name; it goes to ``namespace``
+    peer_addresses: tuple[IPInterface, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class VLANConfig(LinkConfig):
+    KIND: ClassVar[str] = "vlan"
+    link: str = ""
+    vlan_id: int = 0
+    protocol: str = "802.1Q"  # or 802.1ad
+
+    @property
+    def parent(self) -> str | None:
+        return self.link
+
+
+@dataclass(frozen=True, kw_only=True)
+class VXLANConfig(LinkConfig):
+    KIND: ClassVar[str] = "vxlan"
+    vni: int = 0
+    remote: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    group: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    local: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    dst_port: int = VXLAN_PORT
+    link: str | None = None
+
+    @property
+    def parent(self) -> str | None:
+        return self.link
+
+
+@dataclass(frozen=True, kw_only=True)
+class MACVLANConfig(LinkConfig):
+    KIND: ClassVar[str] = "macvlan"
+    link: str = ""
+    mode: str = "bridge"  # bridge, private, vepa, passthru, source
+    source_macs: tuple[bytes, ...] = ()
+    mac: bytes | None = None
+
+    @property
+    def parent(self) -> str | None:
+        return self.link
+
+
+@dataclass(frozen=True, kw_only=True)
+class IPVLANConfig(LinkConfig):
+    KIND: ClassVar[str] = "ipvlan"
+    link: str = ""
+    mode: str = "l3"  # l2, l3, l3s
+
+    @property
+    def parent(self) -> str | None:
+        return self.link
+
+
+@dataclass(frozen=True, kw_only=True)
+class BondConfig(LinkConfig):
+    KIND: ClassVar[str] = "bond"
+    mode: str = "active-backup"
+    miimon: int = 100
+    port_names: tuple[str, ...] = ()
+    primary: str | None = None
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return self.port_names
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeamConfig(LinkConfig):
+    KIND: ClassVar[str] = "team"
+    runner: str = "activebackup"
+    port_names: tuple[str, ...] = ()
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return self.port_names
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole parsed file."""
@@ -139,6 +273,7 @@ class Config:
     peers: tuple[PeerConfig, ...]
     warnings: tuple[str, ...] = ()
     segments: tuple[SegmentConfig, ...] = ()
+    topology: tuple[LinkConfig, ...] = ()  # [Bridge], [Veth], [VLAN]... in file order
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,6 +744,52 @@ def _mac_at_peer(value: str, ctx: _Context) -> tuple[bytes, str]:
     return _unicast_mac(mac_text.strip(), ctx), _peer_name(peer.strip(), ctx)
 
 
+def _choice(choices: tuple[str, ...], what: str) -> Callable[[str, _Context], str]:
+    by_lower = {c.lower(): c for c in choices}
+
+    def parse(value: str, _ctx: _Context) -> str:
+        if value.lower() in by_lower:
+            return by_lower[value.lower()]
+        guess = _suggest(value, list(choices))
+        hint = f" (did you mean {guess}?)" if guess else ""
+        raise _BadValue(f"{_show(value)} is not {what}{hint}, expected one of {', '.join(choices)}")
+
+    return parse
+
+
+def _vlan_id(value: str, _ctx: _Context) -> int:
+    return _int(value, 1, 4094, "a VLAN id")
+
+
+def _miimon(value: str, _ctx: _Context) -> int:
+    return _int(value, 0, 65535, "milliseconds")
+
+
+def _dst_port(value: str, _ctx: _Context) -> int:
+    return _int(value, 1, 65535, "a port")
+
+
+def _ip(value: str, _ctx: _Context) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise _BadValue(
+            f"{_show(value)} is not an IP address, expected e.g. 192.0.2.1 or 2001:db8::1"
+        ) from None
+
+
+_NETNS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _namespace(value: str, _ctx: _Context) -> str:
+    if not _NETNS.fullmatch(value) or value in (".", ".."):
+        raise _BadValue(
+            f"{_show(value)} is not a usable namespace name, expected up to 64 letters, digits, "
+            "'_', '.' or '-' (as for ip netns add)"
+        )
+    return value
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 2: raw sections -> dataclasses
 
@@ -908,6 +1089,340 @@ def _check_segments(
             seen[mac] = line
 
 
+def _required(section: RawSection, ctx: _Context, key: str, expected: str) -> Any:
+    item = section.get(key)
+    if item is None:
+        raise ctx.error(section.line, section.where(key), f"missing, expected {key} = {expected}")
+    return item[1]
+
+
+def _link_common(section: RawSection, ctx: _Context) -> dict[str, Any]:
+    """The keys every topology section shares; the name is checked as an interface name."""
+    assert section.name is not None  # named=True
+    reason = valid_ifname(section.name)
+    if reason:
+        raise ctx.error(
+            section.line,
+            section.spec.name,
+            f"{_show(section.name)} is not a valid interface name ({reason}), expected "
+            f"[{section.spec.name} NAME] with up to 15 characters without '/', ':' or spaces",
+        )
+    return {
+        "name": section.name,
+        "namespace": section.value("Namespace"),
+        "master": section.value("Master"),
+        "addresses": tuple(a for _, a in section.all("Address")),
+        "mtu": section.value("MTU"),
+        "line": section.line,
+    }
+
+
+def _build_bridge(section: RawSection, ctx: _Context) -> BridgeConfig:
+    return BridgeConfig(
+        **_link_common(section, ctx),
+        port_names=tuple(p for _, p in section.all("Ports")),
+        stp=section.value("STP", False),
+        vlan_filtering=section.value("VLANFiltering", False),
+    )
+
+
+def _build_veth(section: RawSection, ctx: _Context) -> VethConfig:
+    return VethConfig(
+        **_link_common(section, ctx),
+        peer=_required(section, ctx, "Peer", "NAME of the other end"),
+        peer_addresses=tuple(a for _, a in section.all("PeerAddress")),
+    )
+
+
+def _build_vlan(section: RawSection, ctx: _Context) -> VLANConfig:
+    return VLANConfig(
+        **_link_common(section, ctx),
+        link=_required(section, ctx, "Link", "the parent interface"),
+        vlan_id=_required(section, ctx, "Id", "1-4094"),
+        protocol=section.value("Protocol", "802.1Q"),
+    )
+
+
+def _build_vxlan(section: RawSection, ctx: _Context) -> VXLANConfig:
+    vni = _required(section, ctx, "VNI", "1-16777215")
+    remote, group, local = (section.get(k) for k in ("Remote", "Group", "Local"))
+    if group is not None and not group[1].is_multicast:
+        raise ctx.error(
+            group[0],
+            section.where("Group"),
+            f"{group[1]} is not multicast, expected a group address",
+        )
+    if remote is not None and remote[1].is_multicast:
+        raise ctx.error(
+            remote[0],
+            section.where("Remote"),
+            f"{remote[1]} is multicast, expected a unicast address (or Group = {remote[1]})",
+        )
+    far = remote or group
+    if far is not None and local is not None and far[1].version != local[1].version:
+        raise ctx.error(
+            local[0],
+            section.where("Local"),
+            f"{local[1]} and {far[1]} are of different IP versions, expected the same",
+        )
+    return VXLANConfig(
+        **_link_common(section, ctx),
+        vni=vni,
+        remote=remote[1] if remote else None,
+        group=group[1] if group else None,
+        local=local[1] if local else None,
+        dst_port=section.value("DstPort", VXLAN_PORT),
+        link=section.value("Link"),
+    )
+
+
+def _build_macvlan(section: RawSection, ctx: _Context) -> MACVLANConfig:
+    mode = section.value("Mode", "bridge")
+    sources = section.all("SourceMACs")
+    if sources and mode != "source":
+        raise ctx.error(
+            sources[0][0],
+            section.where("SourceMACs"),
+            f"only used with Mode = source, expected no SourceMACs with Mode = {mode}",
+        )
+    if mode == "source" and not sources:
+        raise ctx.error(
+            section.line,
+            section.where("SourceMACs"),
+            "missing, Mode = source needs SourceMACs = aa:bb:cc:dd:ee:ff, ...",
+        )
+    return MACVLANConfig(
+        **_link_common(section, ctx),
+        link=_required(section, ctx, "Link", "the parent interface"),
+        mode=mode,
+        source_macs=tuple(dict.fromkeys(m for _, m in sources)),
+        mac=section.value("MACAddress"),
+    )
+
+
+def _build_ipvlan(section: RawSection, ctx: _Context) -> IPVLANConfig:
+    return IPVLANConfig(
+        **_link_common(section, ctx),
+        link=_required(section, ctx, "Link", "the parent interface"),
+        mode=section.value("Mode", "l3"),
+    )
+
+
+def _build_bond(section: RawSection, ctx: _Context) -> BondConfig:
+    ports = tuple(p for _, p in section.all("Ports"))
+    primary = section.get("Primary")
+    if primary is not None and primary[1] not in ports:
+        raise ctx.error(
+            primary[0],
+            section.where("Primary"),
+            f"{_show(primary[1])} is not one of the bond's Ports, expected one of: "
+            f"{', '.join(ports) or 'none given'}",
+        )
+    return BondConfig(
+        **_link_common(section, ctx),
+        mode=section.value("Mode", "active-backup"),
+        miimon=section.value("Miimon", 100),
+        port_names=ports,
+        primary=primary[1] if primary else None,
+    )
+
+
+def _build_team(section: RawSection, ctx: _Context) -> TeamConfig:
+    return TeamConfig(
+        **_link_common(section, ctx),
+        runner=section.value("Runner", "activebackup"),
+        port_names=tuple(p for _, p in section.all("Ports")),
+    )
+
+
+def _check_topology(
+    interface: InterfaceConfig,
+    segments: list[tuple[RawSection, SegmentConfig]],
+    links: list[tuple[RawSection, LinkConfig]],
+    ctx: _Context,
+) -> None:
+    """Names, references and placement across topology sections (what needs no kernel)."""
+
+    def line_of(section: RawSection, key: str) -> int:
+        item = section.get(key)
+        return item[0] if item else section.line
+
+    # Every name the file makes: links, veth peer ends, the TUN and the segment TAPs.
+    named: dict[str, tuple[str, int]] = {interface.name: ("the [Interface]", interface.line)}
+    for section, seg in segments:
+        named.setdefault(seg.device, (f"segment {seg.name!r}", section.line))
+    by_name: dict[str, tuple[RawSection, LinkConfig]] = {}
+    for section, link in links:
+        names = [(link.name, section.line, section.spec.name)]
+        if isinstance(link, VethConfig):
+            names.append((link.peer, line_of(section, "Peer"), "Veth.Peer"))
+        for name, line, where in names:
+            if name in named:
+                what, first = named[name]
+                raise ctx.error(
+                    line,
+                    where,
+                    f"{name!r} is already the name of {what} (line {first}), expected unique "
+                    "interface names",
+                )
+            named[name] = (f"[{section.spec.name} {link.name}]", section.line)
+        by_name[link.name] = (section, link)
+    peer_ends = {
+        link.peer: (section, link) for section, link in links if isinstance(link, VethConfig)
+    }
+
+    def home(name: str) -> str | None:
+        """The namespace a named link ends up in (None: tunnelpyd's, or unknown = host link)."""
+        seen: set[str] = set()
+        while name in by_name and name not in seen:
+            seen.add(name)
+            link = by_name[name][1]
+            if isinstance(link, VethConfig):
+                return None  # the local end stays
+            if link.namespace is not None or link.parent is None:
+                return link.namespace
+            name = link.parent
+        if name in peer_ends:
+            return peer_ends[name][1].namespace
+        return None
+
+    # Parents: no cycles, no TUN, not the parent of passthru twice, never also a port.
+    passthru: dict[str, int] = {}
+    for section, link in links:
+        parent = link.parent
+        if parent is None:
+            continue
+        where, line = section.where("Link"), line_of(section, "Link")
+        if parent == link.name:
+            raise ctx.error(line, where, f"{link.name!r} cannot be its own parent")
+        if parent == interface.name and link.kind != "vxlan":
+            raise ctx.error(
+                line,
+                where,
+                f"{parent!r} is the TUN device (layer 3, no MAC), expected an Ethernet link",
+            )
+        chain, cursor = [link.name], parent
+        while cursor in by_name and by_name[cursor][1].parent is not None:
+            if cursor in chain:
+                raise ctx.error(
+                    line, where, f"links depend on each other in a loop: {' -> '.join(chain)}"
+                )
+            chain.append(cursor)
+            cursor = by_name[cursor][1].parent  # type: ignore[assignment]
+        if isinstance(link, MACVLANConfig) and link.mode == "passthru":
+            if parent in passthru:
+                raise ctx.error(
+                    line,
+                    where,
+                    f"{parent!r} already has a passthru MACVLAN (line {passthru[parent]}), "
+                    "expected one passthru child per parent",
+                )
+            passthru[parent] = section.line
+    # Masters and ports: one master per port, same namespace, masters that can be masters.
+    master_of: dict[str, tuple[str, int]] = {}
+    for section, link in links:
+        enslaved = [
+            (p, section.where("Ports"), line_of(section, "Ports"), link.name) for p in link.ports
+        ]
+        for port, where, line, master in enslaved:
+            if port == master:
+                raise ctx.error(line, where, f"{master!r} cannot be a port of itself")
+            if port == interface.name:
+                raise ctx.error(
+                    line, where, f"{port!r} is the TUN device (layer 3), expected an Ethernet link"
+                )
+            if port in master_of:
+                raise ctx.error(
+                    line,
+                    where,
+                    f"{port!r} is already a port of {master_of[port][0]!r} "
+                    f"(line {master_of[port][1]}), expected one master per port",
+                )
+            master_of[port] = (master, line)
+    for section, link in links:
+        if link.master is None:
+            continue
+        where, line = section.where("Master"), line_of(section, "Master")
+        if link.master == link.name:
+            raise ctx.error(line, where, f"{link.name!r} cannot be its own master")
+        other = by_name.get(link.master)
+        if other is not None and other[1].kind not in MASTER_KINDS:
+            raise ctx.error(
+                line,
+                where,
+                f"{link.master!r} is a {other[1].kind}, expected a bridge, bond or team",
+            )
+        if link.name in master_of and master_of[link.name][0] != link.master:
+            first_master, first_line = master_of[link.name]
+            raise ctx.error(
+                line,
+                where,
+                f"{link.name!r} is already a port of {first_master!r} (line {first_line}), "
+                "expected one master per port",
+            )
+        master_of[link.name] = (link.master, line)
+    for section, seg in segments:
+        if seg.bridge is None:
+            continue
+        bridge = by_name.get(seg.bridge)
+        line = line_of(section, "Bridge")
+        if bridge is not None and bridge[1].kind != "bridge":
+            raise ctx.error(
+                line,
+                section.where("Bridge"),
+                f"{seg.bridge!r} is a {bridge[1].kind}, expected a bridge",
+            )
+        if bridge is not None and bridge[1].namespace is not None:
+            raise ctx.error(
+                line,
+                section.where("Bridge"),
+                f"bridge {seg.bridge!r} is in namespace {bridge[1].namespace!r}, expected a "
+                "bridge in tunnelpyd's own namespace, where the TAP is",
+            )
+        if seg.device in master_of and master_of[seg.device][0] != seg.bridge:
+            first_master, first_line = master_of[seg.device]
+            raise ctx.error(
+                line,
+                section.where("Bridge"),
+                f"{seg.device!r} is already a port of {first_master!r} (line {first_line}), "
+                "expected one master per port",
+            )
+        master_of[seg.device] = (seg.bridge, line)
+    for port, (master, line) in master_of.items():
+        if master in by_name and home(port) != home(master):
+            raise ctx.error(
+                line,
+                "",
+                f"{port!r} (namespace {home(port) or 'of tunnelpyd'}) and its master {master!r} "
+                f"(namespace {home(master) or 'of tunnelpyd'}) must be in the same namespace",
+            )
+    # A device that carries MACVLAN/IPVLAN children cannot also be a port (one rx handler).
+    for section, link in links:
+        if isinstance(link, (MACVLANConfig, IPVLANConfig)) and link.link in master_of:
+            raise ctx.error(
+                line_of(section, "Link"),
+                section.where("Link"),
+                f"{link.link!r} is a port of {master_of[link.link][0]!r}, expected a parent that "
+                f"is not enslaved (the kernel allows a {link.kind} or a master, not both)",
+            )
+    # Addresses on ports are silently useless: say so (the seed note's classic mistake).
+    for section, link in links:
+        if link.addresses and link.name in master_of:
+            ctx.warn(
+                line_of(section, "Address"),
+                section.where("Address"),
+                f"{link.name!r} is a port of {master_of[link.name][0]!r}: an address on a port "
+                "is not used, put it on the master",
+            )
+        if isinstance(link, VethConfig) and link.peer_addresses and link.peer in master_of:
+            ctx.warn(
+                line_of(section, "PeerAddress"),
+                section.where("PeerAddress"),
+                f"{link.peer!r} is a port of {master_of[link.peer][0]!r}: an address on a port "
+                "is not used, put it on the master",
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # The table of section kinds. Add new kinds here (see the module docstring).
 
@@ -971,8 +1486,86 @@ _SEGMENT = SectionSpec(
     repeatable=True,
 )
 
+
+def _topology_spec(
+    name: str, build: Callable[[RawSection, _Context], LinkConfig], *keys: KeySpec, **kw: Any
+) -> SectionSpec:
+    common = (
+        KeySpec("Namespace", _namespace),
+        KeySpec("Master", _ifname),
+        KeySpec("Address", _address, multi=True),
+        KeySpec("MTU", _link_mtu),
+    )
+    return SectionSpec(
+        name=name, keys=keys + common, build=build, named=True, repeatable=True, **kw
+    )
+
+
+_TOPOLOGY = (
+    _topology_spec(
+        "Bridge",
+        _build_bridge,
+        KeySpec("Ports", _ifname, multi=True),
+        KeySpec("STP", _yes_no),
+        KeySpec("VLANFiltering", _yes_no),
+    ),
+    _topology_spec(
+        "Veth",
+        _build_veth,
+        KeySpec("Peer", _ifname),
+        KeySpec("PeerAddress", _address, multi=True),
+    ),
+    _topology_spec(
+        "VLAN",
+        _build_vlan,
+        KeySpec("Link", _ifname),
+        KeySpec("Id", _vlan_id),
+        KeySpec("Protocol", _choice(VLAN_PROTOCOLS, "a VLAN protocol")),
+    ),
+    _topology_spec(
+        "VXLAN",
+        _build_vxlan,
+        KeySpec("VNI", _vni),
+        KeySpec("Remote", _ip),
+        KeySpec("Group", _ip),
+        KeySpec("Local", _ip),
+        KeySpec("DstPort", _dst_port),
+        KeySpec("Link", _ifname),
+        exclusive=(("Remote", "Group"),),
+    ),
+    _topology_spec(
+        "MACVLAN",
+        _build_macvlan,
+        KeySpec("Link", _ifname),
+        KeySpec("Mode", _choice(MACVLAN_MODES, "a MACVLAN mode")),
+        KeySpec("SourceMACs", _unicast_mac, multi=True),
+        KeySpec("MACAddress", _unicast_mac),
+    ),
+    _topology_spec(
+        "IPVLAN",
+        _build_ipvlan,
+        KeySpec("Link", _ifname),
+        KeySpec("Mode", _choice(IPVLAN_MODES, "an IPVLAN mode")),
+    ),
+    _topology_spec(
+        "Bond",
+        _build_bond,
+        KeySpec("Mode", _choice(BOND_MODES, "a bonding mode")),
+        KeySpec("Miimon", _miimon),
+        KeySpec("Ports", _ifname, multi=True),
+        KeySpec("Primary", _ifname),
+    ),
+    _topology_spec(
+        "Team",
+        _build_team,
+        KeySpec("Runner", _choice(TEAM_RUNNERS, "a teamd runner")),
+        KeySpec("Ports", _ifname, multi=True),
+    ),
+)
+TOPOLOGY_SECTIONS = tuple(spec.name for spec in _TOPOLOGY)
+
 SECTIONS: dict[str, SectionSpec] = {
-    spec.name.lower(): spec for spec in (_INTERFACE, _PEER, _SEGMENT)
+    spec.name.lower(): spec for spec in (_INTERFACE, _PEER, _SEGMENT, *_TOPOLOGY)
 }
 
 
@@ -1010,14 +1603,23 @@ def _parse(text: str, path: str, default_name: str, file_mode: int | None) -> Co
         if section.spec is _INTERFACE:
             ctx.transport = section.value("Transport", TRANSPORT_WIREGUARD)
     built: dict[str, list[tuple[RawSection, Any]]] = {name: [] for name in SECTIONS}
+    built_in_order: list[tuple[RawSection, Any]] = []
     for section in sections:
-        built[section.spec.name.lower()].append((section, section.spec.build(section, ctx)))
+        built_in_order.append((section, section.spec.build(section, ctx)))
+        built[section.spec.name.lower()].append(built_in_order[-1])
     # _read_sections has enforced exactly one [Interface].
     interface: InterfaceConfig = built["interface"][0][1]
     peers: list[tuple[RawSection, PeerConfig]] = built["peer"]
     _check_peers(interface, peers, ctx)
     segments: list[tuple[RawSection, SegmentConfig]] = built["segment"]
     _check_segments(interface, peers, segments, ctx)
+    # File order across all topology kinds: the plan sorts by dependency, ties keep this order.
+    links: list[tuple[RawSection, LinkConfig]] = [
+        (section, link)
+        for section, link in built_in_order
+        if section.spec.name in TOPOLOGY_SECTIONS
+    ]
+    _check_topology(interface, segments, links, ctx)
     if file_mode is not None and file_mode & 0o077:
         if any(s.get(k.name) for s in sections for k in s.spec.keys if k.secret):
             # wg-quick only warns here, and existing wg0.conf files must keep working.
@@ -1033,4 +1635,5 @@ def _parse(text: str, path: str, default_name: str, file_mode: int | None) -> Co
         peers=tuple(p for _, p in peers),
         warnings=tuple(ctx.warnings),
         segments=tuple(s for _, s in segments),
+        topology=tuple(link for _, link in links),
     )

@@ -1075,3 +1075,247 @@ def test_error_segment_unknown_key() -> None:
     expect_error(
         seg_file("[Segment lab]", "VNI = 5", "Vni2 = 3"), 11, "Segment.Vni2", "unknown key"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology sections
+
+
+TOPO = """\
+[Bridge br-lab]
+Ports = eth1
+STP = yes
+VLANFiltering = on
+Address = 10.20.0.1/24
+MTU = 1450
+[Veth v-lab]
+Peer = v-lab-ns
+Namespace = lab1
+Master = br-lab
+PeerAddress = 10.20.0.2/24
+[VLAN eth1.20]
+Link = eth1
+Id = 20
+Protocol = 802.1AD
+[VXLAN vx100]
+VNI = 100
+Remote = 192.0.2.9
+Local = 192.0.2.1
+Link = eth0
+[MACVLAN mv0]
+Link = eth2
+Mode = source
+SourceMACs = 02:00:00:00:00:01, 02:00:00:00:00:02
+MACAddress = 02:00:00:00:00:99
+Namespace = lab2
+[IPVLAN ipv0]
+Link = eth3
+Mode = L2
+[Bond bond0]
+Mode = 802.3ad
+Miimon = 50
+Ports = eth4, eth5
+Primary = eth5
+[Team team0]
+Runner = lacp
+Ports = eth6
+"""
+
+
+def topo_file(*lines: str) -> str:
+    """[Interface] on lines 1-2, then ``lines`` from line 3."""
+    return interface(*lines)
+
+
+def test_topology_all_sections() -> None:
+    cfg = config.parse(interface() + TOPO)
+    kinds = [(link.kind, link.name) for link in cfg.topology]
+    assert kinds == [
+        ("bridge", "br-lab"),
+        ("veth", "v-lab"),
+        ("vlan", "eth1.20"),
+        ("vxlan", "vx100"),
+        ("macvlan", "mv0"),
+        ("ipvlan", "ipv0"),
+        ("bond", "bond0"),
+        ("team", "team0"),
+    ]
+    br, veth, vlan, vx, mv, ipv, bond, team = cfg.topology
+    assert isinstance(br, config.BridgeConfig)
+    assert (br.ports, br.stp, br.vlan_filtering, br.mtu) == (("eth1",), True, True, 1450)
+    assert [str(a) for a in br.addresses] == ["10.20.0.1/24"]
+    assert isinstance(veth, config.VethConfig)
+    assert (veth.peer, veth.namespace, veth.master) == ("v-lab-ns", "lab1", "br-lab")
+    assert [str(a) for a in veth.peer_addresses] == ["10.20.0.2/24"]
+    assert isinstance(vlan, config.VLANConfig)
+    assert (vlan.parent, vlan.vlan_id, vlan.protocol) == ("eth1", 20, "802.1ad")
+    assert isinstance(vx, config.VXLANConfig)
+    assert (vx.vni, str(vx.remote), str(vx.local), vx.dst_port, vx.link) == (
+        100, "192.0.2.9", "192.0.2.1", 4789, "eth0",
+    )  # fmt: skip
+    assert isinstance(mv, config.MACVLANConfig)
+    assert mv.mode == "source" and mv.namespace == "lab2"
+    assert mv.source_macs == (bytes.fromhex("020000000001"), bytes.fromhex("020000000002"))
+    assert mv.mac == bytes.fromhex("020000000099")
+    assert isinstance(ipv, config.IPVLANConfig) and ipv.mode == "l2"
+    assert isinstance(bond, config.BondConfig)
+    assert (bond.mode, bond.miimon, bond.ports, bond.primary) == (
+        "802.3ad",
+        50,
+        ("eth4", "eth5"),
+        "eth5",
+    )
+    assert isinstance(team, config.TeamConfig)
+    assert (team.runner, team.ports) == ("lacp", ("eth6",))
+    assert cfg.warnings == ()
+
+
+def test_topology_defaults() -> None:
+    cfg = config.parse(
+        topo_file("[MACVLAN m]", "Link = e", "[IPVLAN i]", "Link = e2", "[Bond b]", "[Team t]",
+                  "[VXLAN x]", "VNI = 1", "[Bridge br]")
+    )  # fmt: skip
+    m, i, b, t, x, br = cfg.topology
+    assert isinstance(m, config.MACVLANConfig) and m.mode == "bridge" and m.namespace is None
+    assert isinstance(i, config.IPVLANConfig) and i.mode == "l3"
+    assert isinstance(b, config.BondConfig) and (b.mode, b.miimon, b.ports) == (
+        "active-backup",
+        100,
+        (),
+    )
+    assert isinstance(t, config.TeamConfig) and t.runner == "activebackup"
+    assert isinstance(x, config.VXLANConfig) and (x.dst_port, x.remote, x.link) == (
+        4789,
+        None,
+        None,
+    )
+    assert isinstance(br, config.BridgeConfig) and (br.stp, br.vlan_filtering) == (False, False)
+
+
+def test_topology_segment_bridge_and_tap_port() -> None:
+    cfg = config.parse(
+        interface(*peers_ab(), "[Segment lab]", "VNI = 5", "Bridge = br-lab", "[Bridge br-lab]")
+    )
+    assert cfg.segments[0].bridge == "br-lab"
+    assert cfg.topology[0].name == "br-lab"
+
+
+def test_topology_address_on_port_warns() -> None:
+    cfg = config.parse(
+        topo_file("[Bridge br]", "[Veth v]", "Peer = vp", "Master = br", "Address = 10.0.0.1/24")
+    )
+    assert cfg.warnings == (
+        "<string>:7: Veth.Address: 'v' is a port of 'br': an address on a port is not used, "
+        "put it on the master",
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "line", "where", "fragment"),
+    [
+        (["[Bridge]"], 3, "Bridge", "needs a name"),
+        (["[Bridge a/b]"], 3, "Bridge", "not a valid interface name"),
+        (["[Bridge br]", "STP = maybe"], 4, "Bridge.STP", "expected yes or no"),
+        (["[Bridge br]", "Ports = a b"], 4, "Bridge.Ports", "not a valid interface name"),
+        (["[Bridge br]", "Namespace = a/b"], 4, "Bridge.Namespace", "not a usable namespace"),
+        (["[Bridge br]", "MTU = 10"], 4, "Bridge.MTU", "expected an MTU 68-65535"),
+        (["[Bridge br]", "Address = x"], 4, "Bridge.Address", "is not an address"),
+        (["[Bridge br]", "Peer = x"], 4, "Bridge.Peer", "Peer belongs in [Veth]"),
+        (["[Veth v]"], 3, "Veth.Peer", "missing, expected Peer = NAME"),
+        (["[Veth v]", "Peer = x", "PeerAddress = 1"], 5, "Veth.PeerAddress", "not an address"),
+        (["[VLAN v]", "Id = 2"], 3, "VLAN.Link", "missing, expected Link ="),
+        (["[VLAN v]", "Link = e"], 3, "VLAN.Id", "missing, expected Id = 1-4094"),
+        (["[VLAN v]", "Link = e", "Id = 4095"], 5, "VLAN.Id", "expected a VLAN id 1-4094"),
+        (["[VLAN v]", "Link = e", "Id = 0"], 5, "VLAN.Id", "expected a VLAN id 1-4094"),
+        (["[VLAN v]", "Link = e", "Id = 2", "Protocol = qinq"], 6, "VLAN.Protocol", "802.1Q, 802.1ad"),
+        (["[VXLAN x]"], 3, "VXLAN.VNI", "missing, expected VNI = 1-16777215"),
+        (["[VXLAN x]", "VNI = 0"], 4, "VXLAN.VNI", "expected a VNI"),
+        (["[VXLAN x]", "VNI = 1", "Remote = 1.2.3.4", "Group = 239.1.1.1"], 6, "VXLAN.Group",
+         "expected only one of Remote and Group"),
+        (["[VXLAN x]", "VNI = 1", "Group = 10.1.1.1"], 5, "VXLAN.Group", "is not multicast"),
+        (["[VXLAN x]", "VNI = 1", "Remote = 239.1.1.1"], 5, "VXLAN.Remote", "is multicast"),
+        (["[VXLAN x]", "VNI = 1", "Remote = 10.0.0.1", "Local = fd00::1"], 6, "VXLAN.Local",
+         "different IP versions"),
+        (["[VXLAN x]", "VNI = 1", "Remote = host"], 5, "VXLAN.Remote", "is not an IP address"),
+        (["[VXLAN x]", "VNI = 1", "DstPort = 0"], 5, "VXLAN.DstPort", "expected a port 1-65535"),
+        (["[MACVLAN m]"], 3, "MACVLAN.Link", "missing"),
+        (["[MACVLAN m]", "Link = e", "Mode = bridged"], 5, "MACVLAN.Mode", "did you mean bridge?"),
+        (["[MACVLAN m]", "Link = e", "Mode = source"], 3, "MACVLAN.SourceMACs",
+         "Mode = source needs SourceMACs"),
+        (["[MACVLAN m]", "Link = e", "SourceMACs = 02:00:00:00:00:01"], 5, "MACVLAN.SourceMACs",
+         "only used with Mode = source"),
+        (["[MACVLAN m]", "Link = e", "Mode = source", "SourceMACs = 02:00:00:00:01"], 6,
+         "MACVLAN.SourceMACs", "is not a MAC address"),
+        (["[MACVLAN m]", "Link = e", "MACAddress = ff:ff:ff:ff:ff:ff"], 5, "MACVLAN.MACAddress",
+         "expected a unicast MAC"),
+        (["[IPVLAN i]", "Link = e", "Mode = l4"], 5, "IPVLAN.Mode", "expected one of l2, l3, l3s"),
+        (["[Bond b]", "Mode = lacp"], 4, "Bond.Mode", "is not a bonding mode"),
+        (["[Bond b]", "Miimon = -1"], 4, "Bond.Miimon", "expected milliseconds"),
+        (["[Bond b]", "Ports = e1", "Primary = e2"], 5, "Bond.Primary", "is not one of the bond's Ports"),
+        (["[Team t]", "Runner = active-backup"], 4, "Team.Runner", "did you mean activebackup?"),
+    ],
+)  # fmt: skip
+def test_error_topology_keys(lines: list[str], line: int, where: str, fragment: str) -> None:
+    expect_error(topo_file(*lines), line, where, fragment)
+
+
+@pytest.mark.parametrize(
+    ("lines", "line", "where", "fragment"),
+    [
+        (["[Bridge br]", "[Bond br]"], 4, "Bond", "'br' is already the name of [Bridge br] (line 3)"),
+        (["[Bridge tp0]"], 3, "Bridge", "already the name of the [Interface]"),
+        (["[Veth v]", "Peer = br", "[Bridge br]"], 5, "Bridge", "already the name of [Veth v]"),
+        (["[Veth v]", "Peer = v"], 4, "Veth.Peer", "already the name of [Veth v]"),
+        (["[VLAN v]", "Link = v", "Id = 2"], 4, "VLAN.Link", "cannot be its own parent"),
+        (["[VLAN a]", "Link = b", "Id = 2", "[VLAN b]", "Link = a", "Id = 3"], 4, "VLAN.Link",
+         "loop: a -> b"),
+        (["[MACVLAN m]", "Link = tp0"], 4, "MACVLAN.Link", "is the TUN device"),
+        (["[MACVLAN m1]", "Link = e", "Mode = passthru", "[MACVLAN m2]", "Link = e",
+          "Mode = passthru"], 7, "MACVLAN.Link", "already has a passthru MACVLAN (line 3)"),
+        (["[Bridge br]", "Ports = br"], 4, "Bridge.Ports", "cannot be a port of itself"),
+        (["[Bridge br]", "Ports = tp0"], 4, "Bridge.Ports", "is the TUN device"),
+        (["[Bridge b1]", "Ports = e", "[Bond b2]", "Ports = e"], 6, "Bond.Ports",
+         "'e' is already a port of 'b1' (line 4)"),
+        (["[Bridge b1]", "Master = b1"], 4, "Bridge.Master", "cannot be its own master"),
+        (["[VLAN v]", "Link = e", "Id = 2", "[Veth x]", "Peer = xp", "Master = v"], 8,
+         "Veth.Master", "'v' is a vlan, expected a bridge, bond or team"),
+        (["[Bridge b1]", "Ports = x", "[Veth x]", "Peer = xp", "Master = b2", "[Bridge b2]"], 7,
+         "Veth.Master", "'x' is already a port of 'b1'"),
+        (["[Bridge br]", "Namespace = ns1", "[Veth v]", "Peer = vp", "Master = br"], 7, "",
+         "must be in the same namespace"),
+        (["[Bridge br]", "Namespace = ns1", "Ports = v"], 5, "",
+         "'v' (namespace of tunnelpyd) and its master 'br' (namespace ns1)"),
+        (["[Bridge br]", "Ports = e", "[MACVLAN m]", "Link = e"], 6, "MACVLAN.Link",
+         "'e' is a port of 'br'"),
+    ],
+)  # fmt: skip
+def test_error_topology_cross(lines: list[str], line: int, where: str, fragment: str) -> None:
+    expect_error(topo_file(*lines), line, where, fragment)
+
+
+def test_topology_port_in_namespace_ok() -> None:
+    cfg = config.parse(
+        topo_file("[Bridge br]", "Namespace = ns1", "Ports = vp", "[Veth v]", "Peer = vp",
+                  "Namespace = ns1", "[Veth w]", "Peer = wp", "Namespace = ns1",
+                  "[MACVLAN m]", "Link = wp", "[VLAN vl]", "Link = m", "Id = 3")
+    )  # fmt: skip
+    assert [link.name for link in cfg.topology] == ["br", "v", "w", "m", "vl"]
+
+
+def test_error_segment_bridge_kinds() -> None:
+    base = [*peers_ab(), "[Segment lab]", "VNI = 5", "Bridge = b"]
+    expect_error(
+        interface(*base, "[Bond b]"), 11, "Segment.Bridge", "'b' is a bond, expected a bridge"
+    )
+    expect_error(
+        interface(*base, "[Bridge b]", "Namespace = n"), 11, "Segment.Bridge", "in namespace 'n'"
+    )
+    expect_error(
+        interface(*base, "[Bridge b]", "[Bridge c]", "Ports = lab"),
+        11,
+        "Segment.Bridge",
+        "'lab' is already a port of 'c'",
+    )
+    expect_error(
+        interface(*base, "[Veth v]", "Peer = lab"), 13, "Veth.Peer", "already the name of segment"
+    )
