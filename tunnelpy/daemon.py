@@ -27,11 +27,16 @@ from .datapath import DataPath
 from .io.tun import Tun
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiServer
 from .io.udp import UdpSocket, resolve
+from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .protocol.engine import Engine, Event
 from .protocol.peer import Peer
+from .protocol.vxlan import ETH_HLEN, VxlanEngine
+from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
 
 log = logging.getLogger("tunnelpyd")
+
+UNDERLAY_MTU = 1500  # what plain-VXLAN segments assume of the underlay unless MTU is set
 
 
 class StartupError(Exception):
@@ -51,12 +56,18 @@ class Daemon:
         self.conf = conf
         self.name = conf.interface.name
         self.uapi_dir = uapi_dir
-        self.engine = Engine(
-            conf.interface.private_key, rng=os.urandom, wall=time.time, mtu=conf.interface.mtu
-        )
+        self.plain_vxlan = conf.interface.transport == cfgmod.TRANSPORT_VXLAN
+        self.engine: Engine | VxlanEngine
+        if self.plain_vxlan:
+            self.engine = VxlanEngine()
+        else:
+            self.engine = Engine(
+                conf.interface.private_key, rng=os.urandom, wall=time.time, mtu=conf.interface.mtu
+            )
+        self.taps: dict[int, Tun] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tun: Tun | None = None
-        self.udp: UdpSocket | None = None
+        self.udp: UdpSocket | VxlanSocket | None = None
         self.uapi: UapiServer | None = None
         self.routes = iface.RouteState()
         self.fwmark: int | None = conf.interface.fwmark
@@ -100,82 +111,155 @@ class Daemon:
     async def _start(self) -> None:
         conf = self.conf
         ic = conf.interface
+        vxlan = self.plain_vxlan
         for w in conf.warnings:
             log.warning("%s", w)
         if ic.dns:
             log.warning("DNS = %s is not applied by tunnelpyd (configure your resolver)", ", ".join(ic.dns))
 
         # 1. Everything that can fail without side effects.
-        endpoints: dict[bytes, tuple[str, int] | None] = {}
+        endpoints: list[tuple[str, int] | None] = []
         for p in conf.peers:
             if p.endpoint is None:
-                endpoints[p.public_key] = None
+                endpoints.append(None)
                 continue
             host, port = p.endpoint
             if not _is_literal(host):
                 self._hostnames[p.public_key] = (host, port)
             try:
-                endpoints[p.public_key] = await self._blocking(resolve, host, port)
+                endpoints.append(await self._blocking(resolve, host, port))
             except OSError as e:
                 raise StartupError(
                     f"{conf.path}:{p.line}: Peer.Endpoint: cannot resolve {host}: {e}"
                 ) from None
-        if await self._blocking(iface.link_exists, self.name):
+        if not vxlan and await self._blocking(iface.link_exists, self.name):
             raise StartupError(f"interface {self.name} already exists")
+        for seg in conf.segments:
+            if await self._blocking(iface.link_exists, seg.device):
+                raise StartupError(
+                    f"{conf.path}:{seg.line}: Segment {seg.name}: interface {seg.device} already exists"
+                )
+            if seg.bridge is not None:
+                kind = await self._blocking(iface.link_kind, seg.bridge)
+                if kind != "bridge":
+                    what = "does not exist" if kind is None else f"is a {kind or 'plain'} link, not a bridge"
+                    raise StartupError(
+                        f"{conf.path}:{seg.line}: Segment {seg.name}.Bridge: {seg.bridge} {what}"
+                    )
 
-        # 2. Things that need undoing, in order.
-        self.uapi = UapiServer(self.name, self._uapi_get, self._uapi_set, directory=self.uapi_dir)
-        try:
-            await self.uapi.start()
-        except Exception as e:
-            self.uapi = None
-            raise StartupError(str(e)) from None
+        # 2. Things that need undoing, in order (_teardown undoes whatever got done).
+        if not vxlan:
+            self.uapi = UapiServer(self.name, self._uapi_get, self._uapi_set, directory=self.uapi_dir)
+            try:
+                await self.uapi.start()
+            except Exception as e:
+                self.uapi = None
+                raise StartupError(str(e)) from None
         nets = [n for p in conf.peers for n in p.allowed_ips]
         if iface.needs_default_route_rules(nets, ic.table) and not self.fwmark:
             self.fwmark = iface.DEFAULT_ROUTE_TABLE
         try:
-            self.udp = UdpSocket(ic.listen_port, self.fwmark)
+            self.udp = VxlanSocket(ic.listen_port, self.fwmark) if vxlan else UdpSocket(ic.listen_port, self.fwmark)
         except OSError as e:
             raise StartupError(str(e)) from None
-        for p in conf.peers:
-            self.engine.add_peer(
-                p.public_key,
-                name=p.name,
-                preshared_key=p.preshared_key,
-                endpoint=endpoints[p.public_key],
-                allowed_ips=p.allowed_ips,
-                persistent_keepalive=p.persistent_keepalive or 0,
-                now=self.loop.time(),
-            )
+        self._add_peers(endpoints)
+        self._add_segments()
         self._run_hooks("PreUp", ic.pre_up)
         try:
-            self.tun = Tun(self.name)
+            if not vxlan:
+                self.tun = Tun(self.name)
+            for seg in conf.segments:
+                self.taps[seg.vni] = Tun(seg.device, tap=True)
         except Exception as e:
             raise StartupError(str(e)) from None
         try:
-            await self._blocking(iface.configure_device, self.name, ic.mtu, list(ic.addresses))
-            await self._blocking(iface.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes)
-            if iface.needs_default_route_rules(nets, ic.table):
-                fams = {iface.family_of(n) for n in nets if n.prefixlen == 0}
-                await self._blocking(iface.add_default_route_rules, self.fwmark, fams, self.routes)
+            if self.tun is not None:
+                await self._blocking(iface.configure_device, self.name, ic.mtu, list(ic.addresses))
+                await self._blocking(iface.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes)
+                if iface.needs_default_route_rules(nets, ic.table):
+                    fams = {iface.family_of(n) for n in nets if n.prefixlen == 0}
+                    await self._blocking(iface.add_default_route_rules, self.fwmark, fams, self.routes)
+            for seg in conf.segments:
+                await self._blocking(
+                    iface.configure_device, seg.device, self.segment_mtu(seg), list(seg.addresses)
+                )
+                if seg.bridge is not None:
+                    await self._blocking(iface.enslave, seg.device, seg.bridge)
         except iface.NetlinkSetupError as e:
             raise StartupError(str(e)) from None
         self._run_hooks("PostUp", ic.post_up)
 
         self.datapath = DataPath(self.loop, self.engine, self.udp, self.tun, self._on_event)
+        for vni, tap in self.taps.items():
+            self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
+
+    def _add_peers(self, endpoints: list[tuple[str, int] | None]) -> None:
+        assert self.loop is not None
+        for p, ep in zip(self.conf.peers, endpoints, strict=True):
+            if isinstance(self.engine, VxlanEngine):
+                assert ep is not None  # config requires Endpoint with Transport = vxlan
+                self.engine.add_peer(p.name, ep)
+                continue
+            self.engine.add_peer(
+                p.public_key,
+                name=p.name,
+                preshared_key=p.preshared_key,
+                endpoint=ep,
+                allowed_ips=p.allowed_ips,
+                persistent_keepalive=p.persistent_keepalive or 0,
+                now=self.loop.time(),
+            )
+
+    def _add_segments(self) -> None:
+        e = self.engine
+        by_name = (
+            dict(e.peers) if isinstance(e, VxlanEngine) else {p.name: p for p in e.peers.values()}
+        )
+        for seg in self.conf.segments:
+            members = None if seg.peers is None else [by_name[n] for n in seg.peers]
+            if isinstance(e, VxlanEngine) and members is None:
+                members = list(by_name.values())
+            e.add_segment(
+                seg.vni,
+                members,
+                hub=seg.hub,
+                aging=seg.aging,
+                max_fdb=seg.max_fdb,
+                # the TAP MTU plus the Ethernet header and one 802.1Q tag
+                max_frame=self.segment_mtu(seg) + ETH_HLEN + 4,
+                static=[(mac, by_name[n]) for mac, n in seg.static_macs],
+            )
+
+    def segment_mtu(self, seg: cfgmod.SegmentConfig) -> int:
+        """The TAP MTU: what fits the underlay without fragmentation (docs/layer2.md)."""
+        if seg.mtu is not None:
+            return seg.mtu
+        if self.plain_vxlan:
+            v6 = any(p.endpoint and ":" in p.endpoint[0] for p in self.conf.peers)
+            return UNDERLAY_MTU - (40 if v6 else 20) - 8 - VXLAN_HLEN - ETH_HLEN
+        # The tunnel MTU already excludes outer IP, UDP and WireGuard's 32 bytes (as wg-quick's
+        # 1420 does for a 1500 underlay); the L2 plaintext adds the VXLAN-style header and the
+        # Ethernet header on top of the frame's payload.
+        return self.conf.interface.mtu - VXLAN_HLEN - ETH_HLEN
 
     async def _teardown(self) -> None:
         if self.datapath is not None:
             self.datapath.stop()
             self.datapath = None
-        if self.tun is not None:
+        devices_up = self.tun is not None or bool(self.taps)
+        if devices_up:
             self._run_hooks("PreDown", self.conf.interface.pre_down)
-            if self.routes.rules:
-                await self._blocking(iface.remove_rules, self.routes)
+        if self.routes.rules:
+            await self._blocking(iface.remove_rules, self.routes)
+        if self.tun is not None:
             # Closing the TUN deletes the device with its addresses and routes.
             self.tun.close()
             self.tun = None
+        for tap in self.taps.values():
+            tap.close()  # the TAP vanishes, leaving a foreign bridge without this port
+        self.taps.clear()
+        if devices_up:
             self._run_hooks("PostDown", self.conf.interface.post_down)
         if self.udp is not None:
             self.udp.close()

@@ -133,3 +133,28 @@ def remove_rules(state: RouteState) -> None:
 
 def family_of(net: Network) -> int:
     return socket.AF_INET6 if net.version == 6 else socket.AF_INET
+
+
+def enslave(name: str, master: str) -> None:
+    """`ip link set NAME master MASTER` (the master must exist: we never create it here)."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        midx = ipr.link_lookup(ifname=master)
+        if not idx:
+            raise NetlinkSetupError(f"interface {name} vanished during setup")
+        if not midx:
+            raise NetlinkSetupError(f"bridge {master} does not exist")
+        try:
+            ipr.link("set", index=idx[0], master=midx[0])
+        except NetlinkError as e:
+            raise NetlinkSetupError(f"cannot enslave {name} to {master}: {e}") from None
+
+
+def link_kind(name: str) -> str | None:
+    """The link kind ("bridge", "tun", …), "" for kindless devices, None when absent."""
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifname=name)
+        if not links:
+            return None
+        info = links[0].get_attr("IFLA_LINKINFO")
+        return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""

@@ -1,0 +1,171 @@
+"""Layer 2 segments with real tunnelpyd processes: hosts behind bridges at each site.
+
+Every "host" is its own namespace with a veth into a bridge in its site's namespace; the site's
+tunnelpyd enslaves its segment TAP to that bridge. So a ping between hosts crosses: host veth →
+bridge → TAP → tunnelpyd (encrypt, VXLAN-style header) → UDP underlay → the other site, and back.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sites import new_site, start
+
+pytestmark = pytest.mark.root
+
+
+def bridge(lab, ns: str, name: str) -> None:
+    lab.run(ns, "ip", "link", "add", name, "type", "bridge")
+    lab.run(ns, "ip", "link", "set", name, "up")
+
+
+def host_on(lab, site_ns: str, host_ns: str, br: str, addr: str, mac: str, mtu: int = 1398) -> None:
+    # Hosts on a stretched segment need an MTU that fits the tunnel (as with any VXLAN overlay):
+    # frames larger than the TAP's MTU are dropped, never fragmented.
+    site_end, host_end = lab.veth(site_ns, host_ns, None, None, mtu=mtu)
+    lab.run(site_ns, "ip", "link", "set", site_end, "master", br)
+    lab.run(host_ns, "ip", "link", "set", host_end, "down")
+    lab.run(host_ns, "ip", "link", "set", host_end, "address", mac)
+    lab.run(host_ns, "ip", "link", "set", host_end, "name", "eth0")
+    lab.run(host_ns, "ip", "link", "set", "eth0", "up")
+    lab.add_addresses(host_ns, "eth0", addr)
+
+
+def segment(name: str, vni: int, device: str, br: str, extra: str = "") -> str:
+    return f"[Segment {name}]\nVNI = {vni}\nDevice = {device}\nBridge = {br}\n{extra}\n"
+
+
+def neigh_mac(lab, ns: str, addr: str) -> str:
+    out = lab.run(ns, "ip", "neigh", "show", addr).stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else ""
+
+
+def test_two_sites_two_segments_reachability_and_isolation(make_lab):
+    lab = make_lab(6)
+    sa, sb, a100, a200, b100, b200 = lab.ns
+    lab.veth(sa, sb, "10.51.0.1/24", "10.51.0.2/24")
+    for ns in (sa, sb):
+        bridge(lab, ns, "br100")
+        bridge(lab, ns, "br200")
+    # identical subnets in both VNIs: only the VNI keeps them apart
+    host_on(lab, sa, a100, "br100", "192.168.7.1/24", "02:00:00:00:01:01")
+    host_on(lab, sb, b100, "br100", "192.168.7.2/24", "02:00:00:00:01:02")
+    host_on(lab, sa, a200, "br200", "192.168.7.1/24", "02:00:00:00:02:01")
+    host_on(lab, sb, b200, "br200", "192.168.7.2/24", "02:00:00:00:02:02")
+    a = new_site(lab, sa, 51820, ["10.50.0.1/24"])
+    b = new_site(lab, sb, 51820, ["10.50.0.2/24"])
+    a.peers.append(b.peer_block("10.51.0.2:51820", ["10.50.0.2/32"], name="site-b"))
+    b.peers.append(a.peer_block("10.51.0.1:51820", ["10.50.0.1/32"], name="site-a"))
+    ta, tb = lab.ifname("l"), lab.ifname("l")
+    ua, ub = lab.ifname("l"), lab.ifname("l")
+    a.extra = segment("lab", 100, ta, "br100") + segment("other", 200, ua, "br200")
+    b.extra = segment("lab", 100, tb, "br100") + segment("other", 200, ub, "br200")
+    start(lab, a)
+    start(lab, b)
+    assert lab.ping(a100, "192.168.7.2")
+    assert neigh_mac(lab, a100, "192.168.7.2") == "02:00:00:00:01:02"
+    assert lab.ping(a200, "192.168.7.2")
+    assert neigh_mac(lab, a200, "192.168.7.2") == "02:00:00:00:02:02"
+    assert lab.tcp_transfer(a100, b100, "192.168.7.2", 4 << 20), lab.notes
+    assert lab.tcp_transfer(b200, a200, "192.168.7.1", 2 << 20), lab.notes
+    # the IP tunnel still works beside the segments, in the same sessions
+    assert lab.ping(sa, "10.50.0.2")
+    # TAP MTU defaults to what fits: 1420 - 8 (VXLAN-style header) - 14 (Ethernet)
+    assert "mtu 1398" in lab.run(sa, "ip", "link", "show", ta).stdout
+
+
+def test_sigterm_removes_taps_and_keeps_foreign_bridge(lab):
+    sa, sb = lab.ns
+    lab.veth(sa, sb, "10.52.0.1/24", "10.52.0.2/24")
+    bridge(lab, sa, "brx")
+    a = new_site(lab, sa, 51820, ["10.53.0.1/24"])
+    b = new_site(lab, sb, 51820, ["10.53.0.2/24"])
+    a.peers.append(b.peer_block("10.52.0.2:51820", ["10.53.0.2/32"], name="b"))
+    tap = lab.ifname("l")
+    a.extra = segment("s", 5, tap, "brx")
+    start(lab, a)
+    assert "master brx" in lab.run(sa, "ip", "link", "show", tap).stdout
+    assert a.proc.stop() == 0
+    assert not lab.link_exists(sa, tap)
+    assert lab.link_exists(sa, "brx")
+
+
+def test_missing_bridge_refused_before_anything(lab):
+    sa, _ = lab.ns
+    a = new_site(lab, sa, 51820, ["10.53.0.1/24"])
+    tap = lab.ifname("l")
+    a.extra = segment("s", 5, tap, "nosuchbr")
+    proc = start(lab, a, wait=False)
+    assert proc.popen.wait(15) == 1
+    assert "nosuchbr does not exist" in proc.log()
+    assert not lab.link_exists(sa, a.ifname) and not lab.link_exists(sa, tap)
+
+
+def test_three_sites_hub_and_spoke_segment(make_lab):
+    lab = make_lab(5)
+    hub_ns, s1, s2, h1, h2 = lab.ns
+    lab.veth(hub_ns, s1, "10.54.1.1/24", "10.54.1.2/24")
+    lab.veth(hub_ns, s2, "10.54.2.1/24", "10.54.2.2/24")
+    for ns in (s1, s2):
+        bridge(lab, ns, "br0")
+    host_on(lab, s1, h1, "br0", "192.168.9.1/24", "02:00:00:00:09:01")
+    host_on(lab, s2, h2, "br0", "192.168.9.2/24", "02:00:00:00:09:02")
+    hub = new_site(lab, hub_ns, 51820, ["10.55.0.1/24"])
+    sp1 = new_site(lab, s1, 51820, ["10.55.0.2/24"])
+    sp2 = new_site(lab, s2, 51820, ["10.55.0.3/24"])
+    hub.peers += [sp1.peer_block(None, ["10.55.0.2/32"], name="sp1"),
+                  sp2.peer_block(None, ["10.55.0.3/32"], name="sp2")]
+    sp1.peers.append(hub.peer_block("10.54.1.1:51820", ["10.55.0.1/32"], name="hub", keepalive=5))
+    sp2.peers.append(hub.peer_block("10.54.2.1:51820", ["10.55.0.1/32"], name="hub", keepalive=5))
+    hub_tap = lab.ifname("l")
+    hub.extra = f"[Segment lan]\nVNI = 9\nDevice = {hub_tap}\nHub = yes\n"
+    sp1.extra = segment("lan", 9, lab.ifname("l"), "br0")
+    sp2.extra = segment("lan", 9, lab.ifname("l"), "br0")
+    for s in (hub, sp1, sp2):
+        start(lab, s)
+    assert lab.ping(h1, "192.168.9.2")  # spoke host to spoke host through the hub's segment
+    assert lab.tcp_transfer(h2, h1, "192.168.9.1", 2 << 20), lab.notes
+
+
+def kernel_vxlan(lab, ns: str, name: str, vni: int, local: str, remote: str, br: str) -> None:
+    lab.run(ns, "ip", "link", "add", name, "type", "vxlan", "id", str(vni), "local", local,
+            "remote", remote, "dstport", "4789", "nolearning")
+    lab.run(ns, "ip", "link", "set", name, "master", br)
+    lab.run(ns, "ip", "link", "set", name, "up")
+
+
+@pytest.mark.parametrize("first", ["tunnelpyd", "kernel"])
+def test_plain_vxlan_interop_with_kernel_vxlan(make_lab, first):
+    lab = make_lab(4)
+    st, sk, ht, hk = lab.ns  # tunnelpyd site, kernel-vxlan site, a host behind each
+    lab.veth(st, sk, "10.56.0.1/24", "10.56.0.2/24")
+    for ns in (st, sk):
+        bridge(lab, ns, "br42")
+    host_on(lab, st, ht, "br42", "172.16.42.1/24", "02:00:00:00:42:01", mtu=1450)
+    host_on(lab, sk, hk, "br42", "172.16.42.2/24", "02:00:00:00:42:02", mtu=1450)
+    kernel_vxlan(lab, sk, "vx42", 42, "10.56.0.2", "10.56.0.1", "br42")
+    # veth hands the kernel vxlan device CHECKSUM_PARTIAL inner packets, and the encapsulated
+    # datagram reaches our UDP socket with the inner TCP checksum never filled in (a NIC would
+    # have done it). Hosts on a real wire compute their checksums; make this one do so too.
+    lab.run(hk, "ethtool", "-K", "eth0", "tx", "off")
+    site = new_site(lab, st, 4789, [])
+    tap = lab.ifname("x")
+    conf = (
+        "[Interface]\nTransport = vxlan\nListenPort = 4789\n\n"
+        "[Peer]\nName = kernel\nEndpoint = 10.56.0.2:4789\n\n"
+        f"[Segment lab]\nVNI = 42\nDevice = {tap}\nBridge = br42\n"
+    )
+    site.conf = lab.write_file(f"vx-{tap}.conf", conf)
+    from sites import TUNNELPYD
+
+    proc = lab.popen(st, *TUNNELPYD, "-c", str(site.conf), "--log-level", "debug")
+    lab.wait_for(lambda: lab.link_exists(st, tap) and "UP" in lab.run(st, "ip", "-br", "link", "show", tap).stdout,
+                 15, "tap up", watch=[proc])
+    src, dst, addr = (ht, hk, "172.16.42.2") if first == "tunnelpyd" else (hk, ht, "172.16.42.1")
+    assert lab.ping(src, addr)
+    assert lab.ping(dst, "172.16.42.1" if addr == "172.16.42.2" else "172.16.42.2")
+    assert lab.tcp_transfer(src, dst, addr, 4 << 20), lab.notes
+    # the kernel saw RFC 7348 frames from us: its FDB learned the host behind tunnelpyd
+    fdb = lab.run(sk, "bridge", "fdb", "show", "dev", "vx42").stdout
+    assert "02:00:00:00:42:01" in fdb
+    assert proc.stop() == 0
+    assert not lab.link_exists(st, tap) and lab.link_exists(st, "br42")
