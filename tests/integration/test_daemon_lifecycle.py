@@ -1,0 +1,67 @@
+"""Start-up edge cases of a real tunnelpyd: stale sockets, live sockets, names that move."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from netns import WG_RUN_DIR
+from sites import new_site, start
+
+pytestmark = pytest.mark.root
+
+
+def test_stale_uapi_socket_is_replaced(lab):
+    a_ns, _ = lab.ns
+    site = new_site(lab, a_ns, 51820, ["10.60.0.1/24"])
+    path = WG_RUN_DIR / f"{site.ifname}.sock"
+    WG_RUN_DIR.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))  # bound, never listening, then closed: what a SIGKILLed daemon leaves
+    s.close()
+    assert path.exists()
+    start(lab, site)
+    out = lab.run(a_ns, "wg", "show", site.ifname, "listen-port").stdout.strip()
+    assert out == "51820"
+
+
+def test_sigkill_leaves_nothing_but_a_socket_and_restart_works(lab):
+    a_ns, _ = lab.ns
+    site = new_site(lab, a_ns, 51820, ["10.60.0.1/24"])
+    start(lab, site)
+    site.proc.popen.kill()
+    site.proc.popen.wait(10)
+    # the kernel removed the TUN (and its addresses and routes) with the last fd
+    lab.wait_for(lambda: not lab.link_exists(a_ns, site.ifname), 5, "TUN gone after SIGKILL")
+    start(lab, site)
+    assert lab.link_exists(a_ns, site.ifname)
+
+
+def test_endpoint_name_resolved_at_start_and_again_when_quiet(lab):
+    """`ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts: a per-test DNS."""
+    a_ns, b_ns = lab.ns
+    va, vb = lab.veth(a_ns, b_ns, "10.61.0.1/24", "10.61.0.2/24")
+    etc = Path("/etc/netns") / a_ns
+    etc.mkdir(parents=True)
+    try:
+        hosts = etc / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n10.61.0.2 site-b.test\n")
+        a = new_site(lab, a_ns, 51820, ["10.62.0.1/24"])
+        b = new_site(lab, b_ns, 51820, ["10.62.0.2/24"])
+        a.peers.append(b.peer_block("site-b.test:51820", ["10.62.0.2/32"], name="site-b"))
+        b.peers.append(a.peer_block(None, ["10.62.0.1/32"], name="site-a"))
+        start(lab, a)
+        start(lab, b)
+        assert lab.ping(a_ns, "10.62.0.2")
+        # B moves to a new underlay address and DNS follows; B stays silent (no keepalive), so
+        # only A's re-resolution after the peer went quiet can find it.
+        lab.run(b_ns, "ip", "addr", "del", "10.61.0.2/24", "dev", vb)
+        lab.run(b_ns, "ip", "addr", "add", "10.61.0.99/24", "dev", vb)
+        with open(hosts, "w") as f:  # same inode: the bind mount sees the change
+            f.write("127.0.0.1 localhost\n10.61.0.99 site-b.test\n")
+        assert lab.ping(a_ns, "10.62.0.2", count=1, timeout=40)
+        assert "10.61.0.99:51820" in lab.wg_show(a_ns, a.ifname, "endpoints")
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
