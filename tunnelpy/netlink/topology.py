@@ -1,0 +1,761 @@
+"""Apply and undo a topology plan through pyroute2, validating against the kernel first.
+
+Theory of operation
+-------------------
+``Topology(conf)`` holds the pure ``plan.Plan`` for a config and runs it against the kernel with
+synchronous pyroute2 ``IPRoute`` sockets, one per namespace (``IPRoute(netns=NAME, flags=0)``:
+flags=0 so a missing namespace is an error, never silently created). Every method blocks; the
+daemon calls them from an executor thread (see PROTOCOL.md on pyroute2 under uvloop).
+
+The life cycle the daemon drives:
+
+``cleanup_leftovers()``  at start-up, before anything else: if ``/run/tunnelpy/<ifname>.state``
+    names a dead daemon, undo what it recorded (a tunnelpyd killed with SIGKILL left it). A
+    state file of a daemon that still runs is an error.
+``validate()``  read-only: every (kind, mode) the plan needs is created once in a private,
+    throw-away network namespace (a forked child that ``unshare(CLONE_NEWNET)``s), so "this kernel
+    has no 8021q/ipvlan/bonding/team" is one clear error before anything changes; then every name
+    to be created must be free, every pre-existing link it uses must exist, masters must be
+    masters, passthru parents must have no macvlans yet, and teamd must be installed for a team.
+``apply()``  performs the steps in order. Before each step that creates or changes something it
+    writes an undo record to the state file (atomically: write a temporary file, fsync, rename),
+    marked pending; after the step it fills in what it learnt (the new ifindex) and clears the
+    mark; if the step fails the record is dropped. On any failure the steps done so far are
+    undone and ``TopologyError`` says which step (file:line and the equivalent command) failed.
+``undo()``  runs the records in reverse and removes the state file. It never raises: it returns
+    the problems it met. Links are deleted only when tunnelpyd created them (and, when the
+    record knows it, only if the ifindex still matches); pre-existing ports get their old
+    master and up/down state back; namespaces are removed only if tunnelpyd created them.
+
+Undo records (JSON objects in the state file's ``undo`` list):
+``netns-del`` {name}; ``link-del`` {name, ns: [candidates], ifindex}; ``teamd-kill`` {name, ns};
+``restore-port`` {name, ns, ifindex, master, up}; ``restore-up`` {name, ns, ifindex, up}.
+A namespace value of null means tunnelpyd's own namespace (``netns=`` of the Topology).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tunnelpy.config import Config
+
+from . import plan as planmod
+from .plan import Plan, Step
+
+STATE_DIR = "/run/tunnelpy"
+STATE_VERSION = 1
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+
+BOND_MODE_NUMBERS = {
+    "balance-rr": 0,
+    "active-backup": 1,
+    "balance-xor": 2,
+    "broadcast": 3,
+    "802.3ad": 4,
+    "balance-tlb": 5,
+    "balance-alb": 6,
+}
+# The module a kind lives in, for "the kernel lacks it" messages.
+KIND_MODULES = {
+    "vlan": "8021q",
+    "bond": "bonding",
+    "team": "team",
+    "ipvlan": "ipvlan",
+    "macvlan": "macvlan",
+    "vxlan": "vxlan",
+    "bridge": "bridge",
+    "veth": "veth",
+}
+
+
+class TopologyError(Exception):
+    """A one-line reason the topology cannot be validated, applied or cleaned up."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small netlink helpers
+
+
+def _err(e: BaseException) -> str:
+    if isinstance(e, NetlinkError):
+        return f"{os.strerror(e.code)} (errno {e.code})"
+    if isinstance(e, OSError) and e.errno:
+        return f"{os.strerror(e.errno)} (errno {e.errno})"
+    return str(e) or type(e).__name__
+
+
+def list_netns() -> set[str]:
+    try:
+        return set(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+def _link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
+    """ifindex, kind, master (ifindex or 0), up, parent (ifindex or 0) of ``name``, or None."""
+    try:
+        links = ipr.get_links(ifname=name)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+    if not links:
+        return None
+    msg = links[0]
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return {
+        "ifindex": msg["index"],
+        "kind": kind,
+        "master": msg.get_attr("IFLA_MASTER") or 0,
+        "up": bool(msg["flags"] & 1),
+        "parent": msg.get_attr("IFLA_LINK") or 0,
+    }
+
+
+def _pid_starttime(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22 of stat(5), counted after the ")"
+
+
+def _link_kwargs(step: Step, ipr: IPRoute) -> dict[str, Any]:
+    """pyroute2 ``link("add", ...)`` arguments for a LINK step."""
+    kind = step.get("kind")
+    kw: dict[str, Any] = {"ifname": step.name, "kind": kind}
+    if step.get("mtu"):
+        kw["mtu"] = step.get("mtu")
+    if step.get("mac"):
+        kw["address"] = step.get("mac")
+    parent = step.get("link")
+    if parent is not None:
+        found = ipr.link_lookup(ifname=parent)
+        if not found:
+            raise TopologyError(f"parent {parent} does not exist")
+        kw["vxlan_link" if kind == "vxlan" else "link"] = found[0]
+    if kind == "bridge":
+        kw["br_stp_state"] = 1 if step.get("stp") else 0
+        if step.get("vlan_filtering"):
+            kw["br_vlan_filtering"] = 1
+    elif kind == "veth":
+        peer: dict[str, Any] = {"ifname": step.get("peer")}
+        if step.get("mtu"):
+            peer["mtu"] = step.get("mtu")
+        if step.get("peer_ns"):
+            peer["net_ns_fd"] = step.get("peer_ns")
+        kw["peer"] = peer
+    elif kind == "vlan":
+        kw["vlan_id"] = step.get("vlan_id")
+        kw["vlan_protocol"] = planmod.VLAN_PROTOCOL_NUMBERS[step.get("protocol", "802.1Q")]
+    elif kind == "vxlan":
+        kw["vxlan_id"] = step.get("vni")
+        kw["vxlan_port"] = step.get("dst_port")
+        far = step.get("remote") or step.get("group")
+        if far:
+            kw["vxlan_group6" if ":" in far else "vxlan_group"] = far
+        local = step.get("local")
+        if local:
+            kw["vxlan_local6" if ":" in local else "vxlan_local"] = local
+    elif kind == "macvlan":
+        kw["macvlan_mode"] = step.get("mode")
+        if step.get("source_macs"):
+            kw["macvlan_macaddr_mode"] = "set"
+            kw["macvlan_macaddr_data"] = {
+                "attrs": [("IFLA_MACVLAN_MACADDR", mac) for mac in step.get("source_macs")]
+            }
+    elif kind == "ipvlan":
+        kw["ipvlan_mode"] = planmod.IPVLAN_MODE_NUMBERS[step.get("mode")]
+    elif kind == "bond":
+        kw["bond_mode"] = BOND_MODE_NUMBERS[step.get("mode")]
+        kw["bond_miimon"] = step.get("miimon")
+    return kw
+
+
+# --------------------------------------------------------------------------------------------
+# The kind probe: a private network namespace in a forked child
+
+
+def _probe_one(ipr: IPRoute, kind: str, mode: str | None, i: int) -> None:
+    name = f"tpprobe{i}"
+    attrs: dict[str, Any] = {"kind": kind}
+    if kind in ("vlan", "macvlan", "ipvlan"):
+        attrs["link"] = "tpprobe-a"
+    if kind == "vlan":
+        attrs["vlan_id"] = 2
+    elif kind == "vxlan":
+        attrs.update(vni=1, dst_port=4789)
+    elif kind == "veth":
+        attrs["peer"] = f"tpprobe{i}p"
+    elif kind == "macvlan":
+        attrs["mode"] = mode or "bridge"
+        if mode == "source":
+            attrs["source_macs"] = ("02:00:00:00:00:01",)
+    elif kind == "ipvlan":
+        attrs["mode"] = mode or "l3"
+    elif kind == "bond":
+        attrs.update(mode="active-backup", miimon=100)
+    step = Step(planmod.LINK, name, attrs=tuple(sorted(attrs.items())))
+    ipr.link("add", **_link_kwargs(step, ipr))
+    ipr.link("del", ifname=name)
+
+
+def probe_kinds(kinds: set[tuple[str, str | None]]) -> dict[tuple[str, str | None], str]:
+    """Which (kind, mode) pairs this kernel cannot create, with the reason. Changes nothing:
+    the probes run in a forked child inside a new, unnamed network namespace."""
+    wanted = sorted(kinds, key=lambda k: (k[0], k[1] or ""))
+    if not wanted:
+        return {}
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        failures: dict[str, str] = {}
+        try:
+            os.close(read_fd)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+            with IPRoute() as ipr:
+                ipr.link("add", ifname="tpprobe-a", kind="veth", peer={"ifname": "tpprobe-b"})
+                for i, (kind, mode) in enumerate(wanted):
+                    try:
+                        if kind == "team":
+                            ipr.link("add", ifname=f"tpprobe{i}", kind="team")
+                        else:
+                            _probe_one(ipr, kind, mode, i)
+                    except Exception as e:  # noqa: BLE001 - reported to the parent
+                        failures[f"{kind}\0{mode or ''}"] = _err(e)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            failures["*\0"] = f"cannot probe the kernel: {_err(e)}"
+        finally:
+            with contextlib.suppress(BaseException):
+                os.write(write_fd, json.dumps(failures).encode())
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as f:
+        while chunk := f.read(65536):
+            chunks.append(chunk)
+    os.waitpid(pid, 0)
+    raw = json.loads(b"".join(chunks) or b'{"*\\u0000": "the probe process died"}')
+    out: dict[tuple[str, str | None], str] = {}
+    for key, reason in raw.items():
+        kind, mode = key.split("\0")
+        out[(kind, mode or None)] = reason
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The state file
+
+
+class StateFile:
+    """``/run/tunnelpy/<ifname>.state``: who applied the topology and how to undo it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+
+    def begin(self, interface: str, netns: str | None) -> None:
+        pid = os.getpid()
+        self.data = {
+            "version": STATE_VERSION,
+            "interface": interface,
+            "pid": pid,
+            "starttime": _pid_starttime(pid),
+            "netns": netns,
+            "undo": [],
+        }
+        self.write()
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise TopologyError(
+                f"{self.path} is not a tunnelpy state file (bad JSON); remove it by hand after "
+                "checking what it holds"
+            ) from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise TopologyError(
+                f"{self.path}: unknown state file version, expected {STATE_VERSION}"
+            )
+        return data
+
+    def write(self) -> None:
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, json.dumps(self.data, indent=1).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @property
+    def undo(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = self.data.setdefault("undo", [])
+        return records
+
+
+# --------------------------------------------------------------------------------------------
+# The topology
+
+
+class Topology:
+    """A config's topology: validate, apply, undo, and clean up after a crashed predecessor.
+
+    ``netns``: the namespace that stands for "tunnelpyd's own" (None: the caller's, which is
+    what the daemon uses; tests pass a lab namespace). ``state_dir``: where the state file goes.
+    """
+
+    def __init__(
+        self,
+        conf: Config | Plan,
+        *,
+        state_dir: str | os.PathLike[str] = STATE_DIR,
+        netns: str | None = None,
+    ) -> None:
+        self.plan = conf if isinstance(conf, Plan) else planmod.build(conf)
+        self.netns = netns
+        self.state = StateFile(Path(state_dir) / f"{self.plan.interface}.state")
+        self._ipr: dict[str | None, IPRoute] = {}
+        self.applied = False
+
+    # -- sockets -------------------------------------------------------------------------
+
+    def _sock(self, ns: str | None) -> IPRoute:
+        """The IPRoute for namespace ``ns`` (None: tunnelpyd's own), opened once."""
+        if ns not in self._ipr:
+            target = ns if ns is not None else self.netns
+            self._ipr[ns] = IPRoute() if target is None else IPRoute(netns=target, flags=0)
+        return self._ipr[ns]
+
+    def _close_sock(self, ns: str | None) -> None:
+        ipr = self._ipr.pop(ns, None)
+        if ipr is not None:
+            with contextlib.suppress(Exception):
+                ipr.close()
+
+    def close(self) -> None:
+        """Close the netlink sockets (an open socket keeps a deleted namespace alive)."""
+        for ns in list(self._ipr):
+            self._close_sock(ns)
+
+    def _reachable(self, ns: str | None) -> bool:
+        """Whether namespace ``ns`` (None: tunnelpyd's own) still exists."""
+        target = ns if ns is not None else self.netns
+        return target is None or target in list_netns()
+
+    def _nsenter(self, ns: str | None) -> list[str]:
+        target = ns if ns is not None else self.netns
+        return [] if target is None else ["nsenter", f"--net={NETNS_DIR}/{target}", "--"]
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise TopologyError (one line, every problem) unless the plan can be applied."""
+        plan = self.plan
+        problems: list[str] = []
+        where = {step.name: step for step in plan.steps if step.op in (planmod.LINK, planmod.TEAMD)}
+        missing = probe_kinds(plan.kinds())
+        for (kind, mode), reason in sorted(missing.items(), key=lambda x: (x[0][0], x[0][1] or "")):
+            if kind == "*":
+                problems.append(reason)
+                continue
+            users = [
+                s
+                for s in where.values()
+                if s.get("kind") == kind and (mode is None or s.get("mode") == mode)
+            ]
+            at = f"{plan.path}:{users[0].line}: " if users else ""
+            label = f"{kind} mode {mode}" if mode else kind
+            module = KIND_MODULES.get(kind, kind)
+            problems.append(
+                f"{at}this kernel cannot create {label} links ({reason}; is the {module} "
+                f"module available?), used by {', '.join(s.name for s in users)}"
+            )
+        if any(step.op == planmod.TEAMD for step in plan.steps):
+            for tool in ("teamd",):
+                if shutil.which(tool) is None:
+                    line = next(s.line for s in plan.steps if s.op == planmod.TEAMD)
+                    problems.append(
+                        f"{plan.path}:{line}: [Team] needs {tool} (Debian: apt-get install "
+                        "libteam-utils), and it is not installed"
+                    )
+        existing_ns = list_netns()
+        if self.netns is not None and self.netns not in existing_ns:
+            problems.append(f"namespace {self.netns} (tunnelpyd's own) does not exist")
+        new_ns = {ns for ns in plan.namespaces if ns not in existing_ns}
+        try:
+            self._validate_links(new_ns, problems)
+        finally:
+            self.close()
+        if problems:
+            raise TopologyError("; ".join(problems) + "; nothing was changed")
+
+    def _validate_links(self, new_ns: set[str], problems: list[str]) -> None:
+        plan = self.plan
+        lines = {s.name: s.line for s in plan.steps}
+        # Links to be made: their names must be free where they are made and where they end up.
+        places: list[tuple[str | None, str]] = list(plan.created)
+        for step in plan.steps:
+            if step.op == planmod.LINK:
+                places.append((step.ns, step.name))
+        for ns, name in dict.fromkeys(places):
+            if ns in new_ns:
+                continue
+            if _link_info(self._sock(ns), name) is not None:
+                where = f" in namespace {ns}" if ns else ""
+                problems.append(
+                    f"{plan.path}:{lines.get(name, 0)}: {name} already exists{where} and tunnelpyd "
+                    "did not create it; rename the section or delete that link"
+                )
+        # Links it only uses must exist; masters must be masters.
+        masters = {s.get("master") for s in plan.steps if s.op == planmod.MASTER}
+        for ns, name, line in plan.existing:
+            where = f" in namespace {ns}" if ns else ""
+            if ns in new_ns:
+                problems.append(
+                    f"{plan.path}:{line}: {name} would have to exist{where}, but that namespace "
+                    "is created by tunnelpyd"
+                )
+                continue
+            info = _link_info(self._sock(ns), name)
+            if info is None:
+                problems.append(
+                    f"{plan.path}:{line}: {name} does not exist{where} (it is not created by "
+                    "this file, so it must exist already)"
+                )
+            elif name in masters and info["kind"] not in ("bridge", "bond", "team"):
+                problems.append(
+                    f"{plan.path}:{line}: {name} is a {info['kind'] or 'plain'} link, expected a "
+                    "bridge, bond or team as master"
+                )
+        # passthru: the kernel refuses a parent that already has macvlans.
+        for step in plan.steps:
+            if not (step.op == planmod.LINK and step.get("mode") == "passthru"):
+                continue
+            if step.ns in new_ns or step.get("link") in {n for _, n in plan.created}:
+                continue
+            ipr = self._sock(step.ns)
+            parent = _link_info(ipr, step.get("link"))
+            if parent is None:
+                continue
+            for msg in ipr.get_links():
+                info = msg.get_attr("IFLA_LINKINFO")
+                kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+                if (
+                    kind in ("macvlan", "macvtap")
+                    and msg.get_attr("IFLA_LINK") == parent["ifindex"]
+                ):
+                    problems.append(
+                        f"{plan.path}:{step.line}: {step.get('link')} already has the {kind} "
+                        f"{msg.get_attr('IFLA_IFNAME')}, and passthru needs a parent to itself"
+                    )
+                    break
+
+    # -- crash leftovers -----------------------------------------------------------------
+
+    def cleanup_leftovers(self) -> list[str]:
+        """Undo what a dead tunnelpyd with the same interface name recorded; what was undone.
+
+        Raises TopologyError if that daemon still runs (its state file is live)."""
+        data = self.state.read()
+        if data is None:
+            return []
+        pid = data.get("pid")
+        if isinstance(pid, int) and pid != os.getpid():
+            start = _pid_starttime(pid)
+            if start is not None and start == data.get("starttime"):
+                raise TopologyError(
+                    f"{self.state.path}: tunnelpyd pid {pid} still runs with this topology; "
+                    "stop it first"
+                )
+        self.state.data = data
+        done, problems = self._run_undo()
+        if problems:
+            done += [f"could not undo: {p}" for p in problems]
+        return done
+
+    # -- apply ---------------------------------------------------------------------------
+
+    def apply(self) -> None:
+        """Perform every step; on failure undo what was done and raise TopologyError."""
+        self.state.begin(self.plan.interface, self.netns)
+        self.applied = True
+        step: Step | None = None
+        try:
+            for step in self.plan.steps:
+                self._do(step)
+        except Exception as e:
+            assert step is not None
+            _, problems = self._run_undo()
+            self.applied = False
+            cmd = " && ".join(planmod.commands(step))
+            also = f" (and undoing: {'; '.join(problems)})" if problems else ""
+            raise TopologyError(
+                f"{self.plan.path}:{step.line}: {step.what or step.op} failed: {_err(e)} "
+                f"[{cmd}]; every step before it was undone{also}"
+            ) from None
+        finally:
+            self.close()
+
+    def undo(self) -> list[str]:
+        """Undo everything applied, in reverse; never raises. Returns the problems met."""
+        if not self.applied:
+            return []
+        _, problems = self._run_undo()
+        self.applied = False
+        return problems
+
+    @contextlib.contextmanager
+    def _record(self, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Write-ahead: the record is in the state file (pending) before the change is made,
+        completed after it, and dropped if the change failed."""
+        record["pending"] = True
+        self.state.undo.append(record)
+        self.state.write()
+        try:
+            yield record
+        except BaseException:
+            self.state.undo.remove(record)
+            self.state.write()
+            raise
+        record.pop("pending", None)
+        self.state.write()
+
+    def _do(self, step: Step) -> None:
+        op = step.op
+        if op == planmod.NETNS:
+            if step.name in list_netns():
+                return  # someone else's: used, never removed
+            with self._record({"op": "netns-del", "name": step.name}):
+                pr_netns.create(step.name)
+            return
+        if op == planmod.TEAMD:
+            self._do_teamd(step)
+            return
+        ipr = self._sock(step.ns)
+        if op == planmod.LINK:
+            with self._record({"op": "link-del", "name": step.name, "ns": [step.ns]}) as rec:
+                ipr.link("add", **_link_kwargs(step, ipr))
+                info = _link_info(ipr, step.name)
+                rec["ifindex"] = info["ifindex"] if info else None
+            return
+        index = self._index(ipr, step)
+        if op == planmod.MOVE:
+            rec = next(
+                r for r in reversed(self.state.undo)
+                if r["op"] == "link-del" and r["name"] == step.name
+            )  # fmt: skip
+            to = step.get("to")
+            rec["ns"] = [to, *rec["ns"]]
+            rec["ifindex"] = None  # may change in the new namespace
+            self.state.write()
+            ipr.link("set", index=index, net_ns_fd=to)
+            info = _link_info(self._sock(to), step.name)
+            rec["ifindex"] = info["ifindex"] if info else None
+            self.state.write()
+            return
+        if op == planmod.MASTER:
+            master = ipr.link_lookup(ifname=step.get("master"))
+            if not master:
+                raise TopologyError(f"master {step.get('master')} does not exist")
+            info = _link_info(ipr, step.name)
+            assert info is not None
+            ours = self._created(step.ns, step.name) or step.name in self.plan.provided
+            with contextlib.ExitStack() as stack:
+                if not ours:
+                    previous = ""
+                    if info["master"]:
+                        previous = ipr.get_links(info["master"])[0].get_attr("IFLA_IFNAME")
+                    stack.enter_context(
+                        self._record(
+                            {
+                                "op": "restore-port",
+                                "name": step.name,
+                                "ns": step.ns,
+                                "ifindex": index,
+                                "master": previous or None,
+                                "up": info["up"],
+                            }
+                        )
+                    )
+                if step.get("master_kind") in ("bond", "team") or (
+                    step.get("master_kind") is None
+                    and self._kind(ipr, master[0]) in ("bond", "team")
+                ):
+                    ipr.link("set", index=index, state="down")
+                ipr.link("set", index=index, master=master[0])
+            return
+        if op == planmod.PRIMARY:
+            port = ipr.link_lookup(ifname=step.get("primary"))
+            if not port:
+                raise TopologyError(f"port {step.get('primary')} does not exist")
+            ipr.link("set", index=index, kind="bond", bond_primary=port[0])
+            return
+        if op == planmod.UP:
+            if self._created(step.ns, step.name) or step.name in self.plan.provided:
+                ipr.link("set", index=index, state="up")
+                return
+            info = _link_info(ipr, step.name)
+            assert info is not None
+            with self._record(
+                {"op": "restore-up", "name": step.name, "ns": step.ns, "ifindex": index,
+                 "up": info["up"]}
+            ):  # fmt: skip
+                ipr.link("set", index=index, state="up")
+            return
+        if op == planmod.ADDRESS:
+            address = step.get("address")
+            ip, _, prefix = address.partition("/")
+            try:
+                ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+            return
+        raise TopologyError(f"unknown step {op!r}")
+
+    def _created(self, ns: str | None, name: str) -> bool:
+        return (ns, name) in set(self.plan.created)
+
+    @staticmethod
+    def _kind(ipr: IPRoute, index: int) -> str | None:
+        msg = ipr.get_links(index)[0]
+        info = msg.get_attr("IFLA_LINKINFO")
+        return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+    @staticmethod
+    def _index(ipr: IPRoute, step: Step) -> int:
+        found = ipr.link_lookup(ifname=step.name)
+        if not found:
+            where = f" in namespace {step.ns}" if step.ns else ""
+            raise TopologyError(f"{step.name} does not exist{where}")
+        return int(found[0])
+
+    def _do_teamd(self, step: Step) -> None:
+        prefix = self._nsenter(step.ns)
+        with self._record({"op": "link-del", "name": step.name, "ns": [step.ns]}):
+            with self._record({"op": "teamd-kill", "name": step.name, "ns": step.ns}):
+                argv = [*prefix, "teamd", "-d", "-t", step.name, "-c",
+                        planmod.teamd_config(step.get("runner"))]  # fmt: skip
+                res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                if res.returncode != 0:
+                    raise TopologyError(
+                        f"teamd exited {res.returncode}: {res.stderr.strip()[-300:]}"
+                    )
+                deadline = time.monotonic() + 10
+                ipr = self._sock(step.ns)
+                while _link_info(ipr, step.name) is None:
+                    if time.monotonic() > deadline:
+                        raise TopologyError(f"teamd did not create {step.name} within 10 s")
+                    time.sleep(0.05)
+                if step.get("mtu"):
+                    ipr.link("set", index=self._index(ipr, step), mtu=step.get("mtu"))
+
+    # -- undo ----------------------------------------------------------------------------
+
+    def _run_undo(self) -> tuple[list[str], list[str]]:
+        """Run the state's undo records in reverse; (what was undone, problems)."""
+        done: list[str] = []
+        problems: list[str] = []
+        records = list(self.state.undo)
+        for record in reversed(records):
+            try:
+                what = self._undo_one(record)
+            except Exception as e:  # keep going: everything else must still be undone
+                problems.append(f"{record.get('op')} {record.get('name')}: {_err(e)}")
+            else:
+                if what:
+                    done.append(what)
+            self.state.undo.remove(record)
+            with contextlib.suppress(OSError):
+                self.state.write()
+        self.close()
+        self.state.remove()
+        return done, problems
+
+    def _undo_one(self, rec: dict[str, Any]) -> str | None:
+        op, name = rec["op"], rec["name"]
+        if op == "netns-del":
+            if name not in list_netns():
+                return None
+            self._close_sock(name)
+            pr_netns.remove(name)
+            return f"namespace {name} removed"
+        if op == "teamd-kill":
+            argv = [*self._nsenter(rec.get("ns")), "teamd", "-k", "-t", name]
+            if shutil.which("teamd") is None:
+                return None
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            return f"teamd for {name} stopped" if res.returncode == 0 else None
+        if op == "link-del":
+            for ns in rec["ns"]:
+                if not self._reachable(ns):
+                    continue
+                ipr = self._sock(ns)
+                info = _link_info(ipr, name)
+                if info is None:
+                    continue
+                if ns == rec["ns"][0] and rec.get("ifindex") and info["ifindex"] != rec["ifindex"]:
+                    continue  # a link of that name, but not the one we made
+                try:
+                    ipr.link("del", index=info["ifindex"])
+                except NetlinkError as e:
+                    if e.code != errno.ENODEV:
+                        raise
+                where = f" in {ns}" if ns else ""
+                return f"{name}{where} deleted"
+            return None
+        ns = rec.get("ns")
+        if not self._reachable(ns):
+            return None
+        ipr = self._sock(ns)
+        info = _link_info(ipr, name)
+        if info is None or (rec.get("ifindex") and info["ifindex"] != rec["ifindex"]):
+            return None
+        if op == "restore-up":
+            if not rec["up"] and info["up"]:
+                ipr.link("set", index=info["ifindex"], state="down")
+            return f"{name} back {'up' if rec['up'] else 'down'}"
+        if op == "restore-port":
+            if info["master"]:
+                ipr.link("set", index=info["ifindex"], master=0)
+            if rec.get("master"):
+                previous = ipr.link_lookup(ifname=rec["master"])
+                if previous:
+                    ipr.link("set", index=info["ifindex"], master=previous[0])
+            ipr.link("set", index=info["ifindex"], state="up" if rec["up"] else "down")
+            back = f"into {rec['master']}" if rec.get("master") else "without master"
+            return f"{name} back {back}"
+        raise TopologyError(f"unknown undo record {op!r}")
