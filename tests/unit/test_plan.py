@@ -205,7 +205,8 @@ def test_render_lists_steps_and_undo_in_reverse() -> None:
         lines.index("# on exit (and on a failed start), in reverse; links it did not create stay:")
         + 1 :
     ]
-    assert undo[:5] == [
+    assert undo[:6] == [
+        "# ip link set eth9 down   # only if it was down",
         "ip link set eth9 nomaster   # its old master, if any, back",
         "ip -n n2 link del m",  # deleted where it ended up, not where it was made
         "ip link del v",
