@@ -365,6 +365,8 @@ class Daemon:
 
     def _apply_peer_change(self, ch: PeerChange, now: float) -> None:
         e = self.engine
+        if ch.public_key == e.public_key:
+            return  # wireguard-go ignores a peer block carrying our own key; so do we
         peer = e.peers.get(ch.public_key)
         if ch.remove:
             e.remove_peer(ch.public_key)
