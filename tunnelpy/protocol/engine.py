@@ -143,6 +143,7 @@ class Engine:
         self._handshake_times: list[float] = []
         self._under_load_until = float("-inf")
         self._buckets: dict[bytes, tuple[float, float]] = {}  # src ip -> (tokens, last)
+        self._buckets_pruned = float("-inf")
         self.set_private_key(private_key)
 
     # ---------------------------------------------------------------- configuration
@@ -719,12 +720,19 @@ class Engine:
         return True
 
     def _ratelimit(self, ip: bytes, now: float) -> bool:
-        tokens, last = self._buckets.get(ip, (RATELIMIT_BURST, now))
+        entry = self._buckets.get(ip)
+        if entry is None and len(self._buckets) >= RATELIMIT_MAX_SOURCES:
+            # Bounded memory and CPU under a many-source flood (cookies for a whole IPv6 /64):
+            # forget buckets that have refilled, at most once per refill time; while the table
+            # is still full of busy sources, a new source is refused like an empty bucket.
+            refill = RATELIMIT_BURST / RATELIMIT_PER_SECOND
+            if now - self._buckets_pruned >= refill:
+                self._buckets_pruned = now
+                self._buckets = {k: v for k, v in self._buckets.items() if v[1] > now - refill}
+            if len(self._buckets) >= RATELIMIT_MAX_SOURCES:
+                return False
+        tokens, last = entry or (RATELIMIT_BURST, now)
         tokens = min(RATELIMIT_BURST, tokens + (now - last) * RATELIMIT_PER_SECOND)
-        if len(self._buckets) > RATELIMIT_MAX_SOURCES:
-            # Bounded memory under a spoofed-source flood: forget buckets that have refilled.
-            cutoff = now - RATELIMIT_BURST / RATELIMIT_PER_SECOND
-            self._buckets = {k: v for k, v in self._buckets.items() if v[1] > cutoff}
         if tokens < 1.0:
             self._buckets[ip] = (tokens, now)
             return False
