@@ -47,6 +47,20 @@ def _fail(prog: str, msg: str) -> int:
     return 1
 
 
+class _UserError(Exception):
+    """A mistake of the user's, already phrased as the one line to print."""
+
+
+def load_config(path: str) -> cfgmod.Config:
+    """The parsed config, or _UserError carrying the one-line reason (file:line, key, what)."""
+    try:
+        return cfgmod.load(path)
+    except cfgmod.ConfigError as e:
+        raise _UserError(str(e)) from None
+    except OSError as e:
+        raise _UserError(f"{path}: {e.strerror}") from None
+
+
 def daemon_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tunnelpyd", description="tunnelpy VPN daemon")
     ap.add_argument("-c", "--config", required=True, help="site.conf (wg-quick syntax)")
@@ -56,11 +70,9 @@ def daemon_main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        conf = cfgmod.load(args.config)
-    except cfgmod.ConfigError as e:
+        conf = load_config(args.config)
+    except _UserError as e:
         return _fail("tunnelpyd", str(e))
-    except OSError as e:
-        return _fail("tunnelpyd", f"{args.config}: {e.strerror}")
     setup_logging(args.log_level or conf.interface.log_level or "info")
 
     import uvloop
@@ -97,11 +109,9 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
-        conf = cfgmod.load(args.config)
-    except cfgmod.ConfigError as e:
+        conf = load_config(args.config)
+    except _UserError as e:
         return _fail("tunnelpy", str(e))
-    except OSError as e:
-        return _fail("tunnelpy", f"{args.config}: {e.strerror}")
     for w in conf.warnings:
         print(f"warning: {w}", file=sys.stderr)
     n_ips = sum(len(p.allowed_ips) for p in conf.peers)
