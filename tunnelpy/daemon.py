@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from . import config as cfgmod
-from .datapath import DataPath
+from .datapath import DataPath, ProtocolClock
 from .io.tun import Tun
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiServer
 from .io.udp import UdpSocket, resolve
@@ -72,6 +72,7 @@ class Daemon:
         self.routes = iface.RouteState()
         self.fwmark: int | None = conf.interface.fwmark
         self.datapath: DataPath | None = None
+        self.clock: ProtocolClock
         self._stop = asyncio.Event()
         self._undo: list[Callable[[], None]] = []
         self._hostnames: dict[bytes, tuple[str, int]] = {}  # peer key -> configured host:port
@@ -81,6 +82,15 @@ class Daemon:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        scale = os.environ.get("TUNNELPY_TEST_TIME_SCALE")
+        try:
+            self.clock = ProtocolClock(self.loop, float(scale) if scale else 1.0)
+        except ValueError:
+            raise StartupError(
+                f"TUNNELPY_TEST_TIME_SCALE={scale}: expected a number between 0.01 and 1"
+            ) from None
+        if scale:
+            log.warning("TUNNELPY_TEST_TIME_SCALE=%s: protocol timers run faster (testing only)", scale)
         try:
             await self._start()
         except StartupError:
@@ -189,7 +199,9 @@ class Daemon:
             raise StartupError(str(e)) from None
         self._run_hooks("PostUp", ic.post_up)
 
-        self.datapath = DataPath(self.loop, self.engine, self.udp, self.tun, self._on_event)
+        self.datapath = DataPath(
+            self.loop, self.engine, self.udp, self.tun, self._on_event, self.clock
+        )
         for vni, tap in self.taps.items():
             self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
@@ -208,7 +220,7 @@ class Daemon:
                 endpoint=ep,
                 allowed_ips=p.allowed_ips,
                 persistent_keepalive=p.persistent_keepalive or 0,
-                now=self.loop.time(),
+                now=self.clock.now(),
             )
 
     def _add_segments(self) -> None:
@@ -339,7 +351,7 @@ class Daemon:
 
     def _uapi_set(self, req: SetRequest) -> None:
         assert self.loop is not None
-        now = self.loop.time()
+        now = self.clock.now()
         e = self.engine
         if isinstance(req.private_key, bytes):
             e.set_private_key(req.private_key)

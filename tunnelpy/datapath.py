@@ -18,6 +18,35 @@ from .io.udp import UdpSocket
 from .protocol.engine import Engine, Event, Output
 
 
+class ProtocolClock:
+    """The engine's `now`, from the loop's monotonic clock.
+
+    Normally the identity. The testing knob ``TUNNELPY_TEST_TIME_SCALE=S`` (0.01 ≤ S ≤ 1) makes
+    protocol time run 1/S times faster than real time, so a test can watch rekeys (120 s) or
+    session expiry (180 s) happen in seconds: ``now = t0 + (loop.time() − t0) / S`` and a
+    deadline is armed on the loop at ``t0 + (deadline − t0) × S``. The wall clock (TAI64N,
+    ``wg show``'s handshake time) stays real. S ≥ 0.01 keeps REKEY_TIMEOUT × S (50 ms) above
+    TAI64N's 2^24 ns whitening step, so retried initiations never carry the same timestamp.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scale: float = 1.0) -> None:
+        if not 0.01 <= scale <= 1:
+            raise ValueError("TUNNELPY_TEST_TIME_SCALE must be between 0.01 and 1")
+        self.loop = loop
+        self.scale = scale
+        self.t0 = loop.time()
+
+    def now(self) -> float:
+        if self.scale == 1.0:
+            return self.loop.time()
+        return self.t0 + (self.loop.time() - self.t0) / self.scale
+
+    def loop_at(self, deadline: float) -> float:
+        if self.scale == 1.0:
+            return deadline
+        return self.t0 + (deadline - self.t0) * self.scale
+
+
 class DataPath:
     def __init__(
         self,
@@ -26,8 +55,10 @@ class DataPath:
         udp: UdpSocket,
         tun: Tun | None,
         on_event: Callable[[Event], None],
+        clock: ProtocolClock | None = None,
     ) -> None:
         self.loop = loop
+        self.clock = clock or ProtocolClock(loop)
         self.engine = engine
         self.udp = udp
         self.tun = tun
@@ -44,7 +75,7 @@ class DataPath:
         self.loop.add_reader(self.udp.fileno(), self._on_udp)
         for vni, tap in self.taps.items():
             self.loop.add_reader(tap.fd, self._on_tap, vni, tap)
-        self.perform(self.engine.on_timer(self.loop.time()))
+        self.perform(self.engine.on_timer(self.clock.now()))
 
     def add_tap(self, vni: int, tap: Tun, *, running: bool) -> None:
         self.taps[vni] = tap
@@ -78,22 +109,22 @@ class DataPath:
     def _on_tun(self) -> None:
         packets = self.tun.read_batch()  # type: ignore[union-attr]
         if packets:
-            self.perform(self.engine.from_tunnel(packets, self.loop.time()))
+            self.perform(self.engine.from_tunnel(packets, self.clock.now()))
 
     def _on_tap(self, vni: int, tap: Tun) -> None:
         frames = tap.read_batch()
         if frames:
-            self.perform(self.engine.from_segment(vni, frames, self.loop.time()))
+            self.perform(self.engine.from_segment(vni, frames, self.clock.now()))
 
     def _on_udp(self) -> None:
         datagrams = self.udp.recv_batch()
         if datagrams:
-            self.perform(self.engine.from_network(datagrams, self.loop.time()))
+            self.perform(self.engine.from_network(datagrams, self.clock.now()))
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.perform(self.engine.on_timer(self.loop.time()))
+        self.perform(self.engine.on_timer(self.clock.now()))
 
     # -- performing an Output ------------------------------------------------------------------
 
@@ -121,4 +152,4 @@ class DataPath:
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer = self.loop.call_at(self.clock.loop_at(deadline), self._on_timer)
