@@ -129,6 +129,7 @@ class Pair:
         out = Output()
         self.a._send_initiation(self.pa, self.now, out, retry=True)
         init = out.datagrams[B_ADDR][0]
+        self.wire.append(("a", init))
         saved = self.b.under_load_threshold
         self.b.under_load_threshold = 0
         try:
