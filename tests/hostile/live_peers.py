@@ -57,7 +57,9 @@ def main() -> int:
         e.add_peer(server_pub, name="daemon", endpoint=server,
                    allowed_ips=[ipaddress.ip_network(target + "/32")])  # fmt: skip
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
+        # one loopback address each (all of 127/8 is local): the responder's per-source rate
+        # limit is per IP, and real peers do not share one
+        s.bind((f"127.1.{i // 250}.{i % 250 + 1}", 0))
         s.setblocking(False)
         peers.append({"e": e, "s": s, "addr": addr, "ident": i + 1, "reply_at": None})
     by_fd = {p["s"].fileno(): p for p in peers}
