@@ -13,19 +13,21 @@ pytestmark = pytest.mark.root
 UA, UB, UC = "10.31.0.1", "10.31.0.2", "10.31.0.3"
 
 
-def two_sites(lab, *, keepalive_b: int | None = None, psk: str | None = None):
+def two_sites(lab, *, keepalive_b: int | None = None, psk: str | None = None, v6: bool = False):
     a_ns, b_ns = lab.ns
     lab.veth(a_ns, b_ns, [f"{UA}/24", "fd31::1/64"], [f"{UB}/24", "fd31::2/64"])
     a = new_site(lab, a_ns, 51820, ["10.30.0.1/24", "fd30::1/64"])
     b = new_site(lab, b_ns, 51820, ["10.30.0.2/24", "fd30::2/64"])
-    a.peers.append(b.peer_block(f"{UB}:51820", ["10.30.0.2/32", "fd30::2/128"], name="site-b", psk=psk))
-    b.peers.append(a.peer_block(f"{UA}:51820", ["10.30.0.1/32", "fd30::1/128"], name="site-a",
+    ea, eb = ("[fd31::1]:51820", "[fd31::2]:51820") if v6 else (f"{UA}:51820", f"{UB}:51820")
+    a.peers.append(b.peer_block(eb, ["10.30.0.2/32", "fd30::2/128"], name="site-b", psk=psk))
+    b.peers.append(a.peer_block(ea, ["10.30.0.1/32", "fd30::1/128"], name="site-a",
                                 keepalive=keepalive_b, psk=psk))
     return a, b
 
 
-def test_two_sites_ping_v4_v6_and_tcp(lab):
-    a, b = two_sites(lab)
+@pytest.mark.parametrize("underlay", ["v4", "v6"])
+def test_two_sites_ping_v4_v6_and_tcp(lab, underlay):
+    a, b = two_sites(lab, v6=underlay == "v6")
     start(lab, a)
     start(lab, b)
     assert lab.ping(a.ns, "10.30.0.2")
@@ -36,6 +38,8 @@ def test_two_sites_ping_v4_v6_and_tcp(lab):
     assert lab.tcp_transfer(b.ns, a.ns, "fd30::1", 4 << 20), lab.notes
     hs = lab.latest_handshakes(a.ns, a.ifname)
     assert hs[b.public_key] > time.time() - 60
+    endpoint = lab.wg_show(a.ns, a.ifname, "endpoints").split()[1]
+    assert endpoint == ("[fd31::2]:51820" if underlay == "v6" else f"{UB}:51820")
 
 
 def test_preshared_key(lab):
