@@ -42,19 +42,28 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyroute2.config
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnelpy.config import Config
 
 from . import plan as planmod
 from .plan import Plan, Step
+
+# IPRoute(netns=...) forks a helper that makes the socket inside the namespace, and stops it
+# with SIGTERM if it lingers. A helper that inherited a Python SIGTERM handler (the daemon's, or a
+# test harness turning SIGTERM into KeyboardInterrupt) would run that handler instead of dying:
+# an exception there escapes the helper's os._exit and the child carries on as a second copy of
+# the caller (seen here: a pytest copy tearing down the test's namespaces mid-test). This makes
+# pyroute2 reset SIGINT/SIGTERM to their defaults in its helpers.
+pyroute2.config.disable_mp_signal = True
 
 STATE_DIR = "/run/tunnelpy"
 STATE_VERSION = 1
@@ -128,6 +137,25 @@ def _link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
     }
 
 
+def _ip_netns(verb: str, name: str) -> None:
+    """``ip netns add|del NAME``: exactly the command ``tunnelpy plan`` shows, with iproute2's
+    own handling of the /run/netns mount (shared with anything started by ``ip netns exec``)."""
+    res = subprocess.run(["ip", "netns", verb, name], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise TopologyError(f"ip netns {verb} {name}: {res.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _ns_fd(name: str) -> Iterator[int]:
+    """An open fd of namespace ``name`` for IFLA_NET_NS_FD, held until the call returns (pyroute2
+    would also take the name; owning the fd keeps its lifetime plain to see)."""
+    fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def _pid_starttime(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -162,7 +190,7 @@ def _link_kwargs(step: Step, ipr: IPRoute) -> dict[str, Any]:
         if step.get("mtu"):
             peer["mtu"] = step.get("mtu")
         if step.get("peer_ns"):
-            peer["net_ns_fd"] = step.get("peer_ns")
+            peer["net_ns_fd"] = step.get("peer_ns")  # a name; _open_ns_fds makes it an fd
         kw["peer"] = peer
     elif kind == "vlan":
         kw["vlan_id"] = step.get("vlan_id")
@@ -219,48 +247,59 @@ def _probe_one(ipr: IPRoute, kind: str, mode: str | None, i: int) -> None:
     ipr.link("del", ifname=name)
 
 
+def _probe_here(wanted: list[tuple[str, str | None]]) -> dict[str, str]:
+    """In a fresh process: enter a new network namespace and try each (kind, mode)."""
+    failures: dict[str, str] = {}
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        return {"*\0": f"cannot probe the kernel: unshare: {os.strerror(ctypes.get_errno())}"}
+    with IPRoute() as ipr:
+        ipr.link("add", ifname="tpprobe-a", kind="veth", peer={"ifname": "tpprobe-b"})
+        for i, (kind, mode) in enumerate(wanted):
+            try:
+                if kind == "team":
+                    ipr.link("add", ifname=f"tpprobe{i}", kind="team")
+                else:
+                    _probe_one(ipr, kind, mode, i)
+            except Exception as e:  # noqa: BLE001 - reported to the parent
+                failures[f"{kind}\0{mode or ''}"] = _err(e)
+    return failures
+
+
+_PROBE_MAIN = (
+    "import json, sys; from tunnelpy.netlink.topology import _probe_here; "
+    "print(json.dumps(_probe_here([tuple(k) for k in json.loads(sys.argv[1])])))"
+)
+
+
 def probe_kinds(kinds: set[tuple[str, str | None]]) -> dict[tuple[str, str | None], str]:
     """Which (kind, mode) pairs this kernel cannot create, with the reason. Changes nothing:
-    the probes run in a forked child inside a new, unnamed network namespace."""
+    the probes run in a new interpreter inside a new, unnamed network namespace that vanishes
+    with it. (Not a fork: the daemon calls this from a thread, and a forked child of a threaded
+    process can deadlock on a lock another thread held.)"""
     wanted = sorted(kinds, key=lambda k: (k[0], k[1] or ""))
     if not wanted:
         return {}
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        failures: dict[str, str] = {}
-        try:
-            os.close(read_fd)
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.unshare(CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
-            with IPRoute() as ipr:
-                ipr.link("add", ifname="tpprobe-a", kind="veth", peer={"ifname": "tpprobe-b"})
-                for i, (kind, mode) in enumerate(wanted):
-                    try:
-                        if kind == "team":
-                            ipr.link("add", ifname=f"tpprobe{i}", kind="team")
-                        else:
-                            _probe_one(ipr, kind, mode, i)
-                    except Exception as e:  # noqa: BLE001 - reported to the parent
-                        failures[f"{kind}\0{mode or ''}"] = _err(e)
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            failures["*\0"] = f"cannot probe the kernel: {_err(e)}"
-        finally:
-            with contextlib.suppress(BaseException):
-                os.write(write_fd, json.dumps(failures).encode())
-            os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    with os.fdopen(read_fd, "rb") as f:
-        while chunk := f.read(65536):
-            chunks.append(chunk)
-    os.waitpid(pid, 0)
-    raw = json.loads(b"".join(chunks) or b'{"*\\u0000": "the probe process died"}')
+    argv = [sys.executable, "-c", _PROBE_MAIN, json.dumps(wanted)]
+    # The child imports this very package, installed or not.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    reason = ""
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        raw = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
+        raw, res = None, None
+        reason = _err(e)
+    if raw is None:
+        if res is not None:
+            reason = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1]
+        return {("*", None): f"cannot probe the kernel: {reason}"}
     out: dict[tuple[str, str | None], str] = {}
-    for key, reason in raw.items():
+    for key, why in raw.items():
         kind, mode = key.split("\0")
-        out[(kind, mode or None)] = reason
+        out[(kind, mode or None)] = why
     return out
 
 
@@ -559,15 +598,21 @@ class Topology:
             if step.name in list_netns():
                 return  # someone else's: used, never removed
             with self._record({"op": "netns-del", "name": step.name}):
-                pr_netns.create(step.name)
+                _ip_netns("add", step.name)
             return
         if op == planmod.TEAMD:
             self._do_teamd(step)
             return
         ipr = self._sock(step.ns)
         if op == planmod.LINK:
-            with self._record({"op": "link-del", "name": step.name, "ns": [step.ns]}) as rec:
-                ipr.link("add", **_link_kwargs(step, ipr))
+            with (
+                self._record({"op": "link-del", "name": step.name, "ns": [step.ns]}) as rec,
+                contextlib.ExitStack() as fds,
+            ):
+                kw = _link_kwargs(step, ipr)
+                if "peer" in kw and "net_ns_fd" in kw["peer"]:
+                    kw["peer"]["net_ns_fd"] = fds.enter_context(_ns_fd(kw["peer"]["net_ns_fd"]))
+                ipr.link("add", **kw)
                 info = _link_info(ipr, step.name)
                 rec["ifindex"] = info["ifindex"] if info else None
             return
@@ -581,7 +626,8 @@ class Topology:
             rec["ns"] = [to, *rec["ns"]]
             rec["ifindex"] = None  # may change in the new namespace
             self.state.write()
-            ipr.link("set", index=index, net_ns_fd=to)
+            with _ns_fd(to) as fd:
+                ipr.link("set", index=index, net_ns_fd=fd)
             info = _link_info(self._sock(to), step.name)
             rec["ifindex"] = info["ifindex"] if info else None
             self.state.write()
@@ -711,7 +757,7 @@ class Topology:
             if name not in list_netns():
                 return None
             self._close_sock(name)
-            pr_netns.remove(name)
+            _ip_netns("del", name)
             return f"namespace {name} removed"
         if op == "teamd-kill":
             argv = [*self._nsenter(rec.get("ns")), "teamd", "-k", "-t", name]
