@@ -99,6 +99,9 @@ class InterfaceConfig:
     log_level: str | None = None  # tunnelpy extension: debug, info, warning, error, critical
     line: int = 0  # line of the [Interface] header
     transport: str = TRANSPORT_WIREGUARD  # tunnelpy extension: "wireguard" or "vxlan" (plain)
+    # tunnelpy extension: Prometheus metrics on (IP literal, port); None = off (the default)
+    metrics_listen: tuple[str, int] | None = None
+    user: str | None = None  # tunnelpy extension: drop to this user after start-up
 
     @property
     def public_key(self) -> bytes:
@@ -670,6 +673,39 @@ def _log_level(value: str, _ctx: _Context) -> str:
     return value.lower()
 
 
+def _listen(value: str, _ctx: _Context) -> tuple[str, int]:
+    # A bare port means loopback: metrics reach a public address only when it is written out.
+    expected = "expected PORT (on 127.0.0.1), IP:PORT or [IPv6]:PORT"
+    if _DIGITS.fullmatch(value):
+        return "127.0.0.1", _int(value, 1, 65535, "a port")
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        port_text = rest[1:] if bracket and rest.startswith(":") else ""
+    else:
+        host, _, port_text = value.rpartition(":")
+        host = "127.0.0.1" if host.lower() == "localhost" else host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise _BadValue(f"{_show(value)} is not an IP address and port, {expected}") from None
+    if (address.version == 6) != value.startswith("[") or not _DIGITS.fullmatch(port_text):
+        raise _BadValue(f"{_show(value)}: {expected}")
+    return str(address), _int(port_text, 1, 65535, "a port")
+
+
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]+")
+
+
+def _user(value: str, _ctx: _Context) -> str:
+    # Only the spelling: whether the user exists is the daemon's to check (this module reads
+    # nothing but config and key files).
+    if not _USER.fullmatch(value):
+        raise _BadValue(
+            f"{_show(value)} is not a user name, expected a name like tunnelpy or a uid"
+        )
+    return value
+
+
 def _transport(value: str, _ctx: _Context) -> str:
     if value.lower() not in TRANSPORTS:
         raise _BadValue(f"{_show(value)} is not a transport, expected wireguard or vxlan")
@@ -866,6 +902,8 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
         log_level=section.value("LogLevel"),
         line=section.line,
         transport=transport,
+        metrics_listen=section.value("MetricsListen"),
+        user=section.value("User"),
     )
 
 
@@ -1445,6 +1483,8 @@ _INTERFACE = SectionSpec(
         KeySpec("SaveConfig", _bool),
         KeySpec("LogLevel", _log_level),
         KeySpec("Transport", _transport),
+        KeySpec("MetricsListen", _listen),
+        KeySpec("User", _user),
     ),
     build=_build_interface,
     required=True,
