@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="two sites in network namespaces, ping across, tear down")
     p.add_argument("--keep", action="store_true", help="keep the lab up until Ctrl-C")
     p.set_defaults(fn=_cmd_demo)
+    from .topology_cli import add_parsers  # `tunnelpy plan` and `tunnelpy topology`
+
+    add_parsers(sub)
     args = ap.parse_args(argv)
     return args.fn(args)
 
