@@ -152,3 +152,21 @@ def test_interface_name_in_use_refused(lab):
     assert proc.popen.wait(15) == 1
     assert "already" in proc.log()
     assert lab.ping(a.ns, "10.30.0.1", count=1)  # the first daemon is untouched
+
+
+def test_default_route_through_tunnel_with_policy_rules(lab):
+    """AllowedIPs = 0.0.0.0/0 with Table = auto: wg-quick's fwmark rules keep the underlay out
+    of the tunnel while everything else goes in; SIGTERM removes the rules."""
+    a, b = two_sites(lab)
+    a.peers[0] = a.peers[0].replace("AllowedIPs = 10.30.0.2/32, fd30::2/128", "AllowedIPs = 0.0.0.0/0")
+    start(lab, a)
+    start(lab, b)
+    lab.run(b.ns, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")  # "the internet", behind B
+    rules = lab.run(a.ns, "ip", "rule").stdout
+    assert "not from all fwmark 0xca6c lookup 51820" in rules
+    assert "suppress_prefixlength 0" in rules
+    assert lab.ping(a.ns, "198.18.0.1")  # only reachable through the tunnel
+    assert lab.ping(a.ns, "10.30.0.2")
+    assert a.proc.stop() == 0
+    rules = lab.run(a.ns, "ip", "rule").stdout
+    assert "51820" not in rules and "suppress_prefixlength" not in rules

@@ -110,7 +110,7 @@ def add_default_route_rules(fwmark: int, families: set[int], state: RouteState) 
         for fam in sorted(families):
             rules = [
                 dict(family=fam, table=fwmark, fwmark=fwmark, priority=RULE_PRIORITY, flags=2),
-                dict(family=fam, table=254, suppress_prefixlength=0, priority=RULE_PRIORITY - 1),
+                dict(family=fam, table=254, suppress_prefixlen=0, priority=RULE_PRIORITY - 1),
             ]
             for r in rules:
                 try:
