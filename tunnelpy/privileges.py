@@ -1,0 +1,187 @@
+"""Least privilege: after start-up, become an unprivileged user that keeps only CAP_NET_ADMIN.
+
+tunnelpyd starts as root (it creates TUN/TAP devices, binds sockets in root-owned directories and
+builds topology). Once that is done, ``User = NAME`` (or ``tunnelpyd --user NAME``) makes it
+:func:`drop_privileges`:
+
+1. drop every capability but the kept ones (CAP_NET_ADMIN) from the bounding set, so neither
+   the daemon nor anything it runs (PreDown/PostDown hooks) can ever regain them;
+2. ``prctl(PR_SET_KEEPCAPS, 1)`` so the permitted set survives the uid change;
+3. ``setgroups`` (the user's supplementary groups), ``setresgid``, ``setresuid`` — real,
+   effective and saved ids, so there is no way back to root;
+4. ``capset`` (through ctypes: Python has no binding) with effective = permitted = inheritable =
+   the kept set, then ``PR_SET_KEEPCAPS`` off again;
+5. raise the kept capabilities as *ambient*, so hooks run with ``/bin/sh`` (``ip route …``) keep
+   CAP_NET_ADMIN too — the same set, never more;
+6. check the result in ``/proc/self/status`` (CapEff must be exactly the kept set) and that
+   ``setuid(0)`` now fails; any surprise raises :class:`PrivilegeError` (the daemon then stops
+   rather than run with privileges it believes it dropped).
+
+What still works afterwards: the TUN/TAP fds, the bound UDP sockets and the listening UAPI and
+control sockets are already open; netlink changes (routes and addresses on reload, new TAPs for
+added segments) need CAP_NET_ADMIN, which is kept. What does not:
+
+* a new ``ListenPort`` below 1024 (CAP_NET_BIND_SERVICE is not kept);
+* re-reading a config or key file the user cannot read: give the files to the user
+  (``chown tunnelpy /etc/tunnelpy/site.conf``, mode 0600); otherwise a reload fails with the
+  one-line error and the old config stays;
+* removing ``/var/run/wireguard/NAME.sock`` on exit (the shared directory belongs to root): the
+  stale socket is taken over by the next start, ``tunnelpy show`` skips it, and the systemd unit
+  removes it in ``ExecStopPost=+``. The control socket's directory is given to the user first.
+
+Capabilities are per thread in Linux: call this from the main thread *before* any helper thread
+that needs CAP_NET_ADMIN is created (the daemon replaces its executor after the drop, so its
+worker threads are born from the main thread with the kept set).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+
+CAP_NET_BIND_SERVICE = 10
+CAP_NET_ADMIN = 12
+CAP_SETPCAP = 8
+
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class PrivilegeError(RuntimeError):
+    """Dropping privileges failed or did not give the expected result (one-line message)."""
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+@dataclass(frozen=True)
+class Target:
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def resolve_user(user: str) -> Target:
+    """The uid, gid and supplementary groups of a user name (or a numeric uid)."""
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        raise PrivilegeError(f"User = {user}: no such user") from None
+    try:
+        groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    except OSError:
+        groups = (pw.pw_gid,)
+    return Target(pw.pw_name, pw.pw_uid, pw.pw_gid, groups)
+
+
+def cap_mask(caps: tuple[int, ...]) -> int:
+    mask = 0
+    for c in caps:
+        mask |= 1 << c
+    return mask
+
+
+def current_caps(pid: str = "self") -> dict[str, int]:
+    """CapInh/CapPrm/CapEff/CapBnd/CapAmb of a process, from /proc/PID/status."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Cap"):
+                key, value = line.split(":", 1)
+                out[key] = int(value.strip(), 16)
+    return out
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40
+
+
+def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> Target:
+    """Become ``user`` keeping only ``keep`` (see the module docstring); returns who we are now."""
+    target = resolve_user(user)
+    if target.uid == 0:
+        raise PrivilegeError(f"User = {user}: that is root; nothing to drop")
+    if os.geteuid() != 0:
+        raise PrivilegeError(f"User = {user}: not running as root, cannot change user")
+    libc = _libc()
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+    def call(what: str, rc: int) -> None:
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise PrivilegeError(f"dropping privileges: {what}: {os.strerror(err)}")
+
+    # 1. bounding set
+    for cap in range(_last_cap() + 1):
+        if cap not in keep:
+            rc = prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+            if rc != 0 and ctypes.get_errno() != 22:  # EINVAL: the kernel lacks that cap
+                call(f"PR_CAPBSET_DROP {cap}", rc)
+    # 2-3. keep permitted caps across the uid change; change groups, gid, uid for good
+    call("PR_SET_KEEPCAPS", prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0))
+    try:
+        os.setgroups(list(target.groups))
+        os.setresgid(target.gid, target.gid, target.gid)
+        os.setresuid(target.uid, target.uid, target.uid)
+    except OSError as e:
+        raise PrivilegeError(f"dropping privileges to {user}: {e.strerror}") from None
+    # 4. exactly the kept set, effective and inheritable (inheritable is needed for ambient)
+    mask = cap_mask(keep)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    data[0].effective = data[0].permitted = data[0].inheritable = mask & 0xFFFFFFFF
+    data[1].effective = data[1].permitted = data[1].inheritable = mask >> 32
+    capset = libc.capset
+    capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+    call("capset", capset(ctypes.byref(header), data))
+    call("PR_SET_KEEPCAPS off", prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0))
+    # 5. ambient, so hooks keep the same set
+    for cap in keep:
+        call(f"PR_CAP_AMBIENT_RAISE {cap}", prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0))
+    # 6. verify
+    caps = current_caps()
+    if caps.get("CapEff") != mask or caps.get("CapPrm") != mask:
+        raise PrivilegeError(
+            f"dropping privileges: expected capabilities {mask:#x}, "
+            f"have effective {caps.get('CapEff', 0):#x} permitted {caps.get('CapPrm', 0):#x}"
+        )
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise PrivilegeError("dropping privileges: setuid(0) still works")
+    return target
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

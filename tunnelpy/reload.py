@@ -1,0 +1,250 @@
+"""What a reload changes: the difference between the running Config and a new one, as operations.
+
+Pure: :func:`diff` compares two parsed :class:`~tunnelpy.config.Config` objects and returns a
+:class:`ReloadPlan`; it opens, resolves and starts nothing. The daemon applies the plan in order,
+the way ``wg syncconf`` applies a file:
+
+1. interface changes that can be made live (private key, listen port, fwmark, MTU, addresses,
+   log level, metrics address); the ones that cannot (Name, Transport, Table…) are listed in
+   ``restart_needed`` and left as they are (the daemon logs them);
+2. peers removed (identified by public key, or by Name with ``Transport = vxlan`` whose peers have
+   no keys), then peers added, then changed peers updated field by field — a peer whose fields are
+   all equal gets no operation at all, so its session and handshake time are untouched;
+3. segments removed, then added, then changed in place (member peers, hub, aging, FDB size,
+   static MACs); a segment whose VNI, device, bridge, MTU or addresses changed is removed and
+   added again (its TAP is recreated);
+4. topology links removed (in reverse file order), then added (in file order).
+
+Removals come before additions so a key, VNI or device name moved from one entry to another
+never collides. The plan's ``str()`` lines are what the daemon logs as the reload result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .config import Config, InterfaceConfig, LinkConfig, PeerConfig, SegmentConfig
+
+# [Interface] fields a reload can apply to a running daemon, and those needing a restart.
+LIVE_INTERFACE_FIELDS = (
+    "private_key", "listen_port", "fwmark", "mtu", "addresses", "log_level", "metrics_listen",
+    "dns", "pre_up", "post_up", "pre_down", "post_down", "save_config",
+)  # fmt: skip
+RESTART_INTERFACE_FIELDS = ("name", "transport", "table", "user")
+PEER_FIELDS = ("name", "preshared_key", "endpoint", "allowed_ips", "persistent_keepalive")
+SEGMENT_LIVE_FIELDS = ("peers", "hub", "static_macs", "aging", "max_fdb")
+SEGMENT_REPLACE_FIELDS = ("vni", "device", "bridge", "mtu", "addresses")
+_SECRET_FIELDS = ("private_key", "preshared_key")
+_IGNORED = ("line",)  # moving a section in the file changes nothing
+
+
+@dataclass(frozen=True)
+class SetInterface:
+    """Change one [Interface] field to ``value`` (the new config's value)."""
+
+    field: str
+    value: Any
+
+    def __str__(self) -> str:
+        shown = "(changed)" if self.field in _SECRET_FIELDS else _fmt(self.value)
+        return f"interface {self.field} -> {shown}"
+
+
+@dataclass(frozen=True)
+class AddPeer:
+    peer: PeerConfig
+
+    def __str__(self) -> str:
+        return f"add peer {self.peer.name}"
+
+
+@dataclass(frozen=True)
+class RemovePeer:
+    peer: PeerConfig  # as it was in the old config
+
+    def __str__(self) -> str:
+        return f"remove peer {self.peer.name}"
+
+
+@dataclass(frozen=True)
+class UpdatePeer:
+    """Change the listed fields of an existing peer; ``changes`` maps field -> new value."""
+
+    old: PeerConfig
+    new: PeerConfig
+    changes: tuple[tuple[str, Any], ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.changes)
+
+    def __str__(self) -> str:
+        return f"update peer {self.new.name}: {', '.join(self.fields)}"
+
+
+@dataclass(frozen=True)
+class AddSegment:
+    segment: SegmentConfig
+
+    def __str__(self) -> str:
+        return f"add segment {self.segment.name} (VNI {self.segment.vni})"
+
+
+@dataclass(frozen=True)
+class RemoveSegment:
+    segment: SegmentConfig
+
+    def __str__(self) -> str:
+        return f"remove segment {self.segment.name} (VNI {self.segment.vni})"
+
+
+@dataclass(frozen=True)
+class UpdateSegment:
+    old: SegmentConfig
+    new: SegmentConfig
+    changes: tuple[tuple[str, Any], ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.changes)
+
+    def __str__(self) -> str:
+        return f"update segment {self.new.name}: {', '.join(self.fields)}"
+
+
+@dataclass(frozen=True)
+class AddLink:
+    link: LinkConfig
+
+    def __str__(self) -> str:
+        return f"add {self.link.kind} {self.link.name}"
+
+
+@dataclass(frozen=True)
+class RemoveLink:
+    link: LinkConfig
+
+    def __str__(self) -> str:
+        return f"remove {self.link.kind} {self.link.name}"
+
+
+Operation = (
+    SetInterface | AddPeer | RemovePeer | UpdatePeer | AddSegment | RemoveSegment | UpdateSegment
+    | AddLink | RemoveLink
+)  # fmt: skip
+
+
+@dataclass
+class ReloadPlan:
+    """The operations in the order to apply them, and what only a restart would change."""
+
+    operations: list[Operation] = field(default_factory=list)
+    restart_needed: list[str] = field(default_factory=list)  # [Interface] field names
+
+    def __bool__(self) -> bool:
+        return bool(self.operations or self.restart_needed)
+
+    def of(self, kind: type) -> list[Any]:
+        return [op for op in self.operations if isinstance(op, kind)]
+
+    def summary(self) -> str:
+        """One line for the log: what changed, or "no changes"."""
+        if not self:
+            return "no changes"
+        parts = [str(op) for op in self.operations]
+        if self.restart_needed:
+            parts.append("needs a restart to change " + ", ".join(self.restart_needed))
+        return "; ".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+def _changes(old: Any, new: Any, names: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    out = []
+    for name in names:
+        if not hasattr(old, name) and not hasattr(new, name):
+            continue  # a field this version of config.py does not have (yet)
+        a, b = getattr(old, name, None), getattr(new, name, None)
+        if name == "allowed_ips":
+            a, b = frozenset(a or ()), frozenset(b or ())  # order does not matter
+        if a != b:
+            out.append((name, getattr(new, name, None)))
+    return tuple(out)
+
+
+def peer_identity(peer: PeerConfig) -> bytes | str:
+    """What makes two [Peer] sections the same peer: the key (by Name when there is none)."""
+    return peer.public_key or peer.name
+
+
+def diff(old: Config, new: Config) -> ReloadPlan:
+    """The operations that turn a daemon running ``old`` into one running ``new``."""
+    plan = ReloadPlan()
+    _diff_interface(old.interface, new.interface, plan)
+
+    old_peers = {peer_identity(p): p for p in old.peers}
+    new_peers = {peer_identity(p): p for p in new.peers}
+    for ident, p in old_peers.items():
+        if ident not in new_peers:
+            plan.operations.append(RemovePeer(p))
+    for ident, p in new_peers.items():
+        if ident not in old_peers:
+            plan.operations.append(AddPeer(p))
+    for ident, p in new_peers.items():
+        before = old_peers.get(ident)
+        if before is not None:
+            changes = _changes(before, p, PEER_FIELDS)
+            if changes:
+                plan.operations.append(UpdatePeer(before, p, changes))
+
+    old_segs = {s.name: s for s in old.segments}
+    new_segs = {s.name: s for s in new.segments}
+    replaced = {
+        name
+        for name, s in new_segs.items()
+        if name in old_segs and _changes(old_segs[name], s, SEGMENT_REPLACE_FIELDS)
+    }
+    for name, s in old_segs.items():
+        if name not in new_segs or name in replaced:
+            plan.operations.append(RemoveSegment(s))
+    for name, s in new_segs.items():
+        if name not in old_segs or name in replaced:
+            plan.operations.append(AddSegment(s))
+    for name, s in new_segs.items():
+        if name in old_segs and name not in replaced:
+            changes = _changes(old_segs[name], s, SEGMENT_LIVE_FIELDS)
+            if changes:
+                plan.operations.append(UpdateSegment(old_segs[name], s, changes))
+
+    old_links = {link.name: link for link in old.topology}
+    new_links = {link.name: link for link in new.topology}
+    changed_links = {
+        name for name, link in new_links.items()
+        if name in old_links and not _same_link(old_links[name], link)
+    }  # fmt: skip
+    for link in reversed(old.topology):
+        if link.name not in new_links or link.name in changed_links:
+            plan.operations.append(RemoveLink(link))
+    for link in new.topology:
+        if link.name not in old_links or link.name in changed_links:
+            plan.operations.append(AddLink(link))
+    return plan
+
+
+def _diff_interface(old: InterfaceConfig, new: InterfaceConfig, plan: ReloadPlan) -> None:
+    for name, value in _changes(old, new, LIVE_INTERFACE_FIELDS):
+        plan.operations.append(SetInterface(name, value))
+    plan.restart_needed.extend(name for name, _ in _changes(old, new, RESTART_INTERFACE_FIELDS))
+
+
+def _same_link(a: LinkConfig, b: LinkConfig) -> bool:
+    if type(a) is not type(b):
+        return False
+    return all(
+        getattr(a, f.name) == getattr(b, f.name) for f in fields(a) if f.name not in _IGNORED
+    )
