@@ -45,6 +45,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 TRANSPORT_WIREGUARD = "wireguard"
 TRANSPORT_VXLAN = "vxlan"
 TRANSPORTS = (TRANSPORT_WIREGUARD, TRANSPORT_VXLAN)
+OFFLOAD_AUTO = "auto"  # TUN/TAP TSO/GRO and UDP GSO/GRO where the kernel takes them
+OFFLOAD_OFF = "off"  # one packet per syscall: for paths where offloads misbehave
+OFFLOADS = (OFFLOAD_AUTO, OFFLOAD_OFF)
+MAX_WORKERS = 64
 VXLAN_PORT = 4789  # IANA; the Linux vxlan device defaults to 8472 unless told dstport 4789
 VNI_MAX = (1 << 24) - 1
 DEFAULT_AGING = 300.0
@@ -102,6 +106,8 @@ class InterfaceConfig:
     # tunnelpy extension: Prometheus metrics on (IP literal, port); None = off (the default)
     metrics_listen: tuple[str, int] | None = None
     user: str | None = None  # tunnelpy extension: drop to this user after start-up
+    offload: str = OFFLOAD_AUTO  # tunnelpy extension: "auto" or "off" (docs/performance.md)
+    workers: int | None = None  # tunnelpy extension: data-path processes; None = auto
 
     @property
     def public_key(self) -> bytes:
@@ -706,6 +712,20 @@ def _user(value: str, _ctx: _Context) -> str:
     return value
 
 
+def _offload(value: str, _ctx: _Context) -> str:
+    if value.lower() not in OFFLOADS:
+        raise _BadValue(f"{_show(value)} is not an offload mode, expected auto or off")
+    return value.lower()
+
+
+def _workers(value: str, _ctx: _Context) -> int | None:
+    if value.lower() == "auto":
+        return None
+    if not _DIGITS.fullmatch(value):
+        raise _BadValue(f"{_show(value)}: expected auto or a number 1-{MAX_WORKERS}")
+    return _int(value, 1, MAX_WORKERS, "a number of workers")
+
+
 def _transport(value: str, _ctx: _Context) -> str:
     if value.lower() not in TRANSPORTS:
         raise _BadValue(f"{_show(value)} is not a transport, expected wireguard or vxlan")
@@ -904,6 +924,8 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
         transport=transport,
         metrics_listen=section.value("MetricsListen"),
         user=section.value("User"),
+        offload=section.value("Offload", OFFLOAD_AUTO),
+        workers=section.value("Workers"),
     )
 
 
@@ -1485,6 +1507,8 @@ _INTERFACE = SectionSpec(
         KeySpec("Transport", _transport),
         KeySpec("MetricsListen", _listen),
         KeySpec("User", _user),
+        KeySpec("Offload", _offload),
+        KeySpec("Workers", _workers),
     ),
     build=_build_interface,
     required=True,
