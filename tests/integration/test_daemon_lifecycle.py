@@ -65,3 +65,32 @@ def test_endpoint_name_resolved_at_start_and_again_when_quiet(lab):
         assert "10.61.0.99:51820" in lab.wg_show(a_ns, a.ifname, "endpoints")
     finally:
         shutil.rmtree(etc, ignore_errors=True)
+
+
+def test_wg_quick_hooks_run_with_interface_name(lab):
+    a_ns, _ = lab.ns
+    site = new_site(lab, a_ns, 51820, ["10.63.0.1/24"])
+    mark = lab.workdir / "hooks.log"
+    site.extra = (
+        f"PostUp = echo up %i >> {mark}\n"
+        f"PostUp = ip link set %i alias hooked\n"
+        f"PreDown = echo down %i >> {mark}\n"
+        "DNS = 10.63.0.53\nSaveConfig = true\n"
+    )
+    start(lab, site)
+    assert "alias hooked" in lab.run(a_ns, "ip", "link", "show", site.ifname).stdout
+    assert site.proc.stop() == 0
+    assert mark.read_text().split("\n")[:2] == [f"up {site.ifname}", f"down {site.ifname}"]
+    log = site.proc.log()
+    assert "DNS" in log and "SaveConfig" in log  # reported, not fatal
+
+
+def test_failing_postup_unwinds(lab):
+    a_ns, _ = lab.ns
+    site = new_site(lab, a_ns, 51820, ["10.63.0.1/24"])
+    site.extra = "PostUp = false\n"
+    proc = start(lab, site, wait=False)
+    assert proc.popen.wait(15) == 1
+    assert "PostUp command failed" in proc.log()
+    assert not lab.link_exists(a_ns, site.ifname)
+    assert not (WG_RUN_DIR / f"{site.ifname}.sock").exists()
