@@ -128,6 +128,24 @@ def udp_sequence(lab: Lab, ns_src: str, ns_dst: str, dst: str, n: int, size: int
     return json.loads(recv.log().splitlines()[-1])
 
 
+# ---------------------------------------------------------------------------- show --json --
+
+
+def show_json(name: str) -> dict | None:
+    """`tunnelpy show NAME --json` (tunnelpyd's control socket): drops by reason, per peer too."""
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys; from tunnelpy.cli import main; sys.exit(main())",
+         "show", name, "--json"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if res.returncode != 0:
+        return None
+    data = json.loads(res.stdout)
+    return data[0] if isinstance(data, list) and data else None
+
+
 # ------------------------------------------------------------------------- process stats --
 
 

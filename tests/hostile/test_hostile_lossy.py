@@ -14,7 +14,7 @@ import time
 
 import pytest
 from hostile_env import figure, pick
-from hostile_sites import TA, TB, relayed_sites, start_sites, udp_sequence
+from hostile_sites import TA, TB, relayed_sites, show_json, start_sites, udp_sequence
 from sites import start
 
 pytestmark = pytest.mark.root
@@ -77,5 +77,12 @@ def test_duplicates_dropped_by_replay_window(make_lab):
     assert st["a_to_b"]["duplicated"] > n * 0.4
     assert got["duplicates"] == 0, got
     assert got["distinct"] >= n * 0.98, got  # no loss was configured
+    # and the daemon counted them: its replay window dropped (about) every injected duplicate
+    shown = show_json(r.b.ifname)
+    if shown is not None and shown.get("source") == "tunnelpyd":  # not via the UAPI fallback
+        replay = shown["drops"].get("replay", 0)
+        assert 0.9 * st["a_to_b"]["duplicated"] <= replay <= st["a_to_b"]["duplicated"], (
+            replay, st["a_to_b"], shown)  # fmt: skip
+        figure("replay_drops_counted_by_daemon", replay, "(tunnelpy show --json)")
     figure("replay_duplicates_injected", st["a_to_b"]["duplicated"], f"of {n} datagrams")
     figure("replay_duplicates_delivered", got["duplicates"])

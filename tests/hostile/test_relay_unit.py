@@ -47,8 +47,9 @@ def test_relay_drops_duplicates_reorders_at_set_rates():
         assert 0.15 < st.duplicated / (n - st.dropped) < 0.25
         assert len(got) == st.sent == n - st.dropped + st.duplicated
         assert len(set(got)) == n - st.dropped
+        assert 0.15 < st.reordered / (n - st.dropped) < 0.25
         inversions = sum(1 for x, y in zip(got, got[1:], strict=False) if y < x)
-        assert inversions > 0.05 * len(got)  # reordered ones are overtaken
+        assert inversions > 0.01 * len(got)  # reordered ones are overtaken
         # the reverse direction goes to A
         b.sendto(b"back", relay.b_side)
         assert _drain(a) in ([b"back"], [b"back", b"back"], [])
