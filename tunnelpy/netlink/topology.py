@@ -548,7 +548,10 @@ class Topology:
     # -- apply ---------------------------------------------------------------------------
 
     def apply(self) -> None:
-        """Perform every step; on failure undo what was done and raise TopologyError."""
+        """Perform every step; on failure undo what was done and raise TopologyError.
+        A config without topology sections (every plain wg0.conf) writes no state file."""
+        if not self.plan.steps:
+            return
         self.state.begin(self.plan.interface, self.netns)
         self.applied = True
         step: Step | None = None
