@@ -1,0 +1,322 @@
+"""tunnelpy.io.offload on hand-made byte buffers: TSO/USO splitting and TCP GRO coalescing.
+
+Checksums are verified with an independent RFC 1071 implementation (a loop over 16-bit words),
+not with the module's own arithmetic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from tunnelpy.io import offload as o
+
+V4_SRC, V4_DST = ipaddress.ip_address("10.98.0.1").packed, ipaddress.ip_address("10.98.0.2").packed
+V6_SRC = ipaddress.ip_address("fd98::1").packed
+V6_DST = ipaddress.ip_address("fd98::2").packed
+TS_OPTS = b"\x01\x01\x08\x0a" + struct.pack(">II", 123456, 654321)  # NOP NOP timestamps
+ETH = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
+ETH6 = ETH[:12] + b"\x86\xdd"
+
+
+# ------------------------------------------------------------------ independent reference --
+
+
+def rfc1071(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = 0
+    for i in range(0, len(data), 2):
+        s += (data[i] << 8) | data[i + 1]
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def ip_ok(pkt: bytes) -> bool:
+    ihl = (pkt[0] & 15) * 4
+    return rfc1071(pkt[:ihl]) == 0xFFFF
+
+
+def l4_ok(pkt: bytes, proto: int) -> bool:
+    if pkt[0] >> 4 == 4:
+        ihl = (pkt[0] & 15) * 4
+        seg = pkt[ihl:]
+        pseudo = pkt[12:20] + struct.pack(">BBH", 0, proto, len(seg))
+    else:
+        seg = pkt[40:]
+        pseudo = pkt[8:40] + struct.pack(">IxxxB", len(seg), proto)
+    return rfc1071(pseudo + seg) == 0xFFFF
+
+
+# ------------------------------------------------------------------------------ builders --
+
+
+def ipv4(
+    payload: bytes, proto: int, *, ident: int = 0x1000, options: bytes = b"", tos: int = 0
+) -> bytes:
+    ihl = (20 + len(options)) // 4
+    hdr = struct.pack(
+        ">BBHHHBBH4s4s", 0x40 | ihl, tos, 20 + len(options) + len(payload), ident, 0x4000, 64,
+        proto, 0, V4_SRC, V4_DST,
+    ) + options  # fmt: skip
+    csum = 0xFFFF - rfc1071(hdr)
+    return hdr[:10] + struct.pack(">H", csum) + hdr[12:] + payload
+
+
+def ipv6(payload: bytes, proto: int) -> bytes:
+    return struct.pack(">IHBB16s16s", 0x60000000, len(payload), proto, 64, V6_SRC, V6_DST) + payload
+
+
+def tcp(seq: int, flags: int, payload: bytes, *, ack: int = 777, opts: bytes = TS_OPTS) -> bytes:
+    doff = (20 + len(opts)) // 4
+    return (
+        struct.pack(">HHIIBBHHH", 40000, 5201, seq, ack, doff << 4, flags, 512, 0, 0)
+        + opts
+        + payload
+    )
+
+
+def udp(payload: bytes) -> bytes:
+    return struct.pack(">HHHH", 40000, 5201, 8 + len(payload), 0) + payload
+
+
+def with_l4_csum(pkt: bytes, proto: int, l3: int = 0) -> bytes:
+    """Fill in a correct TCP/UDP checksum (reference implementation)."""
+    ip = pkt[l3:]
+    ihl = (ip[0] & 15) * 4 if ip[0] >> 4 == 4 else 40
+    at = l3 + ihl + (16 if proto == o.IPPROTO_TCP else 6)
+    b = bytearray(pkt)
+    b[at : at + 2] = b"\0\0"
+    ip = bytes(b[l3:])
+    if ip[0] >> 4 == 4:
+        pseudo = ip[12:20] + struct.pack(">BBH", 0, proto, len(ip) - ihl)
+    else:
+        pseudo = ip[8:40] + struct.pack(">IxxxB", len(ip) - 40, proto)
+    c = 0xFFFF - rfc1071(pseudo + ip[ihl:])
+    b[at : at + 2] = struct.pack(">H", c or 0xFFFF)
+    return bytes(b)
+
+
+def payload_of(n: int) -> bytes:
+    return bytes((i * 7 + 3) & 0xFF for i in range(n))
+
+
+def tso(pkt: bytes, gso_type: int, mss: int, l3: int = 0) -> bytes:
+    """What the kernel hands a TUN/TAP with TSO on: NEEDS_CSUM, pseudo sum in the field."""
+    ip = pkt[l3:]
+    v4 = ip[0] >> 4 == 4
+    ihl = (ip[0] & 15) * 4 if v4 else 40
+    proto = ip[9] if v4 else ip[6]
+    t = l3 + ihl
+    hl = (ip[ihl + 12] >> 4) * 4 if proto == o.IPPROTO_TCP else 8
+    off = 16 if proto == o.IPPROTO_TCP else 6
+    length = len(ip) - ihl
+    pseudo = (ip[12:20] if v4 else ip[8:40]) + (
+        struct.pack(">BBH", 0, proto, length) if v4 else struct.pack(">IxxxB", length, proto)
+    )
+    b = bytearray(pkt)
+    b[t + off : t + off + 2] = struct.pack(">H", rfc1071(pseudo))
+    return o.VNET_HDR.pack(o.F_NEEDS_CSUM, gso_type, t + hl, mss, t, off) + bytes(b)
+
+
+# --------------------------------------------------------------------------------- split --
+
+
+def tcp_fields(seg: bytes, l3: int = 0) -> tuple[int, int, bytes]:
+    ip = seg[l3:]
+    ihl = (ip[0] & 15) * 4 if ip[0] >> 4 == 4 else 40
+    doff = (ip[ihl + 12] >> 4) * 4
+    seq = struct.unpack_from(">I", ip, ihl + 4)[0]
+    return seq, ip[ihl + 13], ip[ihl + doff :]
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("flags", [0x18, 0x19, 0x98, 0x10])
+def test_split_tcp_segments_headers_flags_and_checksums(monkeypatch, numpy, v6, flags):
+    if not numpy:
+        monkeypatch.setattr(o, "_np", None)
+    mss = 1368
+    data = payload_of(mss * 4 + 517)
+    seq0 = 0xFFFFF000  # wraps past 2**32 inside the super-packet
+    seg = tcp(seq0, flags, data)
+    pkt = ipv6(seg, 6) if v6 else ipv4(seg, 6, ident=0xFFFE, options=b"\x01\x01\x01\x00")
+    out = o.split(tso(pkt, o.GSO_TCPV6 if v6 else o.GSO_TCPV4, mss))
+    assert len(out) == 5
+    got = b""
+    for i, s in enumerate(out):
+        seq, f, pay = tcp_fields(s)
+        assert seq == (seq0 + i * mss) & 0xFFFFFFFF
+        want = flags
+        if i:
+            want &= ~0x80  # CWR only on the first
+        if i != 4:
+            want &= ~0x09  # FIN and PSH only on the last
+        assert f == want, (i, hex(f))
+        assert len(pay) == (mss if i < 4 else 517)
+        assert l4_ok(s, 6)
+        if v6:
+            assert struct.unpack_from(">H", s, 4)[0] == len(s) - 40
+        else:
+            assert ip_ok(s)
+            assert struct.unpack_from(">H", s, 2)[0] == len(s)
+            assert struct.unpack_from(">H", s, 4)[0] == (0xFFFE + i) & 0xFFFF
+            assert s[20:24] == b"\x01\x01\x01\x00"  # IP options copied
+        assert s[len(s) - len(pay) - 12 : len(s) - len(pay)] == TS_OPTS  # TCP options copied
+        got += pay
+    assert got == data
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_split_tcp_odd_mss_and_exact_multiple(v6):
+    for mss, n in ((1001, 3003), (1000, 3000), (1400, 1400)):
+        pkt = (ipv6 if v6 else ipv4)(tcp(1, 0x10, payload_of(n)), 6)
+        out = o.split(tso(pkt, o.GSO_TCPV6 if v6 else o.GSO_TCPV4, mss))
+        assert [len(tcp_fields(s)[2]) for s in out] == [mss] * (n // mss)
+        assert all(l4_ok(s, 6) for s in out)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_split_udp_uso(v6):
+    size = 1200
+    data = payload_of(size * 2 + 33)
+    pkt = (ipv6 if v6 else ipv4)(udp(data), 17)
+    out = o.split(tso(pkt, o.GSO_UDP_L4, size))
+    assert len(out) == 3
+    got = b""
+    for s in out:
+        h = 40 if v6 else 20
+        assert struct.unpack_from(">H", s, h + 4)[0] == len(s) - h
+        assert l4_ok(s, 17)
+        if not v6:
+            assert ip_ok(s)
+        got += s[h + 8 :]
+    assert got == data
+
+
+def test_plain_packet_needs_csum_is_finished_and_plain_passes():
+    pkt = ipv4(udp(b"x" * 37), 17)
+    hdr = o.VNET_HDR.pack(o.F_NEEDS_CSUM, 0, 0, 0, 20, 6)
+    pseudo = pkt[12:20] + struct.pack(">BBH", 0, 17, len(pkt) - 20)
+    partial = pkt[:26] + struct.pack(">H", rfc1071(pseudo)) + pkt[28:]
+    (done,) = o.split(hdr + partial)
+    assert l4_ok(done, 17) and done[:26] == pkt[:26]
+    assert o.split(o.ZERO_VNET_HDR + pkt) == [pkt]
+
+
+@pytest.mark.parametrize("vlan", [False, True])
+def test_split_tap_frame_copies_ethernet_header(vlan):
+    eth = ETH[:12] + b"\x81\x00\x00\x14" + ETH[12:] if vlan else ETH
+    pkt = ipv4(tcp(5, 0x18, payload_of(3000)), 6)
+    out = o.split(tso(eth + pkt, o.GSO_TCPV4, 1400, l3=len(eth)), l2=True)
+    assert len(out) == 3
+    for s in out:
+        assert s.startswith(eth)
+        assert ip_ok(s[len(eth) :]) and l4_ok(s[len(eth) :], 6)
+
+
+def test_split_rejects_garbage():
+    with pytest.raises(o.OffloadError):
+        o.split(b"\0" * 5)
+    with pytest.raises(o.OffloadError):
+        o.split(o.VNET_HDR.pack(0, o.GSO_UDP, 0, 1000, 0, 0) + ipv4(udp(b"x" * 3000), 17))
+    with pytest.raises(o.OffloadError):
+        o.split(o.VNET_HDR.pack(0, o.GSO_TCPV4, 0, 1000, 0, 0) + ipv4(udp(b"x" * 3000), 17))
+    with pytest.raises(o.OffloadError):
+        o.split(o.VNET_HDR.pack(0, o.GSO_TCPV4, 0, 1000, 0, 0) + b"\x45" + bytes(10))
+
+
+# ------------------------------------------------------------------------------ coalesce --
+
+
+def segments(v6: bool = False, n: int = 5, mss: int = 1368, flags: int = 0x18, seq0: int = 1000):
+    pkt = (ipv6 if v6 else ipv4)(tcp(seq0, flags, payload_of(mss * n - 100)), 6)
+    return o.split(tso(pkt, o.GSO_TCPV6 if v6 else o.GSO_TCPV4, mss))
+
+
+def flatten(unit: list) -> bytes:
+    return b"".join(bytes(x) for x in unit)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_round_trips_through_split(v6):
+    segs = segments(v6)
+    (unit,) = o.coalesce(segs)
+    flags, gso_type, hdr_len, gso_size, start, off = o.VNET_HDR.unpack_from(unit[0])
+    assert (flags, gso_type, gso_size, off) == (
+        o.F_NEEDS_CSUM, o.GSO_TCPV6 if v6 else o.GSO_TCPV4, 1368, 16,
+    )  # fmt: skip
+    assert start == (40 if v6 else 20) and hdr_len == start + 32
+    big = flatten(unit)
+    if not v6:
+        assert ip_ok(big[10:])
+        assert struct.unpack_from(">H", big, 12)[0] == len(big) - 10
+    assert big[10 + start + 13] == 0x18  # PSH of the last segment carried over
+    # What the kernel would do with it (segment again) gives back the segments we had.
+    assert o.split(big) == segs
+
+
+def test_coalesce_keeps_order_and_separates_flows_and_kinds():
+    a = segments(n=3)
+    b = [with_l4_csum(s[:20] + b"\x9c\x41" + s[22:], 6) for s in segments(n=3)]  # other port
+    ping = ipv4(b"\x08\x00" + bytes(30), 1)
+    units = o.coalesce([a[0], b[0], ping, a[1], b[1], a[2], b[2]])
+    assert len(units) == 3
+    assert flatten(units[0])[10:] == flatten(o.coalesce(a)[0])[10:]
+    assert units[2] == [o.ZERO_VNET_HDR, ping]
+
+
+def test_coalesce_gap_pure_ack_psh_and_short_segment_end_a_packet():
+    s = segments(n=6, flags=0x10)  # last one is short
+    # a gap: segment 2 missing
+    units = o.coalesce([s[0], s[1], s[3], s[4]])
+    assert [len(u) for u in units] == [4, 4]
+    # a pure ACK of the same flow in between ends the first packet and goes alone
+    ack = with_l4_csum(ipv4(tcp(5, 0x10, b""), 6), 6)
+    units = o.coalesce([s[0], s[1], ack, s[2], s[3]])
+    assert [len(u) for u in units] == [4, 2, 4]
+    # after a short segment nothing more joins
+    short = s[5]
+    more = o.coalesce([s[4], short, s[0]])
+    assert [len(u) for u in more] == [4, 2]
+    # a PSH segment closes the packet
+    p = segments(n=2, flags=0x18, seq0=10)
+    q = segments(n=2, flags=0x10, seq0=10 + 1368 * 2 - 100)
+    assert [len(u) for u in o.coalesce(p + q)] == [4, 4]
+
+
+def test_coalesce_refuses_different_headers_and_fragments_and_size_cap():
+    s = segments(n=3)
+    ttl = bytearray(s[1])
+    ttl[8] = 63
+    ttl[10:12] = b"\0\0"
+    ttl[10:12] = struct.pack(">H", 0xFFFF - rfc1071(bytes(ttl[:20])))
+    assert [len(u) for u in o.coalesce([s[0], bytes(ttl), s[2]])] == [2, 2, 2]
+    frag = bytearray(s[0])
+    frag[6] = 0x20  # MF
+    assert o.coalesce([bytes(frag)]) == [[o.ZERO_VNET_HDR, bytes(frag)]]
+    big = segments(n=40, mss=1400, flags=0x10)[:39]
+    big += segments(n=40, mss=1400, flags=0x10, seq0=1000 + 39 * 1400)[:39]
+    units = o.coalesce(big)
+    assert len(units) == 2
+    assert all(len(flatten(u)) - 10 <= 65535 for u in units)
+    assert b"".join(tcp_fields(s)[2] for u in units for s in o.split(flatten(u))) == b"".join(
+        tcp_fields(s)[2] for s in big
+    )
+
+
+def test_coalesce_tap_frames():
+    segs = [ETH + s for s in segments(n=3)]
+    (unit,) = o.coalesce(segs, l2=True)
+    big = flatten(unit)
+    assert o.VNET_HDR.unpack_from(big)[4] == 14 + 20  # csum_start counts the Ethernet header
+    assert o.split(big, l2=True) == segs
+    segs6 = [ETH6 + s for s in segments(v6=True, n=2)]
+    assert len(o.coalesce(segs6, l2=True)) == 1
+
+
+def test_single_segment_goes_plain():
+    (s,) = segments(n=1)
+    assert o.coalesce([s]) == [[o.ZERO_VNET_HDR, s]]

@@ -1,0 +1,472 @@
+"""TUN/TAP offloads on byte buffers: virtio_net_hdr, TSO/USO splitting and TCP GRO coalescing.
+
+Why this exists
+---------------
+A userspace tunnel that moves one packet per syscall tops out well below 1 Gbit/s whatever its
+cipher. With ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` the kernel hands the device up to 64 KiB TCP
+"super-packets" (TSO) with a 10-byte ``virtio_net_hdr`` in front, and accepts the same on write
+(GRO), so one read and one write carry ~45 MTU-sized segments. The wire still carries ordinary
+MTU-sized IP packets inside WireGuard messages: this module turns a super-packet read from the
+device into those packets (:func:`split`), and a run of decrypted packets of one TCP flow back
+into one super-packet to write (:func:`coalesce`). Everything here is pure: bytes in, bytes out,
+no syscalls, so it is unit-tested on hand-made buffers.
+
+Checksums
+---------
+A super-packet read from the device carries only the pseudo-header sum in its TCP checksum field
+(``NEEDS_CSUM``): the kernel expects "hardware" to finish it. The segments we send must carry full
+checksums, because a WireGuard receiver (the kernel module marks decrypted packets
+CHECKSUM_UNNECESSARY) may forward them. Headers are summed incrementally (the template's sum
+once, then per segment only the fields that change, RFC 1624 style); payload sums are computed
+for all full-size segments in one vectorised call when numpy is importable, else with
+``int.from_bytes(...) % 0xFFFF`` per segment (the one's complement sum of 16-bit words equals
+the big-endian integer modulo 0xFFFF, since 2**16 ≡ 1). A coalesced packet we write goes the
+other way: its header carries ``NEEDS_CSUM`` and the pseudo-header sum, so the kernel never
+verifies (it trusts locally-finished checksums, as for its own GRO) and we never compute one.
+
+Layout of ``virtio_net_hdr`` (little-endian on this host, as TUN uses by default):
+flags u8, gso_type u8, hdr_len u16, gso_size u16, csum_start u16, csum_offset u16.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+try:  # optional: one vectorised pass for the payload sums of all segments of a super-packet
+    import numpy as _np
+except ImportError:  # pragma: no cover - depends on the environment
+    _np = None
+
+Buffer = bytes | bytearray | memoryview
+
+VNET_HDR = struct.Struct("<BBHHHH")
+VNET_HDR_LEN = VNET_HDR.size  # 10
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+
+# virtio_net_hdr flags and gso types (linux/virtio_net.h)
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3  # UFO: never offered, so never read
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5  # USO (kernel >= 6.2)
+GSO_ECN = 0x80
+
+# TUNSETOFFLOAD bits (linux/if_tun.h) and the ioctls (PROTOCOL.md, checked on this kernel)
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+TCP_FIN = 0x01
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+TCP_CWR = 0x80
+# Flags a segment keeps only on the last (FIN, PSH) or only on the first (CWR) piece.
+_LAST_ONLY = TCP_FIN | TCP_PSH
+_FIRST_ONLY = TCP_CWR
+
+MAX_IP_LEN = 65535
+# What a GRO super-packet may reach: IPv4's total length (and IPv6's payload length) is 16 bits.
+MAX_COALESCED = 65535
+_M = 0xFFFF
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U16U16 = struct.Struct(">HH")
+
+
+class OffloadError(ValueError):
+    """A buffer read from the device that cannot be split (malformed or unsupported)."""
+
+
+# ------------------------------------------------------------------------------ checksums --
+
+
+def ones_sum(data: Buffer, initial: int = 0) -> int:
+    """The one's complement sum of `data` as 16-bit big-endian words, reduced modulo 0xFFFF.
+
+    An odd length is padded with a zero byte, as RFC 1071 says. The result is in [0, 0xFFFE];
+    0 stands for both one's complement zeros.
+    """
+    s = int.from_bytes(data, "big")
+    if len(data) & 1:
+        s <<= 8
+    return (s + initial) % _M
+
+
+def finish(total: int) -> int:
+    """The checksum field for a sum: its one's complement, never 0 (UDP's "no checksum")."""
+    return _M - total % _M
+
+
+def fold(total: int) -> int:
+    """A sum folded to 16 bits, not complemented: what a NEEDS_CSUM field holds."""
+    total %= _M
+    return total if total else _M
+
+
+def pseudo_sum(src: Buffer, dst: Buffer, proto: int, length: int) -> int:
+    """The TCP/UDP pseudo-header sum (IPv4 or IPv6 by address size), modulo 0xFFFF."""
+    return (int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + length) % _M
+
+
+def _payload_sums(buf: Buffer, start: int, end: int, size: int) -> list[int]:
+    """Sums of buf[start:end] cut into pieces of `size` bytes (the last may be shorter)."""
+    sums: list[int] = []
+    n_full = (end - start) // size
+    if _np is not None and n_full > 2 and not size & 1:
+        words = _np.frombuffer(buf, dtype=">u2", count=n_full * size // 2, offset=start)
+        # uint64 cannot overflow: at most 32767 words of 0xFFFF per segment.
+        sums = (words.reshape(n_full, size // 2).sum(axis=1, dtype=_np.uint64) % _M).tolist()
+        pos = start + n_full * size
+    else:
+        mv = memoryview(buf)
+        pos = start
+        for _ in range(n_full):
+            sums.append(ones_sum(mv[pos : pos + size]))
+            pos += size
+    if pos < end:
+        sums.append(ones_sum(memoryview(buf)[pos:end]))
+    return sums
+
+
+def complete_checksum(pkt: Buffer, csum_start: int, csum_offset: int) -> bytes:
+    """Finish a NEEDS_CSUM checksum: the field holds the pseudo-header sum, sum from csum_start."""
+    at = csum_start + csum_offset
+    if at + 2 > len(pkt) or csum_start > len(pkt):
+        raise OffloadError("checksum offset beyond the packet")
+    out = bytearray(pkt)
+    _U16.pack_into(out, at, finish(ones_sum(memoryview(out)[csum_start:])))
+    return bytes(out)
+
+
+# ------------------------------------------------------------------------------ splitting --
+
+
+def l3_offset(frame: Buffer) -> int:
+    """Where the IP header starts in an Ethernet frame (after one or two VLAN tags)."""
+    off = 12
+    while off + 2 <= len(frame) and frame[off : off + 2] in (b"\x81\x00", b"\x88\xa8"):
+        off += 4
+    return off + 2
+
+
+def split(buf: Buffer, *, l2: bool = False) -> list[bytes]:
+    """One read from an IFF_VNET_HDR device (virtio_net_hdr + packet) -> wire-ready packets.
+
+    `l2`: the device is a TAP (Ethernet frames); the Ethernet header is copied onto every piece.
+    A plain packet comes back alone (its checksum finished if the kernel left that to us); a
+    TSO/USO super-packet comes back as MTU-sized packets with every header rewritten.
+    Raises OffloadError on a buffer that is too short or of a kind never offered (UFO).
+    """
+    if len(buf) <= VNET_HDR_LEN:
+        raise OffloadError("shorter than the virtio_net_hdr")
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+    gso = gso_type & ~GSO_ECN
+    if gso == GSO_NONE:
+        pkt = memoryview(buf)[VNET_HDR_LEN:]
+        if flags & F_NEEDS_CSUM:
+            return [complete_checksum(pkt, csum_start, csum_offset)]
+        return [bytes(pkt)]
+    off = VNET_HDR_LEN + (l3_offset(memoryview(buf)[VNET_HDR_LEN:]) if l2 else 0)
+    if gso in (GSO_TCPV4, GSO_TCPV6):
+        return split_tcp(buf, off, gso_size)
+    if gso == GSO_UDP_L4:
+        return split_udp(buf, off, gso_size)
+    raise OffloadError(f"unsupported gso_type {gso_type}")
+
+
+def _ip_fields(buf: Buffer, off: int, proto: int) -> tuple[int, bool]:
+    """(IP header length, is IPv6) of the packet at `off`, checked to carry `proto` directly."""
+    if len(buf) < off + 20:
+        raise OffloadError("truncated IP header")
+    version = buf[off] >> 4
+    if version == 4:
+        iphl = (buf[off] & 0x0F) * 4
+        if iphl < 20 or buf[off + 9] != proto:
+            raise OffloadError("not a plain IPv4 packet of the offloaded protocol")
+        return iphl, False
+    if version == 6:
+        # The kernel's TSO6/USO6 packets have no extension headers (wireguard-go assumes so too).
+        if len(buf) < off + 40 or buf[off + 6] != proto:
+            raise OffloadError("IPv6 super-packet with extension headers")
+        return 40, True
+    raise OffloadError("not an IP packet")
+
+
+def _segment_headers(
+    buf: Buffer, off: int, iphl: int, v6: bool, l4_hlen: int, proto: int
+) -> tuple[bytearray, int, int]:
+    """(header template from the frame start, IP header sum without length/id/checksum,
+    pseudo-header address+protocol sum)."""
+    start = VNET_HDR_LEN
+    hdr = bytearray(memoryview(buf)[start : off + iphl + l4_hlen])
+    ip = off - start  # offset of the IP header inside hdr
+    if v6:
+        ip_sum = 0
+        addr_sum = pseudo_sum(hdr[ip + 8 : ip + 24], hdr[ip + 24 : ip + 40], proto, 0)
+    else:
+        _U16U16.pack_into(hdr, ip + 2, 0, 0)  # total length, id
+        _U16.pack_into(hdr, ip + 10, 0)  # header checksum
+        ip_sum = ones_sum(memoryview(hdr)[ip : ip + iphl])
+        addr_sum = pseudo_sum(hdr[ip + 12 : ip + 16], hdr[ip + 16 : ip + 20], proto, 0)
+    return hdr, ip_sum, addr_sum
+
+
+def split_tcp(buf: Buffer, off: int, mss: int) -> list[bytes]:
+    """Cut a TSO super-packet (IP header at `off`) into segments of `mss` payload bytes.
+
+    Per segment: IPv4 total length, id (+1 per segment, as the kernel's own GSO does) and
+    header checksum; IPv6 payload length; TCP sequence number (+mss each), flags (CWR only on
+    the first, FIN and PSH only on the last) and a full checksum.
+    """
+    iphl, v6 = _ip_fields(buf, off, IPPROTO_TCP)
+    t = off + iphl
+    if len(buf) < t + 20:
+        raise OffloadError("truncated TCP header")
+    thl = (buf[t + 12] >> 4) * 4
+    h = t + thl
+    end = len(buf)
+    if thl < 20 or h > end or mss <= 0:
+        raise OffloadError("bad TCP header length or gso_size")
+    hdr, ip_sum, addr_sum = _segment_headers(buf, off, iphl, v6, thl, IPPROTO_TCP)
+    ip = off - VNET_HDR_LEN
+    tt = t - VNET_HDR_LEN  # TCP header inside hdr
+    seq0 = _U32.unpack_from(hdr, tt + 4)[0]
+    flags0 = hdr[tt + 13]
+    ipid0 = 0 if v6 else _U16.unpack_from(buf, off + 4)[0]
+    # TCP header sum with seq, flags and checksum zeroed: per segment only those are added.
+    _U32.pack_into(hdr, tt + 4, 0)
+    hdr[tt + 13] = 0
+    _U16.pack_into(hdr, tt + 16, 0)
+    tcp_sum = ones_sum(memoryview(hdr)[tt:])
+    sums = _payload_sums(buf, h, end, mss)
+    n = len(sums)
+    mv = memoryview(buf)
+    join = b"".join
+    out: list[bytes] = []
+    pos = h
+    last = n - 1
+    for i in range(n):
+        nxt = min(pos + mss, end)
+        plen = nxt - pos
+        flags = flags0
+        if i:
+            flags &= ~_FIRST_ONLY
+        if i != last:
+            flags &= ~_LAST_ONLY
+        seq = (seq0 + i * mss) & 0xFFFFFFFF
+        if v6:
+            _U16.pack_into(hdr, ip + 4, thl + plen)
+        else:
+            total = iphl + thl + plen
+            ipid = (ipid0 + i) & _M
+            _U16U16.pack_into(hdr, ip + 2, total, ipid)
+            _U16.pack_into(hdr, ip + 10, finish(ip_sum + total + ipid))
+        _U32.pack_into(hdr, tt + 4, seq)
+        hdr[tt + 13] = flags
+        csum = addr_sum + thl + plen + tcp_sum + (seq >> 16) + (seq & _M) + flags + sums[i]
+        _U16.pack_into(hdr, tt + 16, finish(csum))
+        out.append(join((hdr, mv[pos:nxt])))
+        pos = nxt
+    return out
+
+
+def split_udp(buf: Buffer, off: int, size: int) -> list[bytes]:
+    """Cut a USO super-datagram (IP header at `off`) into datagrams of `size` payload bytes."""
+    iphl, v6 = _ip_fields(buf, off, IPPROTO_UDP)
+    u = off + iphl
+    h = u + 8
+    end = len(buf)
+    if h > end or size <= 0:
+        raise OffloadError("truncated UDP header or bad gso_size")
+    hdr, ip_sum, addr_sum = _segment_headers(buf, off, iphl, v6, 8, IPPROTO_UDP)
+    ip = off - VNET_HDR_LEN
+    uu = u - VNET_HDR_LEN
+    ipid0 = 0 if v6 else _U16.unpack_from(buf, off + 4)[0]
+    _U16U16.pack_into(hdr, uu + 4, 0, 0)  # length, checksum
+    ports_sum = ones_sum(memoryview(hdr)[uu:])
+    sums = _payload_sums(buf, h, end, size)
+    mv = memoryview(buf)
+    join = b"".join
+    out: list[bytes] = []
+    pos = h
+    for i, psum in enumerate(sums):
+        nxt = min(pos + size, end)
+        ulen = 8 + nxt - pos
+        if v6:
+            _U16.pack_into(hdr, ip + 4, ulen)
+        else:
+            total = iphl + ulen
+            ipid = (ipid0 + i) & _M
+            _U16U16.pack_into(hdr, ip + 2, total, ipid)
+            _U16.pack_into(hdr, ip + 10, finish(ip_sum + total + ipid))
+        # The length appears twice in the sum: in the pseudo-header and in the UDP header.
+        csum = finish(addr_sum + ulen + ports_sum + ulen + psum)
+        _U16U16.pack_into(hdr, uu + 4, ulen, csum)
+        out.append(join((hdr, mv[pos:nxt])))
+        pos = nxt
+    return out
+
+
+# ------------------------------------------------------------------------------ coalescing --
+
+
+class _Flow:
+    """A GRO super-packet being built: the first segment's headers, then payload pieces."""
+
+    __slots__ = (
+        "first",
+        "l3",
+        "iphl",
+        "h",
+        "v6",
+        "pieces",
+        "size",
+        "gso",
+        "next_seq",
+        "open",
+        "psh",
+    )
+
+    def __init__(
+        self, first: Buffer, l3: int, iphl: int, h: int, v6: bool, seq: int, plen: int
+    ) -> None:
+        self.first = first
+        self.l3 = l3
+        self.iphl = iphl
+        self.h = h  # payload offset: L2 + IP + TCP headers
+        self.v6 = v6
+        self.pieces: list[Buffer] = [memoryview(first)[h:]]
+        self.size = plen  # payload bytes so far
+        self.gso = plen  # every piece but the last has exactly this size
+        self.next_seq = (seq + plen) & 0xFFFFFFFF
+        self.open = True  # False once a shorter piece or PSH ended it
+        self.psh = False
+
+
+def _tcp_flow_key(p: Buffer, l3: int) -> tuple[bytes, int, int, bool] | None:
+    """(flow key, IP header length, payload offset, is IPv6) for a coalescible TCP segment."""
+    n = len(p)
+    if n < l3 + 40:
+        return None
+    b0 = p[l3]
+    if b0 >> 4 == 4:
+        iphl = (b0 & 0x0F) * 4
+        # TCP, not a fragment (MF and offset zero), a full header present
+        if p[l3 + 9] != IPPROTO_TCP or p[l3 + 6] & 0x3F or p[l3 + 7] or n < l3 + iphl + 20:
+            return None
+        t = l3 + iphl
+        key = bytes(p[l3 + 12 : l3 + 20]) + bytes(p[t : t + 4])
+        v6 = False
+    elif b0 >> 4 == 6:
+        if p[l3 + 6] != IPPROTO_TCP or n < l3 + 60:
+            return None
+        iphl = 40
+        t = l3 + 40
+        key = bytes(p[l3 + 8 : l3 + 44])  # addresses and ports
+        v6 = True
+    else:
+        return None
+    return key, iphl, t + (p[t + 12] >> 4) * 4, v6
+
+
+def coalesce(packets: Sequence[Buffer], *, l2: bool = False) -> list[list[Buffer]]:
+    """Packets (or frames, `l2`) to write -> write units: [virtio_net_hdr, piece, piece...].
+
+    Consecutive-in-sequence TCP segments of one flow with the same headers (but for length, id,
+    checksums, sequence and PSH) become one GSO super-packet with NEEDS_CSUM; everything else is
+    written alone behind a zero header, so the kernel checks its checksum as usual. Units keep
+    the order of their first packet, and a packet that cannot join its flow's super-packet ends
+    it, so segments of one flow are never reordered. Each IP packet must have its exact length
+    (padding trimmed).
+    """
+    units: list[list[Buffer]] = []
+    flows: dict[bytes, _Flow] = {}
+    builders: list[tuple[int, _Flow]] = []
+    for p in packets:
+        l3 = l3_offset(p) if l2 else 0
+        found = _tcp_flow_key(p, l3)
+        if found is None:
+            units.append([ZERO_VNET_HDR, p])
+            continue
+        key, iphl, h, v6 = found
+        t = l3 + iphl
+        plen = len(p) - h
+        flags = p[t + 13]
+        flow = flows.get(key)
+        if plen <= 0 or flags & ~TCP_PSH != TCP_ACK or h > len(p):
+            # SYN, FIN, RST, URG, ECE/CWR or a pure ACK: alone, and it ends the flow's packet.
+            if flow is not None:
+                del flows[key]
+            units.append([ZERO_VNET_HDR, p])
+            continue
+        seq = _U32.unpack_from(p, t + 4)[0]
+        if flow is not None and flow.open and seq == flow.next_seq and plen <= flow.gso:
+            f = flow.first
+            if (
+                h == flow.h
+                and flow.size + plen + h - l3 <= MAX_COALESCED
+                and p[t + 8 : t + 13] == f[t + 8 : t + 13]  # ack, data offset
+                and p[t + 20 : h] == f[t + 20 : h]  # options (timestamps)
+                and (
+                    p[l3 : l3 + 4] == f[l3 : l3 + 4] and p[l3 + 6 : l3 + 8] == f[l3 + 6 : l3 + 8]
+                    if v6
+                    else p[l3 : l3 + 2] == f[l3 : l3 + 2]
+                    and p[l3 + 6 : l3 + 10] == f[l3 + 6 : l3 + 10]
+                )
+                and (not l2 or p[:l3] == f[:l3])
+            ):
+                flow.pieces.append(memoryview(p)[h:])
+                flow.size += plen
+                flow.next_seq = (seq + plen) & 0xFFFFFFFF
+                if plen < flow.gso or flags & TCP_PSH:
+                    flow.open = False
+                    flow.psh = bool(flags & TCP_PSH)
+                continue
+        flow = _Flow(p, l3, iphl, h, v6, seq, plen)
+        if flags & TCP_PSH:
+            flow.open = False
+            flow.psh = True
+        flows[key] = flow
+        builders.append((len(units), flow))
+        units.append([])  # filled below, when the flow is complete
+    for index, flow in builders:
+        units[index] = _unit(flow)
+    return units
+
+
+def _unit(flow: _Flow) -> list[Buffer]:
+    first = flow.first
+    if len(flow.pieces) == 1:
+        return [ZERO_VNET_HDR, first]
+    l3, h = flow.l3, flow.h
+    hdr = bytearray(memoryview(first)[:h])
+    t = l3 + flow.iphl
+    thl = h - t
+    l4_len = thl + flow.size
+    if flow.v6:
+        _U16.pack_into(hdr, l3 + 4, l4_len)
+        psum = pseudo_sum(hdr[l3 + 8 : l3 + 24], hdr[l3 + 24 : l3 + 40], IPPROTO_TCP, l4_len)
+        gso_type = GSO_TCPV6
+    else:
+        _U16.pack_into(hdr, l3 + 2, flow.iphl + l4_len)
+        _U16.pack_into(hdr, l3 + 10, 0)
+        _U16.pack_into(hdr, l3 + 10, finish(ones_sum(memoryview(hdr)[l3:t])))
+        psum = pseudo_sum(hdr[l3 + 12 : l3 + 16], hdr[l3 + 16 : l3 + 20], IPPROTO_TCP, l4_len)
+        gso_type = GSO_TCPV4
+    if flow.psh:
+        hdr[t + 13] |= TCP_PSH
+    # NEEDS_CSUM: the field holds the folded pseudo-header sum; the kernel adds the rest.
+    _U16.pack_into(hdr, t + 16, fold(psum))
+    vnet = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, h, flow.gso, t, 16)
+    return [vnet, hdr, *flow.pieces]
