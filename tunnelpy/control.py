@@ -243,12 +243,6 @@ class ControlServer:
             probe.close()
         raise ControlSocketError(self._in_use())
 
-    def chown(self, uid: int, gid: int) -> None:
-        """Give the socket and its directory to the user the daemon drops to (so it can unlink
-        the socket on exit and the directory stays 0755)."""
-        os.chown(self.path, uid, gid)
-        os.chown(self.directory, uid, gid)
-
     async def close(self) -> None:
         server, self._server = self._server, None
         if server is None:

@@ -25,9 +25,10 @@ added segments) need CAP_NET_ADMIN, which is kept. What does not:
 * re-reading a config or key file the user cannot read: give the files to the user
   (``chown tunnelpy /etc/tunnelpy/site.conf``, mode 0600); otherwise a reload fails with the
   one-line error and the old config stays;
-* removing ``/var/run/wireguard/NAME.sock`` on exit (the shared directory belongs to root): the
-  stale socket is taken over by the next start, ``tunnelpy show`` skips it, and the systemd unit
-  removes it in ``ExecStopPost=+``. The control socket's directory is given to the user first.
+* removing ``/var/run/wireguard/NAME.sock`` and ``/run/tunnelpy/NAME.ctl`` on exit (the
+  shared directories belong to root, and are not given away: other instances live there): the
+  stale sockets are taken over by the next start, ``tunnelpy show`` skips them, and the systemd
+  unit removes them in ``ExecStopPost=+``.
 
 Capabilities are per thread in Linux: call this from the main thread *before* any helper thread
 that needs CAP_NET_ADMIN is created (the daemon replaces its executor after the drop, so its
