@@ -185,10 +185,6 @@ class Daemon:
         try:
             if self.tun is not None:
                 await self._blocking(iface.configure_device, self.name, ic.mtu, list(ic.addresses))
-                await self._blocking(iface.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes)
-                if iface.needs_default_route_rules(nets, ic.table):
-                    fams = {iface.family_of(n) for n in nets if n.prefixlen == 0}
-                    await self._blocking(iface.add_default_route_rules, self.fwmark, fams, self.routes)
             for seg in conf.segments:
                 await self._blocking(
                     iface.configure_device, seg.device, self.segment_mtu(seg), list(seg.addresses)
@@ -197,14 +193,25 @@ class Daemon:
                     await self._blocking(iface.enslave, seg.device, seg.bridge)
         except iface.NetlinkSetupError as e:
             raise StartupError(str(e)) from None
-        self._run_hooks("PostUp", ic.post_up)
 
+        # Packets flow from here on: routes can take long to install (10^5 AllowedIPs prefixes
+        # are 10^5 netlink round trips), and the peers need not wait for them.
         self.datapath = DataPath(
             self.loop, self.engine, self.udp, self.tun, self._on_event, self.clock
         )
         for vni, tap in self.taps.items():
             self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
+
+        try:
+            if self.tun is not None:
+                await self._blocking(iface.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes)
+                if iface.needs_default_route_rules(nets, ic.table):
+                    fams = {iface.family_of(n) for n in nets if n.prefixlen == 0}
+                    await self._blocking(iface.add_default_route_rules, self.fwmark, fams, self.routes)
+        except iface.NetlinkSetupError as e:
+            raise StartupError(str(e)) from None
+        self._run_hooks("PostUp", ic.post_up)
 
     def _add_peers(self, endpoints: list[tuple[str, int] | None]) -> None:
         assert self.loop is not None
