@@ -402,6 +402,10 @@ class Service:
             if isinstance(e, VxlanEngine):
                 assert ep is not None
                 e.add_peer(p.name, ep)
+            elif p.public_key in e.peers:
+                # already there: added at run time by `wg set`; the file's values win
+                fields = tuple((f, getattr(p, f)) for f in rl.PEER_FIELDS)
+                self._update_peer(rl.UpdatePeer(p, p, fields), prepared, now)
             else:
                 e.add_peer(
                     p.public_key, name=p.name, preshared_key=p.preshared_key, endpoint=ep,

@@ -1,0 +1,128 @@
+"""Service.reload applied to a real Daemon object and Engine, without devices (no root needed):
+untouched peers keep the very same session objects; a broken file changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from tunnelpy import config as cfgmod
+from tunnelpy import keys
+from tunnelpy.daemon import Daemon
+from tunnelpy.datapath import ProtocolClock
+from tunnelpy.io.systemd import Notifier
+from tunnelpy.io.udp import UdpSocket
+from tunnelpy.service import ReloadRefused, Service
+
+PRIV = keys.generate_private()
+KB, KC, KD = (keys.public_from_private(keys.generate_private()) for _ in range(3))
+
+
+def text(peers: str, port: int = 0) -> str:
+    head = f"[Interface]\nName = tpu0\nPrivateKey = {PRIV}\n"
+    return head + (f"ListenPort = {port}\n" if port else "") + "\n" + peers
+
+
+def peer(key: str, name: str, allowed: str, extra: str = "") -> str:
+    return f"[Peer]\nName = {name}\nPublicKey = {key}\nAllowedIPs = {allowed}\n{extra}\n"
+
+
+B = peer(KB, "b", "10.0.0.2/32", "Endpoint = 127.0.0.1:40002")
+C = peer(KC, "c", "10.0.0.3/32")
+
+
+def run(conf_path: Path, steps):
+    async def main():
+        d = Daemon(cfgmod.load(str(conf_path)))
+        d.loop = asyncio.get_running_loop()
+        d.clock = ProtocolClock(d.loop)
+        d.udp = UdpSocket(d.conf.interface.listen_port)
+        d._add_peers([p.endpoint for p in d.conf.peers])
+        svc = Service(d, notifier=Notifier(""))
+        try:
+            return await steps(d, svc)
+        finally:
+            d.udp.close()
+
+    return asyncio.run(main())
+
+
+def test_reload_applies_the_diff_and_leaves_untouched_peers_alone(tmp_path):
+    conf = tmp_path / "tpu0.conf"
+    conf.write_text(text(B + C))
+    conf.chmod(0o600)
+
+    async def steps(d: Daemon, svc: Service):
+        e = d.engine
+        b = e.peers[keys.decode_key(KB)]
+        session = object()
+        b.current = session  # stands for an established session
+        b.last_handshake_wall = 1234.5
+        port = d.udp.port
+
+        # broken file: refused, nothing changes
+        conf.write_text(text(B + C + "[Peer]\nPublicKey = nope\n"))
+        with pytest.raises(ReloadRefused, match=r"tpu0.conf:\d+: Peer.PublicKey"):
+            await svc.reload()
+        assert len(e.peers) == 2 and svc.reloads == {"ok": 0, "error": 1}
+
+        # add d, change c, keep b; a new listen port
+        conf.write_text(
+            text(B + peer(KC, "c", "10.0.0.3/32, 10.9.0.0/16", "PersistentKeepalive = 7")
+                 + peer(KD, "d", "10.0.0.4/32", "Endpoint = 127.0.0.1:40004"), port=0)
+        )  # fmt: skip
+        result = await svc.reload()
+        assert result["operations"] == [
+            "add peer d",
+            "update peer c: allowed_ips, persistent_keepalive",
+        ]
+        assert e.peers[keys.decode_key(KB)] is b and b.current is session
+        assert b.last_handshake_wall == 1234.5
+        c = e.peers[keys.decode_key(KC)]
+        assert c.persistent_keepalive == 7
+        assert ipaddress.ip_network("10.9.0.0/16") in e.allowed.networks_of(c)
+        dd = e.peers[keys.decode_key(KD)]
+        assert dd.endpoint == ("127.0.0.1", 40004) and dd.name == "d"
+
+        # remove c, rename b, move to a fixed port
+        conf.write_text(
+            text(peer(KB, "site-b", "10.0.0.2/32", "Endpoint = 127.0.0.1:40002")
+                 + peer(KD, "d", "10.0.0.4/32", "Endpoint = 127.0.0.1:40004"), port=port + 1)
+        )  # fmt: skip
+        result = await svc.reload()
+        assert "remove peer c" in result["operations"]
+        assert "update peer site-b: name" in result["operations"]
+        assert keys.decode_key(KC) not in e.peers
+        assert b.name == "site-b" and b.current is session
+        assert d.udp.port == port + 1
+        assert svc.reloads == {"ok": 2, "error": 1}
+        doc = svc.status()
+        assert doc["reloads"] == {"ok": 2, "error": 1} and doc["last_reload"]["ok"] is True
+        assert {p["name"] for p in doc["peers"]} == {"site-b", "d"}
+
+        # unchanged: nothing
+        assert (await svc.reload())["operations"] == []
+
+    run(conf, steps)
+
+
+def test_reload_refuses_a_port_in_use_and_keeps_everything(tmp_path):
+    busy = UdpSocket(None)
+    conf = tmp_path / "tpu0.conf"
+    conf.write_text(text(B))
+    conf.chmod(0o600)
+
+    async def steps(d: Daemon, svc: Service):
+        old = d.udp
+        conf.write_text(text(B + C, port=busy.port))
+        with pytest.raises(ReloadRefused, match="ListenPort"):
+            await svc.reload()
+        assert d.udp is old and len(d.engine.peers) == 1  # C was not added either
+
+    try:
+        run(conf, steps)
+    finally:
+        busy.close()
