@@ -273,10 +273,13 @@ def test_coalesce_gap_pure_ack_psh_and_short_segment_end_a_packet():
     # a gap: segment 2 missing
     units = o.coalesce([s[0], s[1], s[3], s[4]])
     assert [len(u) for u in units] == [4, 4]
-    # a pure ACK of the same flow in between ends the first packet and goes alone
+    # a pure ACK of the same flow goes alone; the data around it still forms one packet
     ack = with_l4_csum(ipv4(tcp(5, 0x10, b""), 6), 6)
     units = o.coalesce([s[0], s[1], ack, s[2], s[3]])
-    assert [len(u) for u in units] == [4, 2, 4]
+    assert [len(u) for u in units] == [6, 2]
+    # a FIN goes alone, after the data before it
+    fin = with_l4_csum(ipv4(tcp(1000 + 2 * 1368, 0x11, b"end"), 6), 6)
+    assert [len(u) for u in o.coalesce([s[0], s[1], fin])] == [4, 2]
     # after a short segment nothing more joins
     short = s[5]
     more = o.coalesce([s[4], short, s[0]])

@@ -2,19 +2,38 @@
 
 pytun opens the fd blocking and inheritable, and its own non-blocking read raises pytun.Error
 instead of BlockingIOError, so after creation we only use the raw fd. Reads are batched: the
-daemon drains up to `max_batch` packets per readiness callback, which is what lets the engine work
-on lists. The device disappears (with its addresses and routes) when the fd is closed, which is
+daemon drains a bounded batch per readiness callback, which is what lets the engine work on
+lists. The device disappears (with its addresses and routes) when the fd is closed, which is
 also our crash-safety: a SIGKILLed daemon leaves no TUN behind.
+
+Offloads (``offload=True``, docs/performance.md): the device is opened with IFF_VNET_HDR and
+TUNSETOFFLOAD (checksum, TSO4/6 and, on kernels that have it, USO4/6), so a read may return a
+64 KiB super-packet behind a virtio_net_hdr; :mod:`.offload` splits it into the MTU-sized packets
+the engine expects, and coalesces the packets we write back into GRO super-packets. The engine
+sees ordinary packets either way. If the kernel refuses the offload ioctl the device still works
+(with a virtio_net_hdr that never announces GSO).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
+import struct
 
 import pytun
 
+from . import offload as off
+
 MAX_PACKET = 65535
+# A super-packet is up to 64 KiB of IP plus the virtio_net_hdr, and a TAP adds Ethernet+VLAN.
+MAX_READ = MAX_PACKET + off.VNET_HDR_LEN + 14 + 8
+# Bound per readiness callback: reads, and packets handed on (a read may yield ~45 segments).
+MAX_READS = 64
+MAX_SEGMENTS = 1024
+
+log = logging.getLogger("tunnelpyd")
 
 
 class TunError(Exception):
@@ -22,8 +41,10 @@ class TunError(Exception):
 
 
 class Tun:
-    def __init__(self, name: str, *, tap: bool = False) -> None:
+    def __init__(self, name: str, *, tap: bool = False, offload: bool = False) -> None:
         flags = (pytun.IFF_TAP if tap else pytun.IFF_TUN) | pytun.IFF_NO_PI
+        if offload:
+            flags |= pytun.IFF_VNET_HDR
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as e:
@@ -33,21 +54,60 @@ class Tun:
             if code == errno.EINVAL:
                 raise TunError(f"interface {name} already exists and is not a free TUN") from None
             if code == errno.EPERM:
-                raise TunError(f"cannot create {name}: permission denied (need CAP_NET_ADMIN)") from None
+                raise TunError(
+                    f"cannot create {name}: permission denied (need CAP_NET_ADMIN)"
+                ) from None
             raise TunError(f"cannot create {name}: {e}") from None
         self.name = self._dev.name
         self.fd = self._dev.fileno()
+        self.tap = tap
         os.set_blocking(self.fd, False)
         os.set_inheritable(self.fd, False)
         self.write_drops = 0
+        self.read_drops = 0  # super-packets we could not split (never expected)
+        self.vnet_hdr = offload
+        self.offloads = self._enable_offloads() if offload else ""
 
-    def read_batch(self, max_batch: int = 128) -> list[bytes]:
+    def _enable_offloads(self) -> str:
+        """TUNSETVNETHDRSZ and TUNSETOFFLOAD; returns what the kernel took, e.g. "csum tso uso"."""
+        fcntl.ioctl(self.fd, off.TUNSETVNETHDRSZ, struct.pack("i", off.VNET_HDR_LEN))
+        base = off.TUN_F_CSUM | off.TUN_F_TSO4 | off.TUN_F_TSO6
+        for bits, what in (
+            (base | off.TUN_F_USO4 | off.TUN_F_USO6, "csum tso4 tso6 uso4 uso6"),
+            (base, "csum tso4 tso6"),  # kernels before 6.2 have no USO
+            (off.TUN_F_CSUM, "csum"),
+        ):
+            try:
+                fcntl.ioctl(self.fd, off.TUNSETOFFLOAD, bits)
+                return what
+            except OSError:
+                continue
+        return "none"  # the virtio_net_hdr stays, with nothing to split
+
+    def read_batch(self, max_batch: int = MAX_READS) -> list[bytes]:
         fd = self.fd
         out: list[bytes] = []
         read = os.read
         try:
+            if not self.vnet_hdr:
+                for _ in range(max_batch):
+                    out.append(read(fd, MAX_PACKET))
+                return out
+            split = off.split
+            l2 = self.tap
             for _ in range(max_batch):
-                out.append(read(fd, MAX_PACKET))
+                buf = read(fd, MAX_READ)
+                if len(buf) <= off.VNET_HDR_LEN:
+                    self.read_drops += 1
+                elif buf[1] == off.GSO_NONE and not buf[0] & off.F_NEEDS_CSUM:
+                    out.append(buf[off.VNET_HDR_LEN :])  # the common small packet: no parsing
+                else:
+                    try:
+                        out.extend(split(buf, l2=l2))
+                    except off.OffloadError:
+                        self.read_drops += 1
+                if len(out) >= MAX_SEGMENTS:
+                    break
         except BlockingIOError:
             pass
         except OSError as e:
@@ -58,6 +118,14 @@ class Tun:
 
     def write_batch(self, packets: list[bytes]) -> None:
         fd = self.fd
+        if self.vnet_hdr:
+            writev = os.writev
+            for unit in off.coalesce(packets, l2=self.tap):
+                try:
+                    writev(fd, unit)
+                except OSError:
+                    self.write_drops += 1
+            return
         write = os.write
         for p in packets:
             try:

@@ -3,16 +3,39 @@
 One AF_INET6 socket with IPV6_V6ONLY off carries both families (IPv4 peers appear as
 ::ffff:a.b.c.d, which we normalise to plain dotted quads so the engine and `wg show` see the same
 text form whichever family carried the datagram). Hosts with IPv6 disabled get an AF_INET socket.
+
+Offloads (``offload=True``, the default; docs/performance.md): datagrams for one destination
+leave in one ``sendmsg`` with UDP_SEGMENT (UDP GSO: the kernel cuts the buffer into equal-size
+datagrams, the last may be shorter), and the socket takes UDP_GRO, so one ``recvmsg`` may return
+many coalesced datagrams, which are cut again by the segment size the kernel reports in a cmsg.
+The wire carries the same datagrams either way. If the kernel or the path refuses GSO (EIO from a
+NIC without checksum offload, EINVAL when a segment does not fit the route's MTU) the socket falls
+back to one ``sendto`` per datagram for good and says so once in the log.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import socket
+import struct
 
 Addr = tuple[str, int]
+_LE = struct.pack("=H", 1) == b"\x01\x00"  # cmsg ints are in host order
 SO_MARK = 36
 BUFFER_SIZE = 4 << 20  # wireguard-go asks for 7 MiB; 4 MiB absorbs bursts of a 2-core box
+SOL_UDP = 17
+UDP_SEGMENT = 103  # not named in Python 3.11's socket module
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer ones take 128)
+GSO_MAX_BYTES = 65000  # below IPv4's 65507-byte UDP payload limit
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+RECV_BUFFER = 65535  # a GRO read carries up to 64 KiB
+MAX_READS = 64
+MAX_DATAGRAMS = 1024
+_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE)
+
+log = logging.getLogger("tunnelpyd")
 
 
 class UdpError(Exception):
@@ -29,7 +52,9 @@ def _normalise(addr: tuple) -> Addr:
 
 
 class UdpSocket:
-    def __init__(self, port: int | None, fwmark: int | None = None) -> None:
+    def __init__(
+        self, port: int | None, fwmark: int | None = None, *, offload: bool = True
+    ) -> None:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -57,6 +82,17 @@ class UdpSocket:
         self.sock = sock
         self.port: int = sock.getsockname()[1]
         self.send_errors = 0
+        self.gso = offload
+        self.gro = False
+        if offload:
+            try:
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                log.info("UDP GRO not available on this kernel: one datagram per receive")
+        self._gso_sizes: dict[int, bytes] = {}  # segment size -> packed cmsg data
+        self._peer_raw: tuple | None = None  # last raw source address and its normal form
+        self._peer_norm: Addr = ("", 0)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -65,6 +101,8 @@ class UdpSocket:
         self.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
 
     def recv_batch(self, max_batch: int = 128) -> list[tuple[bytes, Addr]]:
+        if self.gro:
+            return self._recv_gro()
         recv = self.sock.recvfrom
         out: list[tuple[bytes, Addr]] = []
         try:
@@ -79,6 +117,35 @@ class UdpSocket:
             pass
         return out
 
+    def _recv_gro(self) -> list[tuple[bytes, Addr]]:
+        recvmsg = self.sock.recvmsg
+        out: list[tuple[bytes, Addr]] = []
+        append = out.append
+        try:
+            for _ in range(MAX_READS):
+                data, anc, _flags, raw = recvmsg(RECV_BUFFER, GRO_CMSG_SPACE)
+                if raw != self._peer_raw:  # one flow per batch is the common case
+                    self._peer_raw = raw
+                    self._peer_norm = _normalise(raw)
+                addr = self._peer_norm
+                size = 0
+                for level, kind, cdata in anc:
+                    if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 4:
+                        size = int.from_bytes(cdata[:4], "little" if _LE else "big")
+                n = len(data)
+                if size and n > size:
+                    for at in range(0, n, size):
+                        append((data[at : at + size], addr))
+                else:
+                    append((data, addr))
+                if len(out) >= MAX_DATAGRAMS:
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass  # ICMP errors, as in the plain path
+        return out
+
     def _dest(self, addr: Addr) -> tuple:
         host = addr[0]
         if self.v6 and ":" not in host:
@@ -87,6 +154,9 @@ class UdpSocket:
 
     def send(self, addr: Addr, datagrams: list[bytes]) -> None:
         dest = self._dest(addr)
+        if self.gso and len(datagrams) > 1:
+            self._send_gso(dest, datagrams)
+            return
         sendto = self.sock.sendto
         for d in datagrams:
             try:
@@ -94,6 +164,46 @@ class UdpSocket:
             except OSError:
                 # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
                 self.send_errors += 1
+
+    def _send_gso(self, dest: tuple, datagrams: list[bytes]) -> None:
+        """Runs of equal-size datagrams (the last of a run may be shorter) in one sendmsg each."""
+        sendmsg = self.sock.sendmsg
+        sendto = self.sock.sendto
+        n = len(datagrams)
+        i = 0
+        while i < n:
+            size = len(datagrams[i])
+            total = size
+            j = i + 1
+            limit = min(n, i + GSO_MAX_SEGMENTS)
+            while j < limit:
+                m = len(datagrams[j])
+                if m > size or total + m > GSO_MAX_BYTES:
+                    break
+                total += m
+                j += 1
+                if m < size:
+                    break  # a shorter datagram can only end a run
+            try:
+                if j - i == 1:
+                    sendto(datagrams[i], dest)
+                else:
+                    cmsg = self._gso_sizes.get(size)
+                    if cmsg is None:
+                        cmsg = self._gso_sizes[size] = struct.pack("=H", size)
+                    sendmsg(datagrams[i:j], [(SOL_UDP, UDP_SEGMENT, cmsg)], 0, dest)
+            except OSError as e:
+                if j - i > 1 and e.errno in _GSO_REFUSED:
+                    self.gso = False
+                    log.warning(
+                        "UDP GSO refused (%s): sending one datagram per syscall from now on",
+                        e.strerror,
+                    )
+                    self.send(dest, datagrams[i:])
+                    return
+                # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
+                self.send_errors += j - i
+            i = j
 
     def close(self) -> None:
         self.sock.close()

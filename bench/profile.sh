@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# profile.sh - py-spy profiles of both tunnelpyd daemons under one iperf3 TCP stream.
+#
+# Usage:  bench/profile.sh [-t SECONDS] [-o OUTDIR] [-u] [-- EXTRA_IPERF3_ARGS...]
+#   -t SECONDS  iperf3 duration (default 10); py-spy samples the middle of it
+#   -o OUTDIR   where the flame graphs (SVG) and speedscope/raw files go (default /tmp/tunnelpy-profile)
+#   -u          UDP 64-byte flood instead of TCP (the per-packet path)
+#   env: OFFLOAD=auto|off (written as [Interface] Offload), MTU (1420), TUNNELPYD (daemon command)
+#
+# Same namespaces and site.conf as the bench's tunnelpyd row (anchors.sh + tunnelpyd.plugin.sh),
+# so a profile explains a bench figure. Prints py-spy's top functions (by own time) for each side:
+# A = sender (reads the TUN, encrypts), B = receiver (decrypts, writes the TUN).
+# Needs root, iproute2, iperf3, py-spy. Everything made here is removed on exit.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+DUR=10; OUT=/tmp/tunnelpy-profile; UDPMODE=0
+while getopts "t:o:uh" o; do
+  case $o in
+    t) DUR=$OPTARG ;;
+    o) OUT=$OPTARG ;;
+    u) UDPMODE=1 ;;
+    *) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ "${1:-}" = "--" ] && shift
+
+SFX=p$$; NS_A=prof-a-$SFX; NS_B=prof-b-$SFX
+UL_A=10.99.0.1; UL_B=10.99.0.2; IN_A=10.98.0.1; IN_B=10.98.0.2; MTU=${MTU:-1420}
+W=$(mktemp -d /tmp/tp-profile.XXXXXX); mkdir -p "$OUT"
+OUTDIR=$W; RUN=0
+declare -a DAEMON_PIDS=(); declare -A NOTE=()
+nsa() { ip netns exec "$NS_A" "$@"; }
+bg_in() { local ns=$1 lf=$2; shift 2; ip netns exec "$ns" "$@" >"$lf" 2>&1 & DAEMON_PIDS+=($!); }
+wait_link() { local i; for i in $(seq 100); do ip -n "$1" link show "$2" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+cleanup() {
+  local p; for p in "${DAEMON_PIDS[@]}" ${IPERF_PID:-}; do kill "$p" 2>/dev/null; done
+  sleep 0.5; for p in "${DAEMON_PIDS[@]}" ${IPERF_PID:-}; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  ip netns del "$NS_A" 2>/dev/null; ip netns del "$NS_B" 2>/dev/null; rm -rf "$W"
+}
+trap cleanup EXIT; trap 'exit 130' INT TERM
+
+ip netns add "$NS_A" && ip netns add "$NS_B" || exit 1
+ip link add anc-va netns "$NS_A" type veth peer name anc-vb netns "$NS_B" || exit 1
+ip -n "$NS_A" addr add $UL_A/24 dev anc-va; ip -n "$NS_B" addr add $UL_B/24 dev anc-vb
+for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_A" link set anc-va up; ip -n "$NS_B" link set anc-vb up
+
+# shellcheck source=tunnelpyd.plugin.sh
+source "$HERE/tunnelpyd.plugin.sh"
+tun_tunnelpyd_up || { echo "tunnelpyd did not start"; cat "$W"/tunnelpyd-*.log; exit 1; }
+for i in $(seq 30); do nsa ping -c1 -W1 -q $IN_B >/dev/null 2>&1 && break; sleep 0.5; done
+
+ip netns exec "$NS_B" iperf3 -s -1 >/dev/null 2>&1 & IPERF_PID=$!
+sleep 0.5
+if [ "$UDPMODE" = 1 ]; then args=(-u -l 64 -b 0); else args=(); fi
+nsa iperf3 -c $IN_B -t "$DUR" "${args[@]}" "$@" >"$OUT/iperf3.txt" 2>&1 &
+CLIENT=$!
+sleep 2
+SAMPLE=$((DUR > 6 ? DUR - 4 : 2))
+py-spy record -p "${DAEMON_PIDS[0]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/sender.raw" >/dev/null 2>&1 &
+S1=$!
+py-spy record -p "${DAEMON_PIDS[1]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/receiver.raw" >/dev/null 2>&1 &
+S2=$!
+wait $S1 $S2 $CLIENT
+grep -E "sender|receiver" "$OUT/iperf3.txt" | tail -2
+top_own() {  # top_own RAWFILE : share of samples by innermost frame (own time)
+  python3 - "$1" <<'PY'
+import collections, sys
+own = collections.Counter(); total = 0
+for line in open(sys.argv[1]):
+    stack, _, n = line.rstrip().rpartition(" ")
+    n = int(n); total += n
+    own[stack.split(";")[-1]] += n
+for frame, n in own.most_common(18):
+    print(f"{100 * n / max(total, 1):5.1f}%  {frame}")
+PY
+}
+for side in sender receiver; do echo "== $side (own time)"; top_own "$OUT/$side.raw"; done
+echo "raw stacks: $OUT/sender.raw $OUT/receiver.raw (flamegraph.pl or speedscope)"

@@ -1,0 +1,77 @@
+"""UDP GSO send and GRO receive over loopback, and the clean fallback when GSO is refused."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+
+from tunnelpy.io.udp import UdpSocket
+
+
+def _drain(sock: UdpSocket, want: int, timeout: float = 2.0) -> list[tuple[bytes, tuple]]:
+    got: list[tuple[bytes, tuple]] = []
+    while len(got) < want:
+        if not select.select([sock.fileno()], [], [], timeout)[0]:
+            break
+        got.extend(sock.recv_batch())
+    return got
+
+
+def test_gso_send_gro_receive_round_trip():
+    a, b = UdpSocket(0), UdpSocket(0)
+    try:
+        datagrams = [bytes([i]) * 1200 for i in range(30)] + [b"tail" * 10]
+        datagrams += [b"x" * 300, b"y" * 1200]  # sizes change: a new run
+        a.send(("127.0.0.1", b.port), datagrams)
+        got = _drain(b, len(datagrams))
+        assert [d for d, _ in got] == datagrams
+        assert {addr for _, addr in got} == {("127.0.0.1", a.port)}
+        assert a.gso and a.send_errors == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_offload_off_is_one_datagram_per_syscall():
+    a, b = UdpSocket(0, offload=False), UdpSocket(0, offload=False)
+    try:
+        assert not a.gso and not b.gro
+        datagrams = [b"%d" % i * 100 for i in range(10)]
+        a.send(("127.0.0.1", b.port), datagrams)
+        assert [d for d, _ in _drain(b, 10)] == datagrams
+    finally:
+        a.close()
+        b.close()
+
+
+class _RefusingSocket:
+    """Wraps a socket; sendmsg fails like a NIC without checksum offload (EIO)."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.calls = 0
+
+    def sendmsg(self, *args):
+        self.calls += 1
+        raise OSError(errno.EIO, "Input/output error")
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_gso_refused_falls_back_once_and_logs_once(caplog):
+    a, b = UdpSocket(0), UdpSocket(0)
+    real = a.sock
+    a.sock = _RefusingSocket(real)  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.WARNING, logger="tunnelpyd"):
+            for _ in range(3):
+                a.send(("127.0.0.1", b.port), [b"z" * 500] * 5)
+        assert a.sock.calls == 1 and not a.gso
+        assert sum("GSO refused" in r.message for r in caplog.records) == 1
+        assert len(_drain(b, 15)) == 15
+    finally:
+        a.sock = real
+        a.close()
+        b.close()
