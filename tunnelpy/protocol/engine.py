@@ -76,6 +76,7 @@ WallClock = Callable[[], float]
 
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
+_NONCE = struct.Struct("<IQ")  # 4 zero bytes, then the 64-bit little-endian counter
 _U64 = struct.Struct("<Q")
 _ZERO_PAD = bytes(16)
 
@@ -565,18 +566,20 @@ class Engine:
     def _receive_transport(
         self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
     ) -> None:
+        # Per-packet hot path (one call per received datagram): small helpers are inlined and
+        # the ciphertext is passed as a memoryview, so nothing is copied before decryption.
         _, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
         entry = self.indices.get(receiver)
         if entry is None or entry[1] is None:
             self.drops["unknown_index"] += 1
             return
         peer, kp = entry
-        if not kp.usable_for_receiving(now) or counter >= REJECT_AFTER_MESSAGES:
+        if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             self.drops["expired_session"] += 1
             peer.count_drop("expired_session")
             return
         try:
-            plain = kp.recv.decrypt(_NONCE_PREFIX + _U64.pack(counter), data[16:], None)
+            plain = kp.recv.decrypt(_NONCE.pack(0, counter), memoryview(data)[16:], None)
         except Exception:  # InvalidTag: forged, corrupted or for a key we no longer hold
             self.drops["bad_auth"] += 1
             peer.count_drop("bad_auth")
@@ -601,7 +604,9 @@ class Engine:
         if peer.endpoint != addr:
             out.events.append(Event("roamed", peer.name, f"{_fmt(peer.endpoint)} -> {_fmt(addr)}"))
             peer.endpoint = addr
-        self._t_authenticated_received(peer, now)
+        if peer.last_received != now or peer.new_handshake_at is not None:
+            # (Once per peer and batch: repeated with the same `now` it changes nothing.)
+            self._t_authenticated_received(peer, now)
         # keepKeyFreshReceiving: the initiator renews a session about to be rejected.
         if (
             kp.is_initiator
@@ -616,33 +621,39 @@ class Engine:
 
     def deliver(self, peer: Peer, plain: bytes, now: float, out: Output) -> None:
         """Hand an authenticated plaintext to the tunnel after cryptokey routing checks."""
-        version = plain[0] >> 4
-        if plain[0] == FLAG_I:
+        first = plain[0]
+        version = first >> 4
+        if first == FLAG_I:
             self._deliver_frame(peer, plain, now, out)
             return
+        n = len(plain)
         if version == 4:
-            if len(plain) < 20:
+            if n < 20:
                 self._drop(peer, "bad_inner_packet")
                 return
-            length = int.from_bytes(plain[2:4], "big")
+            length = (plain[2] << 8) | plain[3]
             src = plain[12:16]
         elif version == 6:
-            if len(plain) < 40:
+            if n < 40:
                 self._drop(peer, "bad_inner_packet")
                 return
-            length = 40 + int.from_bytes(plain[4:6], "big")
+            length = 40 + ((plain[4] << 8) | plain[5])
             src = plain[8:24]
         else:
             self._drop(peer, "bad_inner_packet")
             return
-        if length > len(plain) or length < 20:
+        if length > n or length < 20:
             self._drop(peer, "bad_inner_packet")
             return
         if self.allowed.lookup(src) is not peer:
             self._drop(peer, "not_allowed_source")
             return
-        self._t_data_received(peer, now)
-        out.packets.append(plain[:length] if length != len(plain) else plain)
+        # _t_data_received, inlined (once per received packet)
+        if peer.send_keepalive_at is None:
+            peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
+        else:
+            peer.need_another_keepalive = True
+        out.packets.append(plain[:length] if length != n else plain)
 
     def _deliver_frame(self, peer: Peer, plain: bytes, now: float, out: Output) -> None:
         if len(plain) < HEADER_LEN + ETH_HLEN:
