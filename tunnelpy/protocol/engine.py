@@ -347,23 +347,29 @@ class Engine:
         out = Output()
         by_peer: dict[Peer, list[bytes]] = {}
         lookup = self.allowed.lookup
+        last_dst: bytes | None = None
+        peer: Peer | None = None
+        bucket: list[bytes] = []
         for pkt in packets:
             version = pkt[0] >> 4 if pkt else 0
             if version == 4 and len(pkt) >= 20:
-                peer = lookup(pkt[16:20])
+                dst = pkt[16:20]
             elif version == 6 and len(pkt) >= 40:
-                peer = lookup(pkt[24:40])
+                dst = pkt[24:40]
             else:
                 self.drops["tun_not_ip"] += 1
                 continue
+            if dst != last_dst:  # the segments of a TSO super-packet share one destination
+                last_dst = dst
+                peer = lookup(dst)
+                if peer is not None:
+                    bucket = by_peer.get(peer)
+                    if bucket is None:
+                        bucket = by_peer[peer] = []
             if peer is None:
                 self.drops["tun_no_route"] += 1
                 continue
-            bucket = by_peer.get(peer)
-            if bucket is None:
-                by_peer[peer] = [pkt]
-            else:
-                bucket.append(pkt)
+            bucket.append(pkt)
         for peer, pkts in by_peer.items():
             self.send_to_peer(peer, pkts, now, out)
         for peer in by_peer:
@@ -436,7 +442,7 @@ class Engine:
         mtu = self.mtu
         encrypt = kp.send.encrypt
         pack = _TRANSPORT_HEADER.pack
-        u64 = _U64.pack
+        nonce = _NONCE.pack
         remote = kp.remote_index
         counter = kp.send_counter
         sent = 0
@@ -451,9 +457,7 @@ class Engine:
                     pad = mtu - n
                 if pad:
                     p = p + _ZERO_PAD[:pad]
-            data = pack(MSG_TRANSPORT, remote, counter) + encrypt(
-                _NONCE_PREFIX + u64(counter), p, None
-            )
+            data = pack(MSG_TRANSPORT, remote, counter) + encrypt(nonce(0, counter), p, None)
             counter += 1
             sent += len(data)
             datagrams.append(data)
