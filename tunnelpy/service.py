@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,10 @@ class Service:
         self.user_override = user
         self.log_level_override = log_level_override
         self.notifier = notifier or systemd.Notifier()
+        self.watchdog = systemd.watchdog_interval()
+        # Like sd_notify(unset_environment=1): hooks run later must not talk to systemd as us.
+        for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            os.environ.pop(var, None)
         self.control: control.ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self.started = time.time()
@@ -119,7 +124,7 @@ class Service:
             self._drop(user)
         self.notifier.ready(self.status_line())
         self._last_status = self.status_line()
-        interval = systemd.watchdog_interval()
+        interval = self.watchdog
         if interval:
             log.debug("systemd watchdog: WATCHDOG=1 every %.1f s", interval)
             self._every(interval, self.notifier.watchdog)
