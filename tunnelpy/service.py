@@ -204,6 +204,11 @@ class Service:
             "user": self.user,
             "metrics": self.metrics.url if self.metrics else None,
         }
+        # The links the daemon built from topology sections, once it builds them: a method
+        # returning [{"kind", "name", "namespace", ...}] (the documented "topology" field).
+        topology = getattr(d, "topology_status", None)
+        if callable(topology):
+            extra["topology"] = topology()
         return control.device_status(
             name=d.name,
             engine=d.engine,
