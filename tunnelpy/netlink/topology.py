@@ -266,6 +266,10 @@ def _probe_here(wanted: list[tuple[str, str | None]]) -> dict[str, str]:
     return failures
 
 
+# (kind, mode) pairs this kernel has created once: a kernel does not lose a link kind while it
+# runs, so only the unknown ones are probed again (each probe is a fresh interpreter).
+_SUPPORTED: set[tuple[str, str | None]] = set()
+
 _PROBE_MAIN = (
     "import json, sys; from tunnelpy.netlink.topology import _probe_here; "
     "print(json.dumps(_probe_here([tuple(k) for k in json.loads(sys.argv[1])])))"
@@ -277,7 +281,7 @@ def probe_kinds(kinds: set[tuple[str, str | None]]) -> dict[tuple[str, str | Non
     the probes run in a new interpreter inside a new, unnamed network namespace that vanishes
     with it. (Not a fork: the daemon calls this from a thread, and a forked child of a threaded
     process can deadlock on a lock another thread held.)"""
-    wanted = sorted(kinds, key=lambda k: (k[0], k[1] or ""))
+    wanted = sorted(kinds - _SUPPORTED, key=lambda k: (k[0], k[1] or ""))
     if not wanted:
         return {}
     argv = [sys.executable, "-c", _PROBE_MAIN, json.dumps(wanted)]
@@ -300,6 +304,7 @@ def probe_kinds(kinds: set[tuple[str, str | None]]) -> dict[tuple[str, str | Non
     for key, why in raw.items():
         kind, mode = key.split("\0")
         out[(kind, mode or None)] = why
+    _SUPPORTED.update(k for k in wanted if k not in out)
     return out
 
 
