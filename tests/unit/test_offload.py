@@ -323,3 +323,32 @@ def test_coalesce_tap_frames():
 def test_single_segment_goes_plain():
     (s,) = segments(n=1)
     assert o.coalesce([s]) == [[o.ZERO_VNET_HDR, s]]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_udp_only_with_uso_and_round_trips(v6):
+    size = 64
+    pkt = (ipv6 if v6 else ipv4)(udp(payload_of(size * 70 + 10)), 17)
+    dgrams = o.split(tso(pkt, o.GSO_UDP_L4, size))
+    assert len(dgrams) == 71
+    assert all(u == [o.ZERO_VNET_HDR, d] for u, d in zip(o.coalesce(dgrams), dgrams, strict=True))
+    units = o.coalesce(dgrams, uso=True)
+    assert [len(u) - 2 for u in units] == [64, 7]  # at most 64 datagrams per USO write
+    flags, gso_type, hdr_len, gso_size, start, off = o.VNET_HDR.unpack_from(units[0][0])
+    h = 40 if v6 else 20
+    assert (flags, gso_type, hdr_len, gso_size, start, off) == (
+        o.F_NEEDS_CSUM, o.GSO_UDP_L4, h + 8, size, h, 6,
+    )  # fmt: skip
+    again = [s for u in units for s in o.split(flatten(u))]
+    assert [s[h + 8 :] for s in again] == [d[h + 8 :] for d in dgrams]
+    assert all(l4_ok(s, 17) for s in again)
+
+
+def test_coalesce_udp_other_flow_or_bigger_datagram_starts_anew():
+    a = ipv4(udp(b"a" * 64), 17)
+    b = with_l4_csum(a[:20] + b"\x9c\x41" + a[22:], 17)  # another source port
+    big = ipv4(udp(b"c" * 100), 17)
+    short = ipv4(udp(b"d" * 10), 17)
+    short = with_l4_csum(short[:20] + b"\x9c\x41" + short[22:], 17)
+    units = o.coalesce([a, b, a, big, b, short, a], uso=True)
+    assert [len(u) - 2 for u in units] == [2, 3, 2]  # a+a, b+b+short, big+a (shorter ends)

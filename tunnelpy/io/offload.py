@@ -78,6 +78,7 @@ _FIRST_ONLY = TCP_CWR
 MAX_IP_LEN = 65535
 # What a GRO super-packet may reach: IPv4's total length (and IPv6's payload length) is 16 bits.
 MAX_COALESCED = 65535
+USO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels: the most a UDP GSO packet may carry
 _M = 0xFFFF
 
 _U16 = struct.Struct(">H")
@@ -143,11 +144,14 @@ def _payload_sums(buf: Buffer, start: int, end: int, size: int) -> list[int]:
 def complete_checksum(pkt: Buffer, csum_start: int, csum_offset: int) -> bytes:
     """Finish a NEEDS_CSUM checksum: the field holds the pseudo-header sum, sum from csum_start."""
     at = csum_start + csum_offset
-    if at + 2 > len(pkt) or csum_start > len(pkt):
+    if at + 2 > len(pkt):
         raise OffloadError("checksum offset beyond the packet")
-    out = bytearray(pkt)
-    _U16.pack_into(out, at, finish(ones_sum(memoryview(out)[csum_start:])))
-    return bytes(out)
+    # (Small packets: summing and slicing the original beats copying into a bytearray.)
+    tail = pkt[csum_start:]
+    total = int.from_bytes(tail, "big")
+    if len(tail) & 1:
+        total <<= 8
+    return b"".join((pkt[:at], _U16.pack(_M - total % _M), pkt[at + 2 :]))
 
 
 # ------------------------------------------------------------------------------ splitting --
@@ -368,6 +372,7 @@ class _Flow:
         "next_seq",
         "open",
         "psh",
+        "udp",
     )
 
     def __init__(
@@ -384,9 +389,12 @@ class _Flow:
         self.next_seq = (seq + plen) & 0xFFFFFFFF
         self.open = True  # False once a shorter piece or PSH ended it
         self.psh = False
+        self.udp = False
 
 
-def coalesce(packets: Sequence[Buffer], *, l2: bool = False) -> list[list[Buffer]]:
+def coalesce(
+    packets: Sequence[Buffer], *, l2: bool = False, uso: bool = False
+) -> list[list[Buffer]]:
     """Packets (or frames, `l2`) to write -> write units: [virtio_net_hdr, piece, piece...].
 
     TCP segments that continue one another in sequence and share every header field but
@@ -396,6 +404,10 @@ def coalesce(packets: Sequence[Buffer], *, l2: bool = False) -> list[list[Buffer
     checks its checksum as usual. A segment joins only the super-packet it directly continues,
     so the bytes of one flow reach the kernel in sequence order. Units keep the order of their
     first packet. Each IP packet must have its exact length (padding trimmed).
+
+    `uso` (the device took TUN_F_USO4/6): UDP datagrams of one flow (same addresses, ports,
+    TOS, TTL) and one payload size, the last possibly shorter, become one GSO_UDP_L4 write, which
+    the kernel cuts again before any socket sees it: one syscall for a burst of small datagrams.
     """
     units: list[list[Buffer]] = []
     flows: dict[bytes, _Flow] = {}
@@ -403,21 +415,53 @@ def coalesce(packets: Sequence[Buffer], *, l2: bool = False) -> list[list[Buffer
     for p in packets:
         n = len(p)
         l3 = l3_offset(p) if l2 else 0
-        if n < l3 + 40:
+        if n < l3 + 28:  # shorter than IPv4 + UDP headers
             units.append([ZERO_VNET_HDR, p])
             continue
         b0 = p[l3]
         if b0 >> 4 == 4:
-            # TCP, not a fragment (MF and fragment offset zero)
-            if p[l3 + 9] != IPPROTO_TCP or p[l3 + 6] & 0x3F or p[l3 + 7]:
+            # not a fragment (MF and fragment offset zero)
+            if p[l3 + 6] & 0x3F or p[l3 + 7]:
                 units.append([ZERO_VNET_HDR, p])
                 continue
+            proto = p[l3 + 9]
             t = l3 + (b0 & 0x0F) * 4
             v6 = False
-        elif b0 >> 4 == 6 and p[l3 + 6] == IPPROTO_TCP and n >= l3 + 60:
+        elif b0 >> 4 == 6 and n >= l3 + 48:
+            proto = p[l3 + 6]
             t = l3 + 40
             v6 = True
         else:
+            units.append([ZERO_VNET_HDR, p])
+            continue
+        if proto == IPPROTO_UDP and uso and n > t + 8:
+            # UDP datagrams of one flow and one size (the last may be shorter) -> one USO write.
+            h = t + 8
+            plen = n - h
+            if v6:
+                sig = p[: l3 + 4] + p[l3 + 6 : t + 4]
+            else:
+                sig = p[: l3 + 2] + p[l3 + 6 : l3 + 10] + p[l3 + 12 : t + 4]
+            flow = flows.get(sig)
+            if (
+                flow is not None
+                and flow.open
+                and plen <= flow.gso
+                and len(flow.pieces) < USO_MAX_SEGMENTS
+                and flow.size + plen + h - l3 <= MAX_COALESCED
+            ):
+                flow.pieces.append(memoryview(p)[h:])
+                flow.size += plen
+                if plen < flow.gso:
+                    flow.open = False
+                continue
+            flow = _Flow(p, l3, t - l3, h, v6, 0, plen)
+            flow.udp = True
+            flows[sig] = flow
+            builders.append((len(units), flow))
+            units.append([])
+            continue
+        if proto != IPPROTO_TCP:
             units.append([ZERO_VNET_HDR, p])
             continue
         if n < t + 20:
@@ -473,6 +517,8 @@ def _unit(flow: _Flow) -> list[Buffer]:
     l3, h = flow.l3, flow.h
     hdr = bytearray(memoryview(first)[:h])
     t = l3 + flow.iphl
+    if flow.udp:
+        return _udp_unit(flow, hdr, t)
     thl = h - t
     l4_len = thl + flow.size
     if flow.v6:
@@ -490,4 +536,22 @@ def _unit(flow: _Flow) -> list[Buffer]:
     # NEEDS_CSUM: the field holds the folded pseudo-header sum; the kernel adds the rest.
     _U16.pack_into(hdr, t + 16, fold(psum))
     vnet = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, h, flow.gso, t, 16)
+    return [vnet, hdr, *flow.pieces]
+
+
+def _udp_unit(flow: _Flow, hdr: bytearray, t: int) -> list[Buffer]:
+    """A GSO_UDP_L4 write: the UDP length and pseudo-header sum are those of the whole, as the
+    kernel's segmentation replaces the length in both per datagram."""
+    l3 = flow.l3
+    l4_len = 8 + flow.size
+    if flow.v6:
+        _U16.pack_into(hdr, l3 + 4, l4_len)
+        psum = pseudo_sum(hdr[l3 + 8 : l3 + 24], hdr[l3 + 24 : l3 + 40], IPPROTO_UDP, l4_len)
+    else:
+        _U16.pack_into(hdr, l3 + 2, flow.iphl + l4_len)
+        _U16.pack_into(hdr, l3 + 10, 0)
+        _U16.pack_into(hdr, l3 + 10, finish(ones_sum(memoryview(hdr)[l3:t])))
+        psum = pseudo_sum(hdr[l3 + 12 : l3 + 16], hdr[l3 + 16 : l3 + 20], IPPROTO_UDP, l4_len)
+    _U16U16.pack_into(hdr, t + 4, l4_len, fold(psum))
+    vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_UDP_L4, t + 8, flow.gso, t, 6)
     return [vnet, hdr, *flow.pieces]

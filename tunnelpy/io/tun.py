@@ -67,6 +67,9 @@ class Tun:
         self.read_drops = 0  # super-packets we could not split (never expected)
         self.vnet_hdr = offload
         self.offloads = self._enable_offloads() if offload else ""
+        # Writing USO (GSO_UDP_L4) packets needs a kernel that knows them: the same that took
+        # TUN_F_USO4/6 (6.2+).
+        self.uso = "uso" in self.offloads
 
     def _enable_offloads(self) -> str:
         """TUNSETVNETHDRSZ and TUNSETOFFLOAD; returns what the kernel took, e.g. "csum tso uso"."""
@@ -120,7 +123,7 @@ class Tun:
         fd = self.fd
         if self.vnet_hdr:
             writev = os.writev
-            for unit in off.coalesce(packets, l2=self.tap):
+            for unit in off.coalesce(packets, l2=self.tap, uso=self.uso):
                 try:
                     writev(fd, unit)
                 except OSError:
