@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Ratio table for anchors.sh results: each tunnel as a fraction of wireguard-go and raw veth.
+"""Ratio table for anchors.sh results: each tunnel against the best userspace anchor and raw veth.
 
 Usage: python3 bench/ratios.py RESULTS.tsv...
 
 Reads the TSV lines anchors.sh writes (run, tunnel, metric, value) and prints, per tunnel, the
-median of each metric over runs and its ratio to the `wggo` and `raw` medians. Runs disturbed by
-other jobs (foreign_pct > 10) are left out when a clean run of the same tunnel exists: the same
-rule anchors.sh's own table uses, so the two tables agree.
+median of each metric over runs, its ratio to the best userspace anchor's median of that metric
+(`/best`: the highest of wireguard-go, fastd, OpenVPN, tinc... measured in the same files) and
+to the raw veth (`/raw`), and the CPU cost: both daemons' CPU seconds per gigabit moved during
+TCP x1 (`CPU s/Gbit`, lower is better). Runs disturbed by other jobs (foreign_pct > 10) are
+left out when a clean run of the same tunnel exists: the same rule anchors.sh's own table uses,
+so the two tables agree.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import sys
 from collections import defaultdict
 
 CLEAN = 10.0  # foreign_pct at or below this counts as an undisturbed run
-ANCHORS = ("wggo", "raw")
+RAW = "raw"
+# Rows that are not userspace VPNs: the ceiling, kernel tunnels, and tunnelpyd itself.
+NOT_ANCHORS = ("raw", "raw-nooff", "vxlan", "socat", "socat-buf", "custom")
 COLUMNS = [  # (header, metric, format)
     ("TCP x1 Gbit/s", "tcp1_gbps", "{:.2f}"),
     ("TCP x4 Gbit/s", "tcp4_gbps", "{:.2f}"),
@@ -24,6 +29,10 @@ COLUMNS = [  # (header, metric, format)
 ]
 
 Runs = dict[tuple[str, str], dict[str, float]]
+
+
+def is_anchor(name: str) -> bool:
+    return name not in NOT_ANCHORS and not name.startswith("tunnelpyd")
 
 
 def load(paths: list[str]) -> tuple[Runs, list[str]]:
@@ -61,26 +70,45 @@ def medians(runs: Runs) -> dict[tuple[str, str], float]:
         for m in clean:
             for metric, v in m.items():
                 values[metric].append(v)
+            if m.get("tcp1_gbps") and m.get("daemon_cpu_pct"):  # (raw has no daemon)
+                # CPU seconds per second / Gbit per second = CPU seconds per gigabit
+                values["cpu_s_per_gbit"].append(m["daemon_cpu_pct"] / 100 / m["tcp1_gbps"])
         for metric, vs in values.items():
             out[name, metric] = statistics.median(vs)
     return out
+
+
+def best_anchor(med: dict[tuple[str, str], float], order: list[str], metric: str) -> str | None:
+    scored = [(med[n, metric], n) for n in order if is_anchor(n) and med.get((n, metric))]
+    return max(scored)[1] if scored else None
 
 
 def table(runs: Runs, order: list[str]) -> str:
     med = medians(runs)
     header = ["tunnel"]
     for title, _, _ in COLUMNS:
-        header += [title] + [f"/{a}" for a in ANCHORS]
-    header.append("daemon CPU%")
+        header += [title, "/best", "/raw"]
+    header += ["CPU s/Gbit", "/best", "daemon CPU%"]
     rows = [header]
+    best = {metric: best_anchor(med, order, metric) for _, metric, _ in COLUMNS}
+    cpu_scored = [
+        (med[n, "cpu_s_per_gbit"], n)
+        for n in order
+        if is_anchor(n) and (n, "cpu_s_per_gbit") in med
+    ]
+    best_cpu = min(cpu_scored)[1] if cpu_scored else None
     for name in order:
         row = [name]
         for _, metric, fmt in COLUMNS:
             v = med.get((name, metric))
             row.append(fmt.format(v) if v is not None else "-")
-            for anchor in ANCHORS:
-                ref = med.get((anchor, metric))
-                row.append(f"{v / ref:.3f}" if v is not None and ref else "-")
+            for anchor in (best[metric], RAW):
+                ref = med.get((anchor, metric)) if anchor else None
+                row.append(f"{v / ref:.2f}" if v is not None and ref else "-")
+        cps = med.get((name, "cpu_s_per_gbit"))
+        ref = med.get((best_cpu, "cpu_s_per_gbit")) if best_cpu else None
+        row.append(f"{cps:.2f}" if cps is not None else "-")
+        row.append(f"{cps / ref:.2f}" if cps is not None and ref else "-")
         cpu = med.get((name, "daemon_cpu_pct"))
         row.append(f"{cpu:.0f}" if cpu is not None else "-")
         rows.append(row)
@@ -91,10 +119,12 @@ def table(runs: Runs, order: list[str]) -> str:
             c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
         ]
         lines.append("  ".join(cells))
+    named = ", ".join(f"{t} {best[m] or '-'}" for t, m, _ in COLUMNS)
     lines.append(
-        "\n(medians over clean runs; /wggo and /raw = this tunnel's median divided by the"
-        " wireguard-go or raw-veth median of the same metric; daemon CPU% = both daemons in %"
-        " of one core during TCP x1)"
+        f"\nbest userspace anchor per metric: {named}, CPU s/Gbit {best_cpu or '-'}"
+        "\n(medians over clean runs; /best = this tunnel's median divided by that anchor's median"
+        " of the same metric (for CPU s/Gbit below 1 is better), /raw = divided by the raw veth;"
+        " CPU s/Gbit and daemon CPU% = both daemons during TCP x1)"
     )
     return "\n".join(lines)
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# run.sh - tunnelpyd measured next to its anchors (raw veth, wireguard-go, fastd) in one run.
+# run.sh - tunnelpyd measured next to its anchors (raw veth, wireguard-go, fastd, OpenVPN) in one run.
 #
 # Usage:  bench/run.sh [-n RUNS] [-t SECONDS] [TUNNEL...]
 #         bench/run.sh -s RESULTS.tsv...      (only print the tables again)
-#   default tunnels: raw wggo [fastd, when installed] tunnelpyd
+#   default tunnels: raw wggo [fastd] [ovpn-gcm] (when installed) tunnelpyd-off tunnelpyd
 #   -n RUNS     interleaved repetitions; tables show medians (default 3)
 #   -t SECONDS  iperf3 duration per test (default 5)
 #   env: everything anchors.sh reads (P4=0, UDP=0, CRYPTO=0, MTU, QUIET_WAIT, OUTDIR) and the
@@ -33,7 +33,8 @@ if [ $# -gt 0 ]; then
 else
   TUNNELS=(raw wggo)
   command -v fastd >/dev/null && TUNNELS+=(fastd)
-  TUNNELS+=(tunnelpyd)
+  command -v openvpn >/dev/null && TUNNELS+=(ovpn-gcm)
+  TUNNELS+=(tunnelpyd-off tunnelpyd)
 fi
 
 # A fresh results directory per run, so the ratio table reads exactly this run's file.

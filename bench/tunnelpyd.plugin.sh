@@ -4,6 +4,9 @@
 # endpoints on the veth underlay, the same MTU and port as the wggo anchor, so the rows compare
 # like with like. anchors.sh kills the daemons (bg_in PIDs) and deletes both namespaces after.
 #
+# Tunnels: tunnelpyd (Offload = auto: TUN TSO/GRO, UDP GSO/GRO) and tunnelpyd-off
+# (Offload = off: one packet per syscall), so one run shows what the offloads are worth.
+#
 # env: TUNNELPYD       command that starts the daemon (default: tunnelpyd on PATH, else this
 #                      checkout's tunnelpy.cli via python3 -c)
 #      TUNNELPYD_ARGS  extra daemon arguments, e.g. "--log-level debug"
@@ -33,6 +36,7 @@ PrivateKey = $(cat "$W/$2.key")
 ListenPort = 51820
 Address = $3/24
 MTU = $MTU
+Offload = ${TP_OFFLOAD:-auto}
 
 [Peer]
 Name = bench-peer
@@ -42,7 +46,11 @@ AllowedIPs = $6/32
 CONF
 }
 
-tun_tunnelpyd_up() {
+tun_tunnelpyd_up() { TP_OFFLOAD=auto tp_up tunnelpyd; }
+tun_tunnelpyd-off_up() { TP_OFFLOAD=off tp_up tunnelpyd-off; }
+
+tp_up() {                # tp_up ROW : both daemons, with $TP_OFFLOAD
+  local row=$1
   local -a cmd; mapfile -t cmd < <(tp_daemon_cmd)
   # The checkout must be importable inside `ip netns exec` when tunnelpyd is not installed.
   export PYTHONPATH="$TUNNELPY_ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -51,14 +59,17 @@ tun_tunnelpyd_up() {
    tp_conf "$TP_A" tp-a "$IN_A" "$UL_B" tp-b "$IN_B" >"$W/$TP_A.conf"
    tp_conf "$TP_B" tp-b "$IN_B" "$UL_A" tp-a "$IN_A" >"$W/$TP_B.conf")
   # shellcheck disable=SC2086  # TUNNELPYD_ARGS is a word list on purpose
-  bg_in "$NS_A" "$W/tunnelpyd-a.log" "${cmd[@]}" -c "$W/$TP_A.conf" ${TUNNELPYD_ARGS:-}
+  bg_in "$NS_A" "$W/$row-a.log" "${cmd[@]}" -c "$W/$TP_A.conf" ${TUNNELPYD_ARGS:-}
   # shellcheck disable=SC2086
-  bg_in "$NS_B" "$W/tunnelpyd-b.log" "${cmd[@]}" -c "$W/$TP_B.conf" ${TUNNELPYD_ARGS:-}
+  bg_in "$NS_B" "$W/$row-b.log" "${cmd[@]}" -c "$W/$TP_B.conf" ${TUNNELPYD_ARGS:-}
   wait_link "$NS_A" "$TP_A" && wait_link "$NS_B" "$TP_B" || return 1
   local rev; rev=$(git -C "$TUNNELPY_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-  NOTE[tunnelpyd]="tunnelpyd $rev, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
+  NOTE[$row]="tunnelpyd $rev, Offload = $TP_OFFLOAD, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
 }
 
 tun_tunnelpyd_down() {   # keep the daemon's own view of the session next to the results
   nsa wg show "$TP_A" >"$OUTDIR/tunnelpyd-wg-show-run$RUN.txt" 2>&1 || true
+}
+tun_tunnelpyd-off_down() {
+  nsa wg show "$TP_A" >"$OUTDIR/tunnelpyd-off-wg-show-run$RUN.txt" 2>&1 || true
 }
