@@ -352,3 +352,14 @@ def test_coalesce_udp_other_flow_or_bigger_datagram_starts_anew():
     short = with_l4_csum(short[:20] + b"\x9c\x41" + short[22:], 17)
     units = o.coalesce([a, b, a, big, b, short, a], uso=True)
     assert [len(u) - 2 for u in units] == [2, 3, 2]  # a+a, b+b+short, big+a (shorter ends)
+
+
+def test_coalesce_tap_ignores_ethernet_padding():
+    segs = segments(n=3, mss=1368)
+    tiny = [ipv4(tcp(5000 + i, 0x10, b"z"), 6, ident=i) for i in range(2)]
+    tiny = [with_l4_csum(t, 6) for t in tiny]
+    frames = [ETH + t + bytes(60 - 14 - len(t)) if 14 + len(t) < 60 else ETH + t for t in tiny]
+    units = o.coalesce([ETH + s for s in segs] + frames, l2=True)
+    assert len(units) == 2
+    # one byte each, no padding bytes: segmenting the unit again gives the unpadded frames
+    assert o.split(flatten(units[1]), l2=True) == [ETH + t for t in tiny]

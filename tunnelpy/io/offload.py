@@ -414,7 +414,20 @@ def coalesce(
     builders: list[tuple[int, _Flow]] = []
     for p in packets:
         n = len(p)
-        l3 = l3_offset(p) if l2 else 0
+        l3 = 0
+        if l2:
+            l3 = l3_offset(p)
+            if n >= l3 + 20:
+                # Ethernet pads short frames to 60 bytes: the IP length says where data ends.
+                v = p[l3] >> 4
+                end = n
+                if v == 4:
+                    end = l3 + ((p[l3 + 2] << 8) | p[l3 + 3])
+                elif v == 6:
+                    end = l3 + 40 + ((p[l3 + 4] << 8) | p[l3 + 5])
+                if l3 + 20 <= end < n:
+                    p = p[:end]
+                    n = end
         if n < l3 + 28:  # shorter than IPv4 + UDP headers
             units.append([ZERO_VNET_HDR, p])
             continue
