@@ -107,8 +107,10 @@ class Tun:
                 else:
                     try:
                         out.extend(split(buf, l2=l2))
-                    except off.OffloadError:
+                    except off.OffloadError as e:
                         self.read_drops += 1
+                        if self.read_drops == 1:  # once: a kind of packet we cannot split
+                            log.warning("%s: dropped a packet we cannot segment: %s", self.name, e)
                 if len(out) >= MAX_SEGMENTS:
                     break
         except BlockingIOError:
