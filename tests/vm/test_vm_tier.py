@@ -100,6 +100,7 @@ def test_vm_tier(tmp_path: Path) -> None:
             found = case.find(tag)
             if found is not None:
                 outcome, why = tag, (found.get("message") or "")[:200]
-        print(f"  {outcome:8} {case.get('name')}" + (f": {why}" if why else ""))
+        took = float(case.get("time") or 0)
+        print(f"  {outcome:8} {took:5.1f} s {case.get('name')}" + (f": {why}" if why else ""))
     assert res.returncode == 0 and counts["failures"] == counts["errors"] == 0, output
     assert counts["tests"] - counts["skipped"] >= 4, f"the guest ran too few tests: {counts}"
