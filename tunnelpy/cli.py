@@ -6,40 +6,13 @@ User mistakes end here as one line on stderr and exit status 1 — never a trace
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 from . import config as cfgmod
 from . import keys
+from .logsetup import LEVELS, setup_logging
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-
-class _JournalFormatter(logging.Formatter):
-    """Under systemd (stderr is the journal) prefix sd-daemon priorities and add no timestamps."""
-
-    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIO.get(record.levelno, 6)}>{record.getMessage()}"
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    # Our own loggers follow --log-level; libraries (pyroute2 is very chatty at debug) stay at
-    # warning so a debug log is about the tunnel, not netlink internals.
-    root.setLevel(logging.WARNING)
-    for name in ("tunnelpyd", "tunnelpy"):
-        logging.getLogger(name).setLevel(LEVELS.get(level, logging.INFO))
+CONTROL_DIR = "/run/tunnelpy"  # control.DEFAULT_DIRECTORY (not imported: cli stays light)
 
 
 def _fail(prog: str, msg: str) -> int:
@@ -68,6 +41,10 @@ def daemon_main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--uapi-dir", default="/var/run/wireguard", help="where the WireGuard UAPI socket goes"
     )
+    ap.add_argument(
+        "--control-dir", default=CONTROL_DIR, help="where the tunnelpy control socket goes"
+    )
+    ap.add_argument("--user", help="drop to this user after start-up (overrides User =)")
     args = ap.parse_args(argv)
     try:
         conf = load_config(args.config)
@@ -79,7 +56,13 @@ def daemon_main(argv: list[str] | None = None) -> int:
 
     from .daemon import Daemon, StartupError
 
-    daemon = Daemon(conf, uapi_dir=args.uapi_dir)
+    daemon = Daemon(
+        conf,
+        uapi_dir=args.uapi_dir,
+        control_dir=args.control_dir,
+        user=args.user,
+        log_level_override=args.log_level,
+    )
     try:
         return uvloop.run(daemon.run())
     except StartupError as e:
@@ -122,7 +105,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     from .show import show
 
-    return show(args.name, as_json=args.json, uapi_dir=args.uapi_dir)
+    return show(args.name, as_json=args.json, uapi_dir=args.uapi_dir, control_dir=args.control_dir)
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from . import control
+
+    path = control.socket_path(args.name, args.control_dir)
+    try:
+        result = control.request(path, "reload", timeout=60.0)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return _fail("tunnelpy reload", f"no running tunnelpyd {args.name} (no {path})")
+    except (OSError, control.ControlError) as e:
+        return _fail("tunnelpy reload", str(e))
+    print(f"{args.name}: {result['summary']}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -144,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", nargs="?")
     p.add_argument("--json", action="store_true")
     p.add_argument("--uapi-dir", default="/var/run/wireguard")
+    p.add_argument("--control-dir", default=CONTROL_DIR)
     p.set_defaults(fn=_cmd_show)
+    p = sub.add_parser("reload", help="make a running tunnelpyd re-read its config (as SIGHUP)")
+    p.add_argument("name")
+    p.add_argument("--control-dir", default=CONTROL_DIR)
+    p.set_defaults(fn=_cmd_reload)
     p = sub.add_parser("demo", help="two sites in network namespaces, ping across, tear down")
     p.add_argument("--keep", action="store_true", help="keep the lab up until Ctrl-C")
     p.set_defaults(fn=_cmd_demo)

@@ -33,6 +33,7 @@ from .protocol.engine import Engine, Event
 from .protocol.peer import Peer
 from .protocol.vxlan import ETH_HLEN, VxlanEngine
 from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
+from .service import Service
 
 log = logging.getLogger("tunnelpyd")
 
@@ -52,8 +53,21 @@ def _is_literal(host: str) -> bool:
 
 
 class Daemon:
-    def __init__(self, conf: cfgmod.Config, *, uapi_dir: str = "/var/run/wireguard") -> None:
+    def __init__(
+        self,
+        conf: cfgmod.Config,
+        *,
+        uapi_dir: str = "/var/run/wireguard",
+        control_dir: str = "/run/tunnelpy",
+        user: str | None = None,
+        log_level_override: str | None = None,
+    ) -> None:
         self.conf = conf
+        # systemd readiness, control socket, metrics, reload, User drop (service.py)
+        self.service: Service | None = None
+        self._service_args = {
+            "control_dir": control_dir, "user": user, "log_level_override": log_level_override,
+        }  # fmt: skip
         self.name = conf.interface.name
         self.uapi_dir = uapi_dir
         self.plain_vxlan = conf.interface.transport == cfgmod.TRANSPORT_VXLAN
@@ -93,6 +107,9 @@ class Daemon:
             log.warning("TUNNELPY_TEST_TIME_SCALE=%s: protocol timers run faster (testing only)", scale)
         try:
             await self._start()
+            # Devices, addresses, routes and topology are up: READY=1 comes from here.
+            self.service = Service(self, **self._service_args)
+            await self.service.start()
         except StartupError:
             await self._teardown()
             raise
@@ -263,6 +280,9 @@ class Daemon:
         return self.conf.interface.mtu - VXLAN_HLEN - ETH_HLEN
 
     async def _teardown(self) -> None:
+        if self.service is not None:
+            await self.service.close()  # STOPPING=1; control socket and metrics go first
+            self.service = None
         if self.datapath is not None:
             self.datapath.stop()
             self.datapath = None
