@@ -326,3 +326,27 @@ def test_parse_get_error_and_fields():
     assert p["persistent_keepalive"] == 25 and p["preshared_key"] is False
     with pytest.raises(OSError):
         show.parse_get("errno=-22\n\n")
+
+
+def test_cli_reload_and_show(tmp_path, capsys):
+    from tunnelpy.cli import main
+
+    assert main(["reload", "nothere", "--control-dir", str(tmp_path)]) == 1
+    assert "no running tunnelpyd nothere" in capsys.readouterr().err
+
+    def reload_handler(req):
+        return {"operations": ["add peer c"], "restart_needed": [], "summary": "add peer c"}
+
+    def client(path):
+        return (
+            main(["reload", "tp0", "--control-dir", str(tmp_path / "run")]),
+            main(["show", "--json", "--control-dir", str(tmp_path / "run"),
+                  "--uapi-dir", str(tmp_path / "none")]),
+        )  # fmt: skip
+
+    rc_reload, rc_show = serve(
+        tmp_path, {"reload": reload_handler, "show": lambda r: {"name": "tp0", "peers": []}}, client
+    )
+    out = capsys.readouterr().out
+    assert rc_reload == 0 and "tp0: add peer c" in out
+    assert rc_show == 0 and '"name": "tp0"' in out
