@@ -91,6 +91,8 @@ class Daemon:
         self._undo: list[Callable[[], None]] = []
         self._hostnames: dict[bytes, tuple[str, int]] = {}  # peer key -> configured host:port
         self._resolving: set[bytes] = set()
+        # Offload = auto: TUN/TAP TSO+GRO and UDP GSO+GRO (docs/performance.md); off: none.
+        self.offload = conf.interface.offload != cfgmod.OFFLOAD_OFF
 
     # ------------------------------------------------------------------ life cycle
 
@@ -143,6 +145,8 @@ class Daemon:
             log.warning("%s", w)
         if ic.dns:
             log.warning("DNS = %s is not applied by tunnelpyd (configure your resolver)", ", ".join(ic.dns))
+        if ic.workers is not None and ic.workers > 1:
+            log.warning("Workers = %d: this version runs one data-path process", ic.workers)
 
         # 1. Everything that can fail without side effects.
         endpoints: list[tuple[str, int] | None] = []
@@ -186,7 +190,11 @@ class Daemon:
         if iface.needs_default_route_rules(nets, ic.table) and not self.fwmark:
             self.fwmark = iface.DEFAULT_ROUTE_TABLE
         try:
-            self.udp = VxlanSocket(ic.listen_port, self.fwmark) if vxlan else UdpSocket(ic.listen_port, self.fwmark)
+            self.udp = (
+                VxlanSocket(ic.listen_port, self.fwmark)
+                if vxlan
+                else UdpSocket(ic.listen_port, self.fwmark, offload=self.offload)
+            )
         except OSError as e:
             raise StartupError(str(e)) from None
         self._add_peers(endpoints)
@@ -194,11 +202,16 @@ class Daemon:
         self._run_hooks("PreUp", ic.pre_up)
         try:
             if not vxlan:
-                self.tun = Tun(self.name)
+                self.tun = Tun(self.name, offload=self.offload)
             for seg in conf.segments:
-                self.taps[seg.vni] = Tun(seg.device, tap=True)
+                self.taps[seg.vni] = Tun(seg.device, tap=True, offload=self.offload)
         except Exception as e:
             raise StartupError(str(e)) from None
+        if self.tun is not None and isinstance(self.udp, UdpSocket):
+            log.info(
+                "%s: offloads %s; UDP GSO %s, GRO %s", self.name, self.tun.offloads or "off",
+                "on" if self.udp.gso else "off", "on" if self.udp.gro else "off",
+            )  # fmt: skip
         try:
             if self.tun is not None:
                 await self._blocking(iface.configure_device, self.name, ic.mtu, list(ic.addresses))
@@ -385,7 +398,7 @@ class Daemon:
         elif req.private_key is None:
             log.warning("UAPI: removing the private key is not supported; key kept")
         if req.listen_port is not None and self.udp is not None and req.listen_port != self.udp.port:
-            new = UdpSocket(req.listen_port, self.fwmark)
+            new = UdpSocket(req.listen_port, self.fwmark, offload=self.offload)
             old = self.udp
             self.udp = new
             if self.datapath is not None:
