@@ -8,12 +8,19 @@ SHA-256 (Lab.tcp_transfer), in both directions, over IPv4 and IPv6 inner address
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 from sites import new_site, start
 
-pytestmark = pytest.mark.root
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.environ.get("TUNNELPY_TEST_OFFLOAD", "").lower() == "off",
+        reason="TUNNELPY_TEST_OFFLOAD=off forces offloads off: this test compares on and off",
+    ),
+]
 
 UA, UB = "10.41.0.1", "10.41.0.2"
 

@@ -6,7 +6,23 @@ import errno
 import logging
 import select
 
+import pytest
+
 from tunnelpy.io.udp import UdpSocket
+
+
+@pytest.fixture(autouse=True)
+def _offloads_not_forced_off(monkeypatch):
+    monkeypatch.delenv("TUNNELPY_TEST_OFFLOAD", raising=False)
+
+
+def test_testing_knob_forces_offloads_off(monkeypatch):
+    monkeypatch.setenv("TUNNELPY_TEST_OFFLOAD", "off")
+    s = UdpSocket(0)
+    try:
+        assert not s.gso and not s.gro
+    finally:
+        s.close()
 
 
 def _drain(sock: UdpSocket, want: int, timeout: float = 2.0) -> list[tuple[bytes, tuple]]:

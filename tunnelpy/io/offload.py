@@ -31,6 +31,7 @@ flags u8, gso_type u8, hdr_len u16, gso_size u16, csum_start u16, csum_offset u1
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from collections.abc import Sequence
 
@@ -84,6 +85,12 @@ _M = 0xFFFF
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U16U16 = struct.Struct(">HH")
+
+
+def forced_off() -> bool:
+    """Testing knob: ``TUNNELPY_TEST_OFFLOAD=off`` turns every offload off whatever the config
+    says, so the whole integration suite can run once with offloads and once without."""
+    return os.environ.get("TUNNELPY_TEST_OFFLOAD", "").lower() == "off"
 
 
 class OffloadError(ValueError):

@@ -43,6 +43,7 @@ class TunError(Exception):
 class Tun:
     def __init__(self, name: str, *, tap: bool = False, offload: bool = False) -> None:
         flags = (pytun.IFF_TAP if tap else pytun.IFF_TUN) | pytun.IFF_NO_PI
+        offload = offload and not off.forced_off()
         if offload:
             flags |= pytun.IFF_VNET_HDR
         try:

@@ -20,6 +20,8 @@ import logging
 import socket
 import struct
 
+from .offload import forced_off
+
 Addr = tuple[str, int]
 _LE = struct.pack("=H", 1) == b"\x01\x00"  # cmsg ints are in host order
 SO_MARK = 36
@@ -82,6 +84,7 @@ class UdpSocket:
         self.sock = sock
         self.port: int = sock.getsockname()[1]
         self.send_errors = 0
+        offload = offload and not forced_off()
         self.gso = offload
         self.gro = False
         if offload:
