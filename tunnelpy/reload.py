@@ -5,8 +5,8 @@ Pure: :func:`diff` compares two parsed :class:`~tunnelpy.config.Config` objects 
 the way ``wg syncconf`` applies a file:
 
 1. interface changes that can be made live (private key, listen port, fwmark, MTU, addresses,
-   log level, metrics address); the ones that cannot (Name, Transport, Table…) are listed in
-   ``restart_needed`` and left as they are (the daemon logs them);
+   log level, metrics address); the ones that cannot (Name, Transport, Table, User, Offload,
+   Workers) are listed in ``restart_needed`` and left as they are (the daemon logs them);
 2. peers removed (identified by public key, or by Name with ``Transport = vxlan`` whose peers have
    no keys), then peers added, then changed peers updated field by field — a peer whose fields are
    all equal gets no operation at all, so its session and handshake time are untouched;
@@ -31,7 +31,7 @@ LIVE_INTERFACE_FIELDS = (
     "private_key", "listen_port", "fwmark", "mtu", "addresses", "log_level", "metrics_listen",
     "dns", "pre_up", "post_up", "pre_down", "post_down", "save_config",
 )  # fmt: skip
-RESTART_INTERFACE_FIELDS = ("name", "transport", "table", "user")
+RESTART_INTERFACE_FIELDS = ("name", "transport", "table", "user", "offload", "workers")
 PEER_FIELDS = ("name", "preshared_key", "endpoint", "allowed_ips", "persistent_keepalive")
 SEGMENT_LIVE_FIELDS = ("peers", "hub", "static_macs", "aging", "max_fdb")
 SEGMENT_REPLACE_FIELDS = ("vni", "device", "bridge", "mtu", "addresses")

@@ -367,8 +367,10 @@ class Service:
         for op in plan.of(rl.SetInterface):
             if op.field == "listen_port" and d.udp is not None and op.value != d.udp.port:
                 try:
-                    cls = VxlanSocket if d.plain_vxlan else UdpSocket
-                    sock = cls(op.value, d.fwmark)
+                    if d.plain_vxlan:
+                        sock = VxlanSocket(op.value, d.fwmark)
+                    else:
+                        sock = UdpSocket(op.value, d.fwmark, offload=d.offload)
                 except (UdpError, OSError) as e:
                     raise ReloadRefused(f"{new.path}: Interface.ListenPort: {e}") from None
                 prepared["udp"] = sock
@@ -562,7 +564,7 @@ class Service:
         from .io.tun import Tun
 
         d = self.d
-        tap = Tun(seg.device, tap=True)
+        tap = Tun(seg.device, tap=True, offload=d.offload)
         try:
             await d._blocking(
                 iface.configure_device, seg.device, d.segment_mtu(seg), list(seg.addresses)
