@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import sites
-from netns import WG_RUN_DIR, Lab, wait_for
+from netns import WG_RUN_DIR, Lab, WgPeer, genkey, pubkey, wait_for
 from sites import Site, new_site
 
 pytestmark = pytest.mark.root
@@ -107,7 +107,9 @@ def test_sd_notify_ready_status_watchdog_reload_stopping(lab):
         assert first[0] == "READY=1", first
         # READY=1 came only once the device is configured: address and route are there already
         assert "10.44.0.1/24" in lab.run(a_ns, "ip", "-br", "addr", "show", "dev", a.ifname).stdout
-        flags = lab.run(a_ns, "ip", "link", "show", "dev", a.ifname).stdout.split("<")[1].split(">")[0]
+        flags = (
+            lab.run(a_ns, "ip", "link", "show", "dev", a.ifname).stdout.split("<")[1].split(">")[0]
+        )
         assert "UP" in flags.split(","), flags
         assert "10.44.0.2" in lab.run(a_ns, "ip", "route").stdout
         assert first[1].startswith("STATUS=") and "1 peer(s)" in first[1]
@@ -304,7 +306,9 @@ def test_user_drop_keeps_only_net_admin(lab, cleanup_ctl):
         assert int(fields["CapBnd"], 16) == 1 << 12
         assert log_has(a, "running as nobody")
         # after the drop, a reload still changes routes (CAP_NET_ADMIN kept, in worker threads)
-        a.peers[0] = b.peer_block("10.49.1.2:51820", ["10.48.0.2/32", "10.50.0.0/24"], name="site-b")
+        a.peers[0] = b.peer_block(
+            "10.49.1.2:51820", ["10.48.0.2/32", "10.50.0.0/24"], name="site-b"
+        )
         rewrite(a)
         res = tunnelpy("reload", a.ifname, check=True)
         assert "update peer site-b: allowed_ips" in res.stdout
@@ -344,3 +348,33 @@ def test_reload_adds_and_removes_a_segment(lab):
     assert show_json(a.ifname)["segments"] == []
     assert lab.ping(a_ns, "10.52.0.2")
     assert lab.latest_handshakes(a_ns, a.ifname)[b.public_key] == before
+
+
+@pytest.mark.interop
+def test_show_lists_wireguard_go_through_the_uapi(lab):
+    """`tunnelpy show` names a tunnelpyd and a wireguard-go interface side by side."""
+    t_ns, w_ns = lab.ns
+    lab.veth(t_ns, w_ns, "10.55.1.1/24", "10.55.1.2/24")
+    site = new_site(lab, t_ns, 51820, ["10.54.0.1/24"])
+    wkey = genkey()
+    site.peers.append(
+        f"[Peer]\nName = wggo\nPublicKey = {pubkey(wkey)}\nEndpoint = 10.55.1.2:51821\n"
+        "AllowedIPs = 10.54.0.2/32\n"
+    )
+    start(lab, site)
+    wg = lab.wggo(
+        w_ns, lab.ifname("wg"), wkey, 51821, "10.54.0.2/24",
+        WgPeer(site.public_key, allowed_ips=["10.54.0.1/32"]),
+    )  # fmt: skip
+    assert lab.ping(t_ns, "10.54.0.2")
+    listed = json.loads(tunnelpy("show", "--json", check=True).stdout)
+    mine = {d["name"]: d for d in listed if d["name"] in (site.ifname, wg.ifname)}
+    assert mine[site.ifname]["source"] == "tunnelpyd"
+    assert mine[site.ifname]["peers"][0]["name"] == "wggo"
+    w = mine[wg.ifname]
+    assert w["source"] == "uapi" and w["public_key"] == pubkey(wkey) and w["listen_port"] == 51821
+    (p,) = w["peers"]
+    assert p["public_key"] == site.public_key and p["name"] is None
+    assert p["latest_handshake"] and p["rx_bytes"] > 0
+    text = tunnelpy("show", wg.ifname, check=True).stdout
+    assert f"interface: {wg.ifname}  (UAPI)" in text
