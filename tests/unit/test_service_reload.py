@@ -126,3 +126,43 @@ def test_reload_refuses_a_port_in_use_and_keeps_everything(tmp_path):
         run(conf, steps)
     finally:
         busy.close()
+
+
+def test_reload_plain_vxlan_peers_by_name(tmp_path):
+    from tunnelpy.io.vxlan_socket import VxlanSocket
+
+    def vx(peers: str) -> str:
+        return "[Interface]\nName = vxu0\nTransport = vxlan\nListenPort = 4789\n\n" + peers
+
+    far = "[Peer]\nName = far\nEndpoint = 192.0.2.7:4789\n"
+    conf = tmp_path / "vxu0.conf"
+    conf.write_text(vx(far + "[Peer]\nName = gone\nEndpoint = 192.0.2.8:4789\n"))
+
+    async def main():
+        d = Daemon(cfgmod.load(str(conf)))
+        d.loop = asyncio.get_running_loop()
+        d.clock = ProtocolClock(d.loop)
+        d.udp = VxlanSocket(0, pool=1)
+        d._add_peers([p.endpoint for p in d.conf.peers])
+        d.engine.add_segment(100, list(d.engine.peers.values()))
+        svc = Service(d, notifier=Notifier(""))
+        try:
+            conf.write_text(
+                vx(far.replace(".7:", ".9:") + "[Peer]\nName = new\nEndpoint = 192.0.2.10:4789\n")
+            )
+            result = await svc.reload()
+            e = d.engine
+            assert result["operations"] == [
+                "remove peer gone",
+                "add peer new",
+                "update peer far: endpoint",
+            ]
+            assert set(e.peers) == {"far", "new"}
+            assert e.peers["far"].endpoint == ("192.0.2.9", 4789)
+            assert set(e.by_addr) == {"192.0.2.9", "192.0.2.10"}
+            assert [p.name for p in e.segments[100].peers] == ["far"]  # "gone" left its segment
+            assert svc.status()["transport"] == "vxlan"
+        finally:
+            d.udp.close()
+
+    asyncio.run(main())
