@@ -97,8 +97,17 @@ def test_sd_notify_ready_status_watchdog_reload_stopping(lab):
     try:
         rx.bind(str(path))
         rx.settimeout(15)
-        # WATCHDOG_USEC of 0.4 s: the daemon must ping every 0.2 s from its loop
-        start(lab, a, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+        # WATCHDOG_USEC of 0.4 s: the daemon must ping every 0.2 s from its loop. JOURNAL_STREAM
+        # names the log file, as systemd names the journal stream: journald-style lines.
+        log_path = lab.workdir / f"tunnelpyd-{a.ifname}.log"
+        log_path.touch()
+        st = log_path.stat()
+        env = {
+            "NOTIFY_SOCKET": str(path),
+            "WATCHDOG_USEC": "400000",
+            "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+        }
+        start(lab, a, env=env)
 
         def next_msg() -> list[str]:
             return rx.recv(4096).decode().split("\n")
@@ -136,6 +145,12 @@ def test_sd_notify_ready_status_watchdog_reload_stopping(lab):
         except TimeoutError:
             pass
         assert any(m[0] == "STOPPING=1" for m in rest), rest
+        # the journal gets priority prefixes and no timestamps of ours
+        lines = log_path.read_text().splitlines()
+        assert lines and all(line[:3] in ("<7>", "<6>", "<5>", "<4>", "<3>") for line in lines), (
+            lines
+        )
+        assert any(line.startswith(f"<6>{a.ifname} up: listening on UDP 51820") for line in lines)
     finally:
         rx.close()
         shutil.rmtree(sockdir, ignore_errors=True)
