@@ -102,5 +102,7 @@ def test_vm_tier(tmp_path: Path) -> None:
                 outcome, why = tag, (found.get("message") or "")[:200]
         took = float(case.get("time") or 0)
         print(f"  {outcome:8} {took:5.1f} s {case.get('name')}" + (f": {why}" if why else ""))
+        for prop in case.iter("property"):  # a guest test's record_property(), e.g. its phases
+            print(f"{'':19}{prop.get('name')}: {prop.get('value')}")
     assert res.returncode == 0 and counts["failures"] == counts["errors"] == 0, output
     assert counts["tests"] - counts["skipped"] >= 4, f"the guest ran too few tests: {counts}"
