@@ -377,6 +377,8 @@ class Lab:
         for name in self.ifnames:
             with contextlib.suppress(FileNotFoundError):
                 (WG_RUN_DIR / f"{name}.sock").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (Path("/run/tunnelpy") / f"{name}.ctl").unlink()  # a SIGKILLed daemon's
         with contextlib.suppress(ValueError):
             REGISTRY.labs.remove(self)
         if self._own_workdir and not keep_workdir and not problems:

@@ -69,8 +69,10 @@ def start(lab: Lab, site: Site, *, log_level: str = "debug", wait: bool = True) 
     )  # fmt: skip
     if wait:
         sock = WG_RUN_DIR / f"{site.ifname}.sock"
+        # The control socket appears only when start-up is complete (routes, PostUp, READY).
+        ctl = Path("/run/tunnelpy") / f"{site.ifname}.ctl"
         lab.wait_for(
-            lambda: sock.exists() and lab.link_exists(site.ns, site.ifname)
+            lambda: sock.exists() and ctl.exists() and lab.link_exists(site.ns, site.ifname)
             and "UP" in lab.host("ip", "-n", site.ns, "-br", "link", "show", site.ifname).stdout,
             15, f"tunnelpyd {site.ifname} up", watch=[site.proc],
         )  # fmt: skip
