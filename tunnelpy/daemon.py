@@ -29,6 +29,7 @@ from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest
 from .io.udp import UdpSocket, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
+from .netlink.topology import Topology, TopologyError
 from .protocol.engine import Engine, Event
 from .protocol.peer import Peer
 from .protocol.vxlan import ETH_HLEN, VxlanEngine
@@ -79,6 +80,8 @@ class Daemon:
                 conf.interface.private_key, rng=os.urandom, wall=time.time, mtu=conf.interface.mtu
             )
         self.taps: dict[int, Tun] = {}
+        self.topology: Topology | None = None
+        self._topology_names = {link.name for link in conf.topology}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tun: Tun | None = None
         self.udp: UdpSocket | VxlanSocket | None = None
@@ -170,13 +173,24 @@ class Daemon:
                 raise StartupError(
                     f"{conf.path}:{seg.line}: Segment {seg.name}: interface {seg.device} already exists"
                 )
-            if seg.bridge is not None:
+            if seg.bridge is not None and seg.bridge not in self._topology_names:
                 kind = await self._blocking(iface.link_kind, seg.bridge)
                 if kind != "bridge":
                     what = "does not exist" if kind is None else f"is a {kind or 'plain'} link, not a bridge"
                     raise StartupError(
                         f"{conf.path}:{seg.line}: Segment {seg.name}.Bridge: {seg.bridge} {what}"
                     )
+
+        if conf.topology:
+            # A SIGKILLed predecessor's links go first; then the whole plan is checked against
+            # the kernel (kinds it lacks, names taken, parents missing) before anything changes.
+            self.topology = Topology(conf)
+            try:
+                for line in await self._blocking(self.topology.cleanup_leftovers):
+                    log.info("topology: %s", line)
+                await self._blocking(self.topology.validate)
+            except TopologyError as e:
+                raise StartupError(str(e)) from None
 
         # 2. Things that need undoing, in order (_teardown undoes whatever got done).
         if not vxlan:
@@ -219,9 +233,15 @@ class Daemon:
                 await self._blocking(
                     iface.configure_device, seg.device, self.segment_mtu(seg), list(seg.addresses)
                 )
-                if seg.bridge is not None:
+                if seg.bridge is not None and seg.bridge not in self._topology_names:
                     await self._blocking(iface.enslave, seg.device, seg.bridge)
+            if self.topology is not None:
+                # After the TUN and TAPs exist: they can be ports of the topology's bridges.
+                # On failure apply() has already undone its own steps.
+                await self._blocking(self.topology.apply)
         except iface.NetlinkSetupError as e:
+            raise StartupError(str(e)) from None
+        except TopologyError as e:
             raise StartupError(str(e)) from None
 
         # Packets flow from here on: routes can take long to install (10^5 AllowedIPs prefixes
@@ -242,6 +262,15 @@ class Daemon:
         except iface.NetlinkSetupError as e:
             raise StartupError(str(e)) from None
         self._run_hooks("PostUp", ic.post_up)
+
+    def topology_status(self) -> list[dict[str, object]]:
+        """The links the topology sections describe, for `tunnelpy show` (empty without)."""
+        return [
+            {"name": link.name, "kind": type(link).__name__.removesuffix("Config").lower(),
+             "namespace": getattr(link, "namespace", None),
+             "built": self.topology is not None and self.topology.applied}
+            for link in self.conf.topology
+        ]  # fmt: skip
 
     def _add_peers(self, endpoints: list[tuple[str, int] | None]) -> None:
         assert self.loop is not None
@@ -304,6 +333,12 @@ class Daemon:
             self._run_hooks("PreDown", self.conf.interface.pre_down)
         if self.routes.rules:
             await self._blocking(iface.remove_rules, self.routes)
+        if self.topology is not None:
+            # Before the TUN/TAPs go: restore foreign ports, delete what we created, in reverse.
+            for problem in await self._blocking(self.topology.undo):
+                log.warning("topology undo: %s", problem)
+            self.topology.close()
+            self.topology = None
         if self.tun is not None:
             # Closing the TUN deletes the device with its addresses and routes.
             self.tun.close()
