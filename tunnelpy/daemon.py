@@ -205,7 +205,7 @@ class Daemon:
             self.fwmark = iface.DEFAULT_ROUTE_TABLE
         try:
             self.udp = (
-                VxlanSocket(ic.listen_port, self.fwmark)
+                VxlanSocket(ic.listen_port, self.fwmark, offload=self.offload)
                 if vxlan
                 else UdpSocket(ic.listen_port, self.fwmark, offload=self.offload)
             )

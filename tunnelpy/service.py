@@ -368,7 +368,7 @@ class Service:
             if op.field == "listen_port" and d.udp is not None and op.value != d.udp.port:
                 try:
                     if d.plain_vxlan:
-                        sock = VxlanSocket(op.value, d.fwmark)
+                        sock = VxlanSocket(op.value, d.fwmark, offload=d.offload)
                     else:
                         sock = UdpSocket(op.value, d.fwmark, offload=d.offload)
                 except (UdpError, OSError) as e:

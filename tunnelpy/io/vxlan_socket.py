@@ -17,13 +17,16 @@ POOL_SIZE = 8
 
 
 class VxlanSocket:
-    def __init__(self, port: int | None, fwmark: int | None = None, pool: int = POOL_SIZE) -> None:
-        self.listen = UdpSocket(port, fwmark)
+    def __init__(
+        self, port: int | None, fwmark: int | None = None, pool: int = POOL_SIZE,
+        *, offload: bool = True,
+    ) -> None:
+        self.listen = UdpSocket(port, fwmark, offload=offload)
         self.port = self.listen.port
         self.pool: list[UdpSocket] = []
         try:
             for _ in range(pool):
-                self.pool.append(UdpSocket(0, fwmark))
+                self.pool.append(UdpSocket(0, fwmark, offload=offload))
         except Exception:
             self.close()
             raise
