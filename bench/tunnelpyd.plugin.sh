@@ -29,12 +29,16 @@ tp_keypair() {           # tp_keypair NAME : $W/NAME.key (0600) and $W/NAME.pub
 }
 
 tp_conf() {              # tp_conf NAME KEY IN UL_PEER PEER_PUB IN_PEER : a site.conf on stdout
+  # TP_L2=1: the inner address sits on an L2 segment's TAP (VNI 97) instead of the TUN, so
+  # iperf3 runs over Ethernet frames in the same encrypted sessions (the L2 row).
+  local tun_addr=$3 peer_addr=$6
+  [ -n "${TP_L2:-}" ] && { tun_addr=${3/10.98./10.97.}; peer_addr=${6/10.98./10.97.}; }
   cat <<CONF
 [Interface]
 Name = $1
 PrivateKey = $(cat "$W/$2.key")
 ListenPort = 51820
-Address = $3/24
+Address = $tun_addr/24
 MTU = $MTU
 Offload = ${TP_OFFLOAD:-auto}
 
@@ -42,12 +46,15 @@ Offload = ${TP_OFFLOAD:-auto}
 Name = bench-peer
 PublicKey = $(cat "$W/$5.pub")
 Endpoint = $4:51820
-AllowedIPs = $6/32
+AllowedIPs = $peer_addr/32
 CONF
+  [ -n "${TP_L2:-}" ] && printf '\n[Segment bench]\nVNI = 97\nDevice = l%s\nAddress = %s/24\n' "$1" "$3"
+  return 0
 }
 
 tun_tunnelpyd_up() { TP_OFFLOAD=auto tp_up tunnelpyd; }
 tun_tunnelpyd-off_up() { TP_OFFLOAD=off tp_up tunnelpyd-off; }
+tun_tunnelpyd-l2_up() { TP_OFFLOAD=auto TP_L2=1 tp_up tunnelpyd-l2; }
 
 tp_up() {                # tp_up ROW : both daemons, with $TP_OFFLOAD
   local row=$1
@@ -63,8 +70,9 @@ tp_up() {                # tp_up ROW : both daemons, with $TP_OFFLOAD
   # shellcheck disable=SC2086
   bg_in "$NS_B" "$W/$row-b.log" "${cmd[@]}" -c "$W/$TP_B.conf" ${TUNNELPYD_ARGS:-}
   wait_link "$NS_A" "$TP_A" && wait_link "$NS_B" "$TP_B" || return 1
+  if [ -n "${TP_L2:-}" ]; then wait_link "$NS_A" "l$TP_A" && wait_link "$NS_B" "l$TP_B" || return 1; fi
   local rev; rev=$(git -C "$TUNNELPY_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-  NOTE[$row]="tunnelpyd $rev, Offload = $TP_OFFLOAD, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
+  NOTE[$row]="tunnelpyd $rev, Offload = $TP_OFFLOAD${TP_L2:+, L2 segment (TAP)}, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
 }
 
 tun_tunnelpyd_down() {   # keep the daemon's own view of the session next to the results
