@@ -14,7 +14,6 @@ destination, packets written to the TUN). One loop timer is kept at ``engine.nex
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from . import config as cfgmod
 from .datapath import DataPath, ProtocolClock
 from .io.tun import Tun
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiServer
-from .io.udp import UdpSocket, resolve
+from .io.udp import UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .netlink.topology import Topology, TopologyError
@@ -43,14 +42,6 @@ UNDERLAY_MTU = 1500  # what plain-VXLAN segments assume of the underlay unless M
 
 class StartupError(Exception):
     """A one-line, user-facing reason the daemon could not start (nothing was left behind)."""
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 class Daemon:
@@ -158,7 +149,7 @@ class Daemon:
                 endpoints.append(None)
                 continue
             host, port = p.endpoint
-            if not _is_literal(host):
+            if not is_literal(host):
                 self._hostnames[p.public_key] = (host, port)
             try:
                 endpoints.append(await self._blocking(resolve, host, port))

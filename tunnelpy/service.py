@@ -37,7 +37,7 @@ from . import control, logsetup, privileges
 from . import reload as rl
 from .io import systemd
 from .io.metrics import MetricsServer, MetricsUnavailable, is_loopback
-from .io.udp import UdpError, UdpSocket, resolve
+from .io.udp import UdpError, UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .protocol.constants import REJECT_AFTER_TIME
@@ -53,16 +53,6 @@ STATUS_EVERY = 5.0  # seconds between STATUS= updates / peer up-down checks
 
 class ReloadRefused(Exception):
     """The new config cannot be applied; nothing was changed. ``str(e)`` is one line."""
-
-
-def _is_literal(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 class Service:
@@ -424,7 +414,7 @@ class Service:
                     allowed_ips=p.allowed_ips, persistent_keepalive=p.persistent_keepalive or 0,
                     now=now,
                 )  # fmt: skip
-            if p.endpoint is not None and not _is_literal(p.endpoint[0]) and p.public_key:
+            if p.endpoint is not None and not is_literal(p.endpoint[0]) and p.public_key:
                 d._hostnames[p.public_key] = p.endpoint
             routes_dirty = True
         for op in plan.of(rl.UpdatePeer):
@@ -551,7 +541,7 @@ class Service:
             if ep is not None:
                 peer.endpoint = ep
             d._hostnames.pop(new.public_key, None)
-            if new.endpoint is not None and not _is_literal(new.endpoint[0]):
+            if new.endpoint is not None and not is_literal(new.endpoint[0]):
                 d._hostnames[new.public_key] = new.endpoint
         if "allowed_ips" in changes:
             e.set_allowed_ips(peer, new.allowed_ips)

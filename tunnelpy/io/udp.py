@@ -16,6 +16,7 @@ back to one ``sendto`` per datagram for good and says so once in the log.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import struct
@@ -210,6 +211,15 @@ class UdpSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def is_literal(host: str) -> bool:
+    """True for an IP address literal (needs no resolution, is never re-resolved)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def resolve(host: str, port: int, prefer_v6: bool = True) -> Addr:
