@@ -31,6 +31,7 @@ import stat
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from .io.unixsock import bind_private
 from .protocol.fdb import format_mac
 
 log = logging.getLogger(__name__)
@@ -189,29 +190,17 @@ class ControlServer:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
-        if not os.path.isdir(self.directory):
-            os.makedirs(self.directory, mode=0o755, exist_ok=True)
-            os.chmod(self.directory, 0o755)
         self._remove_stale()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            old_umask = os.umask(0o077)
-            try:
-                sock.bind(self.path)
-            finally:
-                os.umask(old_umask)
-            os.chmod(self.path, 0o600)
-            st = os.stat(self.path)
-            self._identity = (st.st_dev, st.st_ino)
-            sock.setblocking(False)
-            self._server = await asyncio.start_unix_server(
-                self._serve, sock=sock, limit=MAX_REQUEST
-            )
+            sock, self._identity = bind_private(self.path, self.directory)
         except OSError as e:
-            sock.close()
             if e.errno == errno.EADDRINUSE:
                 raise ControlSocketError(self._in_use()) from None
             raise ControlSocketError(f"cannot create the control socket {self.path}: {e}") from e
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, sock=sock, limit=MAX_REQUEST
+            )
         except BaseException:
             sock.close()
             raise

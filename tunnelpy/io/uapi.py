@@ -30,10 +30,11 @@ import ipaddress
 import logging
 import os
 import re
-import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from .unixsock import bind_private
 
 log = logging.getLogger(__name__)
 
@@ -347,32 +348,17 @@ class UapiServer:
 
     async def start(self) -> None:
         """Create the directory and socket; take over a stale socket, refuse a live one."""
-        if not os.path.isdir(self.directory):
-            os.makedirs(self.directory, mode=0o755, exist_ok=True)
-            # makedirs' mode is cut by the umask; keep wireguard-go's 0755 (the socket stays 0600).
-            os.chmod(self.directory, 0o755)
         await self._remove_stale()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # umask, not chmod after bind: there must be no moment where others can connect.
-            # The window is synchronous (no await), so no other coroutine runs inside it.
-            old_umask = os.umask(0o077)
-            try:
-                sock.bind(self.path)
-            finally:
-                os.umask(old_umask)
-            os.chmod(self.path, 0o600)
-            st = os.stat(self.path)
-            self._identity = (st.st_dev, st.st_ino)
-            sock.setblocking(False)
-            self._server = await asyncio.start_unix_server(
-                self._serve_connection, sock=sock, limit=MAX_LINE
-            )
+            sock, self._identity = bind_private(self.path, self.directory)
         except OSError as e:
-            sock.close()
             if e.errno == errno.EADDRINUSE:  # another daemon bound it between our check and bind
                 raise UapiSocketError(self._in_use_message()) from None
             raise UapiSocketError(f"cannot create the control socket {self.path}: {e}") from e
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve_connection, sock=sock, limit=MAX_LINE
+            )
         except BaseException:
             sock.close()
             raise
