@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from . import config as cfgmod
 from .datapath import DataPath, ProtocolClock
-from .io.tun import Tun
+from .io.tun import Tun, TunError
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiServer
 from .io.udp import UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
@@ -34,6 +34,7 @@ from .protocol.peer import Peer
 from .protocol.vxlan import ETH_HLEN, VxlanEngine
 from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
 from .service import Service
+from .workers.pool import WorkerPool, resolve_workers
 
 log = logging.getLogger("tunnelpyd")
 
@@ -80,6 +81,8 @@ class Daemon:
         self.routes = iface.RouteState()
         self.fwmark: int | None = conf.interface.fwmark
         self.datapath: DataPath | None = None
+        self.pool: WorkerPool | None = None  # Workers > 1 (tunnelpy/workers/)
+        self.workers = 1
         self.clock: ProtocolClock
         self._stop = asyncio.Event()
         self._undo: list[Callable[[], None]] = []
@@ -139,8 +142,11 @@ class Daemon:
             log.warning("%s", w)
         if ic.dns:
             log.warning("DNS = %s is not applied by tunnelpyd (configure your resolver)", ", ".join(ic.dns))
-        if ic.workers is not None and ic.workers > 1:
-            log.warning("Workers = %d: this version runs one data-path process", ic.workers)
+        if vxlan and ic.workers is not None and ic.workers > 1:
+            raise StartupError(
+                f"{conf.path}: Interface.Workers = {ic.workers}: workers need Transport = wireguard"
+            )
+        self.workers = 1 if vxlan else resolve_workers(ic.workers)
 
         # 1. Everything that can fail without side effects.
         endpoints: list[tuple[str, int] | None] = []
@@ -207,7 +213,7 @@ class Daemon:
         self._run_hooks("PreUp", ic.pre_up)
         try:
             if not vxlan:
-                self.tun = Tun(self.name, offload=self.offload)
+                self.tun = Tun(self.name, offload=self.offload, multi_queue=self.workers > 1)
             for seg in conf.segments:
                 self.taps[seg.vni] = Tun(seg.device, tap=True, offload=self.offload)
         except Exception as e:
@@ -243,6 +249,17 @@ class Daemon:
         for vni, tap in self.taps.items():
             self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
+        if self.workers > 1 and self.tun is not None and isinstance(self.udp, UdpSocket):
+            assert isinstance(self.engine, Engine)
+            self.pool = WorkerPool(
+                self.loop, self.engine, self.clock.now, self.tun, self.udp, self.workers,
+                self.datapath.perform, offload=self.offload, time_scale=self.clock.scale,
+            )  # fmt: skip
+            try:
+                self.pool.start()
+            except (OSError, TunError) as e:
+                raise StartupError(f"cannot start workers: {e}") from None
+            log.info("%s: %d data-path processes (Workers)", self.name, self.workers)
 
         try:
             if self.tun is not None:
@@ -316,6 +333,9 @@ class Daemon:
         if self.service is not None:
             await self.service.close()  # STOPPING=1; control socket and metrics go first
             self.service = None
+        if self.pool is not None:
+            await self.pool.stop()  # before the TUN goes: the last queue closed deletes it
+            self.pool = None
         if self.datapath is not None:
             self.datapath.stop()
             self.datapath = None
@@ -359,6 +379,8 @@ class Daemon:
     # ------------------------------------------------------------------ events
 
     def _on_event(self, ev: Event) -> None:
+        if self.pool is not None and ev.kind in ("handshake_complete", "roamed"):
+            self.pool.sync_soon()  # the workers encrypt on the new session / to the new address
         if ev.kind == "handshake_complete":
             log.info("peer %s: handshake complete (%s)", ev.peer, ev.detail)
         elif ev.kind == "handshake_failed":
@@ -429,6 +451,8 @@ class Daemon:
             self.udp = new
             if self.datapath is not None:
                 self.datapath.replace_udp(new)
+            if self.pool is not None:
+                self.pool.replace_udp(new)
             old.close()
         if req.fwmark is not None and self.udp is not None:
             self.fwmark = req.fwmark or None
@@ -440,6 +464,8 @@ class Daemon:
             self._apply_peer_change(ch, now)
         if self.datapath is not None:
             self.datapath.perform(e.on_timer(now))
+        if self.pool is not None:
+            self.pool.sync()
 
     def _apply_peer_change(self, ch: PeerChange, now: float) -> None:
         e = self.engine

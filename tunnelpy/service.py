@@ -193,6 +193,10 @@ class Service:
             "last_reload": self.last_reload,
             "user": self.user,
             "metrics": self.metrics.url if self.metrics else None,
+            # data-path processes: the daemon itself plus one per extra TUN queue (Workers)
+            "workers": d.pool.status() if d.pool is not None else [
+                {"index": 0, "pid": os.getpid(), "tx_packets": None}
+            ],
         }
         # The links the daemon built from topology sections, once it builds them: a method
         # returning [{"kind", "name", "namespace", ...}] (the documented "topology" field).
@@ -472,6 +476,8 @@ class Service:
             d.udp = new_sock
             if d.datapath is not None:
                 d.datapath.replace_udp(new_sock)
+            if d.pool is not None:
+                d.pool.replace_udp(new_sock)  # the workers send through the new socket
             if old_sock is not None:
                 old_sock.close()
         elif f == "fwmark":

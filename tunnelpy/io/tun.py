@@ -40,12 +40,24 @@ class TunError(Exception):
     pass
 
 
+TUNSETIFF = 0x400454CA
+TUNSETQUEUE = 0x400454D9
+IFF_TUN, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE = 0x0001, 0x1000, 0x4000, 0x0100
+IFF_DETACH_QUEUE = 0x0400
+
+
 class Tun:
-    def __init__(self, name: str, *, tap: bool = False, offload: bool = False) -> None:
+    def __init__(
+        self, name: str, *, tap: bool = False, offload: bool = False, multi_queue: bool = False
+    ) -> None:
         flags = (pytun.IFF_TAP if tap else pytun.IFF_TUN) | pytun.IFF_NO_PI
         offload = offload and not off.forced_off()
         if offload:
             flags |= pytun.IFF_VNET_HDR
+        if multi_queue:
+            flags |= pytun.IFF_MULTI_QUEUE
+        self.multi_queue = multi_queue
+        self._writer = -1  # a detached queue for writes (multi-queue only), see detach_writes
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as e:
@@ -71,6 +83,59 @@ class Tun:
         # Writing USO (GSO_UDP_L4) packets needs a kernel that knows them: the same that took
         # TUN_F_USO4/6 (6.2+).
         self.uso = "uso" in self.offloads
+
+    def open_queue(self) -> int:
+        """Attach one more queue to a multi-queue TUN and return its fd (blocking, not
+        inheritable: the caller passes it to a worker with pass_fds). The kernel spreads packets
+        over the attached queues by flow hash; closing the fd detaches the queue, so a worker
+        that dies takes its queue with it and its flows move to the others."""
+        if not self.multi_queue or self.tap:
+            raise TunError(f"{self.name} was not opened as a multi-queue TUN")
+        flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (IFF_VNET_HDR if self.vnet_hdr else 0)
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", self.name.encode(), flags))
+            if self.vnet_hdr:
+                fcntl.ioctl(fd, off.TUNSETVNETHDRSZ, struct.pack("i", off.VNET_HDR_LEN))
+        except OSError as e:
+            os.close(fd)
+            raise TunError(f"cannot open another queue of {self.name}: {e.strerror}") from None
+        return fd
+
+    def detach_writes(self) -> None:
+        """Write received packets through a queue of their own that is detached.
+
+        A multi-queue TUN learns, from every packet written to a queue, to steer that flow's
+        outgoing packets back to the same queue (tun_flow_update). The daemon writes everything
+        it receives, so every flow would be pulled to the daemon's queue and the workers' queues
+        would go idle. Writes through a detached queue (TUNSETQUEUE IFF_DETACH_QUEUE) teach it
+        nothing, and outgoing flows stay spread by their hash over the attached queues.
+        """
+        fd = self.open_queue()
+        try:
+            fcntl.ioctl(fd, TUNSETQUEUE, struct.pack("16sH22x", b"", IFF_DETACH_QUEUE))
+        except OSError as e:
+            os.close(fd)
+            raise TunError(f"cannot detach a write queue of {self.name}: {e.strerror}") from None
+        os.set_blocking(fd, False)
+        self._writer = fd
+
+    @classmethod
+    def adopt(cls, fd: int, name: str, *, vnet_hdr: bool) -> Tun:
+        """A queue fd opened by the daemon, in a worker process (reads only)."""
+        self = cls.__new__(cls)
+        self._dev = None
+        self.name = name
+        self.fd = fd
+        self.tap = False
+        self.multi_queue = True
+        os.set_blocking(fd, False)
+        self.write_drops = self.read_drops = 0
+        self.vnet_hdr = vnet_hdr
+        self.offloads = ""
+        self.uso = False
+        self._writer = -1
+        return self
 
     def _enable_offloads(self) -> str:
         """TUNSETVNETHDRSZ and TUNSETOFFLOAD; returns what the kernel took, e.g. "csum tso uso"."""
@@ -123,7 +188,7 @@ class Tun:
         return out
 
     def write_batch(self, packets: list[bytes]) -> None:
-        fd = self.fd
+        fd = self._writer if self._writer >= 0 else self.fd
         if self.vnet_hdr:
             writev = os.writev
             for unit in off.coalesce(packets, l2=self.tap, uso=self.uso):
@@ -141,6 +206,12 @@ class Tun:
                 self.write_drops += 1
 
     def close(self) -> None:
+        if self._writer >= 0:
+            os.close(self._writer)
+            self._writer = -1
         if self.fd >= 0:
-            self._dev.close()
+            if self._dev is not None:
+                self._dev.close()
+            else:
+                os.close(self.fd)
             self.fd = -1

@@ -98,6 +98,24 @@ class UdpSocket:
         self._peer_raw: tuple | None = None  # last raw source address and its normal form
         self._peer_norm: Addr = ("", 0)
 
+    @classmethod
+    def adopt(cls, fd: int, *, offload: bool) -> UdpSocket:
+        """The daemon's socket, inherited by a worker process that only sends on it (the one
+        bound port, so peers see one endpoint whichever process encrypted)."""
+        self = cls.__new__(cls)
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.sock = sock
+        self.v6 = sock.family == socket.AF_INET6
+        self.port = sock.getsockname()[1]
+        self.send_errors = 0
+        self.gso = offload and not forced_off()
+        self.gro = False
+        self._gso_sizes = {}
+        self._peer_raw = None
+        self._peer_norm = ("", 0)
+        return self
+
     def fileno(self) -> int:
         return self.sock.fileno()
 

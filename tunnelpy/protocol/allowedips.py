@@ -77,7 +77,7 @@ class _Family(Generic[V]):
 class AllowedIPs(Generic[V]):
     """Longest-prefix-match table from IPv4/IPv6 networks to values (peers)."""
 
-    __slots__ = ("_v4", "_v6", "_owners", "_count", "_memo")
+    __slots__ = ("_v4", "_v6", "_owners", "_count", "_memo", "version")
 
     def __init__(self) -> None:
         self._v4: _Family[V] = _Family(32)
@@ -87,6 +87,7 @@ class AllowedIPs(Generic[V]):
         self._owners: dict[int, tuple[V, dict[Network, None]]] = {}
         self._count = 0
         self._memo: dict[object, V | None] = {}
+        self.version = 0  # bumped by every change: workers re-copy the table when it moves
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class AllowedIPs(Generic[V]):
             raise ValueError("AllowedIPs values must not be None")
         fam, plen, key, network = self._locate(network)
         self._memo.clear()
+        self.version += 1
         table = fam.table(plen)
         old = table.get(key)
         if old is None:
@@ -146,6 +148,7 @@ class AllowedIPs(Generic[V]):
         if old is None:
             return
         self._memo.clear()
+        self.version += 1
         self._count -= 1
         self._disown(old, network)
         fam.drop_if_empty(plen)
@@ -156,6 +159,7 @@ class AllowedIPs(Generic[V]):
         if entry is None:
             return
         self._memo.clear()
+        self.version += 1
         for network in entry[1]:
             fam, plen, key, _ = self._locate(network)
             table = fam.tables[plen]
@@ -212,6 +216,7 @@ class AllowedIPs(Generic[V]):
         self._owners.clear()
         self._count = 0
         self._memo.clear()
+        self.version += 1
 
     def __len__(self) -> int:
         return self._count

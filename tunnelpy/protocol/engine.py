@@ -40,6 +40,7 @@ import itertools
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from . import handshake as hs
 from .actions import Event, Output
@@ -67,18 +68,25 @@ from .cookie import CookieChecker
 from .crypto import generate_private_key, public_key
 from .fdb import Fdb
 from .peer import Addr, Network, Peer
-from .session import Keypair
+from .session import Keypair, seal_batch
 from .tai64n import tai64n
 from .vxlan import ETH_HLEN, FLAG_I, HEADER_LEN, pack_header
 
 Rng = Callable[[int], bytes]
+
+
+class CounterBank(Protocol):
+    """Shared send counters (tunnelpy/workers/counters.py): slots handed out per keypair."""
+
+    def claim(self) -> tuple[int, int]: ...
+    def reserve(self, slot: int, ident: int, n: int) -> int | None: ...
+    def peek(self, slot: int, ident: int) -> int | None: ...
+
+
 WallClock = Callable[[], float]
 
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
-_NONCE_PREFIX = b"\x00\x00\x00\x00"
 _NONCE = struct.Struct("<IQ")  # 4 zero bytes, then the 64-bit little-endian counter
-_U64 = struct.Struct("<Q")
-_ZERO_PAD = bytes(16)
 
 # The responder is "under load" (and demands cookies) when it has processed more than this many
 # handshake messages within the last second; it stays so for UNDER_LOAD_AFTER seconds afterwards.
@@ -145,6 +153,9 @@ class Engine:
         self._under_load_until = float("-inf")
         self._buckets: dict[bytes, tuple[float, float]] = {}  # src ip -> (tokens, last)
         self._buckets_pruned = float("-inf")
+        # Set (before any handshake) when worker processes encrypt too: every new keypair then
+        # takes a shared counter slot (tunnelpy/workers/counters.py).
+        self.counters: CounterBank | None = None
         self.set_private_key(private_key)
 
     # ---------------------------------------------------------------- configuration
@@ -439,33 +450,23 @@ class Engine:
     def _encrypt_batch(
         self, peer: Peer, kp: Keypair, payloads: list[bytes], now: float, out: Output
     ) -> None:
-        mtu = self.mtu
-        encrypt = kp.send.encrypt
-        pack = _TRANSPORT_HEADER.pack
-        nonce = _NONCE.pack
-        remote = kp.remote_index
-        counter = kp.send_counter
-        sent = 0
-        datagrams = []
-        for p in payloads:
-            n = len(p)
-            # Only IP packets are padded (their length field says where padding starts);
-            # L2 plaintexts (first byte 0x08) and keepalives travel as they are.
-            if n and n < mtu and p[0] & 0xC0 == 0x40:
-                pad = (-n) % 16
-                if n + pad > mtu:
-                    pad = mtu - n
-                if pad:
-                    p = p + _ZERO_PAD[:pad]
-            data = pack(MSG_TRANSPORT, remote, counter) + encrypt(nonce(0, counter), p, None)
-            counter += 1
-            sent += len(data)
-            datagrams.append(data)
+        n = len(payloads)
+        if kp.ident:
+            # Workers encrypt on this keypair too: reserve the batch's counters in the shared slot.
+            counter = self.counters.reserve(kp.slot, kp.ident, n)  # type: ignore[union-attr]
+            if counter is None:  # the slot was reused: this keypair is long retired
+                self._drop(peer, "stale_keypair")
+                return
+        else:
+            counter = kp.send_counter
+        datagrams, sent = seal_batch(kp.send.encrypt, kp.remote_index, counter, payloads, self.mtu)
+        counter += n
         if counter >= REJECT_AFTER_MESSAGES:
             # Never reuse a nonce: the tail of the batch is dropped, and a rekey is forced.
-            datagrams = datagrams[: max(0, REJECT_AFTER_MESSAGES - kp.send_counter)]
+            datagrams = datagrams[: max(0, REJECT_AFTER_MESSAGES - (counter - n))]
             counter = REJECT_AFTER_MESSAGES
-        kp.send_counter = counter
+        if counter > kp.send_counter:
+            kp.send_counter = counter
         addr = peer.endpoint
         assert addr is not None
         bucket = out.datagrams.get(addr)
@@ -478,6 +479,43 @@ class Engine:
         if any(payloads):
             self._t_data_sent(peer, now)
         self._t_authenticated_sent(peer, now)
+
+    # ---------------------------------------------------------------- worker reports
+
+    def note_worker_sent(
+        self, peer: Peer, tx_bytes: int, tx_packets: int, data: bool, now: float
+    ) -> None:
+        """A worker process sent on `peer`'s session: count it and run the send-side timers
+        (the passive keepalive is not needed, the rekey-if-no-reply timer starts)."""
+        if peer.removed:
+            return
+        peer.stats.tx_bytes += tx_bytes
+        peer.stats.tx_packets += tx_packets
+        if data:
+            self._t_data_sent(peer, now)
+        self._t_authenticated_sent(peer, now)
+        self._schedule(peer)
+
+    def send_packets(self, peer: Peer, packets: list[bytes], now: float) -> Output:
+        """Packets a worker routed to `peer` but could not encrypt (no session yet, or a retired
+        one): sent, or staged behind a handshake, exactly as if read from our own queue."""
+        out = Output()
+        if not peer.removed:
+            self.send_to_peer(peer, packets, now, out)
+            self._schedule(peer)
+        return out
+
+    def rekey_if_due(self, peer: Peer, now: float, out: Output) -> None:
+        """keepKeyFreshSending on a worker's behalf: the initiator renews an old or much-used
+        session (the worker cannot start handshakes; one initiation per REKEY_TIMEOUT)."""
+        kp = peer.current
+        if peer.removed or kp is None or not kp.is_initiator:
+            return
+        counter = kp.send_counter
+        if kp.ident and self.counters is not None:
+            counter = self.counters.peek(kp.slot, kp.ident) or counter
+        if counter > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME:
+            self._send_initiation(peer, now, out, retry=False)
 
     def _send_keepalive(self, peer: Peer, now: float, out: Output) -> None:
         if peer.staged:
@@ -830,6 +868,8 @@ class Engine:
             consumed, peer.preshared_key, index, generate_private_key(self.rng)
         )
         kp = Keypair(send_key, recv_key, index, consumed.sender_index, now, is_initiator=False)
+        if self.counters is not None:
+            kp.slot, kp.ident = self.counters.claim()
         self.indices[index] = (peer, kp)
         # BeginSymmetricSession, responder side: the new keypair waits in `next`.
         for old in (peer.next, peer.previous):
@@ -875,6 +915,8 @@ class Engine:
         remote_index, send_key, recv_key = result
         peer.handshake = None
         kp = Keypair(send_key, recv_key, receiver, remote_index, now, is_initiator=True)
+        if self.counters is not None:
+            kp.slot, kp.ident = self.counters.claim()
         self.indices[receiver] = (peer, kp)
         # BeginSymmetricSession, initiator side: the new keypair is current at once.
         if peer.next is not None:

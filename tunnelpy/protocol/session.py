@@ -8,20 +8,66 @@ replaces lingers as `previous` so packets in flight still decrypt.
 
 Keypairs expire by age (REJECT_AFTER_TIME) and by counter (REJECT_AFTER_MESSAGES); the engine asks
 `usable_for_sending` / `usable_for_receiving` with `now` rather than the keypair reading a clock.
+
+With worker processes (``Workers = N``) the sending counter of a keypair lives in a shared slot
+(tunnelpy/workers/counters.py): ``slot``/``ident`` name it, and ``send_counter`` is only this
+process's view of it. :func:`seal_batch` is the encryption loop that the engine and the workers
+share, so a transport message is built the same way wherever it is encrypted.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
+
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
+from .constants import MSG_TRANSPORT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from .replay import ReplayWindow
+
+_TRANSPORT_HEADER = struct.Struct("<IIQ")
+_NONCE = struct.Struct("<IQ")  # 4 zero bytes, then the 64-bit little-endian counter
+_ZERO_PAD = bytes(16)
+
+
+def seal_batch(
+    encrypt: Callable[[bytes, bytes, bytes | None], bytes],
+    remote_index: int,
+    counter: int,
+    payloads: list[bytes],
+    mtu: int,
+) -> tuple[list[bytes], int]:
+    """Transport messages for `payloads` with counters `counter`, `counter`+1, …; and their bytes.
+
+    Only IP packets are padded to a multiple of 16 (their length field says where padding
+    starts); L2 plaintexts (first byte 0x08) and keepalives (empty) travel as they are.
+    """
+    pack = _TRANSPORT_HEADER.pack
+    nonce = _NONCE.pack
+    datagrams = []
+    sent = 0
+    for p in payloads:
+        n = len(p)
+        if n and n < mtu and p[0] & 0xC0 == 0x40:
+            pad = (-n) % 16
+            if n + pad > mtu:
+                pad = mtu - n
+            if pad:
+                p = p + _ZERO_PAD[:pad]
+        data = pack(MSG_TRANSPORT, remote_index, counter) + encrypt(nonce(0, counter), p, None)
+        counter += 1
+        sent += len(data)
+        datagrams.append(data)
+    return datagrams, sent
 
 
 class Keypair:
     __slots__ = (
         "send",
         "recv",
+        "send_key",
+        "slot",
+        "ident",
         "send_counter",
         "replay",
         "local_index",
@@ -42,6 +88,9 @@ class Keypair:
         # The AEAD objects are made once per session: constructing them per packet costs more
         # than the encryption of a small packet.
         self.send = ChaCha20Poly1305(send_key)
+        self.send_key = send_key  # handed to workers (they encrypt, never decrypt)
+        self.slot = 0
+        self.ident = 0  # 0: the counter is local to this process; else a shared slot's identity
         self.recv = ChaCha20Poly1305(recv_key)
         self.send_counter = 0
         self.replay = ReplayWindow()

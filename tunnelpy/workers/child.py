@@ -1,0 +1,139 @@
+"""A worker process: one TUN queue in, encrypted datagrams out through the daemon's socket.
+
+Started by the daemon (pool.py) as ``python -m tunnelpy.workers.child`` with four inherited file
+descriptors: its TUN queue, the daemon's UDP socket (it only sends on it), its end of the control
+channel and the shared counter memfd. It never opens a device or a socket itself, so it needs no
+privileges, and it exits when the control channel closes — which is also what happens when the
+daemon dies, however it dies. SIGINT and SIGTERM are ignored: the daemon decides when workers
+stop (a terminal's Ctrl-C or systemd's SIGTERM reach the whole process group at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+
+from ..datapath import ProtocolClock
+from ..io.tun import Tun
+from ..io.udp import UdpSocket
+from .channel import Channel
+from .counters import SharedCounters
+from .sender import SendEngine
+
+REPORT_INTERVAL = 0.1  # how often sent bytes and drops reach the daemon (wg show, timers)
+STAGE_CHUNK = 256  # packets per "stage" message
+
+log = logging.getLogger("tunnelpyd")
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.index = args.index
+        self.clock = ProtocolClock(loop, args.time_scale)
+        self.counters = SharedCounters(fd=args.counters_fd)
+        self.engine = SendEngine(self.counters, mtu=args.mtu)
+        self.tun = Tun.adopt(args.tun_fd, args.name, vnet_hdr=args.vnet_hdr)
+        self.udp = UdpSocket.adopt(args.udp_fd, offload=args.offload)
+        self.done = asyncio.Event()
+        self.channel = Channel(
+            socket.socket(fileno=args.ctl_fd), loop, self._on_message, self.done.set
+        )
+        self._reported = (0, 0, 0)  # tun read drops, udp send errors, tun write drops
+        loop.add_reader(self.tun.fd, self._on_tun)
+        self._report_timer = loop.call_later(REPORT_INTERVAL, self._report)
+
+    def _on_tun(self) -> None:
+        packets = self.tun.read_batch()
+        if not packets:
+            return
+        out = self.engine.from_tunnel(packets, self.clock.now())
+        send = self.udp.send
+        for addr, datagrams in out.datagrams.items():
+            send(addr, datagrams)
+        for key, pkts in out.to_daemon.items():
+            for at in range(0, len(pkts), STAGE_CHUNK):
+                self.channel.send(("stage", key, pkts[at : at + STAGE_CHUNK]))
+        if out.rekey:
+            self.channel.send(("rekey", out.rekey))
+
+    def _on_message(self, msg: tuple) -> None:
+        kind = msg[0]
+        now = self.clock.now()
+        if kind == "peers":
+            self.engine.set_peers(msg[1])
+        elif kind == "endpoint":
+            self.engine.set_endpoint(msg[1], msg[2])
+        elif kind == "keypair":
+            self.engine.set_keypair(msg[1], msg[2], now)
+        elif kind == "stop":
+            self.done.set()
+
+    def _report(self) -> None:
+        sent, drops = self.engine.take_report()
+        errors = (self.tun.read_drops, self.udp.send_errors, self.tun.write_drops)
+        if errors != self._reported:
+            for reason, now_, before in zip(
+                ("tun_read_error", "udp_send_error", "tun_write_error"), errors, self._reported,
+                strict=True,
+            ):  # fmt: skip
+                if now_ > before:
+                    drops[reason] = drops.get(reason, 0) + now_ - before
+            self._reported = errors
+        if sent or drops:
+            self.channel.send(("report", sent, drops))
+        self._report_timer = self.loop.call_later(REPORT_INTERVAL, self._report)
+
+    async def run(self) -> None:
+        await self.done.wait()
+        self._report_timer.cancel()
+        if self.tun.fd >= 0:
+            self.loop.remove_reader(self.tun.fd)
+        if not self.channel.closed:
+            sent, drops = self.engine.take_report()
+            if sent or drops:
+                self.channel.send(("report", sent, drops))
+        self.tun.close()  # detaches this queue: its flows move to the others
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tunnelpyd-worker")
+    ap.add_argument("--index", type=int, required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--tun-fd", type=int, required=True)
+    ap.add_argument("--udp-fd", type=int, required=True)
+    ap.add_argument("--ctl-fd", type=int, required=True)
+    ap.add_argument("--counters-fd", type=int, required=True)
+    ap.add_argument("--mtu", type=int, default=1420)
+    ap.add_argument("--vnet-hdr", type=int, default=0)
+    ap.add_argument("--offload", type=int, default=1)
+    ap.add_argument("--time-scale", type=float, default=1.0)
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level,
+        format=f"tunnelpyd[{args.name} worker {args.index}]: %(message)s",
+    )  # fmt: skip
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        worker = Worker(args, loop)
+        loop.run_until_complete(worker.run())
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The daemon's side of ``Workers = N``: start the worker processes, keep them in step, merge
+what they report.
+
+The daemon itself reads queue 0 of the multi-queue TUN and is the only process that receives on
+the UDP socket; workers 1…N-1 each read one more queue and encrypt (sender.py). The pool:
+
+- opens each worker's queue, starts ``python -m tunnelpy.workers.child`` with the queue, the
+  socket, a control socketpair and the shared counter memfd, then closes its own copy of the
+  queue (so a dead worker's queue detaches and its flows move to the live queues);
+- mirrors the engine's state to the workers: the peer list with AllowedIPs when either changes
+  (AllowedIPs.version), each peer's endpoint, and the sending half of its current keypair. It
+  runs after every handshake or roam (``sync_soon``) and every SYNC_INTERVAL for changes made
+  by UAPI, reload or name resolution;
+- applies reports: sent bytes and send-side timers (``Engine.note_worker_sent``), drops, packets
+  a worker could not send (the engine stages them and starts the handshake), rekey requests;
+- restarts a worker that exits (at most MAX_RESTARTS per RESTART_WINDOW), and stops them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..io.tun import Tun, TunError
+from ..io.udp import UdpSocket
+from ..protocol.actions import Output
+from ..protocol.engine import Engine
+from . import channel as chmod
+from .counters import SharedCounters
+
+SYNC_INTERVAL = 0.25
+COUNTER_SLOTS = 1 << 16  # three live keypairs per peer fit many thousands of peers
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+RESTART_DELAY = 1.0
+
+log = logging.getLogger("tunnelpyd")
+
+
+def resolve_workers(configured: int | None, cpus: int | None = None) -> int:
+    """``Workers = auto`` (None): one process on machines of up to two CPUs — measured there,
+    a second process only competes with the first and with the applications for the same two
+    cores (docs/performance.md) — else half the CPUs, at most 4. A number is taken as given."""
+    if configured is not None:
+        return configured
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    return 1 if cpus <= 2 else min(cpus // 2, 4)
+
+
+@dataclass
+class WorkerProc:
+    index: int
+    proc: subprocess.Popen
+    channel: chmod.Channel | None = None
+    retired: bool = False  # stopped on purpose: its exit is not a failure
+    tx_packets: int = 0  # encrypted and sent by this worker (from its reports)
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        engine: Engine,
+        now: Callable[[], float],
+        tun: Tun,
+        udp: UdpSocket,
+        count: int,
+        perform: Callable[[Output], None],
+        *,
+        offload: bool,
+        time_scale: float = 1.0,
+    ) -> None:
+        self.loop = loop
+        self.engine = engine
+        self.now = now
+        self.tun = tun
+        self.udp = udp
+        self.count = count
+        self.perform = perform
+        self.offload = offload
+        self.time_scale = time_scale
+        self.counters = SharedCounters(slots=COUNTER_SLOTS)
+        engine.counters = self.counters
+        self.workers: dict[int, WorkerProc] = {}
+        self.stopping = False
+        self._restarts: list[float] = []
+        self._sig: tuple | None = None
+        self._sent: dict[bytes, tuple] = {}  # peer key -> (endpoint, keypair identity) sent
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._sync_pending = False
+
+    # ---------------------------------------------------------------- life cycle
+
+    def start(self) -> None:
+        self.tun.detach_writes()  # else every flow is steered back to the daemon's queue
+        for i in range(1, self.count):
+            self._spawn(i)
+        self._sync_timer = self.loop.call_later(SYNC_INTERVAL, self._periodic)
+
+    def _spawn(self, index: int) -> None:
+        queue = self.tun.open_queue()
+        ours, theirs = chmod.pair()
+        cmd = [
+            sys.executable, "-m", "tunnelpy.workers.child",
+            "--index", str(index), "--name", self.tun.name,
+            "--tun-fd", str(queue), "--udp-fd", str(self.udp.fileno()),
+            "--ctl-fd", str(theirs.fileno()), "--counters-fd", str(self.counters.fd),
+            "--mtu", str(self.engine.mtu), "--vnet-hdr", str(int(self.tun.vnet_hdr)),
+            "--offload", str(int(self.offload)), "--time-scale", str(self.time_scale),
+            "--log-level", logging.getLevelName(log.getEffectiveLevel()),
+        ]  # fmt: skip
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                pass_fds=(queue, self.udp.fileno(), theirs.fileno(), self.counters.fd),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(queue)  # the worker holds the queue now; if it dies, the queue detaches
+            theirs.close()
+        w = WorkerProc(index, proc)
+        ch = w.channel = chmod.Channel(
+            ours, self.loop, lambda m: self._on_message(w, m), lambda: self._on_exit(w)
+        )
+        self.workers[index] = w
+        for msg in self._full_state():
+            ch.send(msg)
+        log.info("%s: worker %d started (pid %d)", self.tun.name, index, proc.pid)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
+        procs = [w.proc for w in self.workers.values()]
+        self._retire_all()
+        deadline = time.monotonic() + 3.0
+        for proc in procs:
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.engine.counters = None
+        self.counters.close()
+
+    def replace_udp(self, udp: UdpSocket) -> None:
+        """A new listen port: workers send through the new socket (they are restarted)."""
+        self.udp = udp
+        self._retire_all()
+        for i in range(1, self.count):
+            self._spawn(i)
+
+    def _retire_all(self) -> None:
+        for w in list(self.workers.values()):
+            w.retired = True
+            assert w.channel is not None
+            w.channel.send(("stop",))
+            w.channel.close()
+            # (reaped when it has exited: a zombie of a few milliseconds)
+            self.loop.call_later(1.0, w.proc.poll)
+        self.workers.clear()
+
+    def _on_exit(self, w: WorkerProc) -> None:
+        if self.stopping or w.retired:
+            return
+        index = w.index
+        if self.workers.get(index) is w:
+            del self.workers[index]
+        self.loop.call_later(0.5, w.proc.poll)  # reap it once it has gone
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW] + [now]
+        if len(self._restarts) > MAX_RESTARTS:
+            log.error(
+                "%s: worker %d exited; %d restarts within %.0f s, not restarting (its flows moved "
+                "to the other queues)", self.tun.name, index, MAX_RESTARTS, RESTART_WINDOW,
+            )  # fmt: skip
+            return
+        log.warning("%s: worker %d exited; restarting", self.tun.name, index)
+        self.loop.call_later(RESTART_DELAY, self._respawn, index)
+
+    def _respawn(self, index: int) -> None:
+        if self.stopping or index in self.workers:
+            return
+        try:
+            self._spawn(index)
+        except (OSError, TunError) as e:
+            log.error("%s: cannot restart worker %d: %s", self.tun.name, index, e)
+
+    def status(self) -> list[dict[str, object]]:
+        """For `tunnelpy show --json`: the daemon (index 0) and each live worker."""
+        rows: list[dict[str, object]] = [{"index": 0, "pid": os.getpid(), "tx_packets": None}]
+        for i, w in sorted(self.workers.items()):
+            rows.append({"index": i, "pid": w.proc.pid, "tx_packets": w.tx_packets})
+        return rows
+
+    # ---------------------------------------------------------------- engine state -> workers
+
+    def _peers_msg(self) -> tuple:
+        e = self.engine
+        return (
+            "peers",
+            [(key, p.endpoint, e.allowed.networks_of(p)) for key, p in e.peers.items()],
+        )
+
+    def _keypair_msg(self, key: bytes, now: float) -> tuple:
+        peer = self.engine.peers[key]
+        kp = peer.current
+        if kp is None or not kp.ident:
+            return ("keypair", key, None)
+        material = (
+            kp.send_key, kp.remote_index, kp.slot, kp.ident, now - kp.created, kp.is_initiator
+        )
+        return ("keypair", key, material)
+
+    def _state_of(self, peer) -> tuple:
+        kp = peer.current
+        return (peer.endpoint, kp.ident if kp is not None else 0)
+
+    def _full_state(self) -> list[tuple]:
+        now = self.now()
+        msgs = [self._peers_msg()]
+        msgs += [self._keypair_msg(key, now) for key in self.engine.peers]
+        return msgs
+
+    def _broadcast(self, msg: tuple) -> None:
+        for w in self.workers.values():
+            w.channel.send(msg)  # type: ignore[union-attr]
+
+    def sync(self) -> None:
+        """Send the workers whatever changed since the last sync."""
+        self._sync_pending = False
+        e = self.engine
+        now = self.now()
+        sig = (e.allowed.version, tuple(e.peers))
+        if sig != self._sig:
+            self._sig = sig
+            self._broadcast(self._peers_msg())  # carries every endpoint
+            self._sent = {k: (p.endpoint, None) for k, p in e.peers.items()}
+        for key, peer in e.peers.items():
+            state = self._state_of(peer)
+            sent = self._sent.get(key)
+            if sent == state:
+                continue
+            if sent is None or sent[0] != state[0]:
+                self._broadcast(("endpoint", key, state[0]))
+            if sent is None or sent[1] != state[1]:
+                self._broadcast(self._keypair_msg(key, now))
+            self._sent[key] = state
+
+    def sync_soon(self) -> None:
+        if not self._sync_pending:
+            self._sync_pending = True
+            self.loop.call_soon(self.sync)
+
+    def _periodic(self) -> None:
+        self.sync()
+        self._sync_timer = self.loop.call_later(SYNC_INTERVAL, self._periodic)
+
+    # ---------------------------------------------------------------- workers -> engine
+
+    def _on_message(self, w: WorkerProc, msg: tuple) -> None:
+        kind = msg[0]
+        e = self.engine
+        now = self.now()
+        if kind == "report":
+            for key, nbytes, npackets, data in msg[1]:
+                w.tx_packets += npackets
+                peer = e.peers.get(key)
+                if peer is not None:
+                    e.note_worker_sent(peer, nbytes, npackets, data, now)
+            e.drops.update(msg[2])
+            self.perform(Output())  # (re-arms the timer for deadlines the report moved)
+        elif kind == "stage":
+            peer = e.peers.get(msg[1])
+            if peer is None:
+                e.drops["tun_no_route"] += len(msg[2])
+                return
+            self.perform(e.send_packets(peer, msg[2], now))
+        elif kind == "rekey":
+            out = Output()
+            for key in msg[1]:
+                peer = e.peers.get(key)
+                if peer is not None:
+                    e.rekey_if_due(peer, now, out)
+            self.perform(out)

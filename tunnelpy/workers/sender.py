@@ -1,0 +1,207 @@
+"""The worker's half of the engine: route and encrypt what one TUN queue yields.
+
+Theory of operation
+-------------------
+With ``Workers = N`` the TUN has N queues; the kernel spreads outgoing flows over them by flow
+hash, and each worker process reads one queue. A worker runs no handshakes and holds no receive
+state: the daemon (the main process) owns the static key, every handshake, every receive path
+(replay windows, keypair rotation, roaming) and every timer, and tells the workers what they need
+to encrypt: per peer its endpoint, its AllowedIPs, and the sending half of its current keypair
+(key, remote index, the keypair's age and its shared counter slot).
+
+``from_tunnel(packets, now)`` routes each packet through AllowedIPs exactly as the engine does
+and, when the peer's sending state is usable (young enough, counters left, an endpoint, and the
+shared slot still the keypair's), reserves counters for the whole batch and encrypts it with the
+engine's own :func:`seal_batch`. Anything it cannot send — no keypair yet, an expired one, a
+retired slot — goes to the daemon (``to_daemon``), whose engine stages it and starts the
+handshake exactly as for its own queue. An initiator keypair past REKEY_AFTER_TIME asks the
+daemon for a rekey (``rekey``), at most once per REKEY_TIMEOUT.
+
+What was sent is summed per peer for ``take_report``: the daemon adds the bytes to ``wg show``'s
+transfer counters and runs the send-side timers for it. The class is sans-I/O like the engine:
+bytes and ``now`` in, lists out; counters come from an injected bank.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from ..protocol.allowedips import AllowedIPs
+from ..protocol.constants import (
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+)
+from ..protocol.engine import CounterBank
+from ..protocol.peer import Addr, Network
+from ..protocol.session import seal_batch
+
+
+class SendKey:
+    """The sending half of a keypair, as a worker holds it."""
+
+    __slots__ = ("encrypt", "remote_index", "slot", "ident", "created", "is_initiator", "counter")
+
+    def __init__(
+        self, key: bytes, remote_index: int, slot: int, ident: int, created: float,
+        is_initiator: bool,
+    ) -> None:  # fmt: skip
+        self.encrypt = ChaCha20Poly1305(key).encrypt
+        self.remote_index = remote_index
+        self.slot = slot
+        self.ident = ident
+        self.created = created
+        self.is_initiator = is_initiator
+        self.counter = 0  # this worker's view: the highest counter it reserved
+
+
+class WorkerPeer:
+    __slots__ = ("key", "endpoint", "send", "tx_bytes", "tx_packets", "data_sent", "any_sent",
+                 "rekey_asked")  # fmt: skip
+
+    def __init__(self, key: bytes, endpoint: Addr | None) -> None:
+        self.key = key
+        self.endpoint = endpoint
+        self.send: SendKey | None = None
+        self.tx_bytes = self.tx_packets = 0
+        self.data_sent = self.any_sent = False
+        self.rekey_asked = float("-inf")
+
+
+@dataclass
+class SendOutput:
+    datagrams: dict[Addr, list[bytes]] = field(default_factory=dict)  # grouped by destination
+    to_daemon: dict[bytes, list[bytes]] = field(default_factory=dict)  # peer key -> packets
+    rekey: list[bytes] = field(default_factory=list)  # peer keys
+
+
+class SendEngine:
+    def __init__(self, counters: CounterBank, mtu: int = 1420) -> None:
+        self.counters = counters
+        self.mtu = mtu
+        self.peers: dict[bytes, WorkerPeer] = {}
+        self.allowed: AllowedIPs[WorkerPeer] = AllowedIPs()
+        self.drops: Counter[str] = Counter()
+
+    # ---------------------------------------------------------------- state from the daemon
+
+    def set_peers(self, peers: list[tuple[bytes, Addr | None, list[Network]]]) -> None:
+        """The daemon's whole peer list and routing table (sent when either changed)."""
+        old = self.peers
+        self.peers = {}
+        self.allowed = AllowedIPs()
+        for key, endpoint, networks in peers:
+            wp = old.get(key)
+            if wp is None:
+                wp = WorkerPeer(key, endpoint)
+            wp.endpoint = endpoint
+            self.peers[key] = wp
+            for net in networks:
+                self.allowed.insert(net, wp)
+
+    def set_endpoint(self, key: bytes, endpoint: Addr | None) -> None:
+        wp = self.peers.get(key)
+        if wp is not None:
+            wp.endpoint = endpoint
+
+    def set_keypair(
+        self,
+        key: bytes,
+        material: tuple[bytes, int, int, int, float, bool] | None,
+        now: float,
+    ) -> None:
+        """material = (send key, remote index, slot, identity, age in seconds, is_initiator),
+        or None when the peer has no session to send on."""
+        wp = self.peers.get(key)
+        if wp is None:
+            return
+        if material is None:
+            wp.send = None
+            return
+        send_key, remote, slot, ident, age, initiator = material
+        wp.send = SendKey(send_key, remote, slot, ident, now - age, initiator)
+
+    # ---------------------------------------------------------------- data
+
+    def from_tunnel(self, packets: list[bytes], now: float) -> SendOutput:
+        out = SendOutput()
+        by_peer: dict[WorkerPeer, list[bytes]] = {}
+        lookup = self.allowed.lookup
+        last_dst: bytes | None = None
+        peer: WorkerPeer | None = None
+        bucket: list[bytes] = []
+        for pkt in packets:
+            version = pkt[0] >> 4 if pkt else 0
+            if version == 4 and len(pkt) >= 20:
+                dst = pkt[16:20]
+            elif version == 6 and len(pkt) >= 40:
+                dst = pkt[24:40]
+            else:
+                self.drops["tun_not_ip"] += 1
+                continue
+            if dst != last_dst:  # the segments of a TSO super-packet share one destination
+                last_dst = dst
+                peer = lookup(dst)
+                if peer is not None:
+                    bucket = by_peer.get(peer)
+                    if bucket is None:
+                        bucket = by_peer[peer] = []
+            if peer is None:
+                self.drops["tun_no_route"] += 1
+                continue
+            bucket.append(pkt)
+        for peer, pkts in by_peer.items():
+            self._send(peer, pkts, now, out)
+        return out
+
+    def _send(self, peer: WorkerPeer, payloads: list[bytes], now: float, out: SendOutput) -> None:
+        sk = peer.send
+        n = len(payloads)
+        if sk is None or peer.endpoint is None or now - sk.created >= REJECT_AFTER_TIME:
+            out.to_daemon.setdefault(peer.key, []).extend(payloads)
+            return
+        counter = self.counters.reserve(sk.slot, sk.ident, n)
+        if counter is None:
+            peer.send = None  # the slot went to a newer keypair: this one is retired
+        if counter is None or counter + n >= REJECT_AFTER_MESSAGES:
+            out.to_daemon.setdefault(peer.key, []).extend(payloads)
+            return
+        assert sk is not None and peer.endpoint is not None
+        datagrams, sent = seal_batch(sk.encrypt, sk.remote_index, counter, payloads, self.mtu)
+        sk.counter = counter + n
+        bucket = out.datagrams.get(peer.endpoint)
+        if bucket is None:
+            out.datagrams[peer.endpoint] = datagrams
+        else:
+            bucket.extend(datagrams)
+        peer.tx_bytes += sent
+        peer.tx_packets += n
+        peer.any_sent = True
+        peer.data_sent = True  # (TUN packets are never empty)
+        if (
+            sk.is_initiator
+            and (sk.counter > REKEY_AFTER_MESSAGES or now - sk.created > REKEY_AFTER_TIME)
+            and now - peer.rekey_asked >= REKEY_TIMEOUT
+        ):
+            peer.rekey_asked = now
+            out.rekey.append(peer.key)
+
+    # ---------------------------------------------------------------- reporting
+
+    def take_report(self) -> tuple[list[tuple[bytes, int, int, bool]], dict[str, int]]:
+        """What was sent since the last report: [(peer key, bytes, packets, data sent)] and the
+        drops by reason; both reset."""
+        sent = []
+        for wp in self.peers.values():
+            if wp.any_sent:
+                sent.append((wp.key, wp.tx_bytes, wp.tx_packets, wp.data_sent))
+                wp.tx_bytes = wp.tx_packets = 0
+                wp.any_sent = wp.data_sent = False
+        drops = dict(self.drops)
+        self.drops.clear()
+        return sent, drops
