@@ -105,7 +105,7 @@ def test_killed_worker_is_replaced_and_shutdown_is_clean(lab):
         10, "a new worker 1",
     )  # fmt: skip
     assert "worker 1 exited; restarting" in a.proc.log(200)
-    for i in range(8):
+    for _ in range(8):
         assert lab.tcp_transfer(a.ns, b.ns, "10.44.0.2", 2 << 20), lab.notes
         assert lab.tcp_transfer(b.ns, a.ns, "fd44::1", 2 << 20), lab.notes
     pids = child_pids(a.proc.pid) | child_pids(b.proc.pid)
@@ -134,7 +134,7 @@ def test_workers_against_wireguard_go(lab):
     lab.wggo(b_ns, wg_if, wg_key, 51821, "10.44.0.2/24",
              WgPeer(a.public_key, endpoint=f"{UA}:51820", allowed_ips=["10.44.0.1/32"]))  # fmt: skip
     assert lab.ping(a.ns, "10.44.0.2"), lab.notes
-    for i in range(10):
+    for _ in range(10):
         assert lab.tcp_transfer(a.ns, b_ns, "10.44.0.2", 2 << 20), lab.notes
         if (worker_rows(a.ifname)[1]["tx_packets"] or 0) > 100:
             break

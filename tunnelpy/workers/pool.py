@@ -217,7 +217,12 @@ class WorkerPool:
         if kp is None or not kp.ident:
             return ("keypair", key, None)
         material = (
-            kp.send_key, kp.remote_index, kp.slot, kp.ident, now - kp.created, kp.is_initiator
+            kp.send_key,
+            kp.remote_index,
+            kp.slot,
+            kp.ident,
+            now - kp.created,
+            kp.is_initiator,
         )
         return ("keypair", key, material)
 
