@@ -3,7 +3,7 @@
 #
 # Usage:  bench/run.sh [-n RUNS] [-t SECONDS] [TUNNEL...]
 #         bench/run.sh -s RESULTS.tsv...      (only print the tables again)
-#   default tunnels: raw wggo [fastd] [ovpn-gcm] (when installed) tunnelpyd-off tunnelpyd tunnelpyd-l2
+#   default tunnels: raw wggo [fastd] [ovpn-gcm] (when installed) tunnelpyd-off tunnelpyd tunnelpyd-w2 tunnelpyd-l2
 #   -n RUNS     interleaved repetitions; tables show medians (default 3)
 #   -t SECONDS  iperf3 duration per test (default 5)
 #   env: everything anchors.sh reads (P4=0, UDP=0, CRYPTO=0, MTU, QUIET_WAIT, OUTDIR) and the
@@ -34,7 +34,7 @@ else
   TUNNELS=(raw wggo)
   command -v fastd >/dev/null && TUNNELS+=(fastd)
   command -v openvpn >/dev/null && TUNNELS+=(ovpn-gcm)
-  TUNNELS+=(tunnelpyd-off tunnelpyd tunnelpyd-l2)
+  TUNNELS+=(tunnelpyd-off tunnelpyd tunnelpyd-w2 tunnelpyd-l2)
 fi
 
 # A fresh results directory per run, so the ratio table reads exactly this run's file.

@@ -5,7 +5,9 @@
 # like with like. anchors.sh kills the daemons (bg_in PIDs) and deletes both namespaces after.
 #
 # Tunnels: tunnelpyd (Offload = auto: TUN TSO/GRO, UDP GSO/GRO) and tunnelpyd-off
-# (Offload = off: one packet per syscall), so one run shows what the offloads are worth.
+# (Offload = off: one packet per syscall), so one run shows what the offloads are worth;
+# tunnelpyd-l2 (the same over an L2 segment's TAP) and tunnelpyd-w2 (Workers = 2: a second
+# process reads a second TUN queue). All but tunnelpyd-w2 run Workers = 1.
 #
 # env: TUNNELPYD       command that starts the daemon (default: tunnelpyd on PATH, else this
 #                      checkout's tunnelpy.cli via python3 -c)
@@ -41,6 +43,7 @@ ListenPort = 51820
 Address = $tun_addr/24
 MTU = $MTU
 Offload = ${TP_OFFLOAD:-auto}
+Workers = ${TP_WORKERS:-1}
 
 [Peer]
 Name = bench-peer
@@ -55,6 +58,7 @@ CONF
 tun_tunnelpyd_up() { TP_OFFLOAD=auto tp_up tunnelpyd; }
 tun_tunnelpyd-off_up() { TP_OFFLOAD=off tp_up tunnelpyd-off; }
 tun_tunnelpyd-l2_up() { TP_OFFLOAD=auto TP_L2=1 tp_up tunnelpyd-l2; }
+tun_tunnelpyd-w2_up() { TP_OFFLOAD=auto TP_WORKERS=2 tp_up tunnelpyd-w2; }
 
 tp_up() {                # tp_up ROW : both daemons, with $TP_OFFLOAD
   local row=$1
@@ -72,7 +76,7 @@ tp_up() {                # tp_up ROW : both daemons, with $TP_OFFLOAD
   wait_link "$NS_A" "$TP_A" && wait_link "$NS_B" "$TP_B" || return 1
   if [ -n "${TP_L2:-}" ]; then wait_link "$NS_A" "l$TP_A" && wait_link "$NS_B" "l$TP_B" || return 1; fi
   local rev; rev=$(git -C "$TUNNELPY_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-  NOTE[$row]="tunnelpyd $rev, Offload = $TP_OFFLOAD${TP_L2:+, L2 segment (TAP)}, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
+  NOTE[$row]="tunnelpyd $rev, Offload = $TP_OFFLOAD, Workers = ${TP_WORKERS:-1}${TP_L2:+, L2 segment (TAP)}, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
 }
 
 tun_tunnelpyd_down() {   # keep the daemon's own view of the session next to the results

@@ -254,6 +254,7 @@ class Daemon:
             self.pool = WorkerPool(
                 self.loop, self.engine, self.clock.now, self.tun, self.udp, self.workers,
                 self.datapath.perform, offload=self.offload, time_scale=self.clock.scale,
+                user=self._service_args["user"] or ic.user,
             )  # fmt: skip
             try:
                 self.pool.start()

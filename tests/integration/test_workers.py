@@ -49,9 +49,13 @@ def transfer(lab, site, key: str) -> tuple[int, int]:
     raise AssertionError(f"peer {key} not in wg show transfer")
 
 
-def child_pids(pid: int) -> set[int]:
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (the zygote and the workers it forked)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return {int(x) for x in out.stdout.split()}
+    kids = {int(x) for x in out.stdout.split()}
+    for k in list(kids):
+        kids |= descendants(k)
+    return kids
 
 
 def two_sites(lab, workers_a: str, workers_b: str):
@@ -73,7 +77,7 @@ def test_two_workers_carry_traffic_and_merge_counters(lab):
     assert lab.ping(b.ns, "fd44::1"), lab.notes
     rows = worker_rows(a.ifname)
     assert [r["index"] for r in rows] == [0, 1]
-    assert rows[1]["pid"] in child_pids(a.proc.pid)
+    assert rows[1]["pid"] in descendants(a.proc.pid)
     # Flows are spread over the two queues by hash: keep adding flows until the worker sent
     # some (each flow has 1/2 chance; 12 flows all on queue 0 would be 1 in 4096).
     for i in range(12):
@@ -108,8 +112,8 @@ def test_killed_worker_is_replaced_and_shutdown_is_clean(lab):
     for _ in range(8):
         assert lab.tcp_transfer(a.ns, b.ns, "10.44.0.2", 2 << 20), lab.notes
         assert lab.tcp_transfer(b.ns, a.ns, "fd44::1", 2 << 20), lab.notes
-    pids = child_pids(a.proc.pid) | child_pids(b.proc.pid)
-    assert len(pids) == 2
+    pids = descendants(a.proc.pid) | descendants(b.proc.pid)
+    assert len(pids) == 4  # a zygote and a worker each
     assert a.proc.stop() == 0 and b.proc.stop() == 0
     lab.wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 5, "workers gone")
     assert not lab.link_exists(a.ns, a.ifname) and not lab.link_exists(b.ns, b.ifname)
@@ -141,3 +145,31 @@ def test_workers_against_wireguard_go(lab):
     assert worker_rows(a.ifname)[1]["tx_packets"] > 100, "the worker never sent"
     assert lab.tcp_transfer(a.ns, b_ns, "10.44.0.2", 8 << 20), lab.notes
     assert lab.tcp_transfer(b_ns, a.ns, "10.44.0.1", 4 << 20), lab.notes
+
+
+def caps_and_uid(pid: int) -> tuple[list[str], int, int]:
+    fields = dict(
+        line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines()
+    )
+    return fields["Uid"].split(), int(fields["CapEff"], 16), int(fields["CapAmb"], 16)
+
+
+def test_workers_run_as_user_without_capabilities(lab):
+    a, b = two_sites(lab, "2", "1")
+    a.extra += "User = nobody\n"
+    start(lab, a, log_level="info")
+    start(lab, b, log_level="info")
+    assert lab.ping(a.ns, "10.44.0.2"), lab.notes
+    first = worker_rows(a.ifname)[1]["pid"]
+    assert caps_and_uid(first) == (["65534"] * 4, 0, 0)
+    assert caps_and_uid(a.proc.pid)[:2] == (["65534"] * 4, 1 << 12)  # the daemon: NET_ADMIN
+    # Restarted by the daemon after its drop: it opens the queue, the worker keeps nothing.
+    os.kill(first, signal.SIGKILL)
+    lab.wait_for(
+        lambda: len(rows := worker_rows(a.ifname)) == 2 and rows[1]["pid"] != first,
+        10, "a new worker 1",
+    )  # fmt: skip
+    assert caps_and_uid(worker_rows(a.ifname)[1]["pid"]) == (["65534"] * 4, 0, 0)
+    for _ in range(6):
+        assert lab.tcp_transfer(a.ns, b.ns, "10.44.0.2", 2 << 20), lab.notes
+    assert a.proc.stop() == 0

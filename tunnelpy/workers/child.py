@@ -1,10 +1,10 @@
 """A worker process: one TUN queue in, encrypted datagrams out through the daemon's socket.
 
-Started by the daemon (pool.py) as ``python -m tunnelpy.workers.child`` with four inherited file
-descriptors: its TUN queue, the daemon's UDP socket (it only sends on it), its end of the control
-channel and the shared counter memfd. It never opens a device or a socket itself, so it needs no
-privileges, and it exits when the control channel closes — which is also what happens when the
-daemon dies, however it dies. SIGINT and SIGTERM are ignored: the daemon decides when workers
+Forked by the zygote (zygote.py) at the daemon's request with four file descriptors: its TUN
+queue, the daemon's UDP socket (it only sends on it), its end of the control channel and the
+shared counter memfd. It never opens a device or a socket itself, so it needs no privileges (with
+``User`` it runs as that user with none), and it exits when the control channel closes — which
+is also what happens when the daemon dies, however it dies. SIGINT and SIGTERM are ignored: the daemon decides when workers
 stop (a terminal's Ctrl-C or systemd's SIGTERM reach the whole process group at once).
 """
 

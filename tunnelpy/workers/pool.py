@@ -4,9 +4,10 @@ what they report.
 The daemon itself reads queue 0 of the multi-queue TUN and is the only process that receives on
 the UDP socket; workers 1…N-1 each read one more queue and encrypt (sender.py). The pool:
 
-- opens each worker's queue, starts ``python -m tunnelpy.workers.child`` with the queue, the
-  socket, a control socketpair and the shared counter memfd, then closes its own copy of the
-  queue (so a dead worker's queue detaches and its flows move to the live queues);
+- starts the zygote (zygote.py) while still root, then for each worker opens a queue and has
+  the zygote fork a worker with the queue, the socket, a control socketpair and the shared
+  counter memfd; then closes its own copy of the queue (so a dead worker's queue detaches and
+  its flows move to the live queues);
 - mirrors the engine's state to the workers: the peer list with AllowedIPs when either changes
   (AllowedIPs.version), each peer's endpoint, and the sending half of its current keypair. It
   runs after every handshake or roam (``sync_soon``) and every SYNC_INTERVAL for changes made
@@ -21,6 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,7 +44,20 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 RESTART_DELAY = 1.0
 
+ZYGOTE_TIMEOUT = 10.0  # a fork answers in milliseconds; a stuck zygote must not hang us
+
 log = logging.getLogger("tunnelpyd")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # (a zombie also answers; the zygote ignores SIGCHLD, so its children never become one)
+    return True
 
 
 def resolve_workers(configured: int | None, cpus: int | None = None) -> int:
@@ -57,7 +74,7 @@ def resolve_workers(configured: int | None, cpus: int | None = None) -> int:
 @dataclass
 class WorkerProc:
     index: int
-    proc: subprocess.Popen
+    pid: int  # a child of the zygote, reaped by the kernel
     channel: chmod.Channel | None = None
     retired: bool = False  # stopped on purpose: its exit is not a failure
     tx_packets: int = 0  # encrypted and sent by this worker (from its reports)
@@ -77,6 +94,7 @@ class WorkerPool:
         *,
         offload: bool,
         time_scale: float = 1.0,
+        user: str | None = None,
     ) -> None:
         self.loop = loop
         self.engine = engine
@@ -87,9 +105,12 @@ class WorkerPool:
         self.perform = perform
         self.offload = offload
         self.time_scale = time_scale
+        self.user = user or ""  # the daemon's User: workers drop to it with no capabilities
         self.counters = SharedCounters(slots=COUNTER_SLOTS)
         engine.counters = self.counters
         self.workers: dict[int, WorkerProc] = {}
+        self.zygote: subprocess.Popen | None = None
+        self._zsock: socket.socket | None = None
         self.stopping = False
         self._restarts: list[float] = []
         self._sig: tuple | None = None
@@ -101,54 +122,80 @@ class WorkerPool:
 
     def start(self) -> None:
         self.tun.detach_writes()  # else every flow is steered back to the daemon's queue
+        self._start_zygote()
         for i in range(1, self.count):
             self._spawn(i)
         self._sync_timer = self.loop.call_later(SYNC_INTERVAL, self._periodic)
 
+    def _start_zygote(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.zygote = subprocess.Popen(
+                [sys.executable, "-m", "tunnelpy.workers.zygote",
+                 "--sock-fd", str(theirs.fileno()), "--user", self.user],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        ours.settimeout(ZYGOTE_TIMEOUT)
+        self._zsock = ours
+
     def _spawn(self, index: int) -> None:
+        if self._zsock is None:
+            raise OSError("the worker zygote is gone")
         queue = self.tun.open_queue()
         ours, theirs = chmod.pair()
-        cmd = [
-            sys.executable, "-m", "tunnelpy.workers.child",
+        argv = [
             "--index", str(index), "--name", self.tun.name,
-            "--tun-fd", str(queue), "--udp-fd", str(self.udp.fileno()),
-            "--ctl-fd", str(theirs.fileno()), "--counters-fd", str(self.counters.fd),
+            "--tun-fd", "{tun}", "--udp-fd", "{udp}", "--ctl-fd", "{ctl}",
+            "--counters-fd", "{counters}",
             "--mtu", str(self.engine.mtu), "--vnet-hdr", str(int(self.tun.vnet_hdr)),
             "--offload", str(int(self.offload)), "--time-scale", str(self.time_scale),
             "--log-level", logging.getLevelName(log.getEffectiveLevel()),
         ]  # fmt: skip
         try:
-            proc = subprocess.Popen(
-                cmd,
-                pass_fds=(queue, self.udp.fileno(), theirs.fileno(), self.counters.fd),
-                stdin=subprocess.DEVNULL,
-            )
+            fds = [queue, self.udp.fileno(), theirs.fileno(), self.counters.fd]
+            socket.send_fds(self._zsock, [pickle.dumps(argv)], fds)
+            answer = self._zsock.recv(256).decode()
+            if not answer.isdigit():
+                raise OSError(answer or "the worker zygote exited")
+            pid = int(answer)
+        except OSError:
+            ours.close()
+            raise
         finally:
             os.close(queue)  # the worker holds the queue now; if it dies, the queue detaches
             theirs.close()
-        w = WorkerProc(index, proc)
-        ch = w.channel = chmod.Channel(
+        w = WorkerProc(index, pid)
+        w.channel = chmod.Channel(
             ours, self.loop, lambda m: self._on_message(w, m), lambda: self._on_exit(w)
         )
         self.workers[index] = w
         for msg in self._full_state():
-            ch.send(msg)
-        log.info("%s: worker %d started (pid %d)", self.tun.name, index, proc.pid)
+            w.channel.send(msg)
+        log.info("%s: worker %d started (pid %d)", self.tun.name, index, pid)
 
     async def stop(self) -> None:
         self.stopping = True
         if self._sync_timer is not None:
             self._sync_timer.cancel()
             self._sync_timer = None
-        procs = [w.proc for w in self.workers.values()]
+        pids = [w.pid for w in self.workers.values()]
         self._retire_all()
+        if self._zsock is not None:
+            self._zsock.close()  # the zygote exits on end of file
+            self._zsock = None
         deadline = time.monotonic() + 3.0
-        for proc in procs:
-            while proc.poll() is None and time.monotonic() < deadline:
+        while any(map(_alive, pids)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for pid in filter(_alive, pids):
+            os.kill(pid, signal.SIGKILL)
+        if self.zygote is not None:
+            while self.zygote.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if self.zygote.poll() is None:
+                self.zygote.kill()
+                self.zygote.wait()
         self.engine.counters = None
         self.counters.close()
 
@@ -165,8 +212,6 @@ class WorkerPool:
             assert w.channel is not None
             w.channel.send(("stop",))
             w.channel.close()
-            # (reaped when it has exited: a zombie of a few milliseconds)
-            self.loop.call_later(1.0, w.proc.poll)
         self.workers.clear()
 
     def _on_exit(self, w: WorkerProc) -> None:
@@ -175,7 +220,6 @@ class WorkerPool:
         index = w.index
         if self.workers.get(index) is w:
             del self.workers[index]
-        self.loop.call_later(0.5, w.proc.poll)  # reap it once it has gone
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW] + [now]
         if len(self._restarts) > MAX_RESTARTS:
@@ -199,7 +243,7 @@ class WorkerPool:
         """For `tunnelpy show --json`: the daemon (index 0) and each live worker."""
         rows: list[dict[str, object]] = [{"index": 0, "pid": os.getpid(), "tx_packets": None}]
         for i, w in sorted(self.workers.items()):
-            rows.append({"index": i, "pid": w.proc.pid, "tx_packets": w.tx_packets})
+            rows.append({"index": i, "pid": w.pid, "tx_packets": w.tx_packets})
         return rows
 
     # ---------------------------------------------------------------- engine state -> workers
