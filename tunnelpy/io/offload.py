@@ -35,6 +35,9 @@ import os
 import struct
 from collections.abc import Sequence
 
+# numpy's OpenBLAS starts a thread per CPU at import, which we never use (sums are not BLAS)
+# and which under valgrind was seen spinning: one thread, no pool.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 try:  # optional: one vectorised pass for the payload sums of all segments of a super-packet
     import numpy as _np
 except ImportError:  # pragma: no cover - depends on the environment
