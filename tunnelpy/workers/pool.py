@@ -196,15 +196,18 @@ class WorkerPool:
             if self.zygote.poll() is None:
                 self.zygote.kill()
                 self.zygote.wait()
-        self.engine.counters = None
-        self.counters.close()
+        # The counter bank stays mapped: the engine's keypairs reserve from it until the daemon
+        # has stopped sending (the memfd goes with the process).
 
     def replace_udp(self, udp: UdpSocket) -> None:
         """A new listen port: workers send through the new socket (they are restarted)."""
         self.udp = udp
         self._retire_all()
         for i in range(1, self.count):
-            self._spawn(i)
+            try:
+                self._spawn(i)
+            except (OSError, TunError) as e:
+                log.error("%s: cannot restart worker %d: %s", self.tun.name, i, e)
 
     def _retire_all(self) -> None:
         for w in list(self.workers.values()):
