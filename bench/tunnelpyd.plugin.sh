@@ -59,6 +59,8 @@ tun_tunnelpyd_up() { TP_OFFLOAD=auto tp_up tunnelpyd; }
 tun_tunnelpyd-off_up() { TP_OFFLOAD=off tp_up tunnelpyd-off; }
 tun_tunnelpyd-l2_up() { TP_OFFLOAD=auto TP_L2=1 tp_up tunnelpyd-l2; }
 tun_tunnelpyd-w2_up() { TP_OFFLOAD=auto TP_WORKERS=2 tp_up tunnelpyd-w2; }
+# The socket buffers both ways: the kernel's default (rmem_default) instead of tunnelpyd's 4 MiB.
+tun_tunnelpyd-defbuf_up() { TUNNELPY_SOCKET_BUFFER=0 TP_OFFLOAD=auto tp_up tunnelpyd-defbuf; }
 
 tp_up() {                # tp_up ROW : both daemons, with $TP_OFFLOAD
   local row=$1
@@ -76,7 +78,7 @@ tp_up() {                # tp_up ROW : both daemons, with $TP_OFFLOAD
   wait_link "$NS_A" "$TP_A" && wait_link "$NS_B" "$TP_B" || return 1
   if [ -n "${TP_L2:-}" ]; then wait_link "$NS_A" "l$TP_A" && wait_link "$NS_B" "l$TP_B" || return 1; fi
   local rev; rev=$(git -C "$TUNNELPY_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-  NOTE[$row]="tunnelpyd $rev, Offload = $TP_OFFLOAD, Workers = ${TP_WORKERS:-1}${TP_L2:+, L2 segment (TAP)}, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
+  NOTE[$row]="tunnelpyd $rev, Offload = $TP_OFFLOAD, Workers = ${TP_WORKERS:-1}${TUNNELPY_SOCKET_BUFFER:+, socket buffers $TUNNELPY_SOCKET_BUFFER (0 = kernel default)}${TP_L2:+, L2 segment (TAP)}, $(python3 -c 'import sys; print("Python", sys.version.split()[0])')"
 }
 
 tun_tunnelpyd_down() {   # keep the daemon's own view of the session next to the results

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 
@@ -27,6 +28,13 @@ Addr = tuple[str, int]
 _LE = struct.pack("=H", 1) == b"\x01\x00"  # cmsg ints are in host order
 SO_MARK = 36
 BUFFER_SIZE = 4 << 20  # wireguard-go asks for 7 MiB; 4 MiB absorbs bursts of a 2-core box
+
+
+def _buffer_size() -> int:
+    """BUFFER_SIZE, or the bench knob TUNNELPY_SOCKET_BUFFER (bytes; 0 = the kernel's default),
+    which exists so bench/ can measure both ways (docs/performance.md)."""
+    value = os.environ.get("TUNNELPY_SOCKET_BUFFER", "")
+    return int(value) if value.isdigit() else BUFFER_SIZE
 SOL_UDP = 17
 UDP_SEGMENT = 103  # not named in Python 3.11's socket module
 UDP_GRO = 104
@@ -68,11 +76,14 @@ class UdpSocket:
             bind = ("0.0.0.0", port or 0)
             self.v6 = False
         try:
+            size = _buffer_size()
             for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
+                if not size:
+                    break
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, BUFFER_SIZE)  # *BUFFORCE as root
+                    sock.setsockopt(socket.SOL_SOCKET, force, size)  # *BUFFORCE as root
                 except OSError:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER_SIZE)
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
             if fwmark:
                 sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
             sock.bind(bind)
