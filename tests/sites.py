@@ -61,6 +61,22 @@ def new_site(lab: Lab, ns: str, port: int, addresses: list[str]) -> Site:
     return Site(ns=ns, ifname=lab.ifname("tp"), private_key=genkey(), port=port, addresses=addresses)
 
 
+def linked_pair(
+    lab: Lab, underlay: str, inner: str, inner6: str, extra_a: str = "", extra_b: str = ""
+) -> tuple[Site, Site]:
+    """Two sites joined by a veth `underlay`.1/.2 (/24), peers of each other with inner
+    addresses `inner`.1/.2 (/24) and `inner6`::1/::2 (/64), `extra_*` added to [Interface]."""
+    a_ns, b_ns = lab.ns
+    ua, ub = f"{underlay}.1", f"{underlay}.2"
+    lab.veth(a_ns, b_ns, f"{ua}/24", f"{ub}/24")
+    a = new_site(lab, a_ns, 51820, [f"{inner}.1/24", f"{inner6}::1/64"])
+    b = new_site(lab, b_ns, 51820, [f"{inner}.2/24", f"{inner6}::2/64"])
+    a.extra, b.extra = extra_a, extra_b
+    a.peers.append(b.peer_block(f"{ub}:51820", [f"{inner}.2/32", f"{inner6}::2/128"], name="site-b"))
+    b.peers.append(a.peer_block(f"{ua}:51820", [f"{inner}.1/32", f"{inner6}::1/128"], name="site-a"))
+    return a, b
+
+
 def start(lab: Lab, site: Site, *, log_level: str = "debug", wait: bool = True) -> Proc:
     site.conf = lab.write_file(f"{site.ifname}.conf", site.text())
     site.proc = lab.popen(

@@ -12,7 +12,7 @@ import os
 import shutil
 
 import pytest
-from sites import new_site, start
+from sites import linked_pair, start
 
 pytestmark = [
     pytest.mark.root,
@@ -22,18 +22,9 @@ pytestmark = [
     ),
 ]
 
-UA, UB = "10.41.0.1", "10.41.0.2"
-
-
 def offload_sites(lab, mode_a: str, mode_b: str):
-    a_ns, b_ns = lab.ns
-    lab.veth(a_ns, b_ns, f"{UA}/24", f"{UB}/24")
-    a = new_site(lab, a_ns, 51820, ["10.40.0.1/24", "fd40::1/64"])
-    b = new_site(lab, b_ns, 51820, ["10.40.0.2/24", "fd40::2/64"])
-    a.extra, b.extra = f"Offload = {mode_a}\n", f"Offload = {mode_b}\n"
-    a.peers.append(b.peer_block(f"{UB}:51820", ["10.40.0.2/32", "fd40::2/128"], name="site-b"))
-    b.peers.append(a.peer_block(f"{UA}:51820", ["10.40.0.1/32", "fd40::1/128"], name="site-a"))
-    return a, b
+    return linked_pair(lab, "10.41.0", "10.40.0", "fd40", f"Offload = {mode_a}\n",
+                       f"Offload = {mode_b}\n")  # fmt: skip
 
 
 def tso_state(lab, ns: str, ifname: str) -> str:

@@ -20,7 +20,7 @@ import time
 
 import pytest
 from netns import WgPeer, genkey, pubkey
-from sites import new_site, start
+from sites import linked_pair, new_site, start
 
 pytestmark = pytest.mark.root
 
@@ -60,14 +60,8 @@ def descendants(pid: int) -> set[int]:
 
 
 def two_sites(lab, workers_a: str, workers_b: str):
-    a_ns, b_ns = lab.ns
-    lab.veth(a_ns, b_ns, f"{UA}/24", f"{UB}/24")
-    a = new_site(lab, a_ns, 51820, ["10.44.0.1/24", "fd44::1/64"])
-    b = new_site(lab, b_ns, 51820, ["10.44.0.2/24", "fd44::2/64"])
-    a.extra, b.extra = f"Workers = {workers_a}\n", f"Workers = {workers_b}\n"
-    a.peers.append(b.peer_block(f"{UB}:51820", ["10.44.0.2/32", "fd44::2/128"], name="site-b"))
-    b.peers.append(a.peer_block(f"{UA}:51820", ["10.44.0.1/32", "fd44::1/128"], name="site-a"))
-    return a, b
+    return linked_pair(lab, "10.43.0", "10.44.0", "fd44", f"Workers = {workers_a}\n",
+                       f"Workers = {workers_b}\n")  # fmt: skip
 
 
 def test_two_workers_carry_traffic_and_merge_counters(lab):

@@ -28,10 +28,11 @@ None, which `lookup` uses for "no route".
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["AllowedIPs", "Addr", "Network", "NetworkLike"]
+__all__ = ["AllowedIPs", "Addr", "Network", "NetworkLike", "route_packets"]
 
 _MEMO_MAX = 1 << 16
 _MISS = object()
@@ -234,3 +235,41 @@ class AllowedIPs(Generic[V]):
         fam, plen, key, _ = self._locate(network)
         table = fam.tables.get(plen)
         return table is not None and key in table
+
+
+def route_packets(
+    packets: Iterable[bytes], table: AllowedIPs[V], drops: Counter[str]
+) -> dict[V, list[bytes]]:
+    """Outgoing IP packets grouped by the owner of their destination (cryptokey routing out).
+
+    What is not IPv4/IPv6 counts as ``tun_not_ip``, what has no route as ``tun_no_route``. The
+    table is consulted once per run of one destination: the segments of a TSO super-packet
+    share it. (The engine and the worker processes route with this same loop.)
+    """
+    by_owner: dict[V, list[bytes]] = {}
+    lookup = table.lookup
+    last_dst: bytes | None = None
+    owner: V | None = None
+    bucket: list[bytes] = []
+    for pkt in packets:
+        version = pkt[0] >> 4 if pkt else 0
+        if version == 4 and len(pkt) >= 20:
+            dst = pkt[16:20]
+        elif version == 6 and len(pkt) >= 40:
+            dst = pkt[24:40]
+        else:
+            drops["tun_not_ip"] += 1
+            continue
+        if dst != last_dst:
+            last_dst = dst
+            owner = lookup(dst)
+            if owner is not None:
+                found = by_owner.get(owner)
+                if found is None:
+                    found = by_owner[owner] = []
+                bucket = found
+        if owner is None:
+            drops["tun_no_route"] += 1
+            continue
+        bucket.append(pkt)
+    return by_owner

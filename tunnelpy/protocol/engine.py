@@ -44,7 +44,7 @@ from typing import Protocol
 
 from . import handshake as hs
 from .actions import Event, Output
-from .allowedips import AllowedIPs
+from .allowedips import AllowedIPs, route_packets
 from .constants import (
     COOKIE_REPLY_SIZE,
     HANDSHAKE_INITIATION_RATE,
@@ -356,31 +356,7 @@ class Engine:
 
     def from_tunnel(self, packets: Iterable[bytes], now: float) -> Output:
         out = Output()
-        by_peer: dict[Peer, list[bytes]] = {}
-        lookup = self.allowed.lookup
-        last_dst: bytes | None = None
-        peer: Peer | None = None
-        bucket: list[bytes] = []
-        for pkt in packets:
-            version = pkt[0] >> 4 if pkt else 0
-            if version == 4 and len(pkt) >= 20:
-                dst = pkt[16:20]
-            elif version == 6 and len(pkt) >= 40:
-                dst = pkt[24:40]
-            else:
-                self.drops["tun_not_ip"] += 1
-                continue
-            if dst != last_dst:  # the segments of a TSO super-packet share one destination
-                last_dst = dst
-                peer = lookup(dst)
-                if peer is not None:
-                    bucket = by_peer.get(peer)
-                    if bucket is None:
-                        bucket = by_peer[peer] = []
-            if peer is None:
-                self.drops["tun_no_route"] += 1
-                continue
-            bucket.append(pkt)
+        by_peer = route_packets(packets, self.allowed, self.drops)
         for peer, pkts in by_peer.items():
             self.send_to_peer(peer, pkts, now, out)
         for peer in by_peer:

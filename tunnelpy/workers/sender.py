@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ..protocol.allowedips import AllowedIPs
+from ..protocol.allowedips import AllowedIPs, route_packets
 from ..protocol.constants import (
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
@@ -130,32 +130,7 @@ class SendEngine:
 
     def from_tunnel(self, packets: list[bytes], now: float) -> SendOutput:
         out = SendOutput()
-        by_peer: dict[WorkerPeer, list[bytes]] = {}
-        lookup = self.allowed.lookup
-        last_dst: bytes | None = None
-        peer: WorkerPeer | None = None
-        bucket: list[bytes] = []
-        for pkt in packets:
-            version = pkt[0] >> 4 if pkt else 0
-            if version == 4 and len(pkt) >= 20:
-                dst = pkt[16:20]
-            elif version == 6 and len(pkt) >= 40:
-                dst = pkt[24:40]
-            else:
-                self.drops["tun_not_ip"] += 1
-                continue
-            if dst != last_dst:  # the segments of a TSO super-packet share one destination
-                last_dst = dst
-                peer = lookup(dst)
-                if peer is not None:
-                    bucket = by_peer.get(peer)
-                    if bucket is None:
-                        bucket = by_peer[peer] = []
-            if peer is None:
-                self.drops["tun_no_route"] += 1
-                continue
-            bucket.append(pkt)
-        for peer, pkts in by_peer.items():
+        for peer, pkts in route_packets(packets, self.allowed, self.drops).items():
             self._send(peer, pkts, now, out)
         return out
 
