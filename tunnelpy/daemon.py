@@ -147,6 +147,11 @@ class Daemon:
                 f"{conf.path}: Interface.Workers = {ic.workers}: workers need Transport = wireguard"
             )
         self.workers = 1 if vxlan else resolve_workers(ic.workers)
+        forced = os.environ.get("TUNNELPY_TEST_WORKERS", "")
+        if forced.isdigit() and not vxlan and 1 <= int(forced) <= cfgmod.MAX_WORKERS:
+            # Testing knob: run a whole test suite with worker processes (docs/testing.md).
+            self.workers = int(forced)
+            log.warning("TUNNELPY_TEST_WORKERS=%s: Workers forced (testing only)", forced)
 
         # 1. Everything that can fail without side effects.
         endpoints: list[tuple[str, int] | None] = []
