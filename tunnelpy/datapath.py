@@ -117,17 +117,6 @@ class DataPath:
             self.perform(self.engine.from_segment(vni, frames, self.clock.now()))
 
     def _on_udp(self) -> None:
-        burst = getattr(self.engine, "from_network_burst", None)
-        if burst is not None and getattr(self.udp, "gro", False):
-            # GRO receives go to the engine whole: a burst's datagrams are checked together.
-            received = self.udp.recv_bursts()
-            if received:
-                now = self.clock.now()
-                out = Output()
-                for buf, size, addr in received:
-                    burst(buf, size, addr, now, out)
-                self.perform(out)
-            return
         datagrams = self.udp.recv_batch()
         if datagrams:
             self.perform(self.engine.from_network(datagrams, self.clock.now()))

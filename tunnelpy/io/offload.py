@@ -264,18 +264,7 @@ def split_tcp(buf: Buffer, off: int, mss: int) -> list[bytes]:
     hdr[tt + 13] = 0
     _U16.pack_into(hdr, tt + 16, 0)
     tcp_sum = ones_sum(memoryview(hdr)[tt:])
-    n_full = (end - h) // mss
-    out: list[bytes] = []
-    first = 0  # the first segment the per-segment loop below builds
-    if _np is not None and n_full >= _VECTOR_MIN and not mss & 1:
-        out = _full_segments_np(
-            buf, hdr, h, n_full, mss, ip, tt, thl, v6, iphl, ip_sum, addr_sum, tcp_sum,
-            seq0, flags0, ipid0, end == h + n_full * mss,
-        )  # fmt: skip
-        first = n_full
-        if first * mss == end - h:
-            return out
-    sums = _payload_sums(buf, h + first * mss, end, mss)
+    sums = _payload_sums(buf, h, end, mss)
     # One struct.pack per segment writes every changing field between the constant stretches
     # of the header template: the cheapest way to build a header in CPython.
     if v6:
@@ -291,23 +280,22 @@ def split_tcp(buf: Buffer, off: int, mss: int) -> list[bytes]:
     window = hdr[tt + 14 : tt + 16]
     rest = hdr[tt + 18 :]
     pack = st.pack
-    n = first + len(sums)
+    n = len(sums)
     last = n - 1
     mv = memoryview(buf)
     join = b"".join
-    pos = h + first * mss
-    seq = (seq0 + first * mss) & 0xFFFFFFFF
+    out: list[bytes] = []
+    pos = h
+    seq = seq0
     plen = mss
     flags = flags0 & ~_LAST_ONLY
-    if first:
-        flags &= ~_FIRST_ONLY
-    for i in range(first, n):
+    for i in range(n):
         if i == last:
             plen = end - pos
             flags = flags0 if i == 0 else flags0 & ~_FIRST_ONLY
         elif i == 1:
             flags &= ~_FIRST_ONLY
-        tsum = addr_sum + thl + plen + tcp_sum + (seq >> 16) + (seq & _M) + flags + sums[i - first]
+        tsum = addr_sum + thl + plen + tcp_sum + (seq >> 16) + (seq & _M) + flags + sums[i]
         if v6:
             head = pack(
                 *fixed, thl + plen, middle, seq, ack_doff, flags, window, _M - tsum % _M, rest
@@ -324,70 +312,6 @@ def split_tcp(buf: Buffer, off: int, mss: int) -> list[bytes]:
         pos = nxt
         seq = (seq + mss) & 0xFFFFFFFF
     return out
-
-
-# From this many full-size segments on, split_tcp builds them with a fixed number of numpy
-# calls instead of one Python iteration each (bench/hotpath.py: below it the calls' overhead wins).
-_VECTOR_MIN = 4
-
-
-def _full_segments_np(
-    buf: Buffer, hdr: bytearray, h: int, n: int, mss: int, ip: int, tt: int, thl: int,
-    v6: bool, iphl: int, ip_sum: int, addr_sum: int, tcp_sum: int, seq0: int, flags0: int,
-    ipid0: int, ends_here: bool,
-) -> list[bytes]:  # fmt: skip
-    """The first `n` (full-size) segments of split_tcp, built as rows of one numpy array.
-
-    Same fields and checksums as split_tcp's loop: the header template is broadcast to every
-    row, the payloads land behind it in one copy, and each changing field (IPv4 id and header
-    checksum, sequence number, TCP checksum) is one vector written as a column. `ends_here`:
-    the last row is the super-packet's last segment (it gets FIN/PSH back).
-    """
-    np = _np
-    assert np is not None
-    hlen = len(hdr)
-    rows = np.empty((n, hlen + mss), np.uint8)
-    tmpl = np.frombuffer(hdr, np.uint8).copy()
-    if v6:
-        tmpl[ip + 4 : ip + 6] = divmod(thl + mss, 256)
-    else:
-        total = iphl + thl + mss
-        tmpl[ip + 2 : ip + 4] = divmod(total, 256)
-    mid = flags0 & ~_LAST_ONLY & ~_FIRST_ONLY
-    tmpl[tt + 13] = mid
-    rows[:, :hlen] = tmpl
-    rows[:, hlen:] = np.frombuffer(buf, np.uint8, n * mss, h).reshape(n, mss)
-    # Payload sums over little-endian words (native, so no byte swapping), turned into the
-    # big-endian sum by one multiplication: a byte-swapped 16-bit word is the word × 256 mod
-    # 0xFFFF, and 256 is its own inverse there; 32-bit words sum like their two halves.
-    wide = not mss & 3
-    words = np.frombuffer(buf, "<u4" if wide else "<u2", n * mss // (4 if wide else 2), h)
-    psum = np.add.reduce(words.reshape(n, -1), axis=1, dtype=np.uint64) % _M * 256
-    i = np.arange(n, dtype=np.uint64)
-    seq = (i * mss + seq0) & 0xFFFFFFFF
-    rows[:, tt + 4 : tt + 8] = seq.astype(">u4").view(np.uint8).reshape(n, 4)
-    # Flags: CWR stays on the first segment only, FIN and PSH on the last only.
-    first_flags = flags0 & ~_LAST_ONLY
-    last_flags = flags0 & ~_FIRST_ONLY
-    rows[0, tt + 13] = first_flags
-    extra = np.zeros(n, np.uint64)
-    extra[0] = first_flags - mid
-    if ends_here:
-        rows[n - 1, tt + 13] = last_flags
-        extra[n - 1] = last_flags - mid
-    tsum = psum + (seq >> 16) + (seq & _M) + extra + (addr_sum + thl + mss + tcp_sum + mid)
-    rows[:, tt + 16 : tt + 18] = (_M - tsum % _M).astype(">u2").view(np.uint8).reshape(n, 2)
-    if not v6:
-        ipid = (i + ipid0) & _M
-        both = np.empty((n, 2), ">u2")  # IPv4 id, then (after 4 constant bytes) checksum
-        both[:, 0] = ipid
-        both[:, 1] = _M - (ipid + (ip_sum + total)) % _M
-        b = both.view(np.uint8)
-        rows[:, ip + 4 : ip + 6] = b[:, 0:2]
-        rows[:, ip + 10 : ip + 12] = b[:, 2:4]
-    whole = rows.tobytes()
-    step = hlen + mss
-    return [whole[k : k + step] for k in range(0, n * step, step)]
 
 
 @functools.cache
@@ -498,37 +422,6 @@ def coalesce(
     units: list[list[Buffer]] = []
     flows: dict[bytes, _Flow] = {}
     builders: list[tuple[int, _Flow]] = []
-    count = len(packets)
-    if _np is None or count < _VECTOR_MIN:
-        _coalesce_into(packets, l2, uso, units, flows, builders)
-    else:
-        # Runs of equal-length packets (a burst of full-size segments) are checked and joined
-        # by numpy in a fixed number of calls; whatever does not qualify takes the loop.
-        lens = list(map(len, packets))
-        i = 0
-        while i < count:
-            size = lens[i]
-            j = i + 1
-            while j < count and lens[j] == size:
-                j += 1
-            run = packets[i:j]
-            if j - i < _VECTOR_MIN or not _coalesce_run_np(run, size, l2, units, flows, builders):
-                _coalesce_into(run, l2, uso, units, flows, builders)
-            i = j
-    for index, flow in builders:
-        units[index] = _unit(flow)
-    return units
-
-
-def _coalesce_into(
-    packets: Sequence[Buffer],
-    l2: bool,
-    uso: bool,
-    units: list[list[Buffer]],
-    flows: dict[bytes, _Flow],
-    builders: list[tuple[int, _Flow]],
-) -> None:
-    """coalesce()'s per-packet loop: appends units; super-packets are completed by the caller."""
     for p in packets:
         n = len(p)
         l3 = 0
@@ -634,126 +527,16 @@ def _coalesce_into(
             flow.psh = True
         flows[sig] = flow
         builders.append((len(units), flow))
-        units.append([])  # filled by the caller, when the flow is complete
+        units.append([])  # filled below, when the flow is complete
+    for index, flow in builders:
+        units[index] = _unit(flow)
+    return units
 
 
-@functools.cache
-def _run_columns(l3: int, t: int, h: int, v6: bool) -> object:
-    """Header bytes every segment of one GRO super-packet shares with the first (as the loop's
-    flow key, plus the IP length, which equal-length packets share): all but IPv4 id and
-    checksum, TCP sequence number, flags, window, checksum and urgent pointer."""
-    assert _np is not None
-    if v6:
-        spans = [(0, t + 4), (t + 8, t + 13), (t + 20, h)]
-    else:
-        spans = [(0, l3 + 4), (l3 + 6, l3 + 10), (l3 + 12, t + 4), (t + 8, t + 13), (t + 20, h)]
-    return _np.array([c for a, b in spans for c in range(a, b)], _np.intp)
-
-
-def _coalesce_run_np(
-    run: Sequence[Buffer],
-    size: int,
-    l2: bool,
-    units: list[list[Buffer]],
-    flows: dict[bytes, _Flow],
-    builders: list[tuple[int, _Flow]],
-) -> bool:
-    """Equal-length packets that all continue one TCP flow -> units appended; else False.
-
-    The same rules as the loop, checked over rows of one array: every shared header byte equal
-    to the first packet's, sequence numbers consecutive, flags ACK with PSH allowed (a PSH
-    segment ends its super-packet). Anything else (a gap, another flow, another kind) returns
-    False before appending, and the loop takes the run.
-    """
-    np = _np
-    assert np is not None
-    p = run[0]
-    l3 = l3_offset(p) if l2 else 0
-    if size < l3 + 40:
-        return False
-    b0 = p[l3]
-    if b0 >> 4 == 4:
-        t = l3 + (b0 & 0x0F) * 4
-        v6 = False
-        if (
-            p[l3 + 9] != IPPROTO_TCP
-            or p[l3 + 6] & 0x3F
-            or p[l3 + 7]
-            or (p[l3 + 2] << 8) | p[l3 + 3] != size - l3
-        ):
-            return False
-    elif b0 >> 4 == 6:
-        t = l3 + 40
-        v6 = True
-        if p[l3 + 6] != IPPROTO_TCP or (p[l3 + 4] << 8) | p[l3 + 5] != size - t:
-            return False
-    else:
-        return False
-    if size < t + 20:
-        return False
-    h = t + (p[t + 12] >> 4) * 4
-    plen = size - h
-    if plen <= 0 or h < t + 20:
-        return False
-    k = len(run)
-    whole = b"".join(run)
-    rows = np.frombuffer(whole, np.uint8).reshape(k, size)
-    cols = _run_columns(l3, t, h, v6)
-    shared = rows[:, cols]
-    if not (shared == shared[0]).all():
-        return False
-    flags = rows[:, t + 13]
-    if ((flags | TCP_PSH) != (TCP_ACK | TCP_PSH)).any():
-        return False
-    seq = np.ascontiguousarray(rows[:, t + 4 : t + 8]).view(">u4").ravel().astype(np.int64)
-    if ((seq[1:] - seq[:-1]) & 0xFFFFFFFF != plen).any():
-        return False
-    # Super-packets: a PSH segment ends one, and none exceeds 64 KiB. The run's last one stays
-    # open, under the loop's flow key, so the packets after the run (a shorter last segment)
-    # can still join it.
-    per = max(1, (MAX_COALESCED - (h - l3)) // plen)
-    ends = (np.flatnonzero(flags & TCP_PSH) + 1).tolist()
-    if not ends or ends[-1] != k:
-        ends.append(k)
-    start = 0
-    for end in ends:
-        while start < end:
-            stop = min(start + per, end)
-            flow = _Flow(whole[start * size : start * size + h], l3, t - l3, h, v6, 0, plen)
-            flow.pieces = [rows[start:stop, h:].tobytes()]
-            flow.size = plen * (stop - start)
-            flow.psh = bool(flags[stop - 1] & TCP_PSH)
-            if stop < k or flow.psh:
-                units.append(_unit(flow, whole[start * size : stop * size]))
-            else:
-                flow.open = stop - start < per
-                flow.next_seq = (int(seq[k - 1]) + plen) & 0xFFFFFFFF
-                flow.first = whole[start * size : start * size + size]
-                flows[_tcp_key(flow.first, l3, t, h, v6)] = flow
-                builders.append((len(units), flow))
-                units.append([])
-            start = stop
-    return True
-
-
-def _tcp_key(p: Buffer, l3: int, t: int, h: int, v6: bool) -> bytes:
-    """The loop's flow key of a TCP segment (see _coalesce_into, which builds it inline)."""
-    if v6:
-        return p[: l3 + 4] + p[l3 + 6 : t + 4] + p[t + 8 : t + 13] + p[t + 20 : h]
-    sig = p[: l3 + 2] + p[l3 + 6 : l3 + 10] + p[l3 + 12 : t + 4] + p[t + 8 : t + 13]
-    return sig + p[t + 20 : h] if h > t + 20 else sig
-
-
-def _unit(flow: _Flow, alone: Buffer | None = None) -> list[Buffer]:
-    """A flow's write unit: one segment goes alone (`alone`: its bytes, if not flow.first)."""
-    if flow.size == flow.gso:  # every piece after the first adds bytes
-        return [ZERO_VNET_HDR, flow.first if alone is None else alone]
-    return _gso_unit(flow)
-
-
-def _gso_unit(flow: _Flow) -> list[Buffer]:
-    """The write unit of a flow of several segments: its pieces behind one rewritten header."""
+def _unit(flow: _Flow) -> list[Buffer]:
     first = flow.first
+    if len(flow.pieces) == 1:
+        return [ZERO_VNET_HDR, first]
     l3, h = flow.l3, flow.h
     hdr = bytearray(memoryview(first)[:h])
     t = l3 + flow.iphl

@@ -35,8 +35,6 @@ def _buffer_size() -> int:
     which exists so bench/ can measure both ways (docs/performance.md)."""
     value = os.environ.get("TUNNELPY_SOCKET_BUFFER", "")
     return int(value) if value.isdigit() else BUFFER_SIZE
-
-
 SOL_UDP = 17
 UDP_SEGMENT = 103  # not named in Python 3.11's socket module
 UDP_GRO = 104
@@ -174,33 +172,6 @@ class UdpSocket:
                 else:
                     append((data, addr))
                 if len(out) >= MAX_DATAGRAMS:
-                    break
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            pass  # ICMP errors, as in the plain path
-        return out
-
-    def recv_bursts(self) -> list[tuple[bytes, int, Addr]]:
-        """With UDP GRO: each receive as it came, (buffer, segment size or 0, source), for the
-        engine's from_network_burst, which checks a burst's datagrams together."""
-        recvmsg = self.sock.recvmsg
-        out: list[tuple[bytes, int, Addr]] = []
-        append = out.append
-        count = 0
-        try:
-            for _ in range(MAX_READS):
-                data, anc, _flags, raw = recvmsg(RECV_BUFFER, GRO_CMSG_SPACE)
-                if raw != self._peer_raw:
-                    self._peer_raw = raw
-                    self._peer_norm = _normalise(raw)
-                size = 0
-                for level, kind, cdata in anc:
-                    if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 4:
-                        size = int.from_bytes(cdata[:4], "little" if _LE else "big")
-                append((data, size, self._peer_norm))
-                count += len(data) // size if size else 1
-                if count >= MAX_DATAGRAMS:
                     break
         except (BlockingIOError, InterruptedError):
             pass

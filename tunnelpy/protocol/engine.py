@@ -86,10 +86,6 @@ class CounterBank(Protocol):
 WallClock = Callable[[], float]
 
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
-try:  # optional: from_network_burst checks a GRO burst's headers as rows (the offloads have it)
-    import numpy as _np
-except ImportError:  # pragma: no cover - depends on the environment
-    _np = None
 _NONCE = struct.Struct("<IQ")  # 4 zero bytes, then the 64-bit little-endian counter
 
 # The responder is "under load" (and demands cookies) when it has processed more than this many
@@ -157,7 +153,6 @@ class Engine:
         self._under_load_until = float("-inf")
         self._buckets: dict[bytes, tuple[float, float]] = {}  # src ip -> (tokens, last)
         self._buckets_pruned = float("-inf")
-        self._fast: tuple[int, Addr | None] | None = None  # see from_network's end
         # Set (before any handshake) when worker processes encrypt too: every new keypair then
         # takes a shared counter slot (tunnelpy/workers/counters.py).
         self.counters: CounterBank | None = None
@@ -551,12 +546,8 @@ class Engine:
 
     # ---------------------------------------------------------------- inbound
 
-    def from_network(
-        self, datagrams: Iterable[tuple[bytes, Addr]], now: float, out: Output | None = None
-    ) -> Output:
-        """Received datagrams -> Output (added to `out` when given)."""
-        if out is None:
-            out = Output()
+    def from_network(self, datagrams: Iterable[tuple[bytes, Addr]], now: float) -> Output:
+        out = Output()
         touched: set[Peer] = set()
         # Fast path for a run of transport messages on one session from one address (a GSO/GRO
         # burst): once the first of them went through _receive_transport, which did the
@@ -662,126 +653,11 @@ class Engine:
             self._fast_received(fast_peer, fast_packets, fast_bytes, fast_data, now)
         for peer in touched:
             self._schedule(peer)
-        # What a burst may continue with (from_network_burst): the session the last message
-        # was accepted on, after the per-peer work for this `now` was done.
-        self._fast = (fast_index, fast_addr) if fast_index >= 0 else None
         return out
 
-    def from_network_burst(
-        self, buf: bytes, size: int, addr: Addr, now: float, out: Output | None = None
-    ) -> Output:
-        """One UDP GRO receive: `buf` holds datagrams of `size` bytes (the last may be shorter),
-        all from `addr`. The same as from_network over the datagrams, but a run of transport
-        messages that continues the session of the one before is checked as a whole: headers
-        and counters by numpy, the replay window by one block update, delivery by comparing
-        the plaintexts' headers as rows. Anything unusual (another index, an authentication
-        failure, a replay, a packet that is not plain IP from the peer's address) ends the run
-        there and the rest goes one by one.
-        """
-        if out is None:
-            out = Output()
-        n = len(buf)
-        if size <= 0 or n <= size:
-            return self.from_network([(buf, addr)], now, out)
-        whole = n - n % size
-        at = size
-        self.from_network([(buf[:size], addr)], now, out)
-        fast = self._fast
-        if fast is not None and fast[1] == addr and _np is not None and at < whole:
-            at += size * self._transport_run(buf, size, at, whole, fast[0], now, out)
-        # The rest (a shorter last datagram, or from a message that needs the full checks on)
-        # one by one; a burst that stopped at a failed check stays on that path.
-        rest = [(buf[i : i + size], addr) for i in range(at, n, size)]
-        if rest:
-            self.from_network(rest, now, out)
-        return out
-
-    def _transport_run(
-        self, buf: bytes, size: int, start: int, end: int, index: int, now: float, out: Output
-    ) -> int:
-        """from_network_burst's fast path over buf[start:end]: how many messages it consumed."""
-        if size < TRANSPORT_HEADER_SIZE + 16:
-            return 0
-        np = _np
-        assert np is not None
-        m = (end - start) // size
-        rows = np.frombuffer(buf, np.uint8, m * size, start).reshape(m, size)
-        head = np.ascontiguousarray(rows[:, :16]).view("<u4")
-        # The run: messages on the same session, up to the first that is not.
-        same = (head[:, 0] == MSG_TRANSPORT) & (head[:, 1] == index)
-        if not same.all():
-            m = int(same.argmin())
-            if m == 0:
-                return 0
-            head = head[:m]
-        counters = (head[:, 3].astype(np.uint64) << 32 | head[:, 2]).tolist()
-        if max(counters) >= REJECT_AFTER_MESSAGES:
-            return 0
-        peer, kp = self.indices[index]
-        assert kp is not None
-        decrypt = kp.recv.decrypt
-        nonce = _NONCE.pack
-        mv = memoryview(buf)
-        plains: list[bytes] = []
-        append = plains.append
-        at = start + 16
-        try:
-            for c in counters:
-                append(decrypt(nonce(0, c), mv[at : at + size - 16], None))
-                at += size
-        except Exception:  # InvalidTag: the run ends before it; the full checks count the drop
-            if not plains:
-                return 0
-        consumed = len(plains)
-        rw = kp.replay
-        first = counters[0]
-        if counters[:consumed] != list(range(first, first + consumed)) or not rw.accept_run(
-            first, first + consumed - 1
-        ):
-            # Reordered or repeated within the burst: the window, one counter at a time.
-            kept = []
-            for p, c in zip(plains, counters, strict=False):
-                if rw.accept(c):
-                    kept.append(p)
-                else:
-                    self._drop(peer, "replay")
-            plains = kept
-        m = len(plains)
-        # Delivery: rows of equal-length IP packets of one length and one source routed to the
-        # peer (as deliver() checks each); anything else goes through deliver() one by one.
-        data = 0
-        pn = len(plains[0]) if plains else 0
-        if pn >= 40 and m > 1 and all(len(p) == pn for p in plains):
-            rows = np.frombuffer(b"".join(plains), np.uint8).reshape(m, pn)
-            version = plains[0][0] >> 4
-            if version == 4:
-                hi, lo, src, extra = rows[:, 2], rows[:, 3], rows[:, 12:16], 0
-            elif version == 6:
-                hi, lo, src, extra = rows[:, 4], rows[:, 5], rows[:, 8:24], 40
-            else:
-                hi = lo = src = None
-            if (
-                src is not None
-                and (rows[:, 0] >> 4 == version).all()
-                and (hi == hi[0]).all()
-                and (lo == lo[0]).all()
-                and (src == src[0]).all()
-                and self.allowed.lookup(src[0].tobytes()) is peer
-            ):
-                length = extra + (int(hi[0]) << 8 | int(lo[0]))
-                if 20 <= length <= pn:
-                    out.packets.extend(plains if length == pn else [p[:length] for p in plains])
-                    data = m
-        if not data:
-            deliver = self.deliver
-            for p in plains:
-                if p:
-                    deliver(peer, p, now, out)
-        self._fast_received(peer, m, m * size, data, now)
-        self._schedule(peer)
-        return consumed
-
-    def _fast_received(self, peer: Peer, packets: int, nbytes: int, data: int, now: float) -> None:
+    def _fast_received(
+        self, peer: Peer, packets: int, nbytes: int, data: int, now: float
+    ) -> None:
         """The bookkeeping of from_network's fast path, once per run instead of per packet."""
         peer.stats.rx_packets += packets
         peer.stats.rx_bytes += nbytes

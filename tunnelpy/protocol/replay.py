@@ -78,33 +78,6 @@ class ReplayWindow:
         ring[index] = old | bit
         return True
 
-    def accept_run(self, first: int, last: int, limit: int = REJECT_AFTER_MESSAGES) -> bool:
-        """Record the consecutive counters first..last, all above every counter seen so far,
-        exactly as accept() called on each in turn would; False (nothing recorded) when the
-        run is not of that kind, and the caller takes them one by one. The caller must have
-        checked that its messages carry exactly the counters first, first + 1, ..., last.
-
-        A received GRO burst is such a run: one block operation per 64 counters instead of one
-        call per message.
-        """
-        if first <= self._last or last < first or last >= limit or last - first >= WINDOW_SIZE:
-            return False
-        ring = self._ring
-        current = self._last >> _BLOCK_BIT_LOG
-        end = last >> _BLOCK_BIT_LOG
-        if end - current >= RING_BLOCKS:
-            ring[:] = _ZERO_RING
-        else:
-            for i in range(current + 1, end + 1):
-                ring[i & _BLOCK_MASK] = 0
-        lo = first
-        while lo <= last:
-            hi = min(last, lo | _BIT_MASK)  # the end of lo's block
-            ring[(lo >> _BLOCK_BIT_LOG) & _BLOCK_MASK] |= ((2 << (hi - lo)) - 1) << (lo & _BIT_MASK)
-            lo = hi + 1
-        self._last = last
-        return True
-
     @property
     def last(self) -> int:
         """Greatest counter accepted so far (0 before any)."""
