@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # profile.sh - py-spy profiles of both tunnelpyd daemons under one iperf3 TCP stream.
 #
-# Usage:  bench/profile.sh [-t SECONDS] [-o OUTDIR] [-u] [-- EXTRA_IPERF3_ARGS...]
+# Usage:  bench/profile.sh [-t SECONDS] [-o OUTDIR] [-u] [-k] [-- EXTRA_IPERF3_ARGS...]
 #   -t SECONDS  iperf3 duration (default 10); py-spy samples the middle of it
 #   -o OUTDIR   where the flame graphs (SVG) and speedscope/raw files go (default /tmp/tunnelpy-profile)
 #   -u          UDP 64-byte flood instead of TCP (the per-packet path)
+#   -k          perf instead of py-spy: where the CPU goes by shared object (interpreter, the
+#               cipher in cryptography's OpenSSL, numpy, libc, kernel) and by native symbol.
+#               Real time on real hardware, which is what counts: instruction counts under
+#               callgrind (bench/hotpath.py) once pointed the wrong way (docs/performance.md)
 #   env: OFFLOAD=auto|off (written as [Interface] Offload), MTU (1420), TUNNELPYD (daemon command)
 #
 # Same namespaces and site.conf as the bench's tunnelpyd row (anchors.sh + tunnelpyd.plugin.sh),
@@ -14,12 +18,13 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-DUR=10; OUT=/tmp/tunnelpy-profile; UDPMODE=0
-while getopts "t:o:uh" o; do
+DUR=10; OUT=/tmp/tunnelpy-profile; UDPMODE=0; PERF=0
+while getopts "t:o:ukh" o; do
   case $o in
     t) DUR=$OPTARG ;;
     o) OUT=$OPTARG ;;
     u) UDPMODE=1 ;;
+    k) PERF=1 ;;
     *) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2 ;;
   esac
 done
@@ -59,12 +64,29 @@ nsa iperf3 -c $IN_B -t "$DUR" "${args[@]}" "$@" >"$OUT/iperf3.txt" 2>&1 &
 CLIENT=$!
 sleep 2
 SAMPLE=$((DUR > 6 ? DUR - 4 : 2))
-py-spy record -p "${DAEMON_PIDS[0]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/sender.raw" >/dev/null 2>&1 &
-S1=$!
-py-spy record -p "${DAEMON_PIDS[1]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/receiver.raw" >/dev/null 2>&1 &
-S2=$!
+if [ "$PERF" = 1 ]; then
+  perf record -q -p "${DAEMON_PIDS[0]}" -o "$OUT/sender.perf" -- sleep "$SAMPLE" >/dev/null 2>&1 &
+  S1=$!
+  perf record -q -p "${DAEMON_PIDS[1]}" -o "$OUT/receiver.perf" -- sleep "$SAMPLE" >/dev/null 2>&1 &
+  S2=$!
+else
+  py-spy record -p "${DAEMON_PIDS[0]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/sender.raw" >/dev/null 2>&1 &
+  S1=$!
+  py-spy record -p "${DAEMON_PIDS[1]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/receiver.raw" >/dev/null 2>&1 &
+  S2=$!
+fi
 wait $S1 $S2 $CLIENT
 grep -E "sender|receiver" "$OUT/iperf3.txt" | tail -2
+if [ "$PERF" = 1 ]; then
+  for side in sender receiver; do
+    echo "== $side: samples by shared object"
+    perf report -i "$OUT/$side.perf" --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+    echo "== $side: by symbol"
+    perf report -i "$OUT/$side.perf" --sort sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+  done
+  echo "perf data: $OUT/sender.perf $OUT/receiver.perf (perf report -i FILE)"
+  exit 0
+fi
 top_own() {  # top_own RAWFILE : share of samples by innermost frame (own time)
   python3 - "$1" <<'PY'
 import collections, sys
