@@ -75,17 +75,8 @@ EOF
   ROWS+=("$row")
 done
 
+# run.sh does the rest (results directory, interleaved rows, the ratio table) with our plugin.
 export OUTDIR=${OUTDIR:-${TMPDIR:-/tmp}/tunnelpy-bench/ab-$(date +%Y%m%d-%H%M%S)-$$}
-export TUNNELPY_ROOT=$ROOT CRYPTO=${CRYPTO:-0}
-export WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1
+export CRYPTO=${CRYPTO:-0}
 [ "$ALL" = 1 ] || export P4=${P4:-0} UDP=${UDP:-0}
-mkdir -p "$OUTDIR"
-rc=0
-"$HERE/anchors.sh" -p "$PLUGIN" -n "$RUNS" -t "$DUR" "${ROWS[@]}" || rc=$?
-shopt -s nullglob
-results=("$OUTDIR"/anchors-*.tsv)
-[ ${#results[@]} -gt 0 ] || { echo "ab.sh: no results in $OUTDIR (anchors.sh exit $rc)" >&2; exit 1; }
-echo
-python3 "$HERE/ratios.py" "${results[@]}"
-echo "results: ${results[*]}" >&2
-exit "$rc"
+PLUGIN=$PLUGIN "$HERE/run.sh" -n "$RUNS" -t "$DUR" "${ROWS[@]}"

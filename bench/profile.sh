@@ -64,17 +64,15 @@ nsa iperf3 -c $IN_B -t "$DUR" "${args[@]}" "$@" >"$OUT/iperf3.txt" 2>&1 &
 CLIENT=$!
 sleep 2
 SAMPLE=$((DUR > 6 ? DUR - 4 : 2))
-if [ "$PERF" = 1 ]; then
-  perf record -q -p "${DAEMON_PIDS[0]}" -o "$OUT/sender.perf" -- sleep "$SAMPLE" >/dev/null 2>&1 &
-  S1=$!
-  perf record -q -p "${DAEMON_PIDS[1]}" -o "$OUT/receiver.perf" -- sleep "$SAMPLE" >/dev/null 2>&1 &
-  S2=$!
-else
-  py-spy record -p "${DAEMON_PIDS[0]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/sender.raw" >/dev/null 2>&1 &
-  S1=$!
-  py-spy record -p "${DAEMON_PIDS[1]}" -d "$SAMPLE" -r 250 -f raw -o "$OUT/receiver.raw" >/dev/null 2>&1 &
-  S2=$!
-fi
+sample() {  # sample PID SIDE : the chosen profiler on one daemon, in the background
+  if [ "$PERF" = 1 ]; then
+    perf record -q -p "$1" -o "$OUT/$2.perf" -- sleep "$SAMPLE" >/dev/null 2>&1 &
+  else
+    py-spy record -p "$1" -d "$SAMPLE" -r 250 -f raw -o "$OUT/$2.raw" >/dev/null 2>&1 &
+  fi
+}
+sample "${DAEMON_PIDS[0]}" sender; S1=$!
+sample "${DAEMON_PIDS[1]}" receiver; S2=$!
 wait $S1 $S2 $CLIENT
 grep -E "sender|receiver" "$OUT/iperf3.txt" | tail -2
 if [ "$PERF" = 1 ]; then

@@ -6,8 +6,9 @@
 #   default tunnels: raw wggo [fastd] [ovpn-gcm] (when installed) tunnelpyd-off tunnelpyd tunnelpyd-w2 tunnelpyd-l2
 #   -n RUNS     interleaved repetitions; tables show medians (default 3)
 #   -t SECONDS  iperf3 duration per test (default 5)
-#   env: everything anchors.sh reads (P4=0, UDP=0, CRYPTO=0, MTU, QUIET_WAIT, OUTDIR) and the
-#        plugin's TUNNELPYD / TUNNELPYD_ARGS; see bench/README.md.
+#   env: everything anchors.sh reads (P4=0, UDP=0, CRYPTO=0, MTU, QUIET_WAIT, OUTDIR), the
+#        plugin's TUNNELPYD / TUNNELPYD_ARGS, and PLUGIN (another plugin file, as bench/ab.sh
+#        passes); see bench/README.md.
 # Needs root, iproute2, iperf3, jq, iputils-ping, wireguard-go + wireguard-tools.
 set -euo pipefail
 
@@ -45,7 +46,7 @@ export WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1
 mkdir -p "$OUTDIR"
 
 rc=0
-"$HERE/anchors.sh" -p "$HERE/tunnelpyd.plugin.sh" -n "$RUNS" -t "$DUR" "${TUNNELS[@]}" || rc=$?
+"$HERE/anchors.sh" -p "${PLUGIN:-$HERE/tunnelpyd.plugin.sh}" -n "$RUNS" -t "$DUR" "${TUNNELS[@]}" || rc=$?
 shopt -s nullglob
 results=("$OUTDIR"/anchors-*.tsv)
 [ ${#results[@]} -gt 0 ] || { echo "run.sh: no results in $OUTDIR (anchors.sh exit $rc)" >&2; exit 1; }

@@ -34,7 +34,7 @@ from .protocol.peer import Peer
 from .protocol.vxlan import ETH_HLEN, VxlanEngine
 from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
 from .service import Service
-from .workers.pool import WorkerPool, resolve_workers
+from .workers.pool import WorkerPool, forced_workers, resolve_workers
 
 log = logging.getLogger("tunnelpyd")
 
@@ -146,12 +146,10 @@ class Daemon:
             raise StartupError(
                 f"{conf.path}: Interface.Workers = {ic.workers}: workers need Transport = wireguard"
             )
-        self.workers = 1 if vxlan else resolve_workers(ic.workers)
-        forced = os.environ.get("TUNNELPY_TEST_WORKERS", "")
-        if forced.isdigit() and not vxlan and 1 <= int(forced) <= cfgmod.MAX_WORKERS:
-            # Testing knob: run a whole test suite with worker processes (docs/testing.md).
-            self.workers = int(forced)
-            log.warning("TUNNELPY_TEST_WORKERS=%s: Workers forced (testing only)", forced)
+        forced = None if vxlan else forced_workers()
+        if forced is not None:
+            log.warning("TUNNELPY_TEST_WORKERS=%d: Workers forced (testing only)", forced)
+        self.workers = 1 if vxlan else forced or resolve_workers(ic.workers)
 
         # 1. Everything that can fail without side effects.
         endpoints: list[tuple[str, int] | None] = []

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..config import MAX_WORKERS
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpSocket
 from ..protocol.actions import Output
@@ -69,6 +70,15 @@ def resolve_workers(configured: int | None, cpus: int | None = None) -> int:
     if cpus is None:
         cpus = len(os.sched_getaffinity(0))
     return 1 if cpus <= 2 else min(cpus // 2, 4)
+
+
+def forced_workers() -> int | None:
+    """Testing knob: ``TUNNELPY_TEST_WORKERS=N`` makes every WireGuard daemon run N processes
+    whatever its config says, so a whole test suite can run with workers (docs/testing.md)."""
+    forced = os.environ.get("TUNNELPY_TEST_WORKERS", "")
+    if forced.isdigit() and 1 <= int(forced) <= MAX_WORKERS:
+        return int(forced)
+    return None
 
 
 @dataclass
