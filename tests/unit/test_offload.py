@@ -412,7 +412,7 @@ def test_coalesce_gives_each_flow_back_in_order_under_loss_repeats_and_interleav
                 [rng.choice([mss * 9, mss * 40 + 5, 700]) for _ in range(3)],
                 mss,
                 v6,
-            )  # fmt: skip
+            )
             for f in range(2)
         ]
         pkts: list[bytes] = []
