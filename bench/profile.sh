@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # profile.sh - py-spy profiles of both tunnelpyd daemons under one iperf3 TCP stream.
 #
-# Usage:  bench/profile.sh [-t SECONDS] [-o OUTDIR] [-u] [-k] [-- EXTRA_IPERF3_ARGS...]
+# Usage:  bench/profile.sh [-t SECONDS] [-o OUTDIR] [-u] [-k|-c] [-- EXTRA_IPERF3_ARGS...]
 #   -t SECONDS  iperf3 duration (default 10); py-spy samples the middle of it
 #   -o OUTDIR   where the flame graphs (SVG) and speedscope/raw files go (default /tmp/tunnelpy-profile)
 #   -u          UDP 64-byte flood instead of TCP (the per-packet path)
@@ -9,6 +9,10 @@
 #               cipher in cryptography's OpenSSL, numpy, libc, kernel) and by native symbol.
 #               Real time on real hardware, which is what counts: instruction counts under
 #               callgrind (bench/hotpath.py) once pointed the wrong way (docs/performance.md)
+#   -c          no profiler: where the CPU and the packets go. CPU % of each daemon and each
+#               iperf3 end, and per second the packets of every link in both namespaces
+#               (sent, dropped) and UDP counters of the receiving namespace (datagrams in,
+#               receive-buffer drops). Shows which stage is the bottleneck, e.g. under -u
 #   env: OFFLOAD=auto|off (written as [Interface] Offload), MTU (1420), TUNNELPYD (daemon command)
 #
 # Same namespaces and site.conf as the bench's tunnelpyd row (anchors.sh + tunnelpyd.plugin.sh),
@@ -18,13 +22,14 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-DUR=10; OUT=/tmp/tunnelpy-profile; UDPMODE=0; PERF=0
-while getopts "t:o:ukh" o; do
+DUR=10; OUT=/tmp/tunnelpy-profile; UDPMODE=0; PERF=0; COUNT=0
+while getopts "t:o:ukch" o; do
   case $o in
     t) DUR=$OPTARG ;;
     o) OUT=$OPTARG ;;
     u) UDPMODE=1 ;;
     k) PERF=1 ;;
+    c) COUNT=1 ;;
     *) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2 ;;
   esac
 done
@@ -64,6 +69,44 @@ nsa iperf3 -c $IN_B -t "$DUR" "${args[@]}" "$@" >"$OUT/iperf3.txt" 2>&1 &
 CLIENT=$!
 sleep 2
 SAMPLE=$((DUR > 6 ? DUR - 4 : 2))
+if [ "$COUNT" = 1 ]; then
+  client=$(pgrep -f "^iperf3 -c $IN_B" | head -1)
+  pids=("${DAEMON_PIDS[0]}" "${DAEMON_PIDS[1]}" "$client" "$IPERF_PID")
+  ticks() { local p; for p in "${pids[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | paste -sd' '; }
+  snap() {  # snap N : CPU ticks, link counters of both namespaces, UDP counters of B
+    ticks >"$W/ticks$1"
+    ip -n "$NS_A" -s -j link >"$W/a$1.json"; ip -n "$NS_B" -s -j link >"$W/b$1.json"
+    ip netns exec "$NS_B" grep Udp: /proc/net/snmp >"$W/udp$1"
+  }
+  snap 0; sleep "$SAMPLE"; snap 1
+  wait $CLIENT
+  grep -E "sender|receiver" "$OUT/iperf3.txt" | tail -2
+  python3 - "$W" "$SAMPLE" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+w, secs, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+t0, t1 = ([int(x) for x in open(f"{w}/ticks{i}").read().split()] for i in (0, 1))
+print(f"== CPU over {secs:.0f} s (% of one core)")
+for name, a, b in zip(["sender daemon (A)", "receiver daemon (B)", "iperf3 client (A)",
+                       "iperf3 server (B)"], t0, t1):
+    print(f"  {name:20s} {100 * (b - a) / hz / secs:5.0f} %")
+print("== links, per second: tx packets / tx dropped / rx packets / rx dropped")
+for ns in "ab":
+    s0, s1 = ({l["ifname"]: l["stats64"] for l in json.load(open(f"{w}/{ns}{i}.json"))}
+              for i in (0, 1))
+    for name in s1:
+        if name == "lo":
+            continue
+        r = [(s1[name][d][m] - s0[name][d][m]) / secs for d in ("tx", "rx")
+             for m in ("packets", "dropped")]
+        print(f"  {ns.upper()} {name:16s} " + " / ".join(f"{x:,.0f}" for x in r))
+h, v0 = (l.split() for l in open(f"{w}/udp0").read().splitlines()[:2])
+v1 = open(f"{w}/udp1").read().splitlines()[1].split()
+print("== UDP in namespace B, per second: " + ", ".join(
+    f"{h[i]} {(int(v1[i]) - int(v0[i])) / secs:,.0f}" for i in range(1, len(h))
+    if h[i] in ("InDatagrams", "RcvbufErrors", "InErrors")))
+PY
+  exit 0
+fi
 sample() {  # sample PID SIDE : the chosen profiler on one daemon, in the background
   if [ "$PERF" = 1 ]; then
     perf record -q -p "$1" -o "$OUT/$2.perf" -- sleep "$SAMPLE" >/dev/null 2>&1 &

@@ -6,7 +6,8 @@ Usage: python3 bench/ratios.py RESULTS.tsv...
 Reads the TSV lines anchors.sh writes (run, tunnel, metric, value) and prints, per tunnel, the
 median of each metric over runs, its ratio to the best userspace anchor's median of that metric
 (`/best`: the highest of wireguard-go, fastd, OpenVPN, tinc... measured in the same files) and
-to the raw veth (`/raw`), and the CPU cost: both daemons' CPU seconds per gigabit moved during
+to the raw veth (`/raw`); `UDP64 carried` adds to the 64-byte datagrams iperf3 received those
+that crossed the tunnel but overflowed the receiving iperf3's socket buffer; and the CPU cost: both daemons' CPU seconds per gigabit moved during
 TCP x1 (`CPU s/Gbit`, lower is better). Runs disturbed by other jobs (foreign_pct > 10) are
 left out when a clean run of the same tunnel exists: the same rule anchors.sh's own table uses,
 so the two tables agree.
@@ -26,6 +27,8 @@ COLUMNS = [  # (header, metric, format)
     ("TCP x1 Gbit/s", "tcp1_gbps", "{:.2f}"),
     ("TCP x4 Gbit/s", "tcp4_gbps", "{:.2f}"),
     ("UDP64 kpps", "udp64_kpps", "{:.0f}"),
+    # received + what crossed the tunnel but overflowed the receiving iperf3's socket
+    ("UDP64 carried", "udp64_carried_kpps", "{:.0f}"),
 ]
 
 Runs = dict[tuple[str, str], dict[str, float]]
@@ -73,6 +76,8 @@ def medians(runs: Runs) -> dict[tuple[str, str], float]:
             if m.get("tcp1_gbps") and m.get("daemon_cpu_pct"):  # (raw has no daemon)
                 # CPU seconds per second / Gbit per second = CPU seconds per gigabit
                 values["cpu_s_per_gbit"].append(m["daemon_cpu_pct"] / 100 / m["tcp1_gbps"])
+            if "udp64_kpps" in m and "udp64_appdrop_kpps" in m:  # (results before 2026-11-28)
+                values["udp64_carried_kpps"].append(m["udp64_kpps"] + m["udp64_appdrop_kpps"])
         for metric, vs in values.items():
             out[name, metric] = statistics.median(vs)
     return out

@@ -206,6 +206,50 @@ def test_plain_packet_needs_csum_is_finished_and_plain_passes():
     assert o.split(o.ZERO_VNET_HDR + pkt) == [pkt]
 
 
+def needs_csum(pkt: bytes, proto: int, l3: int = 0) -> bytes:
+    """What the kernel hands over for one plain packet with CSUM offload: NEEDS_CSUM, the
+    pseudo-header sum (folded, not complemented) in the checksum field."""
+    ip = pkt[l3:]
+    ihl = (ip[0] & 15) * 4 if ip[0] >> 4 == 4 else 40
+    at = ihl + (16 if proto == o.IPPROTO_TCP else 6)
+    if ip[0] >> 4 == 4:
+        pseudo = ip[12:20] + struct.pack(">BBH", 0, proto, len(ip) - ihl)
+    else:
+        pseudo = ip[8:40] + struct.pack(">IxxxB", len(ip) - 40, proto)
+    field = struct.pack(">H", rfc1071(pseudo))
+    hdr = o.VNET_HDR.pack(o.F_NEEDS_CSUM, 0, 0, 0, l3 + ihl, at - ihl)
+    return hdr + pkt[: l3 + at] + field + pkt[l3 + at + 2 :]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("l2", [False, True])
+@pytest.mark.parametrize("size", [0, 1, 2, 63, 64, 1371])
+def test_finish_plain_matches_reference(v6, l2, size):
+    """finish_plain (the sending side's small-packet path, also taken by split) against the
+    reference checksum: UDP and TCP, IPv4 and IPv6, TUN packets and TAP frames, odd lengths."""
+    eth = (ETH6 if v6 else ETH) if l2 else b""
+    ip = ipv6 if v6 else ipv4
+    for proto, l4 in ((17, udp(payload_of(size))), (6, tcp(9, 0x10, payload_of(size)))):
+        pkt = eth + ip(l4, proto)
+        want = with_l4_csum(pkt, proto, len(eth))
+        read = needs_csum(pkt, proto, len(eth))
+        assert o.finish_plain(read) == want
+        assert o.finish_plain(bytearray(read)) == want
+        assert o.split(read, l2=l2) == [want]
+        assert l4_ok(want[len(eth) :], proto)
+    assert o.finish_plain(o.ZERO_VNET_HDR + pkt) == pkt
+
+
+def test_finish_plain_rejects_what_it_cannot_finish():
+    pkt = ipv4(udp(b"abc"), 17)
+    with pytest.raises(o.OffloadError):
+        o.finish_plain(o.ZERO_VNET_HDR)
+    with pytest.raises(o.OffloadError):  # checksum field beyond the end
+        o.finish_plain(o.VNET_HDR.pack(o.F_NEEDS_CSUM, 0, 0, 0, 20, 6) + pkt[:27])
+    with pytest.raises(o.OffloadError):
+        o.finish_plain(o.VNET_HDR.pack(o.F_NEEDS_CSUM, 0, 0, 0, 60000, 6) + pkt)
+
+
 @pytest.mark.parametrize("vlan", [False, True])
 def test_split_tap_frame_copies_ethernet_header(vlan):
     eth = ETH[:12] + b"\x81\x00\x00\x14" + ETH[12:] if vlan else ETH

@@ -88,6 +88,7 @@ _M = 0xFFFF
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U16U16 = struct.Struct(">HH")
+_VNET_CSUM = struct.Struct("<HH")  # csum_start, csum_offset at offset 6 of virtio_net_hdr
 
 
 def forced_off() -> bool:
@@ -151,17 +152,32 @@ def _payload_sums(buf: Buffer, start: int, end: int, size: int) -> list[int]:
     return sums
 
 
-def complete_checksum(pkt: Buffer, csum_start: int, csum_offset: int) -> bytes:
-    """Finish a NEEDS_CSUM checksum: the field holds the pseudo-header sum, sum from csum_start."""
-    at = csum_start + csum_offset
-    if at + 2 > len(pkt):
+def finish_plain(buf: Buffer) -> bytes:
+    """A read that is one plain packet (gso_type NONE) behind its virtio_net_hdr -> the packet,
+    its checksum finished when the header says NEEDS_CSUM: the field holds the pseudo-header
+    sum, to which the sum from csum_start to the end is added.
+
+    Every small packet on the sending side (a UDP datagram, a TCP ACK) takes this path, so it
+    works on `bytes` slices: for a ~100-byte packet two slices and two concatenations cost
+    ~0.6 µs less than memoryviews and a join did (docs/performance.md).
+    """
+    n = len(buf)
+    if n <= VNET_HDR_LEN:
+        raise OffloadError("shorter than the virtio_net_hdr")
+    if not buf[0] & F_NEEDS_CSUM:
+        return bytes(buf[VNET_HDR_LEN:])
+    if not isinstance(buf, bytes):
+        buf = bytes(buf)
+    csum_start, csum_offset = _VNET_CSUM.unpack_from(buf, 6)
+    start = VNET_HDR_LEN + csum_start
+    at = start + csum_offset
+    if at + 2 > n:
         raise OffloadError("checksum offset beyond the packet")
-    # (Small packets: summing and slicing the original beats copying into a bytearray.)
-    tail = pkt[csum_start:]
+    tail = buf[start:]
     total = int.from_bytes(tail, "big")
     if len(tail) & 1:
         total <<= 8
-    return b"".join((pkt[:at], _U16.pack(_M - total % _M), pkt[at + 2 :]))
+    return buf[VNET_HDR_LEN:at] + _U16.pack(_M - total % _M) + buf[at + 2 :]
 
 
 # ------------------------------------------------------------------------------ splitting --
@@ -188,10 +204,7 @@ def split(buf: Buffer, *, l2: bool = False) -> list[bytes]:
     flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
     gso = gso_type & ~GSO_ECN
     if gso == GSO_NONE:
-        pkt = memoryview(buf)[VNET_HDR_LEN:]
-        if flags & F_NEEDS_CSUM:
-            return [complete_checksum(pkt, csum_start, csum_offset)]
-        return [bytes(pkt)]
+        return [finish_plain(buf)]
     off = VNET_HDR_LEN + (l3_offset(memoryview(buf)[VNET_HDR_LEN:]) if l2 else 0)
     if gso in (GSO_TCPV4, GSO_TCPV6):
         return split_tcp(buf, off, gso_size)

@@ -163,20 +163,26 @@ class Tun:
                     out.append(read(fd, MAX_PACKET))
                 return out
             split = off.split
+            finish_plain = off.finish_plain
             l2 = self.tap
             for _ in range(max_batch):
                 buf = read(fd, MAX_READ)
                 if len(buf) <= off.VNET_HDR_LEN:
                     self.read_drops += 1
-                elif buf[1] == off.GSO_NONE and not buf[0] & off.F_NEEDS_CSUM:
-                    out.append(buf[off.VNET_HDR_LEN :])  # the common small packet: no parsing
+                elif buf[1] == off.GSO_NONE:
+                    # The common small packet: no header parsing beyond its checksum fields.
+                    if buf[0] & off.F_NEEDS_CSUM:
+                        try:
+                            out.append(finish_plain(buf))
+                        except off.OffloadError as e:
+                            self._cannot_split(e)
+                    else:
+                        out.append(buf[off.VNET_HDR_LEN :])
                 else:
                     try:
                         out.extend(split(buf, l2=l2))
                     except off.OffloadError as e:
-                        self.read_drops += 1
-                        if self.read_drops == 1:  # once: a kind of packet we cannot split
-                            log.warning("%s: dropped a packet we cannot segment: %s", self.name, e)
+                        self._cannot_split(e)
                 if len(out) >= MAX_SEGMENTS:
                     break
         except BlockingIOError:
@@ -186,6 +192,11 @@ class Tun:
             if e.errno not in (errno.EIO, errno.EBADFD):
                 raise
         return out
+
+    def _cannot_split(self, e: Exception) -> None:
+        self.read_drops += 1
+        if self.read_drops == 1:  # once: a kind of packet we cannot split
+            log.warning("%s: dropped a packet we cannot segment: %s", self.name, e)
 
     def write_batch(self, packets: list[bytes]) -> None:
         fd = self._writer if self._writer >= 0 else self.fd
