@@ -225,3 +225,94 @@ def test_plain_vxlan_engine():
     e.from_network([(b"\x00" * 30, ("10.0.0.2", 1)), (pack_header(43) + frame(BCAST, mac(5)), ("10.0.0.2", 1)),
                     (pack_header(42) + frame(BCAST, mac(5)), ("10.9.9.9", 1))], 3)
     assert e.drops == {"bad_vxlan_header": 1, "unknown_vni": 1, "unknown_source": 1}
+
+
+def _l2_plaintexts(rng: random.Random) -> list[bytes]:
+    """A burst's worth of L2 plaintexts as a peer could send them: runs of one flow (the fast
+    path's case) broken by other sources, group sources, other destinations, a VNI the
+    receiver lacks, a header with reserved bits set, and frames cut short."""
+    h100, h200 = pack_header(100), pack_header(200)
+    flow = h100 + frame(mac(2), mac(1), b"x" * 60)
+    out = []
+    for i in range(120):
+        r = rng.random()
+        if r < 0.55:
+            out.append(flow[:-2] + bytes([i, 0]))  # same first 20 bytes, different payload
+        elif r < 0.65:
+            out.append(h100 + frame(mac(2), mac(rng.randrange(3, 6)), bytes([i])))
+        elif r < 0.70:
+            out.append(h100 + frame(mac(2), b"\x03" + mac(1)[1:], bytes([i])))  # group source
+        elif r < 0.78:
+            out.append(h100 + frame(BCAST, mac(1), bytes([i])))
+        elif r < 0.84:
+            out.append(h200 + frame(mac(2), mac(1), bytes([i])))  # unknown VNI at b
+        elif r < 0.88:
+            out.append(h100[:7] + b"\x01" + flow[8:-1] + bytes([i]))  # reserved byte set
+        elif r < 0.94:
+            out.append(flow[: rng.randrange(20, 22)])  # starts like the flow, too short
+        else:
+            out.append(flow[: rng.randrange(1, 20)])
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("hub", [False, True])
+def test_l2_burst_received_as_one_by_one(seed, hub):
+    """from_network's L2 fast path: one burst gives exactly what one call per message gives
+    (frames written, FDB, drop counters, keepalive state, relayed datagrams)."""
+    results = []
+    for one_by_one in (False, True):
+        m = Mesh("abc", seed=seed)
+        m.eng["a"].add_segment(100)
+        m.eng["b"].add_segment(100, hub=hub)
+        m.eng["c"].add_segment(100)
+        m.tap("a", 100, [frame(BCAST, mac(9))])  # handshakes; b learns mac 9 behind a
+        # b learns the flow's destination behind c: a hub relays the flow to c, a plain
+        # segment delivers it to its own TAP (split horizon).
+        m.tap("c", 100, [frame(BCAST, mac(2))])
+        a, b = m.eng["a"], m.eng["b"]
+        pb = m.peer[("a", "b")]
+        out = Output()
+        a.send_to_peer(pb, _l2_plaintexts(random.Random(seed)), m.now, out)
+        dgs = [(d, m.addr["a"]) for d in out.datagrams[m.addr["b"]]]
+        outs = [b.from_network([x], m.now) for x in dgs] if one_by_one else [
+            b.from_network(dgs, m.now)]
+        frames = [f for o in outs for f in o.frames.get(100, [])]
+        relayed = [d for o in outs for ds in o.datagrams.values() for d in ds]
+        pa = m.peer[("b", "a")]
+        fdb = sorted((format_mac(x), age) for x, _, age in b.segments[100].fdb.entries(m.now))
+        results.append((frames, len(relayed), dict(b.drops), fdb, pa.stats.rx_packets,
+                        pa.send_keepalive_at, pa.need_another_keepalive))
+    assert results[0] == results[1]
+    frames, relayed, drops, fdb, *_ = results[0]
+    if hub:
+        assert relayed > 60 and len(frames) < 30
+    else:
+        assert len(frames) > 60 and relayed == 0
+    assert drops["bad_src_mac"] and drops["unknown_vni"]
+    assert drops["bad_inner_frame"] and ("02:00:00:00:00:01", 0) in fdb
+
+
+def test_l2_burst_sent_as_one_by_one():
+    """from_segment consults the FDB once per run of one destination: a burst of frames to
+    learned, unknown and group destinations is grouped per peer as frame-by-frame would be."""
+    m = Mesh("abc")
+    for n in "abc":
+        m.eng[n].add_segment(4)
+    m.tap("b", 4, [frame(BCAST, mac(2))])
+    m.tap("c", 4, [frame(BCAST, mac(3))])
+    rng = random.Random(5)
+    dsts = [mac(2), mac(3), mac(7), BCAST]
+    frames = [frame(rng.choice(dsts), mac(1), bytes([i])) for i in range(80)]
+    burst = m.eng["a"].from_segment(4, frames, m.now)
+    want: dict[tuple, list[bytes]] = {}
+    for f in frames:
+        to = {mac(2): ["b"], mac(3): ["c"]}.get(f[:6], ["b", "c"])
+        for n in to:
+            want.setdefault(m.addr[n], []).append(f)
+    got = {}
+    for addr, dgs in burst.datagrams.items():
+        peer_name = m.by_addr[addr]
+        out = m.eng[peer_name].from_network([(d, m.addr["a"]) for d in dgs], m.now)
+        got[addr] = out.frames[4]
+    assert got == want

@@ -186,7 +186,12 @@ def finish_plain(buf: Buffer) -> bytes:
 def l3_offset(frame: Buffer) -> int:
     """Where the IP header starts in an Ethernet frame (after one or two VLAN tags)."""
     off = 12
-    while off + 2 <= len(frame) and frame[off : off + 2] in (b"\x81\x00", b"\x88\xa8"):
+    n = len(frame)
+    # (Byte comparisons, not 2-byte slices: every received frame of a TAP comes through here.)
+    while off + 2 <= n:
+        t, u = frame[off], frame[off + 1]
+        if not (t == 0x81 and u == 0x00 or t == 0x88 and u == 0xA8):
+            break
         off += 4
     return off + 2
 

@@ -86,6 +86,7 @@ class CounterBank(Protocol):
 WallClock = Callable[[], float]
 
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
+_L2_MIN = HEADER_LEN + ETH_HLEN  # the shortest L2 plaintext: header + Ethernet header
 _NONCE = struct.Struct("<IQ")  # 4 zero bytes, then the 64-bit little-endian counter
 
 # The responder is "under load" (and demands cookies) when it has processed more than this many
@@ -374,6 +375,10 @@ class Engine:
         by_peer: dict[Peer, list[bytes]] = {}
         header = seg.header
         lookup = seg.fdb.lookup
+        # The FDB is consulted once per run of one destination MAC (the segments of a TSO
+        # super-packet share it): its peers' lists are kept for the next frame.
+        last_dst: bytes | None = None
+        buckets: list[list[bytes]] = []
         for f in frames:
             n = len(f)
             if n < ETH_HLEN:
@@ -383,19 +388,24 @@ class Engine:
                 self.drops["frame_too_big"] += 1
                 continue
             payload = header + f
-            target = None if f[0] & 1 else lookup(f[:6], now)
-            if target is not None and not target.removed:
-                targets = [target]
-            else:
-                if members is None:
-                    members = seg.members(self.peers.values())
-                targets = members  # broadcast, multicast and unknown unicast: flood
-            for p in targets:
-                bucket = by_peer.get(p)
-                if bucket is None:
-                    by_peer[p] = [payload]
+            dst = f[:6]
+            if dst != last_dst:
+                last_dst = dst
+                target = None if f[0] & 1 else lookup(dst, now)
+                if target is not None and not target.removed:
+                    targets = [target]
                 else:
-                    bucket.append(payload)
+                    if members is None:
+                        members = seg.members(self.peers.values())
+                    targets = members  # broadcast, multicast and unknown unicast: flood
+                buckets = []
+                for p in targets:
+                    bucket = by_peer.get(p)
+                    if bucket is None:
+                        bucket = by_peer[p] = []
+                    buckets.append(bucket)
+            for bucket in buckets:
+                bucket.append(payload)
         for peer, payloads in by_peer.items():
             self.send_to_peer(peer, payloads, now, out)
             self._schedule(peer)
@@ -561,6 +571,11 @@ class Engine:
         # The inner source last found routed to fast_peer: the segments of a burst share it,
         # so cryptokey routing costs one comparison instead of a table lookup per packet.
         fast_src: bytes | None = None
+        # L2 likewise: the first 20 bytes (header, destination and source MAC) of the last frame
+        # from fast_peer that _deliver_frame accepted for a segment's TAP, and that segment's
+        # list of frames. A frame that starts the same needs no segment, membership or FDB work.
+        l2_key: bytes | None = None
+        l2_frames: list[bytes] = []
         unpack = _TRANSPORT_HEADER.unpack_from
         deliver = self.deliver
         lookup = self.allowed.lookup
@@ -609,8 +624,16 @@ class Engine:
                         fast_src = src
                         append(plain if length == pn else plain[:length])
                         fast_data += 1
-                    else:
+                    elif plain[0] != FLAG_I:
                         deliver(fast_peer, plain, now, out)
+                    elif pn >= _L2_MIN and plain[:20] == l2_key:
+                        l2_frames.append(plain[HEADER_LEN:])
+                        fast_data += 1
+                    else:
+                        bucket = self._deliver_frame(fast_peer, plain, now, out)
+                        if bucket is not None:
+                            l2_key = plain[:20]
+                            l2_frames = bucket
                     continue
             if n < 4 or data[1:4] != b"\x00\x00\x00":
                 self.drops["bad_header"] += 1
@@ -626,6 +649,7 @@ class Engine:
                         self._fast_received(fast_peer, fast_packets, fast_bytes, fast_data, now)
                         fast_packets = fast_bytes = fast_data = 0
                     fast_src = None
+                    l2_key = None
                     fast_kp = kp
                     fast_index = kp.local_index
                     fast_peer = self.indices[fast_index][0]
@@ -764,22 +788,28 @@ class Engine:
             peer.need_another_keepalive = True
         out.packets.append(plain[:length] if length != n else plain)
 
-    def _deliver_frame(self, peer: Peer, plain: bytes, now: float, out: Output) -> None:
+    def _deliver_frame(
+        self, peer: Peer, plain: bytes, now: float, out: Output
+    ) -> list[bytes] | None:
+        """Hand an authenticated L2 plaintext to its segment. Returns the segment's list of
+        frames to write when the frame went there and nothing else could happen to a frame with
+        the same header and source MAC from `peer` in this batch (a segment without hub relay):
+        from_network then appends such frames directly."""
         if len(plain) < HEADER_LEN + ETH_HLEN:
             self._drop(peer, "bad_inner_frame")
-            return
+            return None
         vni = int.from_bytes(plain[4:7], "big")
         seg = self.segments.get(vni)
         if seg is None:
             self._drop(peer, "unknown_vni")
-            return
+            return None
         if not seg.has(peer):
             self._drop(peer, "peer_not_in_segment")
-            return
+            return None
         frame = plain[HEADER_LEN:]
         if frame[6] & 1:
             self._drop(peer, "bad_src_mac")  # a group address is never a source
-            return
+            return None
         seg.fdb.learn(frame[6:12], peer, now)
         self._t_data_received(peer, now)
         local = True
@@ -788,7 +818,7 @@ class Engine:
             # from a peer never goes back out to peers, so a full mesh cannot loop.
             target = None if frame[0] & 1 else seg.fdb.lookup(frame[:6], now)
             if target is peer:
-                return
+                return None
             if target is not None:
                 targets, local = [target], False
             else:
@@ -796,12 +826,14 @@ class Engine:
             for p in targets:
                 self.send_to_peer(p, [plain], now, out)
                 self._schedule(p)
-        if local:
-            bucket = out.frames.get(vni)
-            if bucket is None:
-                out.frames[vni] = [frame]
-            else:
-                bucket.append(frame)
+        if not local:
+            return None
+        bucket = out.frames.get(vni)
+        if bucket is None:
+            bucket = out.frames[vni] = [frame]
+        else:
+            bucket.append(frame)
+        return None if seg.hub else bucket
 
     def _drop(self, peer: Peer, reason: str) -> None:
         self.drops[reason] += 1
