@@ -83,6 +83,8 @@ if [ "$COUNT" = 1 ]; then
     ip netns exec "$NS_B" grep Udp: /proc/net/snmp >"$W/udp$1"
   }
   snap 0; sleep "$SAMPLE"; snap 1
+  # TCP: the sender's view of the path (window, queueing delay) at the end of the sample.
+  [ "$UDPMODE" = 1 ] || ss -N "$NS_A" -tinH dst "$IN_B" >"$W/tcp" 2>/dev/null
   wait $CLIENT
   grep -E "sender|receiver" "$OUT/iperf3.txt" | tail -2
   python3 - "$W" "$SAMPLE" "$(getconf CLK_TCK)" <<'PY'
@@ -108,6 +110,19 @@ v1 = open(f"{w}/udp1").read().splitlines()[1].split()
 print("== UDP in namespace B, per second: " + ", ".join(
     f"{h[i]} {(int(v1[i]) - int(v0[i])) / secs:,.0f}" for i in range(1, len(h))
     if h[i] in ("InDatagrams", "RcvbufErrors", "InErrors")))
+import re
+try:
+    infos = [line for line in open(f"{w}/tcp") if "cwnd:" in line]
+except OSError:
+    infos = []
+if infos:  # iperf3's control connection and its data stream: the data stream sent the most
+    def acked(line):
+        m = re.search(r"bytes_acked:(\d+)", line)
+        return int(m.group(1)) if m else 0
+    info = max(infos, key=acked)
+    keep = re.findall(r"\b(?:rtt|minrtt|cwnd|unacked):[0-9./]+", info)
+    print("== TCP, the sender's data socket: " + " ".join(keep)
+          + "  (rtt = smoothed/variance ms; far above minrtt: packets queue inside the path)")
 PY
   exit 0
 fi
