@@ -55,6 +55,9 @@ def daemon_main(argv: list[str] | None = None) -> int:
     import uvloop
 
     from .daemon import Daemon, StartupError
+    from .datapath import relax_gc
+
+    relax_gc()
 
     daemon = Daemon(
         conf,

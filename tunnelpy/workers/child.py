@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 
-from ..datapath import ProtocolClock
+from ..datapath import ProtocolClock, relax_gc
 from ..io.tun import Tun
 from ..io.udp import UdpSocket
 from .channel import Channel
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    relax_gc()
     try:
         import uvloop
 
