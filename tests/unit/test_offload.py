@@ -490,10 +490,15 @@ def _eth_to_tun(unit: list) -> bytes:
 
 
 def test_coalesce_ipv4_fast_path_equals_the_generic_path():
-    """IPv4/TCP without options on a TUN takes a one-struct fast path; the same packets behind
-    an Ethernet header take the generic one. Both must build the same units, also for runs of
-    fragments, bad data offsets, new ack numbers or TOS, FIN, and IP options or UDP between."""
+    """IPv4/TCP without options takes a one-struct fast path, on a TUN and behind a TAP's
+    Ethernet header (with or without a VLAN tag); `fast=False` forces the generic path. Both
+    must build the same units, also for runs of fragments, bad data offsets, new ack numbers or
+    TOS, FIN, timestamps, other MAC addresses, and IP options or UDP between; and a TAP's units
+    are a TUN's with the Ethernet header in front."""
     import random
+
+    vlan = ETH[:12] + b"\x81\x00\x00\x07" + ETH[12:]  # VLAN 7
+    other_mac = b"\x02\x00\x00\x00\x00\x09" + ETH[6:]
 
     def fragment(p: bytes) -> bytes:
         return p[:6] + bytes([p[6] | 0x20]) + p[7:]
@@ -522,7 +527,9 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
                            [rng.choice([mss * 9, mss * 40 + 5, 700]) for _ in range(3)], mss, False)
             for f in range(2)
         ]
+        eth = rng.choice([ETH, vlan])
         pkts: list[bytes] = []
+        heads: list[bytes] = []  # each packet's L2 header on the TAP
         while any(flows):
             f = flows[rng.randrange(2)] or flows[0] or flows[1]
             n = rng.choice([1, 5, 30])
@@ -530,21 +537,53 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
             del f[:n]
             # A run of consecutive segments changed alike: would coalesce if the key or the
             # checks missed the change.
-            change = rng.choice([None, None, fragment, doff4, new_ack, tos, fin, tsval])
-            if change is not None:
-                take = [change(p) for p in take]
+            change = rng.choice([None, None, fragment, doff4, new_ack, tos, fin, tsval, "mac"])
+            if change == "mac":
+                heads += [other_mac] * len(take)
+            else:
+                if change is not None:
+                    take = [change(p) for p in take]
+                heads += [eth] * len(take)
             pkts += take
             r = rng.random()
             if r < 0.1:
                 pkts.append(ipv4(tcp(5, 0x10, b"o" * 50), 6, options=b"\x01\x01\x01\x00"))
+                heads.append(eth)
             elif r < 0.2:
                 pkts.append(ipv4(udp(b"u" * 30), 17))
+                heads.append(eth)
         tun = [flatten(u) for u in o.coalesce(pkts)]
-        tap = [_eth_to_tun(u) for u in o.coalesce([ETH + p for p in pkts], l2=True)]
-        assert tun == tap
+        assert tun == [flatten(u) for u in o.coalesce(pkts, fast=False)]
+        frames = [e + p for e, p in zip(heads, pkts, strict=True)]
+        tap = [flatten(u) for u in o.coalesce(frames, l2=True)]
+        assert tap == [flatten(u) for u in o.coalesce(frames, l2=True, fast=False)]
+        if eth is ETH and other_mac not in heads:
+            assert [_eth_to_tun(u) for u in o.coalesce(frames, l2=True)] == tun
         units += len(tun)
         packets += len(pkts)
     assert units < packets * 0.6  # (it did coalesce)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("l2", [False, True])
+def test_coalesce_fills_an_ip_packet_to_exactly_65535_bytes(l2, fast):
+    """The size cap counts the IP packet, not the Ethernet header in front of it."""
+    thl = 20 + len(TS_OPTS)
+    mss = 1000
+
+    def flow(total_payload: int) -> list[bytes]:
+        sizes = [mss] * (total_payload // mss) + ([total_payload % mss] if total_payload % mss else [])
+        out, seq = [], 5000
+        for n in sizes:
+            out.append((ETH if l2 else b"") + ipv4(tcp(seq, 0x10, payload_of(n)), 6))
+            seq += n
+        return out
+
+    fits = 65535 - 20 - thl
+    units = o.coalesce(flow(fits), l2=l2, fast=fast)
+    assert len(units) == 1
+    assert len(flatten(units[0])) - 10 - (14 if l2 else 0) == 65535
+    assert len(o.coalesce(flow(fits + 1), l2=l2, fast=fast)) == 2
 
 
 @pytest.mark.parametrize("l2", [False, True])

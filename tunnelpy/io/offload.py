@@ -425,7 +425,7 @@ class _Flow:
 
 
 def coalesce(
-    packets: Sequence[Buffer], *, l2: bool = False, uso: bool = False
+    packets: Sequence[Buffer], *, l2: bool = False, uso: bool = False, fast: bool = True
 ) -> list[list[Buffer]]:
     """Packets (or frames, `l2`) to write -> write units: [virtio_net_hdr, piece, piece...].
 
@@ -440,6 +440,8 @@ def coalesce(
     `uso` (the device took TUN_F_USO4/6): UDP datagrams of one flow (same addresses, ports,
     TOS, TTL) and one payload size, the last possibly shorter, become one GSO_UDP_L4 write, which
     the kernel cuts again before any socket sees it: one syscall for a burst of small datagrams.
+
+    `fast=False` sends IPv4/TCP through the generic path too, so tests can compare the two.
     """
     units: list[list[Buffer]] = []
     flows: dict[bytes | tuple, _Flow] = {}
@@ -464,25 +466,28 @@ def coalesce(
         if n < l3 + 28:  # shorter than IPv4 + UDP headers
             units.append([ZERO_VNET_HDR, p])
             continue
-        if not l3 and p[0] == 0x45 and n >= 40:
-            # The bulk case, TCP over IPv4 without options on a TUN: every field the generic
-            # path below slices out comes from one struct call, and the flow key is a tuple of
-            # the same header bytes (never equal to a generic key: those are bytes).
-            vt, frag, ttl_proto, addrs, seq, ack_doff, flags = _V4_TCP_unpack(p)
+        if fast and p[l3] == 0x45 and n >= l3 + 40:
+            # The bulk case, TCP over IPv4 without options (on a TUN, or behind the Ethernet
+            # header of a TAP frame): every field the generic path below slices out comes from
+            # one struct call, and the flow key is a tuple of the same header bytes, the L2
+            # header last (never equal to a generic key: those are bytes).
+            vt, frag, ttl_proto, addrs, seq, ack_doff, flags = _V4_TCP_unpack(p, l3)
             if ttl_proto[1] == IPPROTO_TCP and not frag & 0x3FFF:
-                h = 20 + (ack_doff[4] >> 4) * 4
+                h = l3 + 20 + (ack_doff[4] >> 4) * 4
                 plen = n - h
-                if h < 40 or plen <= 0 or flags | TCP_PSH != TCP_ACK | TCP_PSH:
+                if h < l3 + 40 or plen <= 0 or flags | TCP_PSH != TCP_ACK | TCP_PSH:
                     units.append([ZERO_VNET_HDR, p])
                     continue
-                key = (vt, frag, ttl_proto, addrs, ack_doff, p[40:h])
+                key = (vt, frag, ttl_proto, addrs, ack_doff, p[l3 + 40 : h])
+                if l3:
+                    key += (p[:l3],)
                 flow = flows.get(key)
                 if (
                     flow is not None
                     and flow.open
                     and seq == flow.next_seq
                     and plen <= flow.gso
-                    and flow.size + plen + h <= MAX_COALESCED
+                    and flow.size + plen + h - l3 <= MAX_COALESCED
                 ):
                     flow.pieces.append(memoryview(p)[h:])
                     flow.size += plen
@@ -491,7 +496,7 @@ def coalesce(
                         flow.open = False
                         flow.psh = bool(flags & TCP_PSH)
                     continue
-                flow = _Flow(p, 0, 20, h, False, seq, plen)
+                flow = _Flow(p, l3, 20, h, False, seq, plen)
                 if flags & TCP_PSH:
                     flow.open = False
                     flow.psh = True
