@@ -22,8 +22,13 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
 
-from tunnelpy.protocol.engine import Engine
+# Run as a script inside a namespace: find the checkout's tunnelpy even where it is not installed
+# (or an editable install points at another checkout).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tunnelpy.protocol.engine import Engine  # noqa: E402
 
 
 def checksum(data: bytes) -> int:
