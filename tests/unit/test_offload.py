@@ -518,6 +518,9 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
     def tsval(p: bytes) -> bytes:  # the timestamp option moved on (NOP NOP TS at 40)
         return p[:44] + b"\x00\x09\x99\x99" + p[48:]
 
+    def window(p: bytes) -> bytes:
+        return p[:34] + b"\x01\x00" + p[36:]
+
     rng = random.Random(11)
     mss = 1368
     units = packets = 0
@@ -537,7 +540,9 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
             del f[:n]
             # A run of consecutive segments changed alike: would coalesce if the key or the
             # checks missed the change.
-            change = rng.choice([None, None, fragment, doff4, new_ack, tos, fin, tsval, "mac"])
+            change = rng.choice(
+                [None, None, fragment, doff4, new_ack, tos, fin, tsval, window, "mac"]
+            )
             if change == "mac":
                 heads += [other_mac] * len(take)
             else:
@@ -562,6 +567,25 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
         units += len(tun)
         packets += len(pkts)
     assert units < packets * 0.6  # (it did coalesce)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("l2", [False, True])
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_starts_a_new_super_packet_when_the_window_changes(v6, l2, fast):
+    """As the kernel's tcp_gro_receive: one super-packet carries one window, so a segment
+    advertising another one (a newer one) is not folded under the first's."""
+    eth = (ETH6 if v6 else ETH) if l2 else b""
+    segs = [eth + p for p in segments(v6, n=6, flags=0x10)]
+    at = len(eth) + (40 if v6 else 20) + 14  # the TCP window field
+    assert segs[0][at : at + 2] == b"\x02\x00"  # 512, as tcp() makes it
+    moved = [p[:at] + b"\x03\x00" + p[at + 2 :] for p in segs[3:]]
+    units = o.coalesce(segs[:3] + moved, l2=l2, fast=fast)
+    assert len(units) == 2
+    assert [len(u) - 2 for u in units] == [3, 3]  # vnet header + IP/TCP header + 3 payloads each
+    assert b"".join(tcp_fields(s, len(eth))[2] for u in units for s in o.split(flatten(u), l2=l2)) == (
+        b"".join(tcp_fields(s, len(eth))[2] for s in segs)
+    )
 
 
 @pytest.mark.parametrize("fast", [True, False])

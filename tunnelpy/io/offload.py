@@ -91,8 +91,8 @@ _U16U16 = struct.Struct(">HH")
 _VNET_CSUM = struct.Struct("<HH")  # csum_start, csum_offset at offset 6 of virtio_net_hdr
 # An IPv4 header without options and the TCP header after it, as coalesce's fast path reads
 # them in one call: version/IHL+TOS, fragment field, TTL+protocol, addresses+ports, sequence
-# number, ack+data offset, flags (length, id and both checksums skipped).
-_V4_TCP = struct.Struct(">2s4xH2s2x12sI5sB")
+# number, ack+data offset, flags, window (length, id and both checksums skipped).
+_V4_TCP = struct.Struct(">2s4xH2s2x12sI5sB2s")
 
 
 def forced_off() -> bool:
@@ -430,9 +430,10 @@ def coalesce(
     """Packets (or frames, `l2`) to write -> write units: [virtio_net_hdr, piece, piece...].
 
     TCP segments that continue one another in sequence and share every header field but
-    length, IP id, checksums, sequence number and PSH (same addresses, ports, ack, window-less
-    flags, options, TTL, TOS) become one GSO super-packet with NEEDS_CSUM, as the kernel's own
-    GRO would build it; everything else is written alone behind a zero header, so the kernel
+    length, IP id, checksums, sequence number and PSH (same addresses, ports, ack, window,
+    flags but PSH, options, TTL, TOS) become one GSO super-packet with NEEDS_CSUM, as the
+    kernel's own GRO would build it (tcp_gro_receive flushes on a window change too: the one
+    super-packet carries one window, and a later segment's may be the newer); everything else is written alone behind a zero header, so the kernel
     checks its checksum as usual. A segment joins only the super-packet it directly continues,
     so the bytes of one flow reach the kernel in sequence order. Units keep the order of their
     first packet. Each IP packet must have its exact length (padding trimmed).
@@ -471,14 +472,14 @@ def coalesce(
             # header of a TAP frame): every field the generic path below slices out comes from
             # one struct call, and the flow key is a tuple of the same header bytes, the L2
             # header last (never equal to a generic key: those are bytes).
-            vt, frag, ttl_proto, addrs, seq, ack_doff, flags = _V4_TCP_unpack(p, l3)
+            vt, frag, ttl_proto, addrs, seq, ack_doff, flags, window = _V4_TCP_unpack(p, l3)
             if ttl_proto[1] == IPPROTO_TCP and not frag & 0x3FFF:
                 h = l3 + 20 + (ack_doff[4] >> 4) * 4
                 plen = n - h
                 if h < l3 + 40 or plen <= 0 or flags | TCP_PSH != TCP_ACK | TCP_PSH:
                     units.append([ZERO_VNET_HDR, p])
                     continue
-                key = (vt, frag, ttl_proto, addrs, ack_doff, p[l3 + 40 : h])
+                key = (vt, frag, ttl_proto, addrs, ack_doff, window, p[l3 + 40 : h])
                 if l3:
                     key += (p[:l3],)
                 flow = flows.get(key)
@@ -561,11 +562,17 @@ def coalesce(
             units.append([ZERO_VNET_HDR, p])
             continue
         # Everything that must match, in one key: [L2,] version..TOS (flow label), TTL/protocol
-        # (and IPv4 DF), addresses, ports, ack, data offset, options.
+        # (and IPv4 DF), addresses, ports, ack, data offset, window, options.
         if v6:
-            sig = p[: l3 + 4] + p[l3 + 6 : t + 4] + p[t + 8 : t + 13] + p[t + 20 : h]
+            sig = (
+                p[: l3 + 4] + p[l3 + 6 : t + 4] + p[t + 8 : t + 13] + p[t + 14 : t + 16]
+                + p[t + 20 : h]
+            )  # fmt: skip
         else:
-            sig = p[: l3 + 2] + p[l3 + 6 : l3 + 10] + p[l3 + 12 : t + 4] + p[t + 8 : t + 13]
+            sig = (
+                p[: l3 + 2] + p[l3 + 6 : l3 + 10] + p[l3 + 12 : t + 4] + p[t + 8 : t + 13]
+                + p[t + 14 : t + 16]
+            )  # fmt: skip
             if h > t + 20:
                 sig += p[t + 20 : h]
         seq = int.from_bytes(p[t + 4 : t + 8], "big")
