@@ -526,8 +526,13 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
     units = packets = 0
     for _ in range(40):
         flows = [
-            _flow_segments(40000 + f, rng.randrange(2**32),
-                           [rng.choice([mss * 9, mss * 40 + 5, 700]) for _ in range(3)], mss, False)
+            _flow_segments(
+                40000 + f,
+                rng.randrange(2**32),
+                [rng.choice([mss * 9, mss * 40 + 5, 700]) for _ in range(3)],
+                mss,
+                False,
+            )
             for f in range(2)
         ]
         eth = rng.choice([ETH, vlan])
@@ -583,9 +588,9 @@ def test_coalesce_starts_a_new_super_packet_when_the_window_changes(v6, l2, fast
     units = o.coalesce(segs[:3] + moved, l2=l2, fast=fast)
     assert len(units) == 2
     assert [len(u) - 2 for u in units] == [3, 3]  # vnet header + IP/TCP header + 3 payloads each
-    assert b"".join(tcp_fields(s, len(eth))[2] for u in units for s in o.split(flatten(u), l2=l2)) == (
-        b"".join(tcp_fields(s, len(eth))[2] for s in segs)
-    )
+    assert b"".join(
+        tcp_fields(s, len(eth))[2] for u in units for s in o.split(flatten(u), l2=l2)
+    ) == (b"".join(tcp_fields(s, len(eth))[2] for s in segs))
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -596,7 +601,9 @@ def test_coalesce_fills_an_ip_packet_to_exactly_65535_bytes(l2, fast):
     mss = 1000
 
     def flow(total_payload: int) -> list[bytes]:
-        sizes = [mss] * (total_payload // mss) + ([total_payload % mss] if total_payload % mss else [])
+        sizes = [mss] * (total_payload // mss) + (
+            [total_payload % mss] if total_payload % mss else []
+        )
         out, seq = [], 5000
         for n in sizes:
             out.append((ETH if l2 else b"") + ipv4(tcp(seq, 0x10, payload_of(n)), 6))
