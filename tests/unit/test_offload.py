@@ -422,6 +422,21 @@ def _flow_segments(sport: int, seq0: int, sizes: list[int], mss: int, v6: bool) 
     return out
 
 
+def _two_random_flows(rng, mss: int, v6: bool) -> list[list[bytes]]:
+    """Two flows (source ports 40000, 40001) of three super-packets each, of random sizes
+    (9 full segments, 40 and a 5-byte tail, or one short one), cut as split() cuts them."""
+    return [
+        _flow_segments(
+            40000 + f,
+            rng.randrange(2**32),
+            [rng.choice([mss * 9, mss * 40 + 5, 700]) for _ in range(3)],
+            mss,
+            v6,
+        )
+        for f in range(2)
+    ]
+
+
 def _by_flow(pkts: list[bytes]) -> dict[bytes, list[bytes]]:
     """Each flow's packets in order (flows may pass one another, a flow's bytes may not)."""
     flows: dict[bytes, list[bytes]] = {}
@@ -449,16 +464,7 @@ def test_coalesce_gives_each_flow_back_in_order_under_loss_repeats_and_interleav
     rng = random.Random(6)
     mss = 1368
     for _ in range(40):
-        flows = [
-            _flow_segments(
-                40000 + f,
-                rng.randrange(2**32),
-                [rng.choice([mss * 9, mss * 40 + 5, 700]) for _ in range(3)],
-                mss,
-                v6,
-            )
-            for f in range(2)
-        ]
+        flows = _two_random_flows(rng, mss, v6)
         pkts: list[bytes] = []
         while any(flows):
             f = flows[rng.randrange(2)] or flows[0] or flows[1]
@@ -525,16 +531,7 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
     mss = 1368
     units = packets = 0
     for _ in range(40):
-        flows = [
-            _flow_segments(
-                40000 + f,
-                rng.randrange(2**32),
-                [rng.choice([mss * 9, mss * 40 + 5, 700]) for _ in range(3)],
-                mss,
-                False,
-            )
-            for f in range(2)
-        ]
+        flows = _two_random_flows(rng, mss, False)
         eth = rng.choice([ETH, vlan])
         pkts: list[bytes] = []
         heads: list[bytes] = []  # each packet's L2 header on the TAP
@@ -601,6 +598,8 @@ def test_coalesce_fills_an_ip_packet_to_exactly_65535_bytes(l2, fast):
     mss = 1000
 
     def flow(total_payload: int) -> list[bytes]:
+        # ACK-only segments (no PSH: a PSH would end the super-packet whatever its size); one
+        # IP packet of this size could not be built by split(), so they are made one by one.
         sizes = [mss] * (total_payload // mss) + (
             [total_payload % mss] if total_payload % mss else []
         )

@@ -433,8 +433,8 @@ def coalesce(
     length, IP id, checksums, sequence number and PSH (same addresses, ports, ack, window,
     flags but PSH, options, TTL, TOS) become one GSO super-packet with NEEDS_CSUM, as the
     kernel's own GRO would build it (tcp_gro_receive flushes on a window change too: the one
-    super-packet carries one window, and a later segment's may be the newer); everything else is written alone behind a zero header, so the kernel
-    checks its checksum as usual. A segment joins only the super-packet it directly continues,
+    super-packet carries one window, and a later segment's may be the newer); everything else
+    is written alone behind a zero header, so the kernel checks its checksum as usual. A segment joins only the super-packet it directly continues,
     so the bytes of one flow reach the kernel in sequence order. Units keep the order of their
     first packet. Each IP packet must have its exact length (padding trimmed).
 
