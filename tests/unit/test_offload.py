@@ -571,6 +571,69 @@ def test_coalesce_ipv4_fast_path_equals_the_generic_path():
     assert units < packets * 0.6  # (it did coalesce)
 
 
+def test_coalesce_ipv4_udp_fast_path_equals_the_generic_path():
+    """Small IPv4 datagrams without options take a one-struct USO fast path (TUN, TAP, TAP with
+    a VLAN tag). It must build the units of the generic path (`fast=False`) for bursts of two
+    flows with datagrams of the flow's size, shorter ones (which end a write), longer ones,
+    tiny ones (< 12 payload bytes, under the struct's reach), fragments, another TOS, TTL, DF or
+    MAC address, IP options, TCP and IPv6 between; more than 64 datagrams; and without USO, none joins."""
+    import random
+
+    vlan = ETH[:12] + b"\x81\x00\x00\x07" + ETH[12:]
+    other_mac = b"\x02\x00\x00\x00\x00\x09" + ETH[6:]
+
+    def dgram(sport: int, size: int) -> bytes:
+        u = udp(payload_of(size))
+        return with_l4_csum(ipv4(sport.to_bytes(2, "big") + u[2:], 17), 17)
+
+    def fragment(p: bytes) -> bytes:
+        return p[:6] + bytes([p[6] | 0x20]) + p[7:]
+
+    def no_df(p: bytes) -> bytes:
+        return p[:6] + bytes([p[6] & ~0x40]) + p[7:]
+
+    def tos(p: bytes) -> bytes:
+        return p[:1] + b"\x10" + p[2:]
+
+    def ttl(p: bytes) -> bytes:
+        return p[:8] + b"\x05" + p[9:]
+
+    rng = random.Random(17)
+    units = packets = 0
+    for _ in range(60):
+        eth = rng.choice([ETH, vlan])
+        size = rng.choice([12, 64, 200])
+        pkts: list[bytes] = []
+        heads: list[bytes] = []  # each packet's L2 header on the TAP
+        while len(pkts) < 150:
+            sport = rng.choice([40000, 40001])
+            n = rng.choice([1, 5, 30, 70])
+            plen = rng.choice([size] * 6 + [size - 1, size + 1, 1, 11, 0])
+            change = rng.choice([None] * 5 + [fragment, no_df, tos, ttl])
+            run = [dgram(sport, plen) for _ in range(n)]
+            if change is not None:
+                run = [change(p) for p in run]
+            pkts += run
+            heads += [rng.choice([eth, eth, other_mac])] * n
+            r = rng.random()
+            if r < 0.1:
+                pkts.append(ipv4(udp(b"o" * 50), 17, options=b"\x01\x01\x01\x00"))
+            elif r < 0.2:
+                pkts.append(with_l4_csum(ipv4(tcp(5, 0x18, b"t" * 40), 6), 6))
+            elif r < 0.3:
+                pkts.append(with_l4_csum(ipv6(udp(payload_of(size)), 17), 17))
+            heads += [eth] * (len(pkts) - len(heads))
+        frames = [e + p for e, p in zip(heads, pkts, strict=True)]
+        for batch, l2 in ((pkts, False), (frames, True)):
+            fast = [flatten(u) for u in o.coalesce(batch, l2=l2, uso=True)]
+            assert fast == [flatten(u) for u in o.coalesce(batch, l2=l2, uso=True, fast=False)]
+            plain = o.coalesce(batch, l2=l2)
+            assert [flatten(u) for u in plain] == [o.ZERO_VNET_HDR + p for p in batch]
+        units += len(fast)
+        packets += len(pkts)
+    assert units < packets * 0.3  # (it did coalesce)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("l2", [False, True])
 @pytest.mark.parametrize("v6", [False, True])

@@ -93,6 +93,8 @@ _VNET_CSUM = struct.Struct("<HH")  # csum_start, csum_offset at offset 6 of virt
 # them in one call: version/IHL+TOS, fragment field, TTL+protocol, addresses+ports, sequence
 # number, ack+data offset, flags, window (length, id and both checksums skipped).
 _V4_TCP = struct.Struct(">2s4xH2s2x12sI5sB2s")
+# The same for IPv4/UDP: version/IHL+TOS, fragment field, TTL+protocol, addresses+ports.
+_V4_UDP = struct.Struct(">2s4xH2s2x12s")
 
 
 def forced_off() -> bool:
@@ -447,6 +449,7 @@ def coalesce(
     units: list[list[Buffer]] = []
     flows: dict[bytes | tuple, _Flow] = {}
     _V4_TCP_unpack = _V4_TCP.unpack_from
+    _V4_UDP_unpack = _V4_UDP.unpack_from
     builders: list[tuple[int, _Flow]] = []
     for p in packets:
         n = len(p)
@@ -467,7 +470,36 @@ def coalesce(
         if n < l3 + 28:  # shorter than IPv4 + UDP headers
             units.append([ZERO_VNET_HDR, p])
             continue
-        if fast and p[l3] == 0x45 and n >= l3 + 40:
+        if fast and p[l3] == 0x45 and p[l3 + 9] == IPPROTO_UDP and uso and n > l3 + 28:
+            # A flood of small datagrams over IPv4 without options: the USO key below from one
+            # struct call (version..TOS, DF, TTL/protocol, addresses and ports), a tuple.
+            vt, frag, ttl_proto, addrs = _V4_UDP_unpack(p, l3)
+            if not frag & 0x3FFF:
+                h = l3 + 28
+                plen = n - h
+                key = (vt, frag, ttl_proto, addrs)
+                if l3:
+                    key += (p[:l3],)
+                flow = flows.get(key)
+                if (
+                    flow is not None
+                    and flow.open
+                    and plen <= flow.gso
+                    and len(flow.pieces) < USO_MAX_SEGMENTS
+                    and flow.size + plen + 28 <= MAX_COALESCED
+                ):
+                    flow.pieces.append(memoryview(p)[h:])
+                    flow.size += plen
+                    if plen < flow.gso:
+                        flow.open = False
+                    continue
+                flow = _Flow(p, l3, 20, h, False, 0, plen)
+                flow.udp = True
+                flows[key] = flow
+                builders.append((len(units), flow))
+                units.append([])
+                continue
+        elif fast and p[l3] == 0x45 and n >= l3 + 40:
             # The bulk case, TCP over IPv4 without options (on a TUN, or behind the Ethernet
             # header of a TAP frame): every field the generic path below slices out comes from
             # one struct call, and the flow key is a tuple of the same header bytes, the L2
