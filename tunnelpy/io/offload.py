@@ -470,35 +470,17 @@ def coalesce(
         if n < l3 + 28:  # shorter than IPv4 + UDP headers
             units.append([ZERO_VNET_HDR, p])
             continue
+        sig: bytes | tuple | None = None  # set for a datagram that may join a USO write
         if fast and p[l3] == 0x45 and p[l3 + 9] == IPPROTO_UDP and uso and n > l3 + 28:
-            # A flood of small datagrams over IPv4 without options: the USO key below from one
-            # struct call (version..TOS, DF, TTL/protocol, addresses and ports), a tuple.
+            # A flood of small datagrams over IPv4 without options: the USO key from one struct
+            # call (version..TOS, DF, TTL/protocol, addresses and ports), a tuple.
             vt, frag, ttl_proto, addrs = _V4_UDP_unpack(p, l3)
             if not frag & 0x3FFF:
-                h = l3 + 28
-                plen = n - h
-                key = (vt, frag, ttl_proto, addrs)
+                sig = (vt, frag, ttl_proto, addrs)
                 if l3:
-                    key += (p[:l3],)
-                flow = flows.get(key)
-                if (
-                    flow is not None
-                    and flow.open
-                    and plen <= flow.gso
-                    and len(flow.pieces) < USO_MAX_SEGMENTS
-                    and flow.size + plen + 28 <= MAX_COALESCED
-                ):
-                    flow.pieces.append(memoryview(p)[h:])
-                    flow.size += plen
-                    if plen < flow.gso:
-                        flow.open = False
-                    continue
-                flow = _Flow(p, l3, 20, h, False, 0, plen)
-                flow.udp = True
-                flows[key] = flow
-                builders.append((len(units), flow))
-                units.append([])
-                continue
+                    sig += (p[:l3],)
+                t = l3 + 20
+                v6 = False
         elif fast and p[l3] == 0x45 and n >= l3 + 40:
             # The bulk case, TCP over IPv4 without options (on a TUN, or behind the Ethernet
             # header of a TAP frame): every field the generic path below slices out comes from
@@ -537,30 +519,32 @@ def coalesce(
                 builders.append((len(units), flow))
                 units.append([])
                 continue
-        b0 = p[l3]
-        if b0 >> 4 == 4:
-            # not a fragment (MF and fragment offset zero)
-            if p[l3 + 6] & 0x3F or p[l3 + 7]:
+        if sig is None:
+            b0 = p[l3]
+            if b0 >> 4 == 4:
+                # not a fragment (MF and fragment offset zero)
+                if p[l3 + 6] & 0x3F or p[l3 + 7]:
+                    units.append([ZERO_VNET_HDR, p])
+                    continue
+                proto = p[l3 + 9]
+                t = l3 + (b0 & 0x0F) * 4
+                v6 = False
+            elif b0 >> 4 == 6 and n >= l3 + 48:
+                proto = p[l3 + 6]
+                t = l3 + 40
+                v6 = True
+            else:
                 units.append([ZERO_VNET_HDR, p])
                 continue
-            proto = p[l3 + 9]
-            t = l3 + (b0 & 0x0F) * 4
-            v6 = False
-        elif b0 >> 4 == 6 and n >= l3 + 48:
-            proto = p[l3 + 6]
-            t = l3 + 40
-            v6 = True
-        else:
-            units.append([ZERO_VNET_HDR, p])
-            continue
-        if proto == IPPROTO_UDP and uso and n > t + 8:
+            if proto == IPPROTO_UDP and uso and n > t + 8:
+                if v6:
+                    sig = p[: l3 + 4] + p[l3 + 6 : t + 4]
+                else:
+                    sig = p[: l3 + 2] + p[l3 + 6 : l3 + 10] + p[l3 + 12 : t + 4]
+        if sig is not None:
             # UDP datagrams of one flow and one size (the last may be shorter) -> one USO write.
             h = t + 8
             plen = n - h
-            if v6:
-                sig = p[: l3 + 4] + p[l3 + 6 : t + 4]
-            else:
-                sig = p[: l3 + 2] + p[l3 + 6 : l3 + 10] + p[l3 + 12 : t + 4]
             flow = flows.get(sig)
             if (
                 flow is not None
