@@ -59,6 +59,13 @@ for spec in "$@"; do
   else
     git -C "$ROOT" archive "$rev" tunnelpy | tar -x -C "$W/$name"
   fi
+  # The optional compiled helpers (tunnelpy/io/*.pyx, Cython) as an install would build them.
+  for pyx in "$W/$name"/tunnelpy/io/*.pyx; do
+    [ -e "$pyx" ] || continue
+    ls "${pyx%.pyx}".*.so >/dev/null 2>&1 && continue
+    (cd "$(dirname "$pyx")" && python3 -m Cython.Build.Cythonize -i -3 -q "$(basename "$pyx")" >/dev/null 2>&1) \
+      || echo "ab.sh: could not build $(basename "$pyx") for $name: it runs without it" >&2
+  done
   # cd / first: `python3 -c` puts the current directory ahead of PYTHONPATH on sys.path.
   cat >"$W/tp-$name" <<EOF
 #!/bin/sh

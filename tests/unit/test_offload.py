@@ -7,6 +7,7 @@ not with the module's own arithmetic.
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 
 import pytest
@@ -647,7 +648,8 @@ def test_coalesce_starts_a_new_super_packet_when_the_window_changes(v6, l2, fast
     moved = [p[:at] + b"\x03\x00" + p[at + 2 :] for p in segs[3:]]
     units = o.coalesce(segs[:3] + moved, l2=l2, fast=fast)
     assert len(units) == 2
-    assert [len(u) - 2 for u in units] == [3, 3]  # vnet header + IP/TCP header + 3 payloads each
+    # three segments' payload each (a compiled run join may hand several as one piece)
+    assert [-(-sum(len(x) for x in u[2:]) // 1368) for u in units] == [3, 3]
     assert b"".join(
         tcp_fields(s, len(eth))[2] for u in units for s in o.split(flatten(u), l2=l2)
     ) == (b"".join(tcp_fields(s, len(eth))[2] for s in segs))
@@ -690,3 +692,171 @@ def test_coalesce_never_joins_segments_with_a_data_offset_below_five(l2):
         pkts.append((ETH if l2 else b"") + ipv4(seg, 6))
     units = o.coalesce(pkts, l2=l2)
     assert [flatten(u) for u in units] == [o.ZERO_VNET_HDR + p for p in pkts]
+
+
+def needs_run_join() -> None:
+    """The compiled run join is built at install (Cython); CI installs it, so there it must be
+    present, elsewhere its tests skip when it is not."""
+    if o._join_run is None:
+        if os.environ.get("CI"):
+            pytest.fail("tunnelpy.io._segments is not built: pip install -e . (Cython)")
+        pytest.skip("tunnelpy.io._segments not built")
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_run_join_equals_the_packet_loop(v6):
+    """Runs of segments of one flow are taken by the compiled run join (tunnelpy/io/_segments.pyx)
+    in one call. The units must be byte for byte those of the packet-at-a-time loop (`fast=False`,
+    and the run join turned off) when one segment inside a long run differs: a sequence gap, PSH, FIN or URG, a
+    new ack, window, TOS, TTL or timestamp, another source port or destination address, another
+    length, another MAC, an IPv4 option (v4's
+    generic path); a changed IPv4 id or a bad checksum must not stop a join. Runs cross the
+    64 KiB cap, two flows interleave, on a TUN and behind a TAP's Ethernet (+VLAN) header."""
+    import random
+
+    needs_run_join()
+    vlan = ETH[:12] + b"\x81\x00\x00\x07" + ETH[12:]
+    other_mac = b"\x02\x00\x00\x00\x00\x09" + ETH[6:]
+    ip = 40 if v6 else 20
+    t = ip
+
+    def at(p: bytes, off: int, new: bytes) -> bytes:
+        return p[:off] + new + p[off + len(new) :]
+
+    def flag(bit: int):
+        return lambda p: at(p, t + 13, bytes([p[t + 13] | bit]))
+
+    changes = {
+        "gap": lambda p: at(
+            p,
+            t + 4,
+            ((int.from_bytes(p[t + 4 : t + 8], "big") + 1) & 0xFFFFFFFF).to_bytes(4, "big"),
+        ),
+        "psh": flag(0x08),
+        "fin": flag(0x01),
+        "urg": flag(0x20),
+        "ack": lambda p: at(p, t + 8, b"\x00\x01\x00\x00"),
+        "window": lambda p: at(p, t + 14, b"\x01\x00"),
+        "tos": (lambda p: at(p, 0, b"\x60\x10")) if v6 else (lambda p: at(p, 1, b"\x10")),
+        "ttl": (lambda p: at(p, 7, b"\x05")) if v6 else (lambda p: at(p, 8, b"\x05")),
+        "tsval": lambda p: at(p, t + 24, b"\x00\x09\x99\x99"),
+        "short": lambda p: p[:-7] if v6 else at(p[:-7], 2, (len(p) - 7).to_bytes(2, "big")),
+        "ipid": (lambda p: p) if v6 else (lambda p: at(p, 4, b"\x77\x77")),
+        "csum": lambda p: at(p, t + 16, b"\x12\x34"),
+        "sport": lambda p: at(p, t, b"\x99\x99"),
+        "dst": (lambda p: at(p, 39, b"\x07")) if v6 else (lambda p: at(p, 19, b"\x07")),
+        "mac": "mac",
+        None: None,
+    }
+    if not v6:  # an IPv4 option: that segment takes the generic path
+        changes["ipopt"] = lambda p: (
+            b"\x46" + p[1:2] + (len(p) + 4).to_bytes(2, "big") + p[4:20] + b"\x01\x01\x01\x00"
+            + p[20:]
+        )  # fmt: skip
+    rng = random.Random(23 if v6 else 29)
+    mss = 1368
+    joined = runs = 0
+    for _ in range(60):
+        flows = [
+            _flow_segments(
+                40000 + f, rng.randrange(2**32), [mss * 40 + 5, mss * 30, mss * 45], mss, v6
+            )
+            for f in range(2)
+        ]
+        if rng.random() < 0.5:  # no PSH at the super-packet ends: runs reach the 64 KiB cap
+            flows = [[q[: t + 13] + bytes([q[t + 13] & ~0x08]) + q[t + 14 :]
+                      for q in f] for f in flows]  # fmt: skip
+        eth = rng.choice([ETH6 if v6 else ETH, (ETH6 if v6 else vlan)])
+        pkts: list[bytes] = []
+        heads: list[bytes] = []
+        while any(flows):
+            f = flows[rng.randrange(2)] or flows[0] or flows[1]
+            take = f[: rng.choice([3, 20, 50, 90])]
+            del f[: len(take)]
+            name = rng.choice(list(changes))
+            k = rng.randrange(len(take))
+            hs = [eth] * len(take)
+            if name == "mac":
+                hs[k] = other_mac
+            elif name is not None:
+                take[k] = changes[name](take[k])
+            pkts += take
+            heads += hs
+        frames = [e + p for e, p in zip(heads, pkts, strict=True)]
+        for batch, l2 in ((pkts, False), (frames, True)):
+            fast = o.coalesce(batch, l2=l2)
+            want = [flatten(u) for u in o.coalesce(batch, l2=l2, fast=False)]
+            assert [flatten(u) for u in fast] == want
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(o, "_join_run", None)
+                assert [flatten(u) for u in o.coalesce(batch, l2=l2)] == want
+            # (a unit with a piece of more than one segment came from the run join)
+            joined += sum(1 for u in fast for x in u[2:] if len(x) > mss + 14)
+            runs += 1
+    assert joined > runs  # the run join was taken, many times
+
+
+def test_coalesce_run_join_of_padded_tiny_frames():
+    """A run of tiny segments (2 payload bytes, no TCP options) behind a TAP's Ethernet header
+    comes padded to 60 bytes: the run join must take each payload up to the IP length, not the
+    frame's end, exactly as the packet loop does."""
+    needs_run_join()
+    segs = []
+    for k in range(30):
+        pkt = ipv4(tcp(1000 + 2 * k, 0x10, b"%02d" % k, opts=b""), 6, ident=k)
+        segs.append(ETH + pkt + bytes(60 - 14 - len(pkt)))
+    assert {len(f) for f in segs} == {60}
+    fast = o.coalesce(segs, l2=True)
+    assert [flatten(u) for u in fast] == [flatten(u) for u in o.coalesce(segs, l2=True, fast=False)]
+    assert len(fast) == 1 and len(fast[0]) == 4  # first piece, then one joined piece of 29
+    assert bytes(fast[0][-1]) == b"".join(b"%02d" % k for k in range(1, 30))
+
+
+def test_compiled_split_equals_the_python_split():
+    """split_tcp's segments from the compiled loop (tunnelpy/io/_segments.pyx) are byte for byte
+    those of the Python loop: IPv4 (with and without IP options) and IPv6, on a TUN and behind a
+    TAP's Ethernet header (with a VLAN tag too), even and odd MSS, payloads that end in a short
+    segment, end exactly on a segment, or fit in one; every flag combination split treats
+    specially (CWR first only, FIN/PSH last only, ECE/URG kept), sequence numbers and IPv4 ids
+    that wrap, and TCP options of several lengths."""
+    import random
+
+    needs_run_join()
+    rng = random.Random(31)
+    vlan = ETH[:12] + b"\x81\x00\x00\x07" + ETH[12:]
+    cases = 0
+    for _ in range(300):
+        v6 = rng.random() < 0.4
+        mss = rng.choice([536, 1000, 1001, 1368, 1380, 8960])
+        size = rng.choice(
+            [
+                mss * rng.randrange(1, 48),
+                mss * rng.randrange(1, 47) + rng.randrange(1, mss),
+                rng.randrange(1, mss),
+            ]
+        )
+        size = min(size, 65535 - 120)
+        flags = rng.choice([0x10, 0x18, 0x19, 0x98, 0x90, 0x50, 0x30, 0xD9])
+        opts = rng.choice([b"", TS_OPTS, TS_OPTS + b"\x01\x01\x01\x00", b"\x02\x04\x05\xb4"])
+        seq0 = rng.choice([rng.randrange(2**32), 0xFFFFFFFF - rng.randrange(3 * mss)])
+        seg = tcp(seq0, flags, bytes(rng.randrange(256) for _ in range(size)), opts=opts)
+        if v6:
+            pkt, eth = ipv6(seg, 6), ETH6
+        else:
+            ipopt = rng.choice([b"", b"\x01\x01\x01\x00"])
+            pkt, eth = (
+                ipv4(seg, 6, ident=rng.choice([0xFFFF, rng.randrange(65536)]), options=ipopt),
+                rng.choice([ETH, vlan]),
+            )
+        gso = o.GSO_TCPV6 if v6 else o.GSO_TCPV4
+        for frame, l2 in ((pkt, False), (eth + pkt, True)):
+            buf = tso(frame, gso, mss, len(eth) if l2 else 0)
+            compiled = o.split(buf, l2=l2)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(o, "_split_tcp_c", None)
+                assert compiled == o.split(buf, l2=l2), (v6, l2, mss, size, hex(flags))
+                mp.setattr(o, "_np", None)
+                assert compiled == o.split(buf, l2=l2)
+            assert all(type(s) is bytes for s in compiled)
+            cases += 1
+    assert cases == 600

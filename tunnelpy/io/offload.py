@@ -42,6 +42,12 @@ try:  # optional: one vectorised pass for the payload sums of all segments of a 
     import numpy as _np
 except ImportError:  # pragma: no cover - depends on the environment
     _np = None
+try:  # optional, compiled at install (setup.py, Cython): the per-segment loops in C
+    from ._segments import join_run as _join_run
+    from ._segments import split_tcp_segments as _split_tcp_c
+except ImportError:  # pragma: no cover - depends on the build
+    _join_run = None
+    _split_tcp_c = None
 
 Buffer = bytes | bytearray | memoryview
 
@@ -288,6 +294,11 @@ def split_tcp(buf: Buffer, off: int, mss: int) -> list[bytes]:
     hdr[tt + 13] = 0
     _U16.pack_into(hdr, tt + 16, 0)
     tcp_sum = ones_sum(memoryview(hdr)[tt:])
+    if _split_tcp_c is not None:
+        return _split_tcp_c(  # type: ignore[no-any-return]
+            buf, h, mss, bytes(hdr), ip, tt, iphl, thl, v6, seq0, flags0, ipid0, ip_sum,
+            addr_sum + tcp_sum,
+        )  # fmt: skip
     sums = _payload_sums(buf, h, end, mss)
     # One struct.pack per segment writes every changing field between the constant stretches
     # of the header template: the cheapest way to build a header in CPython.
@@ -451,8 +462,14 @@ def coalesce(
     _V4_TCP_unpack = _V4_TCP.unpack_from
     _V4_UDP_unpack = _V4_UDP.unpack_from
     builders: list[tuple[int, _Flow]] = []
-    for p in packets:
-        n = len(p)
+    # The compiled run taker (see _take_run) works on a list of bytes.
+    runs = _join_run is not None and type(packets) is list and len(packets) > 2
+    count = len(packets)
+    i = 0
+    while i < count:
+        p = packets[i]
+        i += 1
+        n = raw = len(p)
         l3 = 0
         if l2:
             l3 = l3_offset(p)
@@ -510,11 +527,15 @@ def coalesce(
                     if plen < flow.gso or flags & TCP_PSH:
                         flow.open = False
                         flow.psh = bool(flags & TCP_PSH)
+                    elif runs and i < count:
+                        i = _take_run(flow, packets, i, raw, n, l3 + 20)
                     continue
                 flow = _Flow(p, l3, 20, h, False, seq, plen)
                 if flags & TCP_PSH:
                     flow.open = False
                     flow.psh = True
+                elif runs and i < count:
+                    i = _take_run(flow, packets, i, raw, n, l3 + 20)
                 flows[key] = flow
                 builders.append((len(units), flow))
                 units.append([])
@@ -606,17 +627,44 @@ def coalesce(
             if plen < flow.gso or flags & TCP_PSH:
                 flow.open = False
                 flow.psh = bool(flags & TCP_PSH)
+            elif runs and fast and i < count:
+                i = _take_run(flow, packets, i, raw, n, t)
             continue
         flow = _Flow(p, l3, t - l3, h, v6, seq, plen)
         if flags & TCP_PSH:
             flow.open = False
             flow.psh = True
+        elif runs and fast and i < count:
+            i = _take_run(flow, packets, i, raw, n, t)
         flows[sig] = flow
         builders.append((len(units), flow))
         units.append([])  # filled below, when the flow is complete
     for index, flow in builders:
         units[index] = _unit(flow)
     return units
+
+
+def _take_run(flow: _Flow, packets: list, i: int, raw: int, end: int, t: int) -> int:
+    """Append to the open TCP `flow` the segments from packets[i] on that continue it, taken by
+    the compiled `join_run` in one call (`raw`, `end`: the raw length and payload end of the
+    segment just taken; `t`: where its TCP header starts). Returns the next index to look at."""
+    first = flow.first
+    if type(first) is not bytes:
+        return i
+    gso = flow.gso
+    room = (MAX_COALESCED - (flow.h - flow.l3) - flow.size) // gso
+    m, psh, payload = _join_run(  # type: ignore[misc]
+        packets, i, min(len(packets), i + room), first, raw, end, flow.l3, t, flow.h, flow.v6,
+        flow.next_seq, gso,
+    )  # fmt: skip
+    if m:
+        flow.pieces.append(payload)
+        flow.size += m * gso
+        flow.next_seq = (flow.next_seq + m * gso) & 0xFFFFFFFF
+        if psh:
+            flow.open = False
+            flow.psh = True
+    return i + m
 
 
 def _unit(flow: _Flow) -> list[Buffer]:
