@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from . import config as cfgmod
 from .datapath import DataPath, ProtocolClock
+from .io import offload as offload_mod
 from .io.tun import Tun, TunError
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiServer
 from .io.udp import UdpSocket, is_literal, resolve
@@ -223,8 +224,10 @@ class Daemon:
             raise StartupError(str(e)) from None
         if self.tun is not None and isinstance(self.udp, UdpSocket):
             log.info(
-                "%s: offloads %s; UDP GSO %s, GRO %s", self.name, self.tun.offloads or "off",
-                "on" if self.udp.gso else "off", "on" if self.udp.gro else "off",
+                "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s", self.name,
+                self.tun.offloads or "off", "on" if self.udp.gso else "off",
+                "on" if self.udp.gro else "off",
+                "compiled" if offload_mod.compiled() else "in Python (tunnelpy.io._segments not built)",
             )  # fmt: skip
         try:
             if self.tun is not None:

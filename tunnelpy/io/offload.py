@@ -103,6 +103,11 @@ _V4_TCP = struct.Struct(">2s4xH2s2x12sI5sB2s")
 _V4_UDP = struct.Struct(">2s4xH2s2x12s")
 
 
+def compiled() -> bool:
+    """True when the compiled segment loops (tunnelpy/io/_segments.pyx) are in use."""
+    return _join_run is not None
+
+
 def forced_off() -> bool:
     """Testing knob: ``TUNNELPY_TEST_OFFLOAD=off`` turns every offload off whatever the config
     says, so the whole integration suite can run once with offloads and once without."""
