@@ -48,6 +48,11 @@ try:  # optional, compiled at install (setup.py, Cython): the per-segment loops 
 except ImportError:  # pragma: no cover - depends on the build
     _join_run = None
     _split_tcp_c = None
+# Testing knob: TUNNELPY_TEST_COMPILED=off runs the Python loops although the module is built,
+# so a test run (or a bench row) can compare the two end to end.
+if os.environ.get("TUNNELPY_TEST_COMPILED", "").lower() == "off":
+    _join_run = None
+    _split_tcp_c = None
 
 Buffer = bytes | bytearray | memoryview
 
