@@ -694,11 +694,12 @@ def test_coalesce_never_joins_segments_with_a_data_offset_below_five(l2):
     assert [flatten(u) for u in units] == [o.ZERO_VNET_HDR + p for p in pkts]
 
 
-def needs_run_join() -> None:
-    """The compiled run join is built at install (Cython); CI installs it, so there it must be
-    present, elsewhere its tests skip when it is not."""
-    if o._join_run is None:
-        if os.environ.get("CI"):
+def needs_compiled() -> None:
+    """The compiled segment loops are built at install (Cython); CI installs them, so there they
+    must be present; elsewhere their tests skip without them (or with TUNNELPY_TEST_COMPILED=off)."""
+    if o._join_run is None or o._split_tcp_c is None:
+        knob_off = os.environ.get("TUNNELPY_TEST_COMPILED", "").lower() == "off"
+        if os.environ.get("CI") and not knob_off:
             pytest.fail("tunnelpy.io._segments is not built: pip install -e . (Cython)")
         pytest.skip("tunnelpy.io._segments not built")
 
@@ -714,7 +715,7 @@ def test_coalesce_run_join_equals_the_packet_loop(v6):
     64 KiB cap, two flows interleave, on a TUN and behind a TAP's Ethernet (+VLAN) header."""
     import random
 
-    needs_run_join()
+    needs_compiled()
     vlan = ETH[:12] + b"\x81\x00\x00\x07" + ETH[12:]
     other_mac = b"\x02\x00\x00\x00\x00\x09" + ETH[6:]
     ip = 40 if v6 else 20
@@ -800,7 +801,7 @@ def test_coalesce_run_join_of_padded_tiny_frames():
     """A run of tiny segments (2 payload bytes, no TCP options) behind a TAP's Ethernet header
     comes padded to 60 bytes: the run join must take each payload up to the IP length, not the
     frame's end, exactly as the packet loop does."""
-    needs_run_join()
+    needs_compiled()
     segs = []
     for k in range(30):
         pkt = ipv4(tcp(1000 + 2 * k, 0x10, b"%02d" % k, opts=b""), 6, ident=k)
@@ -821,7 +822,7 @@ def test_compiled_split_equals_the_python_split():
     that wrap, and TCP options of several lengths."""
     import random
 
-    needs_run_join()
+    needs_compiled()
     rng = random.Random(31)
     vlan = ETH[:12] + b"\x81\x00\x00\x07" + ETH[12:]
     cases = 0
@@ -860,3 +861,34 @@ def test_compiled_split_equals_the_python_split():
             assert all(type(s) is bytes for s in compiled)
             cases += 1
     assert cases == 600
+
+
+def test_compiled_loops_refuse_inconsistent_offsets():
+    """The C loops read and write by offset: offsets that would leave the buffers are refused
+    (join_run takes nothing, split_tcp_segments raises) rather than read or written."""
+    needs_compiled()
+    from tunnelpy.io import _segments as c
+
+    segs = segments(False, n=20, flags=0x10)
+    first, rest = segs[0], segs[1:]
+    ok = dict(limit=len(rest), first=first, raw=len(first), end=len(first), l3=0, t=20, h=52)
+    args = dict(ok, v6=False, next_seq=struct.unpack_from(">I", first, 24)[0] + 1368, gso=1368)
+    assert c.join_run(rest, 0, **args)[0] == len(rest) - 1  # (the last one is shorter)
+    for bad in (
+        {"end": len(first) + 1},  # payload end past the packet
+        {"raw": 40},  # packets shorter than the headers
+        {"t": 19},  # TCP header inside the IP header
+        {"h": 39},  # payload inside the TCP header
+        {"gso": 0},
+        {"first": first[:40]},  # reference shorter than the headers
+    ):
+        assert c.join_run(rest, 0, **{**args, **bad}) == (0, False, None), bad
+    buf = tso(ipv4(tcp(1, 0x10, payload_of(3000)), 6), o.GSO_TCPV4, 1000)
+    hdr = bytes(52)
+    good = (buf, 62, 1000, hdr, 0, 20, 20, 32, False, 1, 0x10, 0, 0, 0)
+    assert len(c.split_tcp_segments(*good)) == 3
+    for at, value in ((2, 0), (1, 70000), (3, hdr[:30]), (5, 40)):
+        bad = list(good)
+        bad[at] = value
+        with pytest.raises(ValueError):
+            c.split_tcp_segments(*bad)

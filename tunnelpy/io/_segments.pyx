@@ -50,7 +50,10 @@ def join_run(
     cdef unsigned char f
     cdef bint psh = False
     cdef object p
-    if PyBytes_GET_SIZE(first) < h or end - h != gso or gso <= 0:
+    # C reads below stay inside every packet only if these hold (coalesce guarantees them;
+    # checked again because a mistake here would read out of bounds, not raise).
+    if (l3 < 0 or t < l3 + 20 or h < t + 20 or gso <= 0 or end - h != gso or end > raw
+            or PyBytes_GET_SIZE(first) < h):
         return 0, False, None
     while j < limit:
         p = packets[j]
@@ -114,13 +117,18 @@ def split_tcp_segments(
     cdef Py_ssize_t end = data.shape[0]
     cdef Py_ssize_t hl = len(hdr)
     cdef const unsigned char* tmpl = <const unsigned char*>PyBytes_AS_STRING(hdr)
-    cdef Py_ssize_t n = (end - h + mss - 1) // mss
+    cdef Py_ssize_t n
     cdef Py_ssize_t i, pos = h, plen
     cdef unsigned int seq = seq0, flags, total, ipid
     cdef unsigned long long tsum
     cdef unsigned char* o
     cdef list out = []
-    if n <= 0 or mss <= 0:
+    # The writes below land inside each segment's header only if these hold (split_tcp checked
+    # them; again here because a mistake would write out of bounds, not raise).
+    if mss <= 0 or h > end or ip < 0 or tt + 20 > hl or ip + 12 > tt or h < hl:
+        raise ValueError("split_tcp_segments: inconsistent header offsets")
+    n = (end - h + mss - 1) // mss
+    if n <= 0:
         return out
     cdef const unsigned char* src = &data[0]
     for i in range(n):
