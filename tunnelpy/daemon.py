@@ -227,7 +227,7 @@ class Daemon:
                 "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s", self.name,
                 self.tun.offloads or "off", "on" if self.udp.gso else "off",
                 "on" if self.udp.gro else "off",
-                "compiled" if offload_mod.compiled() else "in Python (tunnelpy.io._segments not built)",
+                "compiled" if offload_mod.compiled() else "in Python",
             )  # fmt: skip
         try:
             if self.tun is not None:
