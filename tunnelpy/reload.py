@@ -17,14 +17,30 @@ the way ``wg syncconf`` applies a file:
 
 Removals come before additions so a key, VNI or device name moved from one entry to another
 never collides. The plan's ``str()`` lines are what the daemon logs as the reload result.
+
+Applying a plan is two steps, both through the running :class:`~tunnelpy.device.Device`:
+:func:`prepare` does everything that can fail without side effects (resolve new endpoints,
+bind a new listen port, check that new segment devices are free) and raises
+:class:`ReloadRefused` with one line if anything does; :func:`apply` then makes the changes.
+What the service layer owns (log level, metrics listener) it applies itself.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config, InterfaceConfig, LinkConfig, PeerConfig, SegmentConfig
+from .io.udp import UdpError
+
+if TYPE_CHECKING:
+    from .device import Device
+    from .io.udp import UdpSocket
+    from .io.vxlan_socket import VxlanSocket
+    from .protocol.peer import Addr
+
+log = logging.getLogger("tunnelpyd")
 
 # [Interface] fields a reload can apply to a running daemon, and those needing a restart.
 LIVE_INTERFACE_FIELDS = (
@@ -248,3 +264,108 @@ def _same_link(a: LinkConfig, b: LinkConfig) -> bool:
     return all(
         getattr(a, f.name) == getattr(b, f.name) for f in fields(a) if f.name not in _IGNORED
     )
+
+
+# ------------------------------------------------------------------------------ applying
+
+
+class ReloadRefused(Exception):
+    """The new config cannot be applied; nothing was changed. ``str(e)`` is one line."""
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` made ready: resolved endpoints and a socket on a new port."""
+
+    endpoints: dict[bytes | str, Addr] = field(default_factory=dict)
+    socket: UdpSocket | VxlanSocket | None = None
+
+    def discard(self) -> None:
+        """The plan was not applied after all: nothing prepared may stay behind."""
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+
+async def prepare(plan: ReloadPlan, device: Device, new: Config) -> Prepared:
+    """Everything that can fail, before anything changes. Raises ReloadRefused."""
+    from .device import DeviceError
+
+    prepared = Prepared()
+    resolve_now = [op.peer for op in plan.of(AddPeer)]
+    resolve_now += [op.new for op in plan.of(UpdatePeer) if "endpoint" in op.fields]
+    try:
+        prepared.endpoints = await device.resolve_endpoints(resolve_now, new.path)
+        removed_devices = {op.segment.device for op in plan.of(RemoveSegment)}
+        await device.check_free(
+            [op.segment for op in plan.of(AddSegment)], own_links=set(), path=new.path,
+            interface=False, removed=removed_devices,
+        )  # fmt: skip
+    except DeviceError as e:
+        raise ReloadRefused(str(e)) from None
+    for op in plan.of(SetInterface):
+        if op.field == "listen_port" and device.udp is not None and op.value != device.udp.port:
+            try:
+                prepared.socket = device.open_socket(op.value)
+            except (UdpError, OSError) as e:
+                raise ReloadRefused(f"{new.path}: Interface.ListenPort: {e}") from None
+    return prepared
+
+
+async def apply(plan: ReloadPlan, device: Device, new: Config, prepared: Prepared) -> None:
+    """Make the running device match ``new`` (prepare() has already done what can fail)."""
+    old = device.conf
+    routes_dirty = False
+    with device.batch():
+        for op in plan.of(SetInterface):
+            routes_dirty |= await _set_interface(op, device, old, prepared)
+        for rp in plan.of(RemovePeer):
+            device.remove_peer(device.peer_ident(rp.peer))
+            routes_dirty = True
+        for ap in plan.of(AddPeer):
+            device.add_peer_config(ap.peer, prepared.endpoints.get(device.peer_ident(ap.peer)))
+            routes_dirty = True
+        for up in plan.of(UpdatePeer):
+            ident = device.peer_ident(up.new)
+            if device.plain_vxlan and "endpoint" not in up.fields:
+                continue  # a VXLAN peer is its endpoint; nothing else of it is live state
+            device.update_peer_config(up.new, prepared.endpoints.get(ident), up.fields)
+            routes_dirty |= "allowed_ips" in up.fields
+        for rs in plan.of(RemoveSegment):
+            device.remove_segment(rs.segment.vni)
+        device.conf = new  # segment_mtu and the segment bindings read the new config
+        added = {op.segment.vni for op in plan.of(AddSegment)}
+        for op in plan.of(AddSegment):
+            await device.add_segment(op.segment)
+        peer_changes = bool(plan.of(AddPeer) or plan.of(RemovePeer))
+        renamed = any("name" in op.fields for op in plan.of(UpdatePeer))
+        for seg in new.segments:
+            if seg.vni in added:
+                continue
+            changed = any(op.new.name == seg.name for op in plan.of(UpdateSegment))
+            names = set(seg.peers or ()) | {n for _, n in seg.static_macs}
+            if changed or (peer_changes or renamed) and (names or seg.peers is None):
+                device.bind_segment(seg, keep_fdb=not changed)
+    if routes_dirty:
+        await device.sync_routes()
+    if plan.of(AddLink) or plan.of(RemoveLink):
+        log.warning("reload: topology section changes are applied on the next restart")
+
+
+async def _set_interface(op: SetInterface, device: Device, old: Config, prepared: Prepared) -> bool:
+    """One live [Interface] change; True when the routes must follow (a new fwmark)."""
+    f, value = op.field, op.value
+    if f == "private_key" and not device.plain_vxlan:
+        device.set_private_key(value)
+        log.warning("reload: new private key: every session starts over")
+    elif f == "listen_port" and prepared.socket is not None:
+        sock, prepared.socket = prepared.socket, None
+        device.replace_socket(sock)
+    elif f == "fwmark":
+        device.set_fwmark(value)
+        return True
+    elif f == "mtu":
+        await device.set_mtu(value)
+    elif f == "addresses":
+        await device.set_addresses(old.interface.addresses, value)
+    return False

@@ -11,11 +11,14 @@ metrics, live reload and the privilege drop. The daemon's life cycle calls three
 
 Reload, like ``wg syncconf`` with a file: the config file is read and parsed again; any error
 refuses the whole file (one log line; the old config keeps running). Otherwise
-``reload.diff(old, new)`` says what changed and it is applied in two phases: *prepare*
-everything that can fail without side effects (resolve new endpoints, bind a new listen port or
-metrics address, check new segment devices are free), then *apply* the operations. Peers whose
-section did not change are not touched at all: their sessions, counters and handshake time
-carry on. Changes that need a restart (Name, Transport, Table, User) are logged and left.
+``reload.diff(old, new)`` says what changed and it is applied in two phases:
+``reload.prepare`` (plus a new metrics listener here) does everything that can fail without
+side effects, then ``reload.apply`` changes the running Device. Peers whose section did not
+change are not touched at all: their sessions, counters and handshake time carry on. Changes
+that need a restart (Name, Transport, Table, User) are logged and left.
+
+The service reads the Device (status, peers up/down) and never changes it except through
+``reload.apply``.
 
 The file-vs-file difference is applied, not file-vs-runtime: a change made by ``wg set`` to a
 peer whose section did not change survives a reload (``wg syncconf`` would revert it).
@@ -29,43 +32,40 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import config as cfgmod
 from . import control, logsetup, privileges
 from . import reload as rl
+from .device import Device, DeviceError
 from .io import systemd
 from .io.metrics import MetricsServer, MetricsUnavailable, is_loopback
-from .io.udp import UdpError, UdpSocket, is_literal, resolve
-from .io.vxlan_socket import VxlanSocket
-from .netlink import iface
 from .protocol.constants import REJECT_AFTER_TIME
 from .protocol.vxlan import VxlanEngine
+from .reload import ReloadRefused
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+__all__ = ["ReloadRefused", "Service"]
 
 log = logging.getLogger("tunnelpyd")
 
 STATUS_EVERY = 5.0  # seconds between STATUS= updates / peer up-down checks
 
 
-class ReloadRefused(Exception):
-    """The new config cannot be applied; nothing was changed. ``str(e)`` is one line."""
-
-
 class Service:
     def __init__(
         self,
-        daemon: Daemon,
+        device: Device,
         *,
+        topology: Callable[[], list[dict[str, object]]] | None = None,
         control_dir: str = control.DEFAULT_DIRECTORY,
         user: str | None = None,
         log_level_override: str | None = None,
         notifier: systemd.Notifier | None = None,
     ) -> None:
-        self.d = daemon
+        self.device = device
+        self.topology = topology  # the daemon's topology_status (the "topology" field)
         self.control_dir = control_dir
         self.user_override = user
         self.log_level_override = log_level_override
@@ -89,9 +89,7 @@ class Service:
     # ------------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        from .daemon import StartupError
-
-        d = self.d
+        d = self.device
         loop = asyncio.get_running_loop()
         self.control = control.ControlServer(
             d.name, {"show": self._show, "reload": self._reload_cmd}, directory=self.control_dir
@@ -100,13 +98,13 @@ class Service:
             await self.control.start()
         except (control.ControlSocketError, OSError) as e:
             self.control = None
-            raise StartupError(str(e)) from None
+            raise DeviceError(str(e)) from None
         listen = d.conf.interface.metrics_listen
         if listen is not None:
             try:
                 self.metrics = await self._start_metrics(listen)
             except (MetricsUnavailable, OSError) as e:
-                raise StartupError(f"MetricsListen = {listen[0]}:{listen[1]}: {e}") from None
+                raise DeviceError(f"MetricsListen = {listen[0]}:{listen[1]}: {e}") from None
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._sighup_installed = True
         user = self.user_override or d.conf.interface.user
@@ -131,12 +129,10 @@ class Service:
         return srv
 
     def _drop(self, user: str) -> None:
-        from .daemon import StartupError
-
         try:
             target = privileges.drop_privileges(user)
         except (privileges.PrivilegeError, OSError) as e:
-            raise StartupError(str(e)) from None
+            raise DeviceError(str(e)) from None
         # Capabilities are per thread: executor threads born before the drop have none left
         # (or too many). New ones are cloned from this thread, with exactly the kept set.
         loop = asyncio.get_running_loop()
@@ -161,7 +157,7 @@ class Service:
         self._timers[key] = loop.call_later(seconds, tick)
 
     async def close(self) -> None:
-        self.notifier.stopping(f"{self.d.name} shutting down")
+        self.notifier.stopping(f"{self.device.name} shutting down")
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
@@ -174,17 +170,11 @@ class Service:
         if self.control is not None:
             await self.control.close()
             self.control = None
-        if self.user and self.d.uapi is not None:
-            # After the drop the sockets in root's /run/wireguard and /run/tunnelpy cannot be
-            # unlinked; the next start takes the stale files over (the systemd unit removes them).
-            with contextlib.suppress(PermissionError):
-                await self.d.uapi.close()
-            self.d.uapi = None
 
     # ------------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
-        d = self.d
+        d = self.device
         ic = d.conf.interface
         extra: dict[str, Any] = {
             "config": d.conf.path,
@@ -194,21 +184,20 @@ class Service:
             "user": self.user,
             "metrics": self.metrics.url if self.metrics else None,
             # data-path processes: the daemon itself plus one per extra TUN queue (Workers)
-            "workers": d.pool.status() if d.pool is not None else [
-                {"index": 0, "pid": os.getpid(), "tx_packets": None}
-            ],
+            "workers": d.pool.status()
+            if d.pool is not None
+            else [{"index": 0, "pid": os.getpid(), "tx_packets": None}],
         }
-        # The links the daemon built from topology sections, once it builds them: a method
-        # returning [{"kind", "name", "namespace", ...}] (the documented "topology" field).
-        topology = getattr(d, "topology_status", None)
-        if callable(topology):
-            extra["topology"] = topology()
+        # The links the daemon built from topology sections: [{"kind", "name", "namespace",
+        # ...}] (the documented "topology" field).
+        if self.topology is not None:
+            extra["topology"] = self.topology()
         return control.device_status(
             name=d.name,
             engine=d.engine,
             segments=d.conf.segments,
-            now=d.clock.now(),
-            listen_port=d.udp.port if d.udp else 0,
+            now=d.now(),
+            listen_port=d.listen_port,
             fwmark=d.fwmark or 0,
             transport=ic.transport,
             extra=extra,
@@ -218,20 +207,20 @@ class Service:
         return self.status()
 
     def status_line(self) -> str:
-        e = self.d.engine
+        e = self.device.engine
         n = len(e.peers)
         if isinstance(e, VxlanEngine):
-            return f"{self.d.name}: {n} VXLAN peer(s), {len(e.segments)} segment(s)"
+            return f"{self.device.name}: {n} VXLAN peer(s), {len(e.segments)} segment(s)"
         up = sum(1 for p in e.peers.values() if self._is_up(p))
         segs = f", {len(e.segments)} segment(s)" if e.segments else ""
-        return f"{self.d.name}: {n} peer(s), {up} with a live session{segs}"
+        return f"{self.device.name}: {n} peer(s), {up} with a live session{segs}"
 
     def _is_up(self, peer: Any) -> bool:
         wall = getattr(peer, "last_handshake_wall", 0.0)
         return bool(wall) and time.time() - wall < REJECT_AFTER_TIME
 
     def _tick(self) -> None:
-        e = self.d.engine
+        e = self.device.engine
         if not isinstance(e, VxlanEngine):
             for key, p in e.peers.items():
                 up = self._is_up(p)
@@ -256,7 +245,7 @@ class Service:
     # ------------------------------------------------------------------------ reload
 
     def _on_sighup(self) -> None:
-        log.info("SIGHUP: reloading %s", self.d.conf.path)
+        log.info("SIGHUP: reloading %s", self.device.conf.path)
         task = asyncio.get_running_loop().create_task(self.reload())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
@@ -269,7 +258,7 @@ class Service:
     async def reload(self) -> dict[str, Any]:
         """Re-read the config and apply the difference; ReloadRefused (nothing changed) if not."""
         async with self._lock:
-            self.notifier.reloading(f"{self.d.name}: reloading")
+            self.notifier.reloading(f"{self.device.name}: reloading")
             try:
                 result = await self._reload()
             except ReloadRefused as e:
@@ -289,10 +278,10 @@ class Service:
             return result
 
     async def _reload(self) -> dict[str, Any]:
-        d = self.d
+        d = self.device
         old = d.conf
         try:
-            new = await d._blocking(cfgmod.load, old.path)
+            new = await d.blocking(cfgmod.load, old.path)
         except cfgmod.ConfigError as e:
             raise ReloadRefused(str(e)) from None
         except OSError as e:
@@ -306,13 +295,20 @@ class Service:
                 "reload: %s changed; that needs a restart (the running value stays)",
                 ", ".join(plan.restart_needed),
             )
-        prepared = await self._prepare(plan, old, new)
+        prepared = await rl.prepare(plan, d, new)
         try:
-            await self._apply(plan, old, new, prepared)
+            metrics = await self._prepare_metrics(plan, old, new)
         except BaseException:
-            for sock in prepared.get("close_on_failure", []):
-                sock.close()
+            prepared.discard()
             raise
+        try:
+            await rl.apply(plan, d, new, prepared)
+        except BaseException:
+            prepared.discard()
+            if metrics is not None:
+                await metrics.close()
+            raise
+        await self._apply_service(plan, metrics)
         summary = plan.summary()
         log.info("reload of %s: %s", new.path, summary)
         return {
@@ -321,304 +317,30 @@ class Service:
             "summary": summary,
         }
 
-    async def _prepare(
+    async def _prepare_metrics(
         self, plan: rl.ReloadPlan, old: cfgmod.Config, new: cfgmod.Config
-    ) -> dict[str, Any]:
-        """Everything that can fail, before anything changes. Raises ReloadRefused."""
-        d = self.d
-        prepared: dict[str, Any] = {"endpoints": {}, "close_on_failure": []}
-        for op in plan.operations:
-            peer = None
-            if isinstance(op, rl.AddPeer):
-                peer = op.peer
-            elif isinstance(op, rl.UpdatePeer) and "endpoint" in op.fields:
-                peer = op.new
-            if peer is None or peer.endpoint is None:
-                continue
-            host, port = peer.endpoint
-            try:
-                addr = await d._blocking(resolve, host, port)
-            except OSError as e:
-                raise ReloadRefused(
-                    f"{new.path}:{peer.line}: Peer.Endpoint: cannot resolve {host}: {e}"
-                ) from None
-            prepared["endpoints"][rl.peer_identity(peer)] = addr
-        removed_devices = {op.segment.device for op in plan.of(rl.RemoveSegment)}
-        for op in plan.of(rl.AddSegment):
-            seg = op.segment
-            if seg.device not in removed_devices and await d._blocking(
-                iface.link_exists, seg.device
-            ):
-                raise ReloadRefused(
-                    f"{new.path}:{seg.line}: Segment {seg.name}: interface {seg.device} already exists"
-                )
-            if seg.bridge is not None:
-                kind = await d._blocking(iface.link_kind, seg.bridge)
-                if kind != "bridge":
-                    raise ReloadRefused(
-                        f"{new.path}:{seg.line}: Segment {seg.name}.Bridge: {seg.bridge} is not a bridge"
-                    )
+    ) -> MetricsServer | None:
+        """A listener on a new MetricsListen, opened before anything changes (ReloadRefused)."""
         for op in plan.of(rl.SetInterface):
-            if op.field == "listen_port" and d.udp is not None and op.value != d.udp.port:
-                try:
-                    if d.plain_vxlan:
-                        sock = VxlanSocket(op.value, d.fwmark, offload=d.offload)
-                    else:
-                        sock = UdpSocket(op.value, d.fwmark, offload=d.offload)
-                except (UdpError, OSError) as e:
-                    raise ReloadRefused(f"{new.path}: Interface.ListenPort: {e}") from None
-                prepared["udp"] = sock
-                prepared["close_on_failure"].append(sock)
-            elif op.field == "metrics_listen" and op.value is not None:
-                old_listen = old.interface.metrics_listen
-                if (
-                    self.metrics is not None
-                    and old_listen is not None
-                    and op.value[1] == old_listen[1]
-                ):
-                    # same port, other address: the old listener must go first
-                    prepared["metrics_replace_first"] = True
-                    continue
-                try:
-                    prepared["metrics"] = await self._start_metrics(op.value)
-                except (MetricsUnavailable, OSError) as e:
-                    raise ReloadRefused(f"{new.path}: Interface.MetricsListen: {e}") from None
-        return prepared
-
-    async def _apply(
-        self,
-        plan: rl.ReloadPlan,
-        old: cfgmod.Config,
-        new: cfgmod.Config,
-        prepared: dict[str, Any],
-    ) -> None:
-        d = self.d
-        e = d.engine
-        now = d.clock.now()
-        routes_dirty = False
-        for op in plan.of(rl.SetInterface):
-            routes_dirty |= await self._set_interface(op, old, new, prepared)
-        # peers: removals, additions, updates
-        for op in plan.of(rl.RemovePeer):
-            self._remove_peer(op.peer)
-            routes_dirty = True
-        for op in plan.of(rl.AddPeer):
-            p = op.peer
-            ep = prepared["endpoints"].get(rl.peer_identity(p))
-            if isinstance(e, VxlanEngine):
-                assert ep is not None
-                e.add_peer(p.name, ep)
-            elif p.public_key in e.peers:
-                # already there: added at run time by `wg set`; the file's values win
-                fields = tuple((f, getattr(p, f)) for f in rl.PEER_FIELDS)
-                self._update_peer(rl.UpdatePeer(p, p, fields), prepared, now)
-            else:
-                e.add_peer(
-                    p.public_key, name=p.name, preshared_key=p.preshared_key, endpoint=ep,
-                    allowed_ips=p.allowed_ips, persistent_keepalive=p.persistent_keepalive or 0,
-                    now=now,
-                )  # fmt: skip
-            if p.endpoint is not None and not is_literal(p.endpoint[0]) and p.public_key:
-                d._hostnames[p.public_key] = p.endpoint
-            routes_dirty = True
-        for op in plan.of(rl.UpdatePeer):
-            routes_dirty |= self._update_peer(op, prepared, now)
-        # segments
-        for op in plan.of(rl.RemoveSegment):
-            seg = op.segment
-            if d.datapath is not None:
-                tap = d.datapath.remove_tap(seg.vni)
-            else:
-                tap = None
-            tap = d.taps.pop(seg.vni, None) or tap
-            if tap is not None:
-                tap.close()
-            e.segments.pop(seg.vni, None)
-        d.conf = new  # segment_mtu and the add-segment helpers read the new config from here
-        added = {op.segment.vni for op in plan.of(rl.AddSegment)}
-        for op in plan.of(rl.AddSegment):
-            await self._add_segment(op.segment)
-        peer_changes = bool(plan.of(rl.AddPeer) or plan.of(rl.RemovePeer))
-        for seg in new.segments:
-            if seg.vni in added:
+            if op.field != "metrics_listen" or op.value is None:
                 continue
-            changed = any(op.new.name == seg.name for op in plan.of(rl.UpdateSegment))
-            names = set(seg.peers or ()) | {n for _, n in seg.static_macs}
-            renamed = any("name" in op.fields for op in plan.of(rl.UpdatePeer))
-            if changed or (peer_changes or renamed) and (names or seg.peers is None):
-                self._rebind_segment(seg, keep_fdb=not changed)
-        if routes_dirty and d.tun is not None:
-            nets = [n for p in new.peers for n in p.allowed_ips]
-            ic = new.interface
+            old_listen = old.interface.metrics_listen
+            if self.metrics is not None and old_listen is not None and op.value[1] == old_listen[1]:
+                return None  # same port, other address: the old listener must go first
             try:
-                await d._blocking(iface.sync_routes, d.name, nets, ic.table, d.fwmark, d.routes)
-            except iface.NetlinkSetupError as err:
-                log.error("reload: routes: %s", err)
-            if iface.needs_default_route_rules(nets, ic.table) and not d.routes.rules:
-                log.warning(
-                    "reload: a default route (0.0.0.0/0 or ::/0) needs a restart to be routed"
-                )
-        if plan.of(rl.AddLink) or plan.of(rl.RemoveLink):
-            log.warning("reload: topology section changes are applied on the next restart")
-        if d.datapath is not None:
-            d.datapath.perform(e.on_timer(d.clock.now()))
+                return await self._start_metrics(op.value)
+            except (MetricsUnavailable, OSError) as e:
+                raise ReloadRefused(f"{new.path}: Interface.MetricsListen: {e}") from None
+        return None
 
-    async def _set_interface(
-        self, op: rl.SetInterface, old: cfgmod.Config, new: cfgmod.Config, prepared: dict[str, Any]
-    ) -> bool:
-        d = self.d
-        f, value = op.field, op.value
-        if f == "private_key" and not d.plain_vxlan:
-            d.engine.set_private_key(value)
-            log.warning("reload: new private key: every session starts over")
-        elif f == "listen_port" and "udp" in prepared:
-            new_sock, old_sock = prepared["udp"], d.udp
-            d.udp = new_sock
-            if d.datapath is not None:
-                d.datapath.replace_udp(new_sock)
-            if d.pool is not None:
-                d.pool.replace_udp(new_sock)  # the workers send through the new socket
-            if old_sock is not None:
-                old_sock.close()
-        elif f == "fwmark":
-            d.fwmark = value
-            if d.udp is not None:
-                d.udp.set_fwmark(value or 0)
-            return True
-        elif f == "mtu":
-            if not d.plain_vxlan:
-                d.engine.mtu = value
-            if d.tun is not None:
-                await d._blocking(iface.configure_device, d.name, value, [])
-        elif f == "addresses" and d.tun is not None:
-            await d._blocking(_set_addresses, d.name, old.interface.addresses, value)
-        elif f == "log_level" and not self.log_level_override:
-            logsetup.set_level(value or "info")
-        elif f == "metrics_listen":
-            old_srv = self.metrics
-            self.metrics = None
-            if old_srv is not None:
-                await old_srv.close()
-            if value is not None:
-                self.metrics = prepared.get("metrics") or await self._start_metrics(value)
-        return False
-
-    def _remove_peer(self, p: cfgmod.PeerConfig) -> None:
-        d, e = self.d, self.d.engine
-        if isinstance(e, VxlanEngine):
-            peer = e.peers.pop(p.name, None)
-            if peer is None:
-                return
-            if e.by_addr.get(peer.endpoint[0]) is peer:
-                del e.by_addr[peer.endpoint[0]]
-            for seg in e.segments.values():
-                if peer in seg.peers:
-                    seg.peers.remove(peer)
-                seg.fdb.forget_peer(peer)
-            return
-        e.remove_peer(p.public_key)
-        d._hostnames.pop(p.public_key, None)
-
-    def _update_peer(self, op: rl.UpdatePeer, prepared: dict[str, Any], now: float) -> bool:
-        d, e = self.d, self.d.engine
-        new = op.new
-        changes = dict(op.changes)
-        if isinstance(e, VxlanEngine):
-            peer = e.peers.get(op.old.name)
-            if peer is None:
-                return False
-            ep = prepared["endpoints"].get(rl.peer_identity(new))
-            if ep is not None:
-                if e.by_addr.get(peer.endpoint[0]) is peer:
-                    del e.by_addr[peer.endpoint[0]]
-                peer.endpoint = ep
-                e.by_addr[ep[0]] = peer
-            return False
-        peer = e.peers.get(new.public_key)
-        if peer is None:
-            return False
-        routes = False
-        if "name" in changes:
-            peer.name = new.name
-        if "preshared_key" in changes:
-            peer.preshared_key = new.preshared_key or bytes(32)
-        if "endpoint" in changes:
-            ep = prepared["endpoints"].get(rl.peer_identity(new))
-            if ep is not None:
-                peer.endpoint = ep
-            d._hostnames.pop(new.public_key, None)
-            if new.endpoint is not None and not is_literal(new.endpoint[0]):
-                d._hostnames[new.public_key] = new.endpoint
-        if "allowed_ips" in changes:
-            e.set_allowed_ips(peer, new.allowed_ips)
-            routes = True
-        if "persistent_keepalive" in changes:
-            e.set_persistent_keepalive(peer, new.persistent_keepalive or 0, now)
-        return routes
-
-    async def _add_segment(self, seg: cfgmod.SegmentConfig) -> None:
-        from .io.tun import Tun
-
-        d = self.d
-        tap = Tun(seg.device, tap=True, offload=d.offload)
-        try:
-            await d._blocking(
-                iface.configure_device, seg.device, d.segment_mtu(seg), list(seg.addresses)
-            )
-            if seg.bridge is not None:
-                await d._blocking(iface.enslave, seg.device, seg.bridge)
-        except BaseException:
-            tap.close()
-            raise
-        d.taps[seg.vni] = tap
-        self._rebind_segment(seg, keep_fdb=False)
-        if d.datapath is not None:
-            d.datapath.add_tap(seg.vni, tap, running=True)
-
-    def _rebind_segment(self, seg: cfgmod.SegmentConfig, *, keep_fdb: bool) -> None:
-        """(Re)create the engine's segment from config; keep_fdb: only rebind the peer list."""
-        from .protocol.vxlan import ETH_HLEN
-
-        d, e = self.d, self.d.engine
-        by_name = (
-            dict(e.peers) if isinstance(e, VxlanEngine) else {p.name: p for p in e.peers.values()}
-        )
-        members = None if seg.peers is None else [by_name[n] for n in seg.peers if n in by_name]
-        if isinstance(e, VxlanEngine) and members is None:
-            members = list(by_name.values())
-        current = e.segments.get(seg.vni)
-        if keep_fdb and current is not None and not seg.static_macs:
-            current.peers = members
-            return
-        e.add_segment(
-            seg.vni,
-            members,
-            hub=seg.hub,
-            aging=seg.aging,
-            max_fdb=seg.max_fdb,
-            max_frame=d.segment_mtu(seg) + ETH_HLEN + 4,
-            static=[(mac, by_name[n]) for mac, n in seg.static_macs if n in by_name],
-        )
-
-
-def _set_addresses(name: str, old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
-    """Make the device's configured addresses go from ``old`` to ``new`` (others untouched)."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return
-        idx = found[0]
-        for a in set(old) - set(new):
-            with contextlib.suppress(NetlinkError):
-                ipr.addr("del", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
-        for a in new:
-            try:
-                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
-            except NetlinkError as err:
-                if err.code != 17:
-                    raise iface.NetlinkSetupError(
-                        f"cannot add address {a} to {name}: {err}"
-                    ) from None
+    async def _apply_service(self, plan: rl.ReloadPlan, metrics: MetricsServer | None) -> None:
+        """The [Interface] fields the service owns: log level and metrics listener."""
+        for op in plan.of(rl.SetInterface):
+            if op.field == "log_level" and not self.log_level_override:
+                logsetup.set_level(op.value or "info")
+            elif op.field == "metrics_listen":
+                old_srv, self.metrics = self.metrics, None
+                if old_srv is not None:
+                    await old_srv.close()
+                if op.value is not None:
+                    self.metrics = metrics or await self._start_metrics(op.value)

@@ -1,4 +1,4 @@
-"""Service.reload applied to a real Daemon object and Engine, without devices (no root needed):
+"""Service.reload applied to a real Device and Engine, without TUN or routes (no root needed):
 untouched peers keep the very same session objects; a broken file changes nothing."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 
 from tunnelpy import config as cfgmod
 from tunnelpy import keys
-from tunnelpy.daemon import Daemon
-from tunnelpy.datapath import ProtocolClock
+from tunnelpy.device import Device
 from tunnelpy.io.systemd import Notifier
 from tunnelpy.io.udp import UdpSocket
 from tunnelpy.service import ReloadRefused, Service
@@ -36,16 +35,14 @@ C = peer(KC, "c", "10.0.0.3/32")
 
 def run(conf_path: Path, steps):
     async def main():
-        d = Daemon(cfgmod.load(str(conf_path)))
-        d.loop = asyncio.get_running_loop()
-        d.clock = ProtocolClock(d.loop)
-        d.udp = UdpSocket(d.conf.interface.listen_port)
-        d._add_peers([p.endpoint for p in d.conf.peers])
+        d = Device(cfgmod.load(str(conf_path)))
+        d.open_udp()
+        d.add_configured_peers(await d.resolve_endpoints(d.conf.peers, d.conf.path))
         svc = Service(d, notifier=Notifier(""))
         try:
             return await steps(d, svc)
         finally:
-            d.udp.close()
+            d.close_socket()
 
     return asyncio.run(main())
 
@@ -55,7 +52,7 @@ def test_reload_applies_the_diff_and_leaves_untouched_peers_alone(tmp_path):
     conf.write_text(text(B + C))
     conf.chmod(0o600)
 
-    async def steps(d: Daemon, svc: Service):
+    async def steps(d: Device, svc: Service):
         e = d.engine
         b = e.peers[keys.decode_key(KB)]
         session = object()
@@ -115,7 +112,7 @@ def test_reload_refuses_a_port_in_use_and_keeps_everything(tmp_path):
     conf.write_text(text(B))
     conf.chmod(0o600)
 
-    async def steps(d: Daemon, svc: Service):
+    async def steps(d: Device, svc: Service):
         old = d.udp
         conf.write_text(text(B + C, port=busy.port))
         with pytest.raises(ReloadRefused, match="ListenPort"):
@@ -139,11 +136,9 @@ def test_reload_plain_vxlan_peers_by_name(tmp_path):
     conf.write_text(vx(far + "[Peer]\nName = gone\nEndpoint = 192.0.2.8:4789\n"))
 
     async def main():
-        d = Daemon(cfgmod.load(str(conf)))
-        d.loop = asyncio.get_running_loop()
-        d.clock = ProtocolClock(d.loop)
-        d.udp = VxlanSocket(0, pool=1)
-        d._add_peers([p.endpoint for p in d.conf.peers])
+        d = Device(cfgmod.load(str(conf)), open_udp=lambda port, mark: VxlanSocket(0, mark, pool=1))
+        d.open_udp()
+        d.add_configured_peers(await d.resolve_endpoints(d.conf.peers, d.conf.path))
         d.engine.add_segment(100, list(d.engine.peers.values()))
         svc = Service(d, notifier=Notifier(""))
         try:
@@ -163,6 +158,6 @@ def test_reload_plain_vxlan_peers_by_name(tmp_path):
             assert [p.name for p in e.segments[100].peers] == ["far"]  # "gone" left its segment
             assert svc.status()["transport"] == "vxlan"
         finally:
-            d.udp.close()
+            d.close_socket()
 
     asyncio.run(main())

@@ -12,8 +12,10 @@ keeps using the main table. Routes vanish with the device; the rules are removed
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
@@ -158,3 +160,30 @@ def link_kind(name: str) -> str | None:
             return None
         info = links[0].get_attr("IFLA_LINKINFO")
         return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    """`ip link set NAME mtu MTU` on a running device (gone already: nothing to do)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            ipr.link("set", index=found[0], mtu=mtu)
+
+
+def set_addresses(name: str, old: Iterable[Interface], new: Iterable[Interface]) -> None:
+    """Make the device's configured addresses go from ``old`` to ``new`` (others untouched)."""
+    new = tuple(new)
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return
+        idx = found[0]
+        for a in set(old) - set(new):
+            with contextlib.suppress(NetlinkError):
+                ipr.addr("del", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        for a in new:
+            try:
+                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+            except NetlinkError as err:
+                if err.code != 17:  # EEXIST: already there is fine
+                    raise NetlinkSetupError(f"cannot add address {a} to {name}: {err}") from None

@@ -1,0 +1,671 @@
+"""The running interface: one owner of the engine, its devices, its sockets and its routes.
+
+A :class:`Device` holds everything one tunnelpyd interface has while it runs: the protocol
+engine (WireGuard's :class:`~tunnelpy.protocol.engine.Engine` or the plain-VXLAN
+:class:`~tunnelpy.protocol.vxlan.VxlanEngine`), the TUN, one TAP per L2 segment, the UDP
+socket, the routes and policy rules it installed, the endpoint host names it re-resolves, the
+packet pump (:class:`~tunnelpy.datapath.DataPath`) and the worker processes (``Workers = N``).
+
+Its methods are the only code that changes any of that. Four drivers call them:
+
+* the daemon (daemon.py) at start-up and on the way down, which only orders the steps;
+* the UAPI (``wg set``/``wg setconf``), through :mod:`tunnelpy.wgapi`;
+* a reload (SIGHUP, ``tunnelpy reload``), through :func:`tunnelpy.reload.apply`;
+* the engine's own events (a handshake completed, a peer roamed or went quiet and its endpoint
+  name is resolved again), delivered by the data path to :meth:`Device.on_event`.
+
+Every changing method *flushes* once when it is done: the engine's timers are run (a new peer
+with a keepalive sends it, a removed peer's staged packets are gone) and the worker pool is told
+to mirror the new state. ``with device.batch():`` defers the flush to the end of the block, so a
+``wg setconf`` of 10^4 peers flushes once rather than 10^4 times.
+
+Kernel changes (addresses, MTU, routes, enslaving a TAP) are blocking netlink calls; they go
+through the injected :class:`Host` (pyroute2 by default) on the loop's executor, which is what
+lets unit tests drive a Device with fakes and no root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from . import config as cfgmod
+from . import knobs
+from .datapath import DataPath, ProtocolClock
+from .io import offload as offload_mod
+from .io.tun import Tun, TunError
+from .io.udp import UdpSocket, is_literal, resolve
+from .io.vxlan_socket import VxlanSocket
+from .netlink import iface
+from .protocol import events as ev
+from .protocol.engine import Engine
+from .protocol.peer import Addr, Network, Peer
+from .protocol.vxlan import ETH_HLEN, VxlanEngine
+from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
+from .workers.pool import WorkerPool, resolve_workers
+
+log = logging.getLogger("tunnelpyd")
+
+UNDERLAY_MTU = 1500  # what plain-VXLAN segments assume of the underlay unless MTU is set
+
+
+class DeviceError(Exception):
+    """A one-line, user-facing reason a change could not be made (nothing was changed)."""
+
+
+class _Unchanged:
+    """The ``update_peer`` default: leave this field as it is (None can be a real value)."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+
+
+class Host(Protocol):
+    """The kernel operations a Device makes (netlink); all blocking, run on the executor."""
+
+    def link_exists(self, name: str) -> bool: ...
+    def link_kind(self, name: str) -> str | None: ...
+    def configure_device(self, name: str, mtu: int, addresses: list[Any]) -> None: ...
+    def set_mtu(self, name: str, mtu: int) -> None: ...
+    def set_addresses(self, name: str, old: Iterable[Any], new: Iterable[Any]) -> None: ...
+    def enslave(self, name: str, master: str) -> None: ...
+    def sync_routes(
+        self, name: str, nets: list[Network], table: str | None, fwmark: int | None,
+        state: iface.RouteState,
+    ) -> None: ...  # fmt: skip
+    def add_default_route_rules(
+        self, fwmark: int, families: set[int], state: iface.RouteState
+    ) -> None: ...
+    def remove_rules(self, state: iface.RouteState) -> None: ...
+
+
+class Netlink:
+    """:class:`Host` on the real kernel, through pyroute2 (tunnelpy.netlink.iface)."""
+
+    link_exists = staticmethod(iface.link_exists)
+    link_kind = staticmethod(iface.link_kind)
+    configure_device = staticmethod(iface.configure_device)
+    set_mtu = staticmethod(iface.set_mtu)
+    set_addresses = staticmethod(iface.set_addresses)
+    enslave = staticmethod(iface.enslave)
+    sync_routes = staticmethod(iface.sync_routes)
+    add_default_route_rules = staticmethod(iface.add_default_route_rules)
+    remove_rules = staticmethod(iface.remove_rules)
+
+
+TunFactory = Callable[..., Tun]
+UdpFactory = Callable[[int | None, int | None], UdpSocket | VxlanSocket]
+
+
+class Device:
+    """One running interface (see the module docstring for who calls what)."""
+
+    def __init__(
+        self,
+        conf: cfgmod.Config,
+        *,
+        clock: Callable[[], float] | None = None,
+        host: Host | None = None,
+        open_tun: TunFactory | None = None,
+        open_udp: UdpFactory | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        ic = conf.interface
+        self.conf = conf
+        self.name = ic.name
+        self.plain_vxlan = ic.transport == cfgmod.TRANSPORT_VXLAN
+        # Offload = auto: TUN/TAP TSO+GRO and UDP GSO+GRO (docs/performance.md); off: none.
+        self.offload = ic.offload != cfgmod.OFFLOAD_OFF
+        self.engine: Engine | VxlanEngine
+        if self.plain_vxlan:
+            self.engine = VxlanEngine()
+        else:
+            self.engine = Engine(ic.private_key, rng=rng, wall=wall, mtu=ic.mtu)
+        self.host: Host = host or Netlink()
+        self._open_tun: TunFactory = open_tun or Tun
+        self._open_udp: UdpFactory = open_udp or self._default_udp
+        self.now: Callable[[], float] = clock or time.monotonic
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tun: Tun | None = None
+        self.taps: dict[int, Tun] = {}  # VNI -> the segment's TAP
+        self.udp: UdpSocket | VxlanSocket | None = None
+        self.fwmark: int | None = ic.fwmark
+        self.routes = iface.RouteState()
+        self.datapath: DataPath | None = None
+        self.pool: WorkerPool | None = None
+        self.workers = 1
+        self.hostnames: dict[bytes | str, tuple[str, int]] = {}  # peer -> configured host:port
+        self._resolving: set[bytes | str] = set()
+        self._batch_depth = 0
+        self._dirty = False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _default_udp(self, port: int | None, fwmark: int | None) -> UdpSocket | VxlanSocket:
+        if self.plain_vxlan:
+            return VxlanSocket(port, fwmark, offload=self.offload)
+        return UdpSocket(port, fwmark, offload=self.offload)
+
+    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking call (netlink, DNS) on the loop's executor."""
+        loop = self.loop or asyncio.get_running_loop()
+        return await loop.run_in_executor(None, fn, *args)
+
+    @property
+    def listen_port(self) -> int:
+        return self.udp.port if self.udp is not None else 0
+
+    def peer_ident(self, p: cfgmod.PeerConfig) -> bytes | str:
+        """A peer's key in the engine: its public key (its Name with Transport = vxlan)."""
+        return p.name if self.plain_vxlan else p.public_key
+
+    def segment_mtu(self, seg: cfgmod.SegmentConfig) -> int:
+        """The TAP MTU: what fits the underlay without fragmentation (docs/layer2.md)."""
+        if seg.mtu is not None:
+            return seg.mtu
+        if self.plain_vxlan:
+            v6 = any(p.endpoint and ":" in p.endpoint[0] for p in self.conf.peers)
+            return UNDERLAY_MTU - (40 if v6 else 20) - 8 - VXLAN_HLEN - ETH_HLEN
+        # The tunnel MTU already excludes outer IP, UDP and WireGuard's 32 bytes (as wg-quick's
+        # 1420 does for a 1500 underlay); the L2 plaintext adds the VXLAN-style header and the
+        # Ethernet header on top of the frame's payload.
+        return self.conf.interface.mtu - VXLAN_HLEN - ETH_HLEN
+
+    # ------------------------------------------------------------------ flushing
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes inside the block flush once, at its end."""
+        self._batch_depth += 1
+        try:
+            yield
+        finally:
+            self._batch_depth -= 1
+            if self._batch_depth == 0 and self._dirty:
+                self._flush()
+
+    def _changed(self) -> None:
+        self._dirty = True
+        if self._batch_depth == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._dirty = False
+        if self.datapath is not None:
+            self.datapath.perform(self.engine.on_timer(self.now()))
+        if self.pool is not None:
+            self.pool.sync()
+
+    # ------------------------------------------------------------------ start-up checks
+
+    async def resolve_endpoints(
+        self, peers: Iterable[cfgmod.PeerConfig], path: str
+    ) -> dict[bytes | str, Addr]:
+        """Resolve the peers' Endpoint names (DeviceError naming file:line if one fails)."""
+        found: dict[bytes | str, Addr] = {}
+        for p in peers:
+            if p.endpoint is None:
+                continue
+            host, port = p.endpoint
+            try:
+                found[self.peer_ident(p)] = await self.blocking(resolve, host, port)
+            except OSError as e:
+                raise DeviceError(
+                    f"{path}:{p.line}: Peer.Endpoint: cannot resolve {host}: {e}"
+                ) from None
+        return found
+
+    async def check_free(
+        self, segments: Iterable[cfgmod.SegmentConfig], *, own_links: set[str], path: str,
+        interface: bool = True, removed: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> None:  # fmt: skip
+        """The names we will create are free and the bridges we join exist (DeviceError)."""
+        if (
+            interface
+            and not self.plain_vxlan
+            and await self.blocking(self.host.link_exists, self.name)
+        ):
+            raise DeviceError(f"interface {self.name} already exists")
+        for seg in segments:
+            if seg.device not in removed and await self.blocking(self.host.link_exists, seg.device):
+                raise DeviceError(
+                    f"{path}:{seg.line}: Segment {seg.name}: interface {seg.device} already exists"
+                )
+            if seg.bridge is not None and seg.bridge not in own_links:
+                kind = await self.blocking(self.host.link_kind, seg.bridge)
+                if kind != "bridge":
+                    what = (
+                        "does not exist"
+                        if kind is None
+                        else f"is a {kind or 'plain'} link, not a bridge"
+                    )
+                    raise DeviceError(
+                        f"{path}:{seg.line}: Segment {seg.name}.Bridge: {seg.bridge} {what}"
+                    )
+
+    # ------------------------------------------------------------------ opening, in order
+
+    def open_socket(self, port: int | None = None) -> UdpSocket | VxlanSocket:
+        """A new listening socket with the current fwmark (OSError/UdpError if not)."""
+        return self._open_udp(self.conf.interface.listen_port if port is None else port,
+                              self.fwmark)  # fmt: skip
+
+    def open_udp(self) -> None:
+        nets = [n for p in self.conf.peers for n in p.allowed_ips]
+        if iface.needs_default_route_rules(nets, self.conf.interface.table) and not self.fwmark:
+            # wg-quick's rule: the tunnel's own datagrams carry a mark that skips its table
+            self.fwmark = iface.DEFAULT_ROUTE_TABLE
+        self.udp = self.open_socket()
+
+    def open_devices(self, workers: int) -> None:
+        """The TUN (WireGuard transport) and one TAP per configured segment."""
+        self.workers = workers
+        if not self.plain_vxlan:
+            self.tun = self._open_tun(self.name, offload=self.offload, multi_queue=workers > 1)
+        for seg in self.conf.segments:
+            self.taps[seg.vni] = self._open_tun(seg.device, tap=True, offload=self.offload)
+        if self.tun is not None and isinstance(self.udp, UdpSocket):
+            log.info(
+                "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s", self.name,
+                getattr(self.tun, "offloads", "") or "off", "on" if self.udp.gso else "off",
+                "on" if self.udp.gro else "off",
+                "compiled" if offload_mod.compiled() else "in Python",
+            )  # fmt: skip
+
+    async def configure_devices(self, *, own_links: set[str]) -> None:
+        """MTU, addresses and link up on the TUN and TAPs; TAPs join foreign bridges."""
+        ic = self.conf.interface
+        if self.tun is not None:
+            await self.blocking(self.host.configure_device, self.name, ic.mtu, list(ic.addresses))
+        for seg in self.conf.segments:
+            await self.blocking(
+                self.host.configure_device, seg.device, self.segment_mtu(seg), list(seg.addresses)
+            )
+            if seg.bridge is not None and seg.bridge not in own_links:
+                await self.blocking(self.host.enslave, seg.device, seg.bridge)
+
+    def start(self, loop: asyncio.AbstractEventLoop, clock: ProtocolClock) -> None:
+        """Packets flow from here: the pump reads the TUN, the TAPs and the socket."""
+        assert self.udp is not None
+        self.loop = loop
+        self.now = clock.now
+        self.datapath = DataPath(loop, self.engine, self.udp, self.tun, self.on_event, clock)  # type: ignore[arg-type]
+        for vni, tap in self.taps.items():
+            self.datapath.add_tap(vni, tap, running=False)
+        self.datapath.start()
+
+    def start_workers(self, *, time_scale: float, user: str | None) -> None:
+        """Workers = N: N-1 more processes read TUN queues and encrypt (tunnelpy/workers)."""
+        if self.workers <= 1 or self.tun is None or not isinstance(self.udp, UdpSocket):
+            return
+        assert self.loop is not None and self.datapath is not None
+        assert isinstance(self.engine, Engine)
+        self.pool = WorkerPool(
+            self.loop, self.engine, self.now, self.tun, self.udp, self.workers,
+            self.datapath.perform, offload=self.offload, time_scale=time_scale, user=user,
+        )  # fmt: skip
+        try:
+            self.pool.start()
+        except (OSError, TunError) as e:
+            raise DeviceError(f"cannot start workers: {e}") from None
+        log.info("%s: %d data-path processes (Workers)", self.name, self.workers)
+
+    async def install_routes(self) -> None:
+        """The AllowedIPs routes, and wg-quick's policy rules for a default route."""
+        if self.tun is None:
+            return
+        ic = self.conf.interface
+        nets = [n for p in self.conf.peers for n in p.allowed_ips]
+        try:
+            await self.blocking(
+                self.host.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes
+            )
+            if iface.needs_default_route_rules(nets, ic.table):
+                fams = {iface.family_of(n) for n in nets if n.prefixlen == 0}
+                await self.blocking(
+                    self.host.add_default_route_rules, self.fwmark, fams, self.routes
+                )
+        except iface.NetlinkSetupError as e:
+            raise DeviceError(str(e)) from None
+
+    async def sync_routes(self) -> None:
+        """After a reload changed AllowedIPs: the routes follow (errors are logged)."""
+        if self.tun is None:
+            return
+        ic = self.conf.interface
+        nets = [n for p in self.conf.peers for n in p.allowed_ips]
+        try:
+            await self.blocking(
+                self.host.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes
+            )
+        except iface.NetlinkSetupError as err:
+            log.error("reload: routes: %s", err)
+        if iface.needs_default_route_rules(nets, ic.table) and not self.routes.rules:
+            log.warning("reload: a default route (0.0.0.0/0 or ::/0) needs a restart to be routed")
+
+    # ------------------------------------------------------------------ closing, in order
+
+    async def stop(self) -> None:
+        """Packets stop: workers first (the last TUN queue closed deletes the device)."""
+        if self.pool is not None:
+            await self.pool.stop()
+            self.pool = None
+        if self.datapath is not None:
+            self.datapath.stop()
+            self.datapath = None
+
+    @property
+    def devices_open(self) -> bool:
+        return self.tun is not None or bool(self.taps)
+
+    async def remove_rules(self) -> None:
+        if self.routes.rules:
+            await self.blocking(self.host.remove_rules, self.routes)
+
+    def close_devices(self) -> None:
+        """Closing the TUN deletes it with its addresses and routes; a TAP leaves its bridge."""
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        for tap in self.taps.values():
+            tap.close()
+        self.taps.clear()
+
+    def close_socket(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+            self.udp = None
+
+    # ------------------------------------------------------------------ interface settings
+
+    def set_private_key(self, key: bytes) -> None:
+        if isinstance(self.engine, Engine):
+            self.engine.set_private_key(key)
+            self._changed()
+
+    def replace_socket(self, new: UdpSocket | VxlanSocket) -> None:
+        """Swap in a socket opened beforehand (the only step that can fail is before this)."""
+        old = self.udp
+        self.udp = new
+        if self.datapath is not None:
+            self.datapath.replace_udp(new)  # type: ignore[arg-type]
+        if self.pool is not None and isinstance(new, UdpSocket):
+            self.pool.replace_udp(new)  # the workers send through the new socket
+        if old is not None:
+            old.close()
+        self._changed()
+
+    def set_listen_port(self, port: int) -> None:
+        """Rebind to ``port`` (UdpError/OSError, nothing changed, if it is taken)."""
+        if self.udp is not None and port == self.udp.port:
+            return
+        self.replace_socket(self.open_socket(port))
+
+    def set_fwmark(self, mark: int | None) -> None:
+        self.fwmark = mark or None
+        if self.udp is not None:
+            self.udp.set_fwmark(mark or 0)
+
+    async def set_mtu(self, mtu: int) -> None:
+        if isinstance(self.engine, Engine):
+            self.engine.mtu = mtu
+        if self.tun is not None:
+            await self.blocking(self.host.set_mtu, self.name, mtu)
+
+    async def set_addresses(self, old: Iterable[Any], new: Iterable[Any]) -> None:
+        if self.tun is not None:
+            await self.blocking(self.host.set_addresses, self.name, tuple(old), tuple(new))
+
+    # ------------------------------------------------------------------ peers
+
+    def add_peer(
+        self,
+        ident: bytes | str,
+        *,
+        name: str | None = None,
+        preshared_key: bytes | None = None,
+        endpoint: Addr | None = None,
+        allowed_ips: Iterable[Network] = (),
+        persistent_keepalive: int = 0,
+        hostname: tuple[str, int] | None = None,
+    ) -> None:
+        """A new peer (with Transport = vxlan ``ident`` is its Name and only the endpoint counts).
+
+        ``hostname``: the configured ``host:port`` when the host is a name, re-resolved when the
+        peer goes quiet."""
+        e = self.engine
+        if isinstance(e, VxlanEngine):
+            assert isinstance(ident, str) and endpoint is not None
+            e.add_peer(ident, endpoint)
+        else:
+            assert isinstance(ident, bytes)
+            e.add_peer(
+                ident, name=name, preshared_key=preshared_key, endpoint=endpoint,
+                allowed_ips=allowed_ips, persistent_keepalive=persistent_keepalive,
+                now=self.now(),
+            )  # fmt: skip
+        self._set_hostname(ident, hostname)
+        self._changed()
+
+    def has_peer(self, ident: bytes | str) -> bool:
+        return ident in self.engine.peers
+
+    def update_peer(
+        self,
+        ident: bytes | str,
+        *,
+        name: Any = UNCHANGED,
+        preshared_key: Any = UNCHANGED,
+        endpoint: Any = UNCHANGED,
+        allowed_ips: Any = UNCHANGED,
+        add_allowed_ips: Iterable[Network] = (),
+        persistent_keepalive: Any = UNCHANGED,
+        hostname: Any = UNCHANGED,
+    ) -> bool:
+        """Change the given fields of a peer; False if there is no such peer.
+
+        ``allowed_ips`` replaces the peer's prefixes, ``add_allowed_ips`` adds to them;
+        ``preshared_key=None`` removes it; ``hostname`` as in :meth:`add_peer`."""
+        e = self.engine
+        if isinstance(e, VxlanEngine):
+            if ident not in e.peers:
+                return False
+            if endpoint is not UNCHANGED and endpoint is not None:
+                e.update_peer(str(ident), endpoint)
+        else:
+            if ident not in e.peers:
+                return False
+            assert isinstance(ident, bytes)
+            e.update_peer(
+                ident, name=name, preshared_key=preshared_key, endpoint=endpoint,
+                allowed_ips=allowed_ips, add_allowed_ips=add_allowed_ips,
+                persistent_keepalive=persistent_keepalive, now=self.now(),
+            )  # fmt: skip
+        if hostname is not UNCHANGED:
+            self._set_hostname(ident, hostname)
+        self._changed()
+        return True
+
+    def remove_peer(self, ident: bytes | str) -> None:
+        self.engine.remove_peer(ident)  # type: ignore[arg-type]
+        self.hostnames.pop(ident, None)
+        self._resolving.discard(ident)
+        self._changed()
+
+    def remove_all_peers(self) -> None:
+        with self.batch():
+            for ident in list(self.engine.peers):
+                self.remove_peer(ident)
+
+    def _set_hostname(self, ident: bytes | str, hostname: tuple[str, int] | None) -> None:
+        if hostname is not None and not is_literal(hostname[0]):
+            self.hostnames[ident] = hostname
+        else:
+            self.hostnames.pop(ident, None)
+
+    def add_configured_peers(self, endpoints: dict[bytes | str, Addr]) -> None:
+        """Every [Peer] of the config, with the endpoints resolved beforehand."""
+        with self.batch():
+            for p in self.conf.peers:
+                self.add_peer_config(p, endpoints.get(self.peer_ident(p)))
+
+    def add_peer_config(self, p: cfgmod.PeerConfig, endpoint: Addr | None) -> None:
+        ident = self.peer_ident(p)
+        if ident in self.engine.peers:
+            # already there (added at run time by `wg set`): the file's values win
+            self.update_peer_config(p, endpoint, fields=None)
+            return
+        self.add_peer(
+            ident, name=p.name, preshared_key=p.preshared_key, endpoint=endpoint,
+            allowed_ips=p.allowed_ips, persistent_keepalive=p.persistent_keepalive or 0,
+            hostname=p.endpoint,
+        )  # fmt: skip
+
+    def update_peer_config(
+        self, p: cfgmod.PeerConfig, endpoint: Addr | None, fields: Iterable[str] | None
+    ) -> None:
+        """Apply a [Peer] section's ``fields`` (all of them if None) to the running peer."""
+        names = set(fields) if fields is not None else {
+            "name", "preshared_key", "endpoint", "allowed_ips", "persistent_keepalive"
+        }  # fmt: skip
+        kw: dict[str, Any] = {}
+        if "name" in names:
+            kw["name"] = p.name
+        if "preshared_key" in names:
+            kw["preshared_key"] = p.preshared_key
+        if "endpoint" in names:
+            if endpoint is not None:
+                kw["endpoint"] = endpoint
+            kw["hostname"] = p.endpoint
+        if "allowed_ips" in names:
+            kw["allowed_ips"] = p.allowed_ips
+        if "persistent_keepalive" in names:
+            kw["persistent_keepalive"] = p.persistent_keepalive or 0
+        self.update_peer(self.peer_ident(p), **kw)
+
+    # ------------------------------------------------------------------ segments
+
+    def _segment_members(
+        self, seg: cfgmod.SegmentConfig
+    ) -> tuple[list[Any] | None, list[tuple[bytes, Any]]]:
+        e = self.engine
+        by_name: dict[str, Any] = (
+            dict(e.peers) if isinstance(e, VxlanEngine) else {p.name: p for p in e.peers.values()}
+        )
+        members = None if seg.peers is None else [by_name[n] for n in seg.peers if n in by_name]
+        if isinstance(e, VxlanEngine) and members is None:
+            members = list(by_name.values())
+        static = [(mac, by_name[n]) for mac, n in seg.static_macs if n in by_name]
+        return members, static
+
+    def bind_segment(self, seg: cfgmod.SegmentConfig, *, keep_fdb: bool = False) -> None:
+        """(Re)create the engine's segment from its section; keep_fdb: only rebind members."""
+        members, static = self._segment_members(seg)
+        current = self.engine.segments.get(seg.vni)
+        if keep_fdb and current is not None and not seg.static_macs:
+            self.engine.set_segment_members(seg.vni, members)
+        else:
+            self.engine.add_segment(
+                seg.vni, members, hub=seg.hub, aging=seg.aging, max_fdb=seg.max_fdb,
+                # the TAP MTU plus the Ethernet header and one 802.1Q tag
+                max_frame=self.segment_mtu(seg) + ETH_HLEN + 4, static=static,
+            )  # fmt: skip
+        self._changed()
+
+    def add_configured_segments(self) -> None:
+        with self.batch():
+            for seg in self.conf.segments:
+                self.bind_segment(seg)
+
+    async def add_segment(self, seg: cfgmod.SegmentConfig) -> None:
+        """A new segment while running: its TAP, configured and enslaved, then the engine's."""
+        tap = self._open_tun(seg.device, tap=True, offload=self.offload)
+        try:
+            await self.blocking(
+                self.host.configure_device, seg.device, self.segment_mtu(seg), list(seg.addresses)
+            )
+            if seg.bridge is not None:
+                await self.blocking(self.host.enslave, seg.device, seg.bridge)
+        except BaseException:
+            tap.close()
+            raise
+        self.taps[seg.vni] = tap
+        self.bind_segment(seg)
+        if self.datapath is not None:
+            self.datapath.add_tap(seg.vni, tap, running=True)
+
+    def remove_segment(self, vni: int) -> None:
+        tap = self.datapath.remove_tap(vni) if self.datapath is not None else None
+        tap = self.taps.pop(vni, None) or tap
+        if tap is not None:
+            tap.close()
+        self.engine.remove_segment(vni)
+        self._changed()
+
+    # ------------------------------------------------------------------ engine events
+
+    def on_event(self, event: ev.Event) -> None:
+        """What the engine reports: logged, mirrored to the workers, names re-resolved."""
+        if isinstance(event, ev.HandshakeComplete | ev.Roamed) and self.pool is not None:
+            self.pool.sync_soon()  # the workers encrypt on the new session / to the new address
+        if isinstance(event, ev.HandshakeComplete):
+            log.info("peer %s: handshake complete (%s)", event.peer_name, event)
+        elif isinstance(event, ev.HandshakeFailed):
+            log.warning("peer %s: handshake did not complete after %s", event.peer_name, event)
+        elif isinstance(event, ev.Roamed):
+            log.info("peer %s: endpoint moved %s", event.peer_name, event)
+        elif isinstance(event, ev.HandshakeSent):
+            log.debug("peer %s: handshake initiation sent %s", event.peer_name, event)
+        elif isinstance(event, ev.ResolveEndpoint):
+            self._re_resolve(event.peer_key)
+
+    def _re_resolve(self, ident: bytes | str) -> None:
+        """Endpoints given as names are resolved again when the peer goes quiet (DNS moved)."""
+        if ident in self.hostnames and ident not in self._resolving and self.loop is not None:
+            self._resolving.add(ident)
+            self.loop.create_task(self._resolve_task(ident))
+
+    async def _resolve_task(self, ident: bytes | str) -> None:
+        host, port = self.hostnames[ident]
+        peer = self.engine.peers.get(ident)  # type: ignore[call-overload]
+        name = getattr(peer, "name", str(ident))
+        try:
+            addr = await self.blocking(resolve, host, port)
+        except OSError as e:
+            log.warning("peer %s: cannot resolve %s: %s", name, host, e)
+        else:
+            peer = self.engine.peers.get(ident)  # type: ignore[call-overload]
+            if peer is not None and addr != peer.endpoint and ident in self.hostnames:
+                log.info("peer %s: %s now resolves to %s", name, host, addr[0])
+                self.update_peer(ident, endpoint=addr)
+        finally:
+            self._resolving.discard(ident)
+
+    # ------------------------------------------------------------------ reading
+
+    def peers(self) -> list[Peer]:
+        return list(self.engine.peers.values())  # type: ignore[arg-type]
+
+
+def workers_for(conf: cfgmod.Config) -> int:
+    """How many data-path processes this config runs (DeviceError if it cannot have them)."""
+    ic = conf.interface
+    if ic.transport == cfgmod.TRANSPORT_VXLAN:
+        if ic.workers is not None and ic.workers > 1:
+            raise DeviceError(
+                f"{conf.path}: Interface.Workers = {ic.workers}: workers need Transport = wireguard"
+            )
+        return 1
+    forced = knobs.forced_workers()
+    if forced is not None:
+        log.warning("TUNNELPY_TEST_WORKERS=%d: Workers forced (testing only)", forced)
+    return forced or resolve_workers(ic.workers)
