@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import grp
 import os
 import pwd
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -180,29 +178,3 @@ def drop_privileges(user: str, keep: tuple[int, ...] = (CAP_NET_ADMIN,)) -> Targ
     else:
         raise PrivilegeError("dropping privileges: setuid(0) still works")
     return target
-
-
-def drop_all_capabilities() -> None:
-    """Keep the user, lose every capability (ambient, effective, permitted, inheritable).
-
-    For a worker process the daemon started after it dropped to ``User``: the worker inherited
-    CAP_NET_ADMIN as an ambient capability but only reads and writes file descriptors it was
-    handed, so it keeps nothing."""
-    libc = _libc()
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    if prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
-        raise PrivilegeError(f"clearing ambient capabilities: {os.strerror(ctypes.get_errno())}")
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    capset = libc.capset
-    capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
-    if capset(ctypes.byref(header), data) != 0:
-        raise PrivilegeError(f"dropping capabilities: {os.strerror(ctypes.get_errno())}")
-
-
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
