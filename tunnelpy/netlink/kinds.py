@@ -32,7 +32,7 @@ import json
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .step import LINK, PRIMARY, TEAMD, Step, attrs
 
@@ -110,6 +110,17 @@ class LinkConfig:
         return ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class OnLinkConfig(LinkConfig):
+    """A link made on a lower device that its section names with ``Link`` (VLAN, MACVLAN...)."""
+
+    link: str = ""
+
+    @property
+    def parent(self) -> str | None:
+        return self.link
+
+
 @dataclass(frozen=True)
 class Choice:
     """A key's value that is one of ``options`` (case-insensitive); ``what`` names it in errors."""
@@ -150,14 +161,15 @@ def in_ns(ns: str | None, argv: list[str]) -> list[str]:
     return argv if ns is None else ["ip", "netns", "exec", ns, *argv]
 
 
+C = TypeVar("C", bound=LinkConfig)
 Common = Callable[[], dict[str, Any]]  # the keys every section shares, checked when called
 
 
-class LinkKind:
-    """One link kind. Subclasses set the class attributes and override what differs; the
+class LinkKind(Generic[C]):
+    """One link kind, of links parsed into ``C``. Subclasses set the class attributes and override what differs; the
     defaults describe a plain link made by ``ip link add NAME type KIND``."""
 
-    config: ClassVar[type[LinkConfig]] = LinkConfig  # what its section parses into
+    config: type[C]  # what its section parses into
     section: ClassVar[str] = ""  # the section name: [Bridge br0]
     keys: ClassVar[tuple[Key, ...]] = ()  # its own keys, before the ones every section has
     exclusive: ClassVar[tuple[tuple[str, str], ...]] = ()  # at most one of each pair
@@ -179,7 +191,7 @@ class LinkKind:
 
     # -- config --------------------------------------------------------------------------
 
-    def build(self, section: RawSection, ctx: _Context, common: Common) -> LinkConfig:
+    def build(self, section: RawSection, ctx: _Context, common: Common) -> C:
         """The dataclass for a read section; raise ``ctx.error(...)`` for what the keys alone
         cannot refuse. ``common()`` checks the section name and returns the shared fields."""
         return self.config(**common())
@@ -187,7 +199,7 @@ class LinkKind:
     def check_parent(
         self,
         section: RawSection,
-        link: LinkConfig,
+        link: C,
         earlier: list[tuple[RawSection, LinkConfig]],
         ctx: _Context,
     ) -> None:
@@ -196,15 +208,15 @@ class LinkKind:
 
     # -- plan ----------------------------------------------------------------------------
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
+    def step_attrs(self, link: C) -> dict[str, Any]:
         """The creating step's attributes beyond kind and mtu."""
         return {}
 
-    def describe(self, link: LinkConfig) -> str:
+    def describe(self, link: C) -> str:
         """The creating step's sentence."""
         return f"{self.name} {link.name}"
 
-    def create_step(self, link: LinkConfig, ns: str | None) -> Step:
+    def create_step(self, link: C, ns: str | None) -> Step:
         """The step that makes ``link`` in namespace ``ns``."""
         return Step(
             LINK,
@@ -215,7 +227,7 @@ class LinkKind:
             self.describe(link),
         )
 
-    def port_steps(self, link: LinkConfig, ns: str | None) -> list[Step]:
+    def port_steps(self, link: C, ns: str | None) -> list[Step]:
         """Steps after every port is enslaved (a bond's primary port); ``ns``: where it is."""
         return []
 
@@ -275,17 +287,17 @@ class LinkKind:
 
     # -- picture -------------------------------------------------------------------------
 
-    def detail(self, link: LinkConfig) -> str:
+    def detail(self, link: C) -> str:
         """The node's detail in ``tunnelpy topology``: "mode vepa", "VNI 200, port 4789"..."""
         return ""
 
-    def far(self, link: LinkConfig) -> list[tuple[str, str]]:
+    def far(self, link: C) -> list[tuple[str, str]]:
         """(far end, label) pairs the picture draws from the node (a VXLAN's remote VTEP)."""
         return []
 
 
-KINDS: dict[str, LinkKind] = {}
-_K = TypeVar("_K", bound=type[LinkKind])
+KINDS: dict[str, LinkKind[Any]] = {}
+_K = TypeVar("_K", bound=type[LinkKind[Any]])
 
 
 def register(cls: _K) -> _K:
@@ -300,7 +312,7 @@ def register(cls: _K) -> _K:
     return cls
 
 
-def of(kind: str | None) -> LinkKind:
+def of(kind: str | None) -> LinkKind[Any]:
     """The kind called ``kind``; KeyError (naming it) for one nobody registered."""
     try:
         return KINDS[kind or ""]
@@ -321,23 +333,100 @@ def ports_down(kind: str | None) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# The kinds, in the order their sections are listed
+# What each kind's section parses into
 
 
-@dataclass(frozen=True, kw_only=True)
-class BridgeConfig(LinkConfig):
-    KIND: ClassVar[str] = "bridge"
-    port_names: tuple[str, ...] = ()
-    stp: bool = False
-    vlan_filtering: bool = False
+class ListsPorts:
+    """For a master whose section lists its ports (``Ports =``, field ``port_names``)."""
+
+    port_names: tuple[str, ...]
 
     @property
     def ports(self) -> tuple[str, ...]:
         return self.port_names
 
 
+@dataclass(frozen=True, kw_only=True)
+class BridgeConfig(ListsPorts, LinkConfig):
+    KIND: ClassVar[str] = "bridge"
+    port_names: tuple[str, ...] = ()
+    stp: bool = False
+    vlan_filtering: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class VethConfig(LinkConfig):
+    KIND: ClassVar[str] = "veth"
+    peer: str = ""  # the other end's name; it goes to ``namespace``
+    peer_addresses: tuple[IPInterface, ...] = ()
+
+    @property
+    def pair(self) -> str | None:
+        return self.peer
+
+    @property
+    def pair_addresses(self) -> tuple[IPInterface, ...]:
+        return self.peer_addresses
+
+
+@dataclass(frozen=True, kw_only=True)
+class VLANConfig(OnLinkConfig):
+    KIND: ClassVar[str] = "vlan"
+    vlan_id: int = 0
+    protocol: str = "802.1Q"  # or 802.1ad
+
+
+@dataclass(frozen=True, kw_only=True)
+class VXLANConfig(LinkConfig):
+    KIND: ClassVar[str] = "vxlan"
+    vni: int = 0
+    remote: IPAddress | None = None
+    group: IPAddress | None = None
+    local: IPAddress | None = None
+    dst_port: int = VXLAN_PORT
+    link: str | None = None
+
+    @property
+    def parent(self) -> str | None:
+        return self.link
+
+
+@dataclass(frozen=True, kw_only=True)
+class MACVLANConfig(OnLinkConfig):
+    KIND: ClassVar[str] = "macvlan"
+    mode: str = "bridge"  # bridge, private, vepa, passthru, source
+    source_macs: tuple[bytes, ...] = ()
+    mac: bytes | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IPVLANConfig(OnLinkConfig):
+    KIND: ClassVar[str] = "ipvlan"
+    mode: str = "l3"  # l2, l3, l3s
+
+
+@dataclass(frozen=True, kw_only=True)
+class BondConfig(ListsPorts, LinkConfig):
+    KIND: ClassVar[str] = "bond"
+    mode: str = "active-backup"
+    miimon: int = 100
+    port_names: tuple[str, ...] = ()
+    primary: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeamConfig(ListsPorts, LinkConfig):
+    KIND: ClassVar[str] = "team"
+    runner: str = "activebackup"
+    port_names: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# The kinds, in the order their sections are listed
+
+
 @register
-class Bridge(LinkKind):
+class Bridge(LinkKind[BridgeConfig]):
     config = BridgeConfig
     section = "Bridge"
     keys = (
@@ -357,8 +446,7 @@ class Bridge(LinkKind):
             vlan_filtering=section.value("VLANFiltering", False),
         )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, BridgeConfig)
+    def step_attrs(self, link: BridgeConfig) -> dict[str, Any]:
         return {"stp": link.stp, "vlan_filtering": link.vlan_filtering}
 
     def ip_type_args(self, step: Step) -> list[str]:
@@ -371,29 +459,13 @@ class Bridge(LinkKind):
             kw["br_vlan_filtering"] = 1
         return kw
 
-    def detail(self, link: LinkConfig) -> str:
-        assert isinstance(link, BridgeConfig)
+    def detail(self, link: BridgeConfig) -> str:
         on = (("STP", link.stp), ("VLAN filtering", link.vlan_filtering))
         return ", ".join(x for x, yes in on if yes)
 
 
-@dataclass(frozen=True, kw_only=True)
-class VethConfig(LinkConfig):
-    KIND: ClassVar[str] = "veth"
-    peer: str = ""  # the other end's name; it goes to ``namespace``
-    peer_addresses: tuple[IPInterface, ...] = ()
-
-    @property
-    def pair(self) -> str | None:
-        return self.peer
-
-    @property
-    def pair_addresses(self) -> tuple[IPInterface, ...]:
-        return self.peer_addresses
-
-
 @register
-class Veth(LinkKind):
+class Veth(LinkKind[VethConfig]):
     config = VethConfig
     section = "Veth"
     keys = (Key("Peer", "ifname"), Key("PeerAddress", "address", multi=True))
@@ -409,12 +481,10 @@ class Veth(LinkKind):
             peer_addresses=tuple(a for _, a in section.all("PeerAddress")),
         )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, VethConfig)
+    def step_attrs(self, link: VethConfig) -> dict[str, Any]:
         return {"peer": link.peer, "peer_ns": link.namespace}
 
-    def describe(self, link: LinkConfig) -> str:
-        assert isinstance(link, VethConfig)
+    def describe(self, link: VethConfig) -> str:
         where = f" (in {link.namespace})" if link.namespace else ""
         return f"{super().describe(link)} <-> {link.peer}{where}"
 
@@ -438,20 +508,8 @@ class Veth(LinkKind):
         return {"kind": self.name, "peer": f"{name}p"}
 
 
-@dataclass(frozen=True, kw_only=True)
-class VLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "vlan"
-    link: str = ""
-    vlan_id: int = 0
-    protocol: str = "802.1Q"  # or 802.1ad
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
 @register
-class VLAN(LinkKind):
+class VLAN(LinkKind[VLANConfig]):
     config = VLANConfig
     section = "VLAN"
     keys = (
@@ -469,12 +527,10 @@ class VLAN(LinkKind):
             protocol=section.value("Protocol", "802.1Q"),
         )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, VLANConfig)
+    def step_attrs(self, link: VLANConfig) -> dict[str, Any]:
         return {"link": link.link, "vlan_id": link.vlan_id, "protocol": link.protocol}
 
-    def describe(self, link: LinkConfig) -> str:
-        assert isinstance(link, VLANConfig)
+    def describe(self, link: VLANConfig) -> str:
         return f"{super().describe(link)} on {link.link}, VLAN {link.vlan_id}"
 
     def ip_type_args(self, step: Step) -> list[str]:
@@ -491,28 +547,12 @@ class VLAN(LinkKind):
     def probe_attrs(self, mode: str | None, name: str, parent: str) -> dict[str, Any]:
         return {"kind": self.name, "link": parent, "vlan_id": 2}
 
-    def detail(self, link: LinkConfig) -> str:
-        assert isinstance(link, VLANConfig)
+    def detail(self, link: VLANConfig) -> str:
         return f"id {link.vlan_id}" + (f" {link.protocol}" if link.protocol != "802.1Q" else "")
 
 
-@dataclass(frozen=True, kw_only=True)
-class VXLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "vxlan"
-    vni: int = 0
-    remote: IPAddress | None = None
-    group: IPAddress | None = None
-    local: IPAddress | None = None
-    dst_port: int = VXLAN_PORT
-    link: str | None = None
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
 @register
-class VXLAN(LinkKind):
+class VXLAN(LinkKind[VXLANConfig]):
     config = VXLANConfig
     section = "VXLAN"
     keys = (
@@ -560,8 +600,7 @@ class VXLAN(LinkKind):
             link=section.value("Link"),
         )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, VXLANConfig)
+    def step_attrs(self, link: VXLANConfig) -> dict[str, Any]:
         return {
             "vni": link.vni,
             "remote": None if link.remote is None else str(link.remote),
@@ -571,11 +610,10 @@ class VXLAN(LinkKind):
             "link": link.link,
         }
 
-    def describe(self, link: LinkConfig) -> str:
-        assert isinstance(link, VXLANConfig)
+    def describe(self, link: VXLANConfig) -> str:
         return f"{super().describe(link)}, VNI {link.vni}"
 
-    def port_steps(self, link: LinkConfig, ns: str | None) -> list[Step]:
+    def port_steps(self, link: VXLANConfig, ns: str | None) -> list[Step]:
         """Steps after every port is enslaved (a bond's primary port); ``ns``: where it is."""
         return []
 
@@ -605,31 +643,16 @@ class VXLAN(LinkKind):
     def probe_attrs(self, mode: str | None, name: str, parent: str) -> dict[str, Any]:
         return {"kind": self.name, "vni": 1, "dst_port": VXLAN_PORT}
 
-    def detail(self, link: LinkConfig) -> str:
-        assert isinstance(link, VXLANConfig)
+    def detail(self, link: VXLANConfig) -> str:
         return f"VNI {link.vni}, port {link.dst_port}"
 
-    def far(self, link: LinkConfig) -> list[tuple[str, str]]:
-        assert isinstance(link, VXLANConfig)
+    def far(self, link: VXLANConfig) -> list[tuple[str, str]]:
         far = link.remote or link.group
         return [] if far is None else [(f"VTEP {far}", f"VNI {link.vni}")]
 
 
-@dataclass(frozen=True, kw_only=True)
-class MACVLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "macvlan"
-    link: str = ""
-    mode: str = "bridge"  # bridge, private, vepa, passthru, source
-    source_macs: tuple[bytes, ...] = ()
-    mac: bytes | None = None
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
 @register
-class MACVLAN(LinkKind):
+class MACVLAN(LinkKind[MACVLANConfig]):
     config = MACVLANConfig
     section = "MACVLAN"
     keys = (
@@ -668,12 +691,11 @@ class MACVLAN(LinkKind):
     def check_parent(
         self,
         section: RawSection,
-        link: LinkConfig,
+        link: MACVLANConfig,
         earlier: list[tuple[RawSection, LinkConfig]],
         ctx: _Context,
     ) -> None:
         # passthru hands the parent's MAC and promiscuity to one child: a second one fails.
-        assert isinstance(link, MACVLANConfig)
         if link.mode != "passthru":
             return
         for first, other in earlier:
@@ -686,8 +708,7 @@ class MACVLAN(LinkKind):
                         "expected one passthru child per parent",
                     )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, MACVLANConfig)
+    def step_attrs(self, link: MACVLANConfig) -> dict[str, Any]:
         return {
             "link": link.link,
             "mode": link.mode,
@@ -695,8 +716,7 @@ class MACVLAN(LinkKind):
             "mac": None if link.mac is None else link.mac.hex(":"),
         }
 
-    def describe(self, link: LinkConfig) -> str:
-        assert isinstance(link, MACVLANConfig)
+    def describe(self, link: MACVLANConfig) -> str:
         return f"{super().describe(link)} on {link.link}, mode {link.mode}"
 
     def ip_type_args(self, step: Step) -> list[str]:
@@ -726,25 +746,13 @@ class MACVLAN(LinkKind):
     def sole_child(self, step: Step) -> str | None:
         return "passthru" if step.get("mode") == "passthru" else None
 
-    def detail(self, link: LinkConfig) -> str:
-        assert isinstance(link, MACVLANConfig)
+    def detail(self, link: MACVLANConfig) -> str:
         sources = ", ".join(m.hex(":") for m in link.source_macs)
         return f"mode {link.mode}" + (f" from {sources}" if sources else "")
 
 
-@dataclass(frozen=True, kw_only=True)
-class IPVLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "ipvlan"
-    link: str = ""
-    mode: str = "l3"  # l2, l3, l3s
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
 @register
-class IPVLAN(LinkKind):
+class IPVLAN(LinkKind[IPVLANConfig]):
     config = IPVLANConfig
     section = "IPVLAN"
     keys = (Key("Link", "ifname"), Key("Mode", Choice(IPVLAN_MODES, "an IPVLAN mode")))
@@ -758,12 +766,10 @@ class IPVLAN(LinkKind):
             mode=section.value("Mode", "l3"),
         )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, IPVLANConfig)
+    def step_attrs(self, link: IPVLANConfig) -> dict[str, Any]:
         return {"link": link.link, "mode": link.mode}
 
-    def describe(self, link: LinkConfig) -> str:
-        assert isinstance(link, IPVLANConfig)
+    def describe(self, link: IPVLANConfig) -> str:
         return f"{super().describe(link)} on {link.link}, mode {link.mode}"
 
     def ip_type_args(self, step: Step) -> list[str]:
@@ -775,26 +781,12 @@ class IPVLAN(LinkKind):
     def probe_attrs(self, mode: str | None, name: str, parent: str) -> dict[str, Any]:
         return {"kind": self.name, "link": parent, "mode": mode or "l3"}
 
-    def detail(self, link: LinkConfig) -> str:
-        assert isinstance(link, IPVLANConfig)
+    def detail(self, link: IPVLANConfig) -> str:
         return f"mode {link.mode}"
 
 
-@dataclass(frozen=True, kw_only=True)
-class BondConfig(LinkConfig):
-    KIND: ClassVar[str] = "bond"
-    mode: str = "active-backup"
-    miimon: int = 100
-    port_names: tuple[str, ...] = ()
-    primary: str | None = None
-
-    @property
-    def ports(self) -> tuple[str, ...]:
-        return self.port_names
-
-
 @register
-class Bond(LinkKind):
+class Bond(LinkKind[BondConfig]):
     config = BondConfig
     section = "Bond"
     keys = (
@@ -825,16 +817,13 @@ class Bond(LinkKind):
             primary=primary[1] if primary else None,
         )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, BondConfig)
+    def step_attrs(self, link: BondConfig) -> dict[str, Any]:
         return {"mode": link.mode, "miimon": link.miimon}
 
-    def describe(self, link: LinkConfig) -> str:
-        assert isinstance(link, BondConfig)
+    def describe(self, link: BondConfig) -> str:
         return f"{super().describe(link)}, mode {link.mode}"
 
-    def port_steps(self, link: LinkConfig, ns: str | None) -> list[Step]:
-        assert isinstance(link, BondConfig)
+    def port_steps(self, link: BondConfig, ns: str | None) -> list[Step]:
         if link.primary is None:
             return []
         what = f"{link.primary} is the primary port of {link.name}"
@@ -849,21 +838,9 @@ class Bond(LinkKind):
     def probe_attrs(self, mode: str | None, name: str, parent: str) -> dict[str, Any]:
         return {"kind": self.name, "mode": "active-backup", "miimon": 100}
 
-    def detail(self, link: LinkConfig) -> str:
-        assert isinstance(link, BondConfig)
+    def detail(self, link: BondConfig) -> str:
         primary = f", primary {link.primary}" if link.primary else ""
         return f"{link.mode}, miimon {link.miimon}{primary}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TeamConfig(LinkConfig):
-    KIND: ClassVar[str] = "team"
-    runner: str = "activebackup"
-    port_names: tuple[str, ...] = ()
-
-    @property
-    def ports(self) -> tuple[str, ...]:
-        return self.port_names
 
 
 def teamd_config(runner: str) -> str:
@@ -872,7 +849,7 @@ def teamd_config(runner: str) -> str:
 
 
 @register
-class Team(LinkKind):
+class Team(LinkKind[TeamConfig]):
     """teamd makes the device (``teamd -d -t NAME``) and runs it; the probe makes a bare one
     through netlink, which proves the kernel module is there."""
 
@@ -893,15 +870,13 @@ class Team(LinkKind):
             port_names=tuple(p for _, p in section.all("Ports")),
         )
 
-    def step_attrs(self, link: LinkConfig) -> dict[str, Any]:
-        assert isinstance(link, TeamConfig)
+    def step_attrs(self, link: TeamConfig) -> dict[str, Any]:
         return {"runner": link.runner}
 
-    def describe(self, link: LinkConfig) -> str:
-        assert isinstance(link, TeamConfig)
+    def describe(self, link: TeamConfig) -> str:
         return f"team {link.name} ({link.runner} runner) through teamd"
 
-    def create_step(self, link: LinkConfig, ns: str | None) -> Step:
+    def create_step(self, link: TeamConfig, ns: str | None) -> Step:
         step = super().create_step(link, ns)
         return Step(TEAMD, step.name, step.ns, step.attrs, step.line, step.what)
 
@@ -916,6 +891,5 @@ class Team(LinkKind):
     def undo_commands(self, step: Step, final_ns: str | None) -> list[str]:
         return [shlex.join(in_ns(step.ns, ["teamd", "-k", "-t", step.name]))]
 
-    def detail(self, link: LinkConfig) -> str:
-        assert isinstance(link, TeamConfig)
+    def detail(self, link: TeamConfig) -> str:
         return f"teamd {link.runner}"
