@@ -9,9 +9,12 @@ format needs. Instead a small line parser reads the text into raw sections (stag
 the ``SECTIONS`` table of key specs), and one builder per section kind turns a raw section into
 its dataclass (stage 2); cross-section checks (duplicate peers, our own key as a peer) run last.
 
-Extension point: a new section kind (``[Segment lab]``, ``[Bridge br0]``...) is one more
-``SectionSpec`` in ``SECTIONS`` with ``named=True``, its ``KeySpec`` table and a builder, plus a
-field on ``Config`` to hold what the builder returns.
+Extension point: a new section kind (``[Segment lab]``...) is one more ``SectionSpec`` in
+``SECTIONS`` with ``named=True``, its ``KeySpec`` table and a builder, plus a field on ``Config``
+to hold what the builder returns. A new topology section (``[Bridge br0]``, ``[MACVLAN mv0]``...)
+is instead one link kind in ``tunnelpy.netlink.kinds``: its section spec is made from the kind's
+``Key`` list (value parsers by name from ``LINK_VALUES``) and the keys every link shares, its
+builder and per-kind checks are the kind's, and ``Config.topology`` holds every kind's links.
 
 ``[Interface] Transport`` picks the wire: ``wireguard`` (the default, byte-compatible with wg) or
 ``vxlan`` (plain RFC 7348 for lab overlays: no keys anywhere, ListenPort 4789 by default, every
@@ -32,9 +35,22 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from tunnelpy import keys
+from tunnelpy.netlink import kinds
+from tunnelpy.netlink.kinds import (  # noqa: F401 - the topology dataclasses, re-exported here
+    VXLAN_PORT,
+    BondConfig,
+    BridgeConfig,
+    IPVLANConfig,
+    LinkConfig,
+    MACVLANConfig,
+    TeamConfig,
+    VethConfig,
+    VLANConfig,
+    VXLANConfig,
+)
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,19 +65,9 @@ OFFLOAD_AUTO = "auto"  # TUN/TAP TSO/GRO and UDP GSO/GRO where the kernel takes 
 OFFLOAD_OFF = "off"  # one packet per syscall: for paths where offloads misbehave
 OFFLOADS = (OFFLOAD_AUTO, OFFLOAD_OFF)
 MAX_WORKERS = 64
-VXLAN_PORT = 4789  # IANA; the Linux vxlan device defaults to 8472 unless told dstport 4789
 VNI_MAX = (1 << 24) - 1
 DEFAULT_AGING = 300.0
 DEFAULT_MAX_FDB = 4096
-MACVLAN_MODES = ("bridge", "private", "vepa", "passthru", "source")
-IPVLAN_MODES = ("l2", "l3", "l3s")
-BOND_MODES = (
-    "balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb",
-    "balance-alb",
-)  # fmt: skip
-TEAM_RUNNERS = ("activebackup", "roundrobin", "loadbalance", "broadcast", "lacp", "random")
-VLAN_PROTOCOLS = ("802.1Q", "802.1ad")
-MASTER_KINDS = ("bridge", "bond", "team")
 SAVE_CONFIG_WARNING = "SaveConfig is not supported; the file is never rewritten"
 
 
@@ -146,131 +152,6 @@ class SegmentConfig:
     aging: float  # seconds a learnt MAC stays in the FDB
     max_fdb: int  # learnt FDB entries at most
     line: int = 0  # line of the [Segment NAME] header
-
-
-@dataclass(frozen=True, kw_only=True)
-class LinkConfig:
-    """What every topology section has. ``kind`` is the Linux link kind (``ip link ... type``).
-
-    ``namespace``: where the link ends up (None: tunnelpyd's own namespace). A VLAN, MACVLAN,
-    IPVLAN or VXLAN with ``Link`` is created beside its parent and moved there; its default is
-    the parent's namespace. For a veth pair it is where the *peer* end goes.
-    """
-
-    KIND: ClassVar[str] = ""
-    name: str
-    namespace: str | None = None
-    master: str | None = None  # enslave to this bridge, bond or team
-    addresses: tuple[IPInterface, ...] = ()
-    mtu: int | None = None
-    line: int = 0
-
-    @property
-    def kind(self) -> str:
-        return self.KIND
-
-    @property
-    def parent(self) -> str | None:
-        """The lower device this link is created on (``ip link add ... link PARENT``)."""
-        return None
-
-    @property
-    def ports(self) -> tuple[str, ...]:
-        return ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class BridgeConfig(LinkConfig):
-    KIND: ClassVar[str] = "bridge"
-    port_names: tuple[str, ...] = ()
-    stp: bool = False
-    vlan_filtering: bool = False
-
-    @property
-    def ports(self) -> tuple[str, ...]:
-        return self.port_names
-
-
-@dataclass(frozen=True, kw_only=True)
-class VethConfig(LinkConfig):
-    KIND: ClassVar[str] = "veth"
-    peer: str = ""  # the other end's name; it goes to ``namespace``
-    peer_addresses: tuple[IPInterface, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True)
-class VLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "vlan"
-    link: str = ""
-    vlan_id: int = 0
-    protocol: str = "802.1Q"  # or 802.1ad
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
-@dataclass(frozen=True, kw_only=True)
-class VXLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "vxlan"
-    vni: int = 0
-    remote: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-    group: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-    local: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-    dst_port: int = VXLAN_PORT
-    link: str | None = None
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
-@dataclass(frozen=True, kw_only=True)
-class MACVLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "macvlan"
-    link: str = ""
-    mode: str = "bridge"  # bridge, private, vepa, passthru, source
-    source_macs: tuple[bytes, ...] = ()
-    mac: bytes | None = None
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
-@dataclass(frozen=True, kw_only=True)
-class IPVLANConfig(LinkConfig):
-    KIND: ClassVar[str] = "ipvlan"
-    link: str = ""
-    mode: str = "l3"  # l2, l3, l3s
-
-    @property
-    def parent(self) -> str | None:
-        return self.link
-
-
-@dataclass(frozen=True, kw_only=True)
-class BondConfig(LinkConfig):
-    KIND: ClassVar[str] = "bond"
-    mode: str = "active-backup"
-    miimon: int = 100
-    port_names: tuple[str, ...] = ()
-    primary: str | None = None
-
-    @property
-    def ports(self) -> tuple[str, ...]:
-        return self.port_names
-
-
-@dataclass(frozen=True, kw_only=True)
-class TeamConfig(LinkConfig):
-    KIND: ClassVar[str] = "team"
-    runner: str = "activebackup"
-    port_names: tuple[str, ...] = ()
-
-    @property
-    def ports(self) -> tuple[str, ...]:
-        return self.port_names
 
 
 @dataclass(frozen=True)
@@ -1149,13 +1030,6 @@ def _check_segments(
             seen[mac] = line
 
 
-def _required(section: RawSection, ctx: _Context, key: str, expected: str) -> Any:
-    item = section.get(key)
-    if item is None:
-        raise ctx.error(section.line, section.where(key), f"missing, expected {key} = {expected}")
-    return item[1]
-
-
 def _link_common(section: RawSection, ctx: _Context) -> dict[str, Any]:
     """The keys every topology section shares; the name is checked as an interface name."""
     assert section.name is not None  # named=True
@@ -1177,124 +1051,6 @@ def _link_common(section: RawSection, ctx: _Context) -> dict[str, Any]:
     }
 
 
-def _build_bridge(section: RawSection, ctx: _Context) -> BridgeConfig:
-    return BridgeConfig(
-        **_link_common(section, ctx),
-        port_names=tuple(p for _, p in section.all("Ports")),
-        stp=section.value("STP", False),
-        vlan_filtering=section.value("VLANFiltering", False),
-    )
-
-
-def _build_veth(section: RawSection, ctx: _Context) -> VethConfig:
-    return VethConfig(
-        **_link_common(section, ctx),
-        peer=_required(section, ctx, "Peer", "NAME of the other end"),
-        peer_addresses=tuple(a for _, a in section.all("PeerAddress")),
-    )
-
-
-def _build_vlan(section: RawSection, ctx: _Context) -> VLANConfig:
-    return VLANConfig(
-        **_link_common(section, ctx),
-        link=_required(section, ctx, "Link", "the parent interface"),
-        vlan_id=_required(section, ctx, "Id", "1-4094"),
-        protocol=section.value("Protocol", "802.1Q"),
-    )
-
-
-def _build_vxlan(section: RawSection, ctx: _Context) -> VXLANConfig:
-    vni = _required(section, ctx, "VNI", "1-16777215")
-    remote, group, local = (section.get(k) for k in ("Remote", "Group", "Local"))
-    if group is not None and not group[1].is_multicast:
-        raise ctx.error(
-            group[0],
-            section.where("Group"),
-            f"{group[1]} is not multicast, expected a group address",
-        )
-    if remote is not None and remote[1].is_multicast:
-        raise ctx.error(
-            remote[0],
-            section.where("Remote"),
-            f"{remote[1]} is multicast, expected a unicast address (or Group = {remote[1]})",
-        )
-    far = remote or group
-    if far is not None and local is not None and far[1].version != local[1].version:
-        raise ctx.error(
-            local[0],
-            section.where("Local"),
-            f"{local[1]} and {far[1]} are of different IP versions, expected the same",
-        )
-    return VXLANConfig(
-        **_link_common(section, ctx),
-        vni=vni,
-        remote=remote[1] if remote else None,
-        group=group[1] if group else None,
-        local=local[1] if local else None,
-        dst_port=section.value("DstPort", VXLAN_PORT),
-        link=section.value("Link"),
-    )
-
-
-def _build_macvlan(section: RawSection, ctx: _Context) -> MACVLANConfig:
-    mode = section.value("Mode", "bridge")
-    sources = section.all("SourceMACs")
-    if sources and mode != "source":
-        raise ctx.error(
-            sources[0][0],
-            section.where("SourceMACs"),
-            f"only used with Mode = source, expected no SourceMACs with Mode = {mode}",
-        )
-    if mode == "source" and not sources:
-        raise ctx.error(
-            section.line,
-            section.where("SourceMACs"),
-            "missing, Mode = source needs SourceMACs = aa:bb:cc:dd:ee:ff, ...",
-        )
-    return MACVLANConfig(
-        **_link_common(section, ctx),
-        link=_required(section, ctx, "Link", "the parent interface"),
-        mode=mode,
-        source_macs=tuple(dict.fromkeys(m for _, m in sources)),
-        mac=section.value("MACAddress"),
-    )
-
-
-def _build_ipvlan(section: RawSection, ctx: _Context) -> IPVLANConfig:
-    return IPVLANConfig(
-        **_link_common(section, ctx),
-        link=_required(section, ctx, "Link", "the parent interface"),
-        mode=section.value("Mode", "l3"),
-    )
-
-
-def _build_bond(section: RawSection, ctx: _Context) -> BondConfig:
-    ports = tuple(p for _, p in section.all("Ports"))
-    primary = section.get("Primary")
-    if primary is not None and primary[1] not in ports:
-        raise ctx.error(
-            primary[0],
-            section.where("Primary"),
-            f"{_show(primary[1])} is not one of the bond's Ports, expected one of: "
-            f"{', '.join(ports) or 'none given'}",
-        )
-    return BondConfig(
-        **_link_common(section, ctx),
-        mode=section.value("Mode", "active-backup"),
-        miimon=section.value("Miimon", 100),
-        port_names=ports,
-        primary=primary[1] if primary else None,
-    )
-
-
-def _build_team(section: RawSection, ctx: _Context) -> TeamConfig:
-    return TeamConfig(
-        **_link_common(section, ctx),
-        runner=section.value("Runner", "activebackup"),
-        port_names=tuple(p for _, p in section.all("Ports")),
-    )
-
-
 def _check_topology(
     interface: InterfaceConfig,
     segments: list[tuple[RawSection, SegmentConfig]],
@@ -1314,8 +1070,9 @@ def _check_topology(
     by_name: dict[str, tuple[RawSection, LinkConfig]] = {}
     for section, link in links:
         names = [(link.name, section.line, section.spec.name)]
-        if isinstance(link, VethConfig):
-            names.append((link.peer, line_of(section, "Peer"), "Veth.Peer"))
+        if link.pair is not None:
+            key = kinds.of(link.kind).pair_key
+            names.append((link.pair, line_of(section, key), section.where(key)))
         for name, line, where in names:
             if name in named:
                 what, first = named[name]
@@ -1327,9 +1084,7 @@ def _check_topology(
                 )
             named[name] = (f"[{section.spec.name} {link.name}]", section.line)
         by_name[link.name] = (section, link)
-    peer_ends = {
-        link.peer: (section, link) for section, link in links if isinstance(link, VethConfig)
-    }
+    peer_ends = {link.pair: (section, link) for section, link in links if link.pair is not None}
 
     def home(name: str) -> str | None:
         """The namespace a named link ends up in (None: tunnelpyd's, or unknown = host link)."""
@@ -1337,7 +1092,7 @@ def _check_topology(
         while name in by_name and name not in seen:
             seen.add(name)
             link = by_name[name][1]
-            if isinstance(link, VethConfig):
+            if link.pair is not None:
                 return None  # the local end stays
             if link.namespace is not None or link.parent is None:
                 return link.namespace
@@ -1346,16 +1101,17 @@ def _check_topology(
             return peer_ends[name][1].namespace
         return None
 
-    # Parents: no cycles, no TUN, not the parent of passthru twice, never also a port.
-    passthru: dict[str, int] = {}
+    # Parents: no cycles, no TUN, what the kind itself asks (one passthru child), never a port.
+    with_parent: list[tuple[RawSection, LinkConfig]] = []
     for section, link in links:
         parent = link.parent
         if parent is None:
             continue
+        kind = kinds.of(link.kind)
         where, line = section.where("Link"), line_of(section, "Link")
         if parent == link.name:
             raise ctx.error(line, where, f"{link.name!r} cannot be its own parent")
-        if parent == interface.name and link.kind != "vxlan":
+        if parent == interface.name and not kind.l3_parent:
             raise ctx.error(
                 line,
                 where,
@@ -1369,15 +1125,8 @@ def _check_topology(
                 )
             chain.append(cursor)
             cursor = by_name[cursor][1].parent  # type: ignore[assignment]
-        if isinstance(link, MACVLANConfig) and link.mode == "passthru":
-            if parent in passthru:
-                raise ctx.error(
-                    line,
-                    where,
-                    f"{parent!r} already has a passthru MACVLAN (line {passthru[parent]}), "
-                    "expected one passthru child per parent",
-                )
-            passthru[parent] = section.line
+        kind.check_parent(section, link, with_parent, ctx)
+        with_parent.append((section, link))
     # Masters and ports: one master per port, same namespace, masters that can be masters.
     master_of: dict[str, tuple[str, int]] = {}
     for section, link in links:
@@ -1406,7 +1155,7 @@ def _check_topology(
         if link.master == link.name:
             raise ctx.error(line, where, f"{link.name!r} cannot be its own master")
         other = by_name.get(link.master)
-        if other is not None and other[1].kind not in MASTER_KINDS:
+        if other is not None and not kinds.of(other[1].kind).master:
             raise ctx.error(
                 line,
                 where,
@@ -1426,7 +1175,7 @@ def _check_topology(
             continue
         bridge = by_name.get(seg.bridge)
         line = line_of(section, "Bridge")
-        if bridge is not None and bridge[1].kind != "bridge":
+        if bridge is not None and not kinds.of(bridge[1].kind).switch:
             raise ctx.error(
                 line,
                 section.where("Bridge"),
@@ -1458,11 +1207,12 @@ def _check_topology(
             )
     # A device that carries MACVLAN/IPVLAN children cannot also be a port (one rx handler).
     for section, link in links:
-        if isinstance(link, (MACVLANConfig, IPVLANConfig)) and link.link in master_of:
+        parent = link.parent
+        if kinds.of(link.kind).rx_handler and parent is not None and parent in master_of:
             raise ctx.error(
                 line_of(section, "Link"),
                 section.where("Link"),
-                f"{link.link!r} is a port of {master_of[link.link][0]!r}, expected a parent that "
+                f"{parent!r} is a port of {master_of[parent][0]!r}, expected a parent that "
                 f"is not enslaved (the kernel allows a {link.kind} or a master, not both)",
             )
     # Addresses on ports are silently useless: say so (the seed note's classic mistake).
@@ -1474,11 +1224,12 @@ def _check_topology(
                 f"{link.name!r} is a port of {master_of[link.name][0]!r}: an address on a port "
                 "is not used, put it on the master",
             )
-        if isinstance(link, VethConfig) and link.peer_addresses and link.peer in master_of:
+        if link.pair is not None and link.pair_addresses and link.pair in master_of:
+            key = kinds.of(link.kind).pair_address_key
             ctx.warn(
-                line_of(section, "PeerAddress"),
-                section.where("PeerAddress"),
-                f"{link.peer!r} is a port of {master_of[link.peer][0]!r}: an address on a port "
+                line_of(section, key),
+                section.where(key),
+                f"{link.pair!r} is a port of {master_of[link.pair][0]!r}: an address on a port "
                 "is not used, put it on the master",
             )
 
@@ -1551,81 +1302,49 @@ _SEGMENT = SectionSpec(
 )
 
 
-def _topology_spec(
-    name: str, build: Callable[[RawSection, _Context], LinkConfig], *keys: KeySpec, **kw: Any
-) -> SectionSpec:
+# The value parsers a topology kind's keys name (``kinds.Key.value``).
+LINK_VALUES: dict[str, Callable[[str, _Context], Any]] = {
+    "ifname": _ifname,
+    "address": _address,
+    "yes_no": _yes_no,
+    "vlan_id": _vlan_id,
+    "vni": _vni,
+    "ip": _ip,
+    "port": _dst_port,
+    "unicast_mac": _unicast_mac,
+    "miimon": _miimon,
+}
+
+
+def _link_key(key: kinds.Key) -> KeySpec:
+    if isinstance(key.value, kinds.Choice):
+        return KeySpec(key.name, _choice(key.value.options, key.value.what), multi=key.multi)
+    return KeySpec(key.name, LINK_VALUES[key.value], multi=key.multi)
+
+
+def _topology_spec(kind: kinds.LinkKind) -> SectionSpec:
+    """A topology kind's section: its own keys, then the ones every topology section has."""
     common = (
         KeySpec("Namespace", _namespace),
         KeySpec("Master", _ifname),
         KeySpec("Address", _address, multi=True),
         KeySpec("MTU", _link_mtu),
     )
+
+    def build(section: RawSection, ctx: _Context) -> LinkConfig:
+        return kind.build(section, ctx, lambda: _link_common(section, ctx))
+
     return SectionSpec(
-        name=name, keys=keys + common, build=build, named=True, repeatable=True, **kw
+        name=kind.section,
+        keys=tuple(_link_key(k) for k in kind.keys) + common,
+        build=build,
+        named=True,
+        repeatable=True,
+        exclusive=kind.exclusive,
     )
 
 
-_TOPOLOGY = (
-    _topology_spec(
-        "Bridge",
-        _build_bridge,
-        KeySpec("Ports", _ifname, multi=True),
-        KeySpec("STP", _yes_no),
-        KeySpec("VLANFiltering", _yes_no),
-    ),
-    _topology_spec(
-        "Veth",
-        _build_veth,
-        KeySpec("Peer", _ifname),
-        KeySpec("PeerAddress", _address, multi=True),
-    ),
-    _topology_spec(
-        "VLAN",
-        _build_vlan,
-        KeySpec("Link", _ifname),
-        KeySpec("Id", _vlan_id),
-        KeySpec("Protocol", _choice(VLAN_PROTOCOLS, "a VLAN protocol")),
-    ),
-    _topology_spec(
-        "VXLAN",
-        _build_vxlan,
-        KeySpec("VNI", _vni),
-        KeySpec("Remote", _ip),
-        KeySpec("Group", _ip),
-        KeySpec("Local", _ip),
-        KeySpec("DstPort", _dst_port),
-        KeySpec("Link", _ifname),
-        exclusive=(("Remote", "Group"),),
-    ),
-    _topology_spec(
-        "MACVLAN",
-        _build_macvlan,
-        KeySpec("Link", _ifname),
-        KeySpec("Mode", _choice(MACVLAN_MODES, "a MACVLAN mode")),
-        KeySpec("SourceMACs", _unicast_mac, multi=True),
-        KeySpec("MACAddress", _unicast_mac),
-    ),
-    _topology_spec(
-        "IPVLAN",
-        _build_ipvlan,
-        KeySpec("Link", _ifname),
-        KeySpec("Mode", _choice(IPVLAN_MODES, "an IPVLAN mode")),
-    ),
-    _topology_spec(
-        "Bond",
-        _build_bond,
-        KeySpec("Mode", _choice(BOND_MODES, "a bonding mode")),
-        KeySpec("Miimon", _miimon),
-        KeySpec("Ports", _ifname, multi=True),
-        KeySpec("Primary", _ifname),
-    ),
-    _topology_spec(
-        "Team",
-        _build_team,
-        KeySpec("Runner", _choice(TEAM_RUNNERS, "a teamd runner")),
-        KeySpec("Ports", _ifname, multi=True),
-    ),
-)
+_TOPOLOGY = tuple(_topology_spec(kind) for kind in kinds.KINDS.values())
 TOPOLOGY_SECTIONS = tuple(spec.name for spec in _TOPOLOGY)
 
 SECTIONS: dict[str, SectionSpec] = {

@@ -29,17 +29,8 @@ import sys
 from dataclasses import dataclass, field
 
 from . import config as cfgmod
-from .config import (
-    BondConfig,
-    BridgeConfig,
-    Config,
-    IPVLANConfig,
-    MACVLANConfig,
-    TeamConfig,
-    VethConfig,
-    VLANConfig,
-    VXLANConfig,
-)
+from .config import Config
+from .netlink import kinds
 from .netlink import plan as planmod
 
 OWN = ""  # the namespace key for tunnelpyd's own namespace
@@ -108,38 +99,15 @@ def build_picture(conf: Config) -> Picture:
         node = Node(link.name, ns, link.kind, addresses=[str(a) for a in link.addresses])
         node.master = link.master
         node.parent = link.parent
-        if isinstance(link, BridgeConfig):
-            node.detail = ", ".join(
-                x for x, on in (("STP", link.stp), ("VLAN filtering", link.vlan_filtering)) if on
-            )
-        elif isinstance(link, VethConfig):
-            node.pair = link.peer
-            peer_ns = link.namespace or OWN
-            nodes[link.peer] = Node(
-                link.peer, peer_ns, "veth", addresses=[str(a) for a in link.peer_addresses],
-                pair=link.name,
+        kind = kinds.of(link.kind)
+        node.detail = kind.detail(link)
+        node.far = kind.far(link)
+        if link.pair is not None:
+            node.pair = link.pair
+            nodes[link.pair] = Node(
+                link.pair, link.namespace or OWN, link.kind,
+                addresses=[str(a) for a in link.pair_addresses], pair=link.name,
             )  # fmt: skip
-        elif isinstance(link, VLANConfig):
-            node.detail = f"id {link.vlan_id}" + (
-                f" {link.protocol}" if link.protocol != "802.1Q" else ""
-            )
-        elif isinstance(link, VXLANConfig):
-            far = link.remote or link.group
-            node.detail = f"VNI {link.vni}, port {link.dst_port}"
-            if far is not None:
-                node.far = [(f"VTEP {far}", f"VNI {link.vni}")]
-        elif isinstance(link, MACVLANConfig):
-            node.detail = f"mode {link.mode}"
-            if link.source_macs:
-                node.detail += " from " + ", ".join(m.hex(":") for m in link.source_macs)
-        elif isinstance(link, IPVLANConfig):
-            node.detail = f"mode {link.mode}"
-        elif isinstance(link, BondConfig):
-            node.detail = f"{link.mode}, miimon {link.miimon}" + (
-                f", primary {link.primary}" if link.primary else ""
-            )
-        elif isinstance(link, TeamConfig):
-            node.detail = f"teamd {link.runner}"
         nodes[link.name] = node
     # ports named only in a master's Ports list, and pre-existing parents/masters
     for link in conf.topology:
@@ -148,8 +116,8 @@ def build_picture(conf: Config) -> Picture:
                 nodes[port].master = link.name
             else:
                 nodes[port] = Node(port, final.get(link.name, OWN), "existing", master=link.name)
-    for ns, name, _ in plan.existing:
-        nodes.setdefault(name, Node(name, ns or OWN, "existing"))
+    for used_ns, name, _ in plan.existing:
+        nodes.setdefault(name, Node(name, used_ns or OWN, "existing"))
     for node in list(nodes.values()):
         if node.parent is not None and node.parent not in nodes:
             nodes[node.parent] = Node(node.parent, OWN, "existing")
@@ -243,15 +211,13 @@ def render_text(pic: Picture) -> str:
 # --------------------------------------------------------------------------------------------
 # DOT
 
-_SHAPES = {
-    "tun": "box3d",
-    "tap": "box3d",
-    "bridge": "box",
-    "bond": "box",
-    "team": "box",
-    "veth": "ellipse",
-    "existing": "box",
-}
+_SHAPES = {"tun": "box3d", "tap": "box3d", "existing": "box"}  # nodes that are not link kinds
+
+
+def _shape(kind: str) -> str:
+    if kind in _SHAPES:
+        return _SHAPES[kind]
+    return kinds.KINDS[kind].shape if kind in kinds.KINDS else "box"
 
 
 def _q(text: str) -> str:
@@ -278,7 +244,7 @@ def render_dot(pic: Picture) -> str:
             text = "\n".join(
                 x for x in (f"{node.name}", node.kind, node.detail, *node.addresses) if x
             )
-            shape = _SHAPES.get(node.kind, "box")
+            shape = _shape(node.kind)
             style = ', style="rounded,dashed"' if node.kind == "existing" else ""
             lines.append(f"    {_q(node.name)} [label={_q(text)}, shape={shape}{style}];")
         lines.append("  }")

@@ -1,7 +1,7 @@
 """Addresses, MTU, link state, routes and policy rules of the tunnel device, through pyroute2.
 
 Everything here is blocking netlink I/O: the daemon calls it from an executor thread with a
-synchronous IPRoute (pyroute2's AsyncIPRoute does not work under uvloop, see PROTOCOL.md).
+synchronous IPRoute (pyroute2's AsyncIPRoute does not work under uvloop).
 
 Routes follow wg-quick: one route per AllowedIPs prefix via the tunnel, in the main table or the
 configured `Table`; `Table = off` adds none. A default route (/0) is installed wg-quick style,

@@ -31,67 +31,18 @@ kernel by ``topology.validate`` and are only enslaved and brought up, never dele
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from tunnelpy import config as cfgmod
-from tunnelpy.config import (
-    BondConfig,
-    BridgeConfig,
-    Config,
-    IPVLANConfig,
-    LinkConfig,
-    MACVLANConfig,
-    TeamConfig,
-    VethConfig,
-    VLANConfig,
-    VXLANConfig,
-)
+from tunnelpy.config import Config, LinkConfig
 
-# Step operations, in the order their phases run.
-NETNS = "netns"
-LINK = "link"
-MOVE = "move"
-TEAMD = "teamd"
-MASTER = "master"
-PRIMARY = "primary"
-UP = "up"
-ADDRESS = "address"
-OPS = (NETNS, LINK, MOVE, TEAMD, MASTER, PRIMARY, UP, ADDRESS)
-
-IPVLAN_MODE_NUMBERS = {"l2": 0, "l3": 1, "l3s": 2}  # IFLA_IPVLAN_MODE (pyroute2 wants the number)
-VLAN_PROTOCOL_NUMBERS = {"802.1Q": 0x8100, "802.1ad": 0x88A8}
-TEAMD_RUNNERS = cfgmod.TEAM_RUNNERS
-
-
-@dataclass(frozen=True)
-class Step:
-    """One thing to do. ``attrs`` holds the op's details as sorted (key, value) pairs of plain
-    JSON-able values, so a Step is hashable, comparable and printable."""
-
-    op: str
-    name: str  # the interface acted on (for ``netns``: the namespace)
-    ns: str | None = None  # where it runs; None: tunnelpyd's own namespace
-    attrs: tuple[tuple[str, Any], ...] = ()
-    line: int = 0  # the config line it comes from
-    what: str = ""  # one human sentence
-
-    def get(self, key: str, default: Any = None) -> Any:
-        for k, v in self.attrs:
-            if k == key:
-                return v
-        return default
-
-    @property
-    def kind(self) -> str | None:
-        return self.get("kind")
-
-
-def _attrs(**kw: Any) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((k, v) for k, v in kw.items() if v is not None and v != ()))
+from . import kinds
+from .kinds import ip_argv as _ip
+from .kinds import teamd_config as teamd_config
+from .step import ADDRESS, LINK, MASTER, MOVE, NETNS, OPS, PRIMARY, TEAMD, UP, Step  # noqa: F401
+from .step import attrs as _attrs
 
 
 @dataclass(frozen=True)
@@ -112,10 +63,8 @@ class Plan:
         """(kind, mode) pairs the kernel must support: what ``validate`` probes."""
         found: set[tuple[str, str | None]] = set()
         for step in self.steps:
-            if step.op == LINK:
+            if step.op in (LINK, TEAMD):
                 found.add((step.get("kind"), step.get("mode")))
-            elif step.op == TEAMD:
-                found.add(("team", None))
         return found
 
     @property
@@ -123,15 +72,11 @@ class Plan:
         return tuple(s.name for s in self.steps if s.op == NETNS)
 
 
-def _mac(mac: bytes | None) -> str | None:
-    return None if mac is None else mac.hex(":")
-
-
 def _sorted_links(links: Iterable[LinkConfig]) -> list[LinkConfig]:
     """Parents before children, file order otherwise (config has already refused loops)."""
     pending = list(links)
     names = {link.name for link in pending}
-    peer_of = {link.peer: link.name for link in pending if isinstance(link, VethConfig)}
+    peer_of = {link.pair: link.name for link in pending if link.pair is not None}
     done: set[str] = set()
     out: list[LinkConfig] = []
     while pending:
@@ -151,7 +96,7 @@ def build(conf: Config) -> Plan:
     """The plan for ``conf``'s topology. Pure: reads nothing but ``conf``."""
     links = list(conf.topology)
     by_name = {link.name: link for link in links}
-    peer_ends = {link.peer: link for link in links if isinstance(link, VethConfig)}
+    peer_ends = {link.pair: link for link in links if link.pair is not None}
     provided = frozenset({conf.interface.name} | {s.device for s in conf.segments})
     final: dict[str, str | None] = {}  # where each link made here ends up
 
@@ -181,29 +126,15 @@ def build(conf: Config) -> Plan:
         if parent is not None and parent not in by_name and parent not in peer_ends:
             if parent not in provided:
                 existing.setdefault((None, parent), link.line)
-        if isinstance(link, TeamConfig):
-            final[link.name] = link.namespace
-            steps.append(
-                Step(
-                    TEAMD,
-                    link.name,
-                    link.namespace,
-                    _attrs(kind="team", runner=link.runner, mtu=link.mtu),
-                    link.line,
-                    f"team {link.name} ({link.runner} runner) through teamd",
-                )
-            )
-            created.append((link.namespace, link.name))
-            continue
         home = where(parent) if parent is not None else link.namespace
-        if isinstance(link, VethConfig):
-            home = None
-        steps.append(_link_step(link, home))
+        if link.pair is not None:
+            home = None  # the local end stays; the other end is made in link.namespace
+        steps.append(kinds.of(link.kind).create_step(link, home))
         final[link.name] = home
         created.append((home, link.name))
-        if isinstance(link, VethConfig):
-            created.append((link.namespace, link.peer))
-            final[link.peer] = link.namespace
+        if link.pair is not None:
+            created.append((link.namespace, link.pair))
+            final[link.pair] = link.namespace
         elif parent is not None and link.namespace is not None and link.namespace != home:
             steps.append(
                 Step(
@@ -249,17 +180,7 @@ def build(conf: Config) -> Plan:
             )
         )
     for link in links:
-        if isinstance(link, BondConfig) and link.primary is not None:
-            steps.append(
-                Step(
-                    PRIMARY,
-                    link.name,
-                    final[link.name],
-                    _attrs(primary=link.primary),
-                    link.line,
-                    f"{link.primary} is the primary port of {link.name}",
-                )
-            )
+        steps += kinds.of(link.kind).port_steps(link, final[link.name])
 
     # 4. up: what was made here, then the pre-existing ports it uses
     for ns, name in created:
@@ -273,9 +194,9 @@ def build(conf: Config) -> Plan:
     for link in links:
         for address in link.addresses:
             steps.append(_address_step(link.name, final[link.name], address, link.line))
-        if isinstance(link, VethConfig):
-            for address in link.peer_addresses:
-                steps.append(_address_step(link.peer, link.namespace, address, link.line))
+        if link.pair is not None:
+            for address in link.pair_addresses:
+                steps.append(_address_step(link.pair, link.namespace, address, link.line))
 
     return Plan(
         path=conf.path,
@@ -289,7 +210,7 @@ def build(conf: Config) -> Plan:
 
 def _line_of(links: list[LinkConfig], name: str) -> int:
     for link in links:
-        if link.name == name or (isinstance(link, VethConfig) and link.peer == name):
+        if name in (link.name, link.pair):
             return link.line
     return 0
 
@@ -298,83 +219,26 @@ def _address_step(name: str, ns: str | None, address: cfgmod.IPInterface, line: 
     return Step(ADDRESS, name, ns, _attrs(address=str(address)), line, f"{address} on {name}")
 
 
-def _link_step(link: LinkConfig, ns: str | None) -> Step:
-    common: dict[str, Any] = {"kind": link.kind, "mtu": link.mtu}
-    what = f"{link.kind} {link.name}"
-    if isinstance(link, BridgeConfig):
-        common.update(stp=link.stp, vlan_filtering=link.vlan_filtering)
-    elif isinstance(link, VethConfig):
-        common.update(peer=link.peer, peer_ns=link.namespace)
-        what += f" <-> {link.peer}" + (f" (in {link.namespace})" if link.namespace else "")
-    elif isinstance(link, VLANConfig):
-        common.update(link=link.link, vlan_id=link.vlan_id, protocol=link.protocol)
-        what += f" on {link.link}, VLAN {link.vlan_id}"
-    elif isinstance(link, VXLANConfig):
-        common.update(
-            vni=link.vni,
-            remote=None if link.remote is None else str(link.remote),
-            group=None if link.group is None else str(link.group),
-            local=None if link.local is None else str(link.local),
-            dst_port=link.dst_port,
-            link=link.link,
-        )
-        what += f", VNI {link.vni}"
-    elif isinstance(link, MACVLANConfig):
-        common.update(
-            link=link.link,
-            mode=link.mode,
-            source_macs=tuple(m.hex(":") for m in link.source_macs),
-            mac=_mac(link.mac),
-        )
-        what += f" on {link.link}, mode {link.mode}"
-    elif isinstance(link, IPVLANConfig):
-        common.update(link=link.link, mode=link.mode)
-        what += f" on {link.link}, mode {link.mode}"
-    elif isinstance(link, BondConfig):
-        common.update(mode=link.mode, miimon=link.miimon)
-        what += f", mode {link.mode}"
-    return Step(LINK, link.name, ns, _attrs(**common), link.line, what)
-
-
 # --------------------------------------------------------------------------------------------
 # Rendering: the commands a person would type for each step
-
-
-def _ip(ns: str | None) -> list[str]:
-    return ["ip"] if ns is None else ["ip", "-n", ns]
-
-
-def _in_ns(ns: str | None, argv: list[str]) -> list[str]:
-    return argv if ns is None else ["ip", "netns", "exec", ns, *argv]
 
 
 def _join(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
-def teamd_config(runner: str) -> str:
-    """The JSON teamd is started with (link watch by ethtool, as in the seed note)."""
-    return json.dumps({"runner": {"name": runner}, "link_watch": {"name": "ethtool"}})
-
-
 def commands(step: Step) -> list[str]:
     """The shell commands equivalent to ``step`` (what ``tunnelpy plan`` prints)."""
-    ip, name, ns = _ip(step.ns), step.name, step.ns
+    ip, name = _ip(step.ns), step.name
     if step.op == NETNS:
         return [_join(["ip", "netns", "add", name])]
-    if step.op == LINK:
-        return _link_commands(step)
+    if step.op in (LINK, TEAMD):
+        return kinds.of(step.kind).commands(step)
     if step.op == MOVE:
         return [_join([*ip, "link", "set", name, "netns", step.get("to")])]
-    if step.op == TEAMD:
-        argv = ["teamd", "-d", "-t", name, "-c", teamd_config(step.get("runner"))]
-        out = [_join(_in_ns(ns, argv))]
-        if step.get("mtu"):
-            out.append(_join([*ip, "link", "set", name, "mtu", str(step.get("mtu"))]))
-        return out
     if step.op == MASTER:
         set_master = _join([*ip, "link", "set", name, "master", step.get("master")])
-        if step.get("master_kind") in ("bond", "team"):  # both want their ports down
+        if kinds.ports_down(step.get("master_kind")):  # bond and team want their ports down
             return [_join([*ip, "link", "set", name, "down"]), set_master]
         return [set_master]
     if step.op == PRIMARY:
@@ -386,65 +250,6 @@ def commands(step: Step) -> list[str]:
     raise ValueError(f"unknown step op {step.op!r}")
 
 
-def _link_commands(step: Step) -> list[str]:
-    kind, name = step.get("kind"), step.name
-    argv = [*_ip(step.ns), "link", "add", name]
-    if kind != "vxlan" and step.get("link"):
-        argv += ["link", step.get("link")]
-    if step.get("mtu"):
-        argv += ["mtu", str(step.get("mtu"))]
-    if step.get("mac"):
-        argv += ["address", step.get("mac")]
-    argv += ["type", kind]
-    extra: list[str] = []
-    if kind == "bridge":
-        if step.get("stp"):
-            argv += ["stp_state", "1"]
-        if step.get("vlan_filtering"):
-            argv += ["vlan_filtering", "1"]
-    elif kind == "veth":
-        argv += ["peer", "name", step.get("peer")]
-        if step.get("mtu"):
-            argv += ["mtu", str(step.get("mtu"))]
-        if step.get("peer_ns"):
-            argv += ["netns", step.get("peer_ns")]
-    elif kind == "vlan":
-        if step.get("protocol", "802.1Q") != "802.1Q":
-            argv += ["protocol", step.get("protocol")]
-        argv += ["id", str(step.get("vlan_id"))]
-    elif kind == "vxlan":
-        argv += ["id", str(step.get("vni"))]
-        for key in ("remote", "group", "local"):
-            if step.get(key):
-                argv += [key, step.get(key)]
-        argv += ["dstport", str(step.get("dst_port"))]
-        if step.get("link"):
-            argv += ["dev", step.get("link")]
-    elif kind == "macvlan":
-        argv += ["mode", step.get("mode")]
-        if step.get("source_macs"):
-            extra.append(
-                _join(
-                    [
-                        *_ip(step.ns),
-                        "link",
-                        "set",
-                        name,
-                        "type",
-                        "macvlan",
-                        "macaddr",
-                        "set",
-                        *step.get("source_macs"),
-                    ]
-                )  # fmt: skip
-            )
-    elif kind == "ipvlan":
-        argv += ["mode", step.get("mode")]
-    elif kind == "bond":
-        argv += ["mode", step.get("mode"), "miimon", str(step.get("miimon"))]
-    return [_join(argv), *extra]
-
-
 def undo_commands(step: Step, made_here: bool = True, final_ns: str | None = None) -> list[str]:
     """What undoing ``step`` amounts to, as commands (for the ``tunnelpy plan`` listing).
 
@@ -453,12 +258,10 @@ def undo_commands(step: Step, made_here: bool = True, final_ns: str | None = Non
     ip, name = _ip(step.ns), step.name
     if step.op == NETNS:
         return [_join(["ip", "netns", "del", name]) + "   # only if tunnelpyd created it"]
-    if step.op == LINK:
-        return [_join([*_ip(final_ns), "link", "del", name])]
+    if step.op in (LINK, TEAMD):
+        return kinds.of(step.kind).undo_commands(step, final_ns)
     if step.op == MOVE:
         return []  # the link is deleted where it ended up
-    if step.op == TEAMD:
-        return [_join(_in_ns(step.ns, ["teamd", "-k", "-t", name]))]
     if step.op == MASTER and not made_here:
         return [_join([*ip, "link", "set", name, "nomaster"]) + "   # its old master, if any, back"]
     if step.op == UP and not made_here:

@@ -5,7 +5,7 @@ Theory of operation
 ``Topology(conf)`` holds the pure ``plan.Plan`` for a config and runs it against the kernel with
 synchronous pyroute2 ``IPRoute`` sockets, one per namespace (``IPRoute(netns=NAME, flags=0)``:
 flags=0 so a missing namespace is an error, never silently created). Every method blocks; the
-daemon calls them from an executor thread (see PROTOCOL.md on pyroute2 under uvloop).
+daemon calls them from an executor thread (pyroute2's AsyncIPRoute does not work under uvloop).
 
 The life cycle the daemon drives:
 
@@ -54,6 +54,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnelpy.config import Config
 
+from . import kinds
 from . import plan as planmod
 from .plan import Plan, Step
 
@@ -70,26 +71,9 @@ STATE_VERSION = 1
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 
-BOND_MODE_NUMBERS = {
-    "balance-rr": 0,
-    "active-backup": 1,
-    "balance-xor": 2,
-    "broadcast": 3,
-    "802.3ad": 4,
-    "balance-tlb": 5,
-    "balance-alb": 6,
-}
 # The module a kind lives in, for "the kernel lacks it" messages.
-KIND_MODULES = {
-    "vlan": "8021q",
-    "bond": "bonding",
-    "team": "team",
-    "ipvlan": "ipvlan",
-    "macvlan": "macvlan",
-    "vxlan": "vxlan",
-    "bridge": "bridge",
-    "veth": "veth",
-}
+KIND_MODULES = {name: kind.module for name, kind in kinds.KINDS.items()}
+PROBE_PARENT = "tpprobe-a"  # an Ethernet link in the probe's namespace, for kinds with a parent
 
 
 class TopologyError(Exception):
@@ -168,55 +152,14 @@ def _pid_starttime(pid: int) -> int | None:
 
 
 def _link_kwargs(step: Step, ipr: IPRoute) -> dict[str, Any]:
-    """pyroute2 ``link("add", ...)`` arguments for a LINK step."""
-    kind = step.get("kind")
-    kw: dict[str, Any] = {"ifname": step.name, "kind": kind}
-    if step.get("mtu"):
-        kw["mtu"] = step.get("mtu")
-    if step.get("mac"):
-        kw["address"] = step.get("mac")
-    parent = step.get("link")
+    """pyroute2 ``link("add", ...)`` arguments for a LINK step (its parent looked up here)."""
+    parent, index = step.get("link"), None
     if parent is not None:
         found = ipr.link_lookup(ifname=parent)
         if not found:
             raise TopologyError(f"parent {parent} does not exist")
-        kw["vxlan_link" if kind == "vxlan" else "link"] = found[0]
-    if kind == "bridge":
-        kw["br_stp_state"] = 1 if step.get("stp") else 0
-        if step.get("vlan_filtering"):
-            kw["br_vlan_filtering"] = 1
-    elif kind == "veth":
-        peer: dict[str, Any] = {"ifname": step.get("peer")}
-        if step.get("mtu"):
-            peer["mtu"] = step.get("mtu")
-        if step.get("peer_ns"):
-            peer["net_ns_fd"] = step.get("peer_ns")  # a name; _open_ns_fds makes it an fd
-        kw["peer"] = peer
-    elif kind == "vlan":
-        kw["vlan_id"] = step.get("vlan_id")
-        kw["vlan_protocol"] = planmod.VLAN_PROTOCOL_NUMBERS[step.get("protocol", "802.1Q")]
-    elif kind == "vxlan":
-        kw["vxlan_id"] = step.get("vni")
-        kw["vxlan_port"] = step.get("dst_port")
-        far = step.get("remote") or step.get("group")
-        if far:
-            kw["vxlan_group6" if ":" in far else "vxlan_group"] = far
-        local = step.get("local")
-        if local:
-            kw["vxlan_local6" if ":" in local else "vxlan_local"] = local
-    elif kind == "macvlan":
-        kw["macvlan_mode"] = step.get("mode")
-        if step.get("source_macs"):
-            kw["macvlan_macaddr_mode"] = "set"
-            kw["macvlan_macaddr_data"] = {
-                "attrs": [("IFLA_MACVLAN_MACADDR", mac) for mac in step.get("source_macs")]
-            }
-    elif kind == "ipvlan":
-        kw["ipvlan_mode"] = planmod.IPVLAN_MODE_NUMBERS[step.get("mode")]
-    elif kind == "bond":
-        kw["bond_mode"] = BOND_MODE_NUMBERS[step.get("mode")]
-        kw["bond_miimon"] = step.get("miimon")
-    return kw
+        index = found[0]
+    return kinds.of(step.kind).pyroute2_args(step, index)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,23 +168,7 @@ def _link_kwargs(step: Step, ipr: IPRoute) -> dict[str, Any]:
 
 def _probe_one(ipr: IPRoute, kind: str, mode: str | None, i: int) -> None:
     name = f"tpprobe{i}"
-    attrs: dict[str, Any] = {"kind": kind}
-    if kind in ("vlan", "macvlan", "ipvlan"):
-        attrs["link"] = "tpprobe-a"
-    if kind == "vlan":
-        attrs["vlan_id"] = 2
-    elif kind == "vxlan":
-        attrs.update(vni=1, dst_port=4789)
-    elif kind == "veth":
-        attrs["peer"] = f"tpprobe{i}p"
-    elif kind == "macvlan":
-        attrs["mode"] = mode or "bridge"
-        if mode == "source":
-            attrs["source_macs"] = ("02:00:00:00:00:01",)
-    elif kind == "ipvlan":
-        attrs["mode"] = mode or "l3"
-    elif kind == "bond":
-        attrs.update(mode="active-backup", miimon=100)
+    attrs = kinds.of(kind).probe_attrs(mode, name, PROBE_PARENT)
     step = Step(planmod.LINK, name, attrs=tuple(sorted(attrs.items())))
     ipr.link("add", **_link_kwargs(step, ipr))
     ipr.link("del", ifname=name)
@@ -254,13 +181,10 @@ def _probe_here(wanted: list[tuple[str, str | None]]) -> dict[str, str]:
     if libc.unshare(CLONE_NEWNET) != 0:
         return {"*\0": f"cannot probe the kernel: unshare: {os.strerror(ctypes.get_errno())}"}
     with IPRoute() as ipr:
-        ipr.link("add", ifname="tpprobe-a", kind="veth", peer={"ifname": "tpprobe-b"})
+        ipr.link("add", ifname=PROBE_PARENT, kind="veth", peer={"ifname": "tpprobe-b"})
         for i, (kind, mode) in enumerate(wanted):
             try:
-                if kind == "team":
-                    ipr.link("add", ifname=f"tpprobe{i}", kind="team")
-                else:
-                    _probe_one(ipr, kind, mode, i)
+                _probe_one(ipr, kind, mode, i)
             except Exception as e:  # noqa: BLE001 - reported to the parent
                 failures[f"{kind}\0{mode or ''}"] = _err(e)
     return failures
@@ -499,14 +423,15 @@ class Topology:
                     f"{plan.path}:{line}: {name} does not exist{where} (it is not created by "
                     "this file, so it must exist already)"
                 )
-            elif name in masters and info["kind"] not in ("bridge", "bond", "team"):
+            elif name in masters and not kinds.is_master(info["kind"]):
                 problems.append(
                     f"{plan.path}:{line}: {name} is a {info['kind'] or 'plain'} link, expected a "
                     "bridge, bond or team as master"
                 )
-        # passthru: the kernel refuses a parent that already has macvlans.
+        # A sole child (macvlan passthru): the kernel refuses a parent that has rivals already.
         for step in plan.steps:
-            if not (step.op == planmod.LINK and step.get("mode") == "passthru"):
+            sole = kinds.of(step.kind).sole_child(step) if step.op == planmod.LINK else None
+            if sole is None:
                 continue
             if step.ns in new_ns or step.get("link") in {n for _, n in plan.created}:
                 continue
@@ -518,12 +443,12 @@ class Topology:
                 info = msg.get_attr("IFLA_LINKINFO")
                 kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
                 if (
-                    kind in ("macvlan", "macvtap")
+                    kind in kinds.of(step.kind).rivals
                     and msg.get_attr("IFLA_LINK") == parent["ifindex"]
                 ):
                     problems.append(
                         f"{plan.path}:{step.line}: {step.get('link')} already has the {kind} "
-                        f"{msg.get_attr('IFLA_IFNAME')}, and passthru needs a parent to itself"
+                        f"{msg.get_attr('IFLA_IFNAME')}, and {sole} needs a parent to itself"
                     )
                     break
 
@@ -664,9 +589,8 @@ class Topology:
                             }
                         )
                     )
-                if step.get("master_kind") in ("bond", "team") or (
-                    step.get("master_kind") is None
-                    and self._kind(ipr, master[0]) in ("bond", "team")
+                if kinds.ports_down(step.get("master_kind")) or (
+                    step.get("master_kind") is None and kinds.ports_down(self._kind(ipr, master[0]))
                 ):
                     ipr.link("set", index=index, state="down")
                 ipr.link("set", index=index, master=master[0])
