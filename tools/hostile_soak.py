@@ -22,10 +22,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "tests" / "hostile"), str(HERE.parent / "tests")]
+sys.path.insert(0, str(HERE.parent))  # run by path: the checkout's tests/ and tunnelpy/
 
-from hostile_sites import TA, TB, proc_sample, relayed_sites, start_sites, udp_sequence  # noqa: E402
-from netns import Lab  # noqa: E402
+from tests.harness.hostile_sites import (  # noqa: E402
+    TA,
+    TB,
+    proc_sample,
+    relayed_sites,
+    start_sites,
+    udp_sequence,
+)
+from tests.harness.netns import Lab  # noqa: E402
 
 
 def main() -> int:
