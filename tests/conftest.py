@@ -15,7 +15,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Generator, Iterator
 from functools import cache
 from pathlib import Path
@@ -24,12 +23,8 @@ from typing import Any
 
 import pytest
 
-# Test modules import the helpers as `netns`; make that work under any --import-mode and
-# whether or not tests/ becomes a package later.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import netns  # noqa: E402
-from netns import Lab  # noqa: E402
+from tests.harness import netns
+from tests.harness.netns import Lab
 
 TESTS = Path(__file__).resolve().parent
 MARKERS = {

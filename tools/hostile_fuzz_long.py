@@ -23,10 +23,10 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "tests" / "hostile"), str(HERE.parent / "tests")]
+sys.path.insert(0, str(HERE.parent))  # run by path: the checkout's tests/ and tunnelpy/
 
-from hostile_mutate import apply, mac1_key, random_datagram, random_ops  # noqa: E402
-from test_fuzz_engine import Held, check_one  # noqa: E402
+from tests.harness.hostile_mutate import apply, mac1_key, random_datagram, random_ops  # noqa: E402
+from tests.hostile.test_fuzz_engine import Held, check_one  # noqa: E402
 
 
 def main() -> int:

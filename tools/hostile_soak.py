@@ -3,7 +3,7 @@
 
     sudo python3 tools/hostile_soak.py [--minutes 10] [--out soak.json]
 
-Namespaces a ── relay ── b as in tests/hostile/hostile_sites.py, the relay at 1 % loss, 2 %
+Namespaces a ── relay ── b as in tests/harness/hostile_sites.py, the relay at 1 % loss, 2 %
 reordering and 1 % duplication. For the whole run: a ping every 0.2 s from a to b; in a loop,
 TCP transfers of 16 MiB each way (SHA-256 checked) and a burst of 2 000 numbered UDP datagrams
 (checked for duplicates). Every 10 s both daemons' RSS and CPU time and the latest handshake
@@ -22,10 +22,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "tests" / "hostile"), str(HERE.parent / "tests")]
+sys.path.insert(0, str(HERE.parent))  # run by path: the checkout's tests/ and tunnelpy/
 
-from hostile_sites import TA, TB, proc_sample, relayed_sites, start_sites, udp_sequence  # noqa: E402
-from netns import Lab  # noqa: E402
+from tests.harness.hostile_sites import (  # noqa: E402
+    TA,
+    TB,
+    proc_sample,
+    relayed_sites,
+    start_sites,
+    udp_sequence,
+)
+from tests.harness.netns import Lab  # noqa: E402
 
 
 def main() -> int:

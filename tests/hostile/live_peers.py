@@ -2,6 +2,9 @@
 
     python3 tests/hostile/live_peers.py SPEC.json
 
+It is run as a script inside a namespace, so it imports nothing from tests/ and finds tunnelpy
+like every daemon the tests start: through PYTHONPATH or the installed package.
+
 SPEC: {"server_public": b64, "server": [host, port], "target": "10.70.0.254",
        "peers": [[private_key_hex, "10.70.0.1"], ...], "timeout": 60}
 
@@ -22,13 +25,8 @@ import socket
 import struct
 import sys
 import time
-from pathlib import Path
 
-# Run as a script inside a namespace: find the checkout's tunnelpy even where it is not installed
-# (or an editable install points at another checkout).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tunnelpy.protocol.engine import Engine  # noqa: E402
+from tunnelpy.protocol.engine import Engine
 
 
 def checksum(data: bytes) -> int:

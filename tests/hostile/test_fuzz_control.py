@@ -17,10 +17,10 @@ import asyncio
 import os
 import tempfile
 
-from hostile_env import pick
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.harness.hostile_env import pick
 from tunnelpy import config
 from tunnelpy.io import uapi
 from tunnelpy.io.uapi import DeviceSnapshot, SetRequest, UapiError, UapiServer

@@ -21,12 +21,13 @@ from __future__ import annotations
 import random
 import struct
 
-from hostile_env import pick
-from hostile_mutate import OPS, apply, mac1_key, random_datagram, with_mac1
-from hostile_pair import A_ADDR, A_IN, B_ADDR, B_IN, MAC_A, MAC_B, VNI, Pair, eth, ipv4, ipv6
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.harness.engine_pair import A_ADDR, A_IN, B_ADDR, B_IN, MAC_A, MAC_B, VNI, Pair
+from tests.harness.hostile_env import pick
+from tests.harness.hostile_mutate import OPS, apply, mac1_key, random_datagram, with_mac1
+from tests.harness.packets import eth, ipv4, ipv6
 from tunnelpy.protocol.constants import REKEY_TIMEOUT
 from tunnelpy.protocol.engine import Engine, Output
 

@@ -10,10 +10,10 @@ import random
 import time
 import tracemalloc
 
-from hostile_env import figure, pick
-from hostile_mutate import mac1_key, with_mac1
-from hostile_pair import A_ADDR, A_IN, B_ADDR, B_IN, MAC_A, VNI, Pair, eth, ipv4
-
+from tests.harness.engine_pair import A_ADDR, A_IN, B_ADDR, B_IN, MAC_A, VNI, Pair
+from tests.harness.hostile_env import figure, pick
+from tests.harness.hostile_mutate import mac1_key, with_mac1
+from tests.harness.packets import eth, ipv4
 from tunnelpy.protocol import constants as C
 from tunnelpy.protocol.cookie import CookieGenerator
 from tunnelpy.protocol.engine import RATELIMIT_MAX_SOURCES, UNDER_LOAD_THRESHOLD

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile_env import figure, pick
-from hostile_sites import proc_sample
-from sites import new_site, start
+
+from tests.harness.hostile_env import figure, pick
+from tests.harness.hostile_sites import proc_sample
+from tests.harness.sites import new_site, start
 
 pytestmark = pytest.mark.root
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from hostile_env import figure, pick
-from hostile_sites import TA, TB, relayed_sites, show_json, start_sites, udp_sequence
-from sites import start
+
+from tests.harness.hostile_env import figure, pick
+from tests.harness.hostile_sites import TA, TB, relayed_sites, show_json, start_sites, udp_sequence
+from tests.harness.sites import start
 
 pytestmark = pytest.mark.root
 

@@ -18,9 +18,10 @@ import threading
 import time
 
 import pytest
-from hostile_env import figure, pick
-from netns import WG_RUN_DIR
-from sites import new_site, start
+
+from tests.harness.hostile_env import figure, pick
+from tests.harness.netns import WG_RUN_DIR
+from tests.harness.sites import new_site, start
 
 pytestmark = pytest.mark.root
 

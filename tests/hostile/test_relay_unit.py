@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import socket
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from relay import Impairment, Relay  # noqa: E402
+from tests.harness.relay import Impairment, Relay
 
 
 def _udp() -> socket.socket:

@@ -17,9 +17,9 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hostile_env import figure, pick
-from hostile_scale import b64, big_config, peer_address
 
+from tests.harness.hostile_env import figure, pick
+from tests.harness.hostile_scale import b64, big_config, peer_address
 from tunnelpy import config
 from tunnelpy.protocol.crypto import public_key
 from tunnelpy.protocol.engine import Engine
@@ -97,9 +97,9 @@ def test_1000_peers_100k_prefixes_parse_build_lookup():
 @pytest.mark.root
 @pytest.mark.parametrize("table", [None, "off"], ids=["routes", "table-off"])
 def test_daemon_with_1000_peers_starts_and_100_live_peers_handshake(make_lab, table):
-    from hostile_sites import proc_sample
-    from netns import WG_RUN_DIR
-    from sites import TUNNELPYD
+    from tests.harness.hostile_sites import proc_sample
+    from tests.harness.netns import WG_RUN_DIR
+    from tests.harness.sites import TUNNELPYD
 
     if table is None and not pick(False, True):
         pytest.skip("10^5 kernel routes: long form only (TUNNELPY_HOSTILE=long)")

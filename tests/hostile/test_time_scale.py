@@ -22,8 +22,9 @@ a replay); test_scale_below_bound_breaks shows why the bound exists.
 from __future__ import annotations
 
 import pytest
-from hostile_pair import A_IN, B_IN, Pair, ipv4
 
+from tests.harness.engine_pair import A_IN, B_IN, Pair
+from tests.harness.packets import ipv4
 from tunnelpy.protocol import constants as C
 
 

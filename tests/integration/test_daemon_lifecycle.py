@@ -7,8 +7,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from netns import WG_RUN_DIR
-from sites import new_site, start
+
+from tests.harness.netns import WG_RUN_DIR
+from tests.harness.sites import new_site, start
 
 pytestmark = pytest.mark.root
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from sites import new_site, start
+
+from tests.harness.sites import new_site, start
 
 pytestmark = pytest.mark.root
 

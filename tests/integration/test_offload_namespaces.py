@@ -12,7 +12,8 @@ import os
 import shutil
 
 import pytest
-from sites import linked_pair, start
+
+from tests.harness.sites import linked_pair, start
 
 pytestmark = [
     pytest.mark.root,

@@ -8,7 +8,8 @@ bridge → TAP → tunnelpyd (encrypt, VXLAN-style header) → UDP underlay → 
 from __future__ import annotations
 
 import pytest
-from sites import new_site, start
+
+from tests.harness.sites import new_site, start
 
 pytestmark = pytest.mark.root
 
@@ -155,7 +156,7 @@ def test_plain_vxlan_interop_with_kernel_vxlan(make_lab, first):
         f"[Segment lab]\nVNI = 42\nDevice = {tap}\nBridge = br42\n"
     )
     site.conf = lab.write_file(f"vx-{tap}.conf", conf)
-    from sites import TUNNELPYD
+    from tests.harness.sites import TUNNELPYD
 
     proc = lab.popen(st, *TUNNELPYD, "-c", str(site.conf), "--log-level", "debug")
     lab.wait_for(lambda: lab.link_exists(st, tap) and "UP" in lab.run(st, "ip", "-br", "link", "show", tap).stdout,

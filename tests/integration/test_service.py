@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-import sites
-from netns import WG_RUN_DIR, Lab, WgPeer, genkey, pubkey, wait_for
-from sites import Site, new_site
+
+from tests.harness import sites
+from tests.harness.netns import WG_RUN_DIR, Lab, WgPeer, genkey, pubkey, wait_for
+from tests.harness.sites import Site, new_site
 
 pytestmark = pytest.mark.root
 

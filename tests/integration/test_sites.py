@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from netns import WG_RUN_DIR
-from sites import new_site, run_once, start
+
+from tests.harness.netns import WG_RUN_DIR
+from tests.harness.sites import new_site, run_once, start
 
 pytestmark = pytest.mark.root
 
@@ -43,7 +44,7 @@ def test_two_sites_ping_v4_v6_and_tcp(lab, underlay):
 
 
 def test_preshared_key(lab):
-    from netns import genpsk
+    from tests.harness.netns import genpsk
 
     a, b = two_sites(lab, psk=genpsk())
     start(lab, a)
@@ -131,7 +132,7 @@ BAD_CONFIGS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_bad_config_refused_without_touching_host(lab, case):
-    from netns import genkey, pubkey
+    from tests.harness.netns import genkey, pubkey
 
     text, line, key = BAD_CONFIGS[case]
     before_links = lab.run(lab.ns[0], "ip", "-br", "link").stdout

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns import Lab
-from topolab import TopoLab
 
+from tests.harness.netns import Lab
+from tests.harness.topolab import TopoLab
 from tunnelpy.netlink import topology as topomod
 from tunnelpy.netlink.topology import Topology, TopologyError
 
@@ -172,7 +172,7 @@ def test_helper_built_kernel_vxlan_carries_traffic(make_lab, tmp_path: Path) -> 
 
 
 def test_helper_built_kernel_vxlan_reaches_tunnelpyd_plain_vxlan(make_lab, tmp_path: Path) -> None:
-    from sites import TUNNELPYD
+    from tests.harness.sites import TUNNELPYD
 
     lab = make_lab(4)
     st, sk, ht, hk = lab.ns  # tunnelpyd site, helper-built kernel-vxlan site, a host behind each

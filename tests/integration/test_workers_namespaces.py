@@ -19,8 +19,9 @@ import sys
 import time
 
 import pytest
-from netns import WgPeer, genkey, pubkey
-from sites import linked_pair, new_site, start
+
+from tests.harness.netns import WgPeer, genkey, pubkey
+from tests.harness.sites import linked_pair, new_site, start
 
 pytestmark = pytest.mark.root
 

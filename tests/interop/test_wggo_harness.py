@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from netns import WG_RUN_DIR, Lab, WgGo, WgPeer, genkey, genpsk, list_netns, pubkey
+
+from tests.harness.netns import WG_RUN_DIR, Lab, WgGo, WgPeer, genkey, genpsk, list_netns, pubkey
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

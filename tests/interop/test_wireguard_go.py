@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from netns import WgPeer, genkey, genpsk, pubkey
-from sites import new_site, start
+
+from tests.harness.netns import WgPeer, genkey, genpsk, pubkey
+from tests.harness.sites import new_site, start
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 

@@ -6,103 +6,14 @@ emits to the engine at its destination until nothing moves. Nothing here sleeps 
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import struct
 
 import pytest
 
+from tests.harness.engine_pair import A_ADDR, A_IN, B_ADDR, B_IN, Net
+from tests.harness.packets import ipv4, ipv6
 from tunnelpy.protocol import constants as C
-from tunnelpy.protocol.crypto import generate_private_key, public_key
-from tunnelpy.protocol.engine import Engine, Output
-
-A_ADDR = ("192.0.2.1", 51820)
-B_ADDR = ("192.0.2.2", 51820)
-A_IN = "10.0.0.1"
-B_IN = "10.0.0.2"
-
-
-def ipv4(src: str, dst: str, payload: bytes = b"x" * 20) -> bytes:
-    total = 20 + len(payload)
-    hdr = struct.pack(
-        ">BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
-        ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed,
-    )
-    return hdr + payload
-
-
-def ipv6(src: str, dst: str, payload: bytes = b"y" * 13) -> bytes:
-    hdr = struct.pack(">IHBB16s16s", 0x60000000, len(payload), 17, 64,
-                      ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
-    return hdr + payload
-
-
-class Net:
-    def __init__(self, seed: int = 1, under_load_threshold: int = C.MAX_STAGED_PACKETS) -> None:
-        self.now = 1000.0
-        r = random.Random(seed)
-        self.rng = r.randbytes
-        ka, kb = generate_private_key(self.rng), generate_private_key(self.rng)
-        self.a = Engine(ka, rng=self.rng, wall=lambda: 1.7e9 + self.now,
-                        under_load_threshold=under_load_threshold)
-        self.b = Engine(kb, rng=self.rng, wall=lambda: 1.7e9 + self.now,
-                        under_load_threshold=under_load_threshold)
-        self.pa = self.a.add_peer(public_key(kb), name="b", endpoint=B_ADDR,
-                                  allowed_ips=[ipaddress.ip_network("10.0.0.2/32"),
-                                               ipaddress.ip_network("fd00::2/128")])
-        self.pb = self.b.add_peer(public_key(ka), name="a", endpoint=A_ADDR,
-                                  allowed_ips=[ipaddress.ip_network("10.0.0.1/32"),
-                                               ipaddress.ip_network("fd00::1/128")])
-        self.addr_of = {id(self.a): A_ADDR, id(self.b): B_ADDR}
-        self.hosts = {A_ADDR: self.a, B_ADDR: self.b}
-        self.delivered: dict[str, list[bytes]] = {"a": [], "b": []}
-        self.events: list = []
-        self.wire: list[tuple[str, bytes]] = []  # (from, datagram) for capture/replay
-        self.drop_next: set[int] = set()  # message types to drop once
-
-    def name(self, e: Engine) -> str:
-        return "a" if e is self.a else "b"
-
-    def run(self, src: Engine, out: Output, max_rounds: int = 20) -> None:
-        queue = [(src, out)]
-        for _ in range(max_rounds):
-            if not queue:
-                return
-            nxt = []
-            for eng, o in queue:
-                self.delivered[self.name(eng)].extend(o.packets)
-                self.events.extend(o.events)
-                for addr, dgs in o.datagrams.items():
-                    dst = self.hosts.get(addr)
-                    keep = []
-                    for d in dgs:
-                        self.wire.append((self.name(eng), d))
-                        if d[0] in self.drop_next:
-                            self.drop_next.discard(d[0])
-                            continue
-                        keep.append((d, self.addr_of[id(eng)]))
-                    if dst is not None and keep:
-                        nxt.append((dst, dst.from_network(keep, self.now)))
-            queue = nxt
-        raise AssertionError("network did not settle")
-
-    def send(self, src: Engine, packets: list[bytes]) -> None:
-        self.run(src, src.from_tunnel(packets, self.now))
-
-    def tick(self, to: float) -> None:
-        """Advance the clock to `to`, firing every timer due on the way, in order."""
-        while True:
-            due = [(e.next_deadline(), e) for e in (self.a, self.b)]
-            due = [(t, e) for t, e in due if t is not None and t <= to]
-            if not due:
-                break
-            t, e = min(due, key=lambda x: x[0])
-            self.now = max(self.now, t)
-            self.run(e, e.on_timer(self.now))
-        self.now = to
-
-    def kinds(self, since: int = 0) -> list[int]:
-        return [d[0] for _, d in self.wire[since:]]
+from tunnelpy.protocol.engine import Output
 
 
 def test_handshake_and_first_packet():

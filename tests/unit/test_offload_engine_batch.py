@@ -7,12 +7,8 @@ exactly as if each message had come alone.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_engine import A_ADDR, A_IN, B_IN, Net, ipv4  # noqa: E402
+from tests.harness.engine_pair import A_ADDR, A_IN, B_IN, Net
+from tests.harness.packets import ipv4
 
 
 def burst(n: Net, count: int) -> list[bytes]:

@@ -15,8 +15,9 @@ import socket
 import struct
 
 import pytest
-from test_engine import A_IN, B_ADDR, B_IN, Net, ipv4, ipv6
 
+from tests.harness.engine_pair import A_IN, B_ADDR, B_IN, Net
+from tests.harness.packets import ipv4, ipv6
 from tunnelpy.protocol import constants as C
 from tunnelpy.protocol.engine import Output
 from tunnelpy.workers.channel import FRAME, Channel, pair

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns import Lab
-from topolab import TopoLab
 
+from tests.harness.netns import Lab
+from tests.harness.topolab import TopoLab
 from tunnelpy.netlink import topology as topomod
 from tunnelpy.netlink.topology import TopologyError
 

@@ -29,8 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns import WG_RUN_DIR, Lab, WgPeer, genkey, genpsk, pubkey
-from sites import Site, new_site, start
+
+from tests.harness.netns import WG_RUN_DIR, Lab, WgPeer, genkey, genpsk, pubkey
+from tests.harness.sites import Site, new_site, start
 
 UT, UK = "10.43.0.1", "10.43.0.2"  # underlay: tunnelpyd side, kernel side
 IT, IK = "10.42.0.1", "10.42.0.2"  # inner

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns import WG_RUN_DIR, Lab, Proc, genkey, pubkey
+from tests.harness.netns import WG_RUN_DIR, Lab, Proc, genkey, pubkey
 
 TUNNELPYD = [
     sys.executable,
@@ -32,8 +32,13 @@ class Site:
         return pubkey(self.private_key)
 
     def peer_block(
-        self, endpoint: str | None, allowed: list[str], *, name: str | None = None,
-        keepalive: int | None = None, psk: str | None = None,
+        self,
+        endpoint: str | None,
+        allowed: list[str],
+        *,
+        name: str | None = None,
+        keepalive: int | None = None,
+        psk: str | None = None,
     ) -> str:
         """The [Peer] section another site uses to reach this one."""
         lines = ["[Peer]", f"Name = {name or self.ifname}", f"PublicKey = {self.public_key}"]
@@ -58,7 +63,9 @@ class Site:
 
 
 def new_site(lab: Lab, ns: str, port: int, addresses: list[str]) -> Site:
-    return Site(ns=ns, ifname=lab.ifname("tp"), private_key=genkey(), port=port, addresses=addresses)
+    return Site(
+        ns=ns, ifname=lab.ifname("tp"), private_key=genkey(), port=port, addresses=addresses
+    )
 
 
 def linked_pair(
@@ -72,8 +79,12 @@ def linked_pair(
     a = new_site(lab, a_ns, 51820, [f"{inner}.1/24", f"{inner6}::1/64"])
     b = new_site(lab, b_ns, 51820, [f"{inner}.2/24", f"{inner6}::2/64"])
     a.extra, b.extra = extra_a, extra_b
-    a.peers.append(b.peer_block(f"{ub}:51820", [f"{inner}.2/32", f"{inner6}::2/128"], name="site-b"))
-    b.peers.append(a.peer_block(f"{ua}:51820", [f"{inner}.1/32", f"{inner6}::1/128"], name="site-a"))
+    a.peers.append(
+        b.peer_block(f"{ub}:51820", [f"{inner}.2/32", f"{inner6}::2/128"], name="site-b")
+    )
+    b.peers.append(
+        a.peer_block(f"{ua}:51820", [f"{inner}.1/32", f"{inner6}::1/128"], name="site-a")
+    )
     return a, b
 
 

@@ -1,6 +1,6 @@
 """Namespace topologies for the hostile tests: two tunnelpyd sites with the lossy relay between.
 
-    ns A (site a) ── veth ── ns R (tests/relay.py) ── veth ── ns B (site b)
+    ns A (site a) ── veth ── ns R (relay.py) ── veth ── ns B (site b)
       10.41.1.1                10.41.1.254 | 10.41.2.254              10.41.2.2
 
 Site a's Endpoint for b is the relay's A-side address and site b's Endpoint for a is the relay's
@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from netns import Lab, Proc
-from sites import Site, new_site, start
+from tests.harness.netns import Lab, Proc
+from tests.harness.sites import Site, new_site, start
 
-TESTS = Path(__file__).resolve().parents[1]
-RELAY = str(TESTS / "relay.py")
+RELAY = str(Path(__file__).resolve().parent / "relay.py")  # run as a script in ns R
 TA, TB = "10.40.0.1", "10.40.0.2"
 UA, RA, RB, UB = "10.41.1.1", "10.41.1.254", "10.41.2.254", "10.41.2.2"
 PORT = 51820

@@ -14,9 +14,8 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-import netns as netns_mod
-from netns import Lab
-
+from tests.harness import netns as netns_mod
+from tests.harness.netns import Lab
 from tunnelpy import config
 from tunnelpy.netlink.topology import Topology
 

@@ -1,5 +1,5 @@
 """Structure-aware mutations of WireGuard messages, shared by the hypothesis fuzzers and the
-long-form loop (tools/hostile_long.py).
+long-form loop (tools/hostile_fuzz_long.py).
 
 A mutation is a list of plain tuples ``(op, a, b)`` applied by `apply`: hypothesis draws them as
 data (so it can shrink them) and the long-form loop draws them from a seeded `random.Random`.

@@ -1,17 +1,23 @@
-"""Two in-memory engines and a hand-held clock, for building real WireGuard messages to mutate.
+"""Two sans-I/O engines talking in memory, driven by a hand-held clock.
 
-`Pair` wires engine A (initiator) and engine B (responder) through a dict "network", like
-tests/unit/test_engine.py, but keeps every datagram in `wire` so the fuzzers can take valid
-messages of each type (initiation, response, cookie reply, transport data, keepalive, L2 frames)
-and mutate them. Nothing sleeps or opens a socket.
+The "network" is a dict from address to engine: `EnginePair.run` delivers every datagram an
+engine emits to the engine at its destination until nothing moves, and keeps each one in `wire`
+(sender, bytes), so tests can count message kinds, replay captures or mutate genuine messages.
+Engine A (192.0.2.1:51820, tunnel 10.0.0.1 / fd00::1) and B (192.0.2.2:51820, 10.0.0.2 /
+fd00::2) are peers of each other; `now` only moves when a test moves it (`tick`). Nothing sleeps
+or opens a socket.
+
+`Net` is the pair the unit tests use; `Pair` the fuzzers' and hostile tests' (a segment on both
+engines, and never under load unless a test asks).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
-import struct
 
+from tests.harness.packets import eth, ipv4
+from tunnelpy.protocol import constants as C
 from tunnelpy.protocol.crypto import generate_private_key, public_key
 from tunnelpy.protocol.engine import Engine, Output
 
@@ -23,29 +29,15 @@ MAC_A = bytes.fromhex("02000000000a")
 MAC_B = bytes.fromhex("02000000000b")
 
 
-def ipv4(src: str, dst: str, payload: bytes = b"x" * 20, proto: int = 17) -> bytes:
-    total = 20 + len(payload)
-    hdr = struct.pack(
-        ">BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, proto, 0,
-        ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed,
-    )  # fmt: skip
-    return hdr + payload
-
-
-def ipv6(src: str, dst: str, payload: bytes = b"y" * 13) -> bytes:
-    hdr = struct.pack(
-        ">IHBB16s16s", 0x60000000, len(payload), 17, 64,
-        ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed,
-    )  # fmt: skip
-    return hdr + payload
-
-
-def eth(dst: bytes, src: bytes, payload: bytes = b"\x08\x00" + b"p" * 46) -> bytes:
-    return dst + src + payload
-
-
-class Pair:
-    def __init__(self, seed: int = 1, *, under_load_threshold: int = 1 << 30) -> None:
+class EnginePair:
+    def __init__(
+        self,
+        seed: int = 1,
+        under_load_threshold: int = C.MAX_STAGED_PACKETS,
+        *,
+        vni: int | None = None,
+        max_fdb: int = 64,
+    ) -> None:
         self.now = 1000.0
         r = random.Random(seed)
         self.rng = r.randbytes
@@ -65,15 +57,18 @@ class Pair:
             public_key(ka), name="a", endpoint=A_ADDR,
             allowed_ips=[ipaddress.ip_network("10.0.0.1/32"), ipaddress.ip_network("fd00::1/128")],
         )  # fmt: skip
-        self.has_segments = hasattr(self.a, "add_segment")
-        if self.has_segments:
-            self.a.add_segment(VNI, max_fdb=64)
-            self.b.add_segment(VNI, max_fdb=64)
+        self.vni = vni
+        self.has_segments = vni is not None
+        if vni is not None:
+            self.a.add_segment(vni, max_fdb=max_fdb)
+            self.b.add_segment(vni, max_fdb=max_fdb)
         self.addr_of = {id(self.a): A_ADDR, id(self.b): B_ADDR}
         self.hosts = {A_ADDR: self.a, B_ADDR: self.b}
-        self.wire: list[tuple[str, bytes]] = []
-        self.delivered: dict[str, list[bytes]] = {"a": [], "b": []}
-        self.frames: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.delivered: dict[str, list[bytes]] = {"a": [], "b": []}  # packets for each TUN
+        self.frames: dict[str, list[bytes]] = {"a": [], "b": []}  # frames for each TAP
+        self.events: list = []
+        self.wire: list[tuple[str, bytes]] = []  # (from, datagram) for capture/replay
+        self.drop_next: set[int] = set()  # message types to drop once
 
     def name(self, e: Engine) -> str:
         return "a" if e is self.a else "b"
@@ -86,15 +81,22 @@ class Pair:
             nxt = []
             for eng, o in queue:
                 self.delivered[self.name(eng)].extend(o.packets)
-                for frames in getattr(o, "frames", {}).values():
+                for frames in o.frames.values():
                     self.frames[self.name(eng)].extend(frames)
+                self.events.extend(o.events)
                 for addr, dgs in o.datagrams.items():
+                    # By (host, port): a destination may be a plain tuple or a named one that
+                    # also carries a flow hash.
+                    dst = self.hosts.get((addr[0], addr[1]))
+                    keep = []
                     for d in dgs:
                         self.wire.append((self.name(eng), d))
-                    dst = self.hosts.get(addr)
-                    if dst is not None and dgs:
-                        src_addr = self.addr_of[id(eng)]
-                        nxt.append((dst, dst.from_network([(d, src_addr) for d in dgs], self.now)))
+                        if d[0] in self.drop_next:
+                            self.drop_next.discard(d[0])
+                            continue
+                        keep.append((d, self.addr_of[id(eng)]))
+                    if dst is not None and keep:
+                        nxt.append((dst, dst.from_network(keep, self.now)))
             queue = nxt
         raise AssertionError("network did not settle")
 
@@ -102,7 +104,23 @@ class Pair:
         self.run(src, src.from_tunnel(packets, self.now))
 
     def send_frames(self, src: Engine, frames: list[bytes]) -> None:
-        self.run(src, src.from_segment(VNI, frames, self.now))
+        assert self.vni is not None, "this pair has no segment"
+        self.run(src, src.from_segment(self.vni, frames, self.now))
+
+    def tick(self, to: float) -> None:
+        """Advance the clock to `to`, firing every timer due on the way, in order."""
+        while True:
+            due = [(e.next_deadline(), e) for e in (self.a, self.b)]
+            due = [(t, e) for t, e in due if t is not None and t <= to]
+            if not due:
+                break
+            t, e = min(due, key=lambda x: x[0])
+            self.now = max(self.now, t)
+            self.run(e, e.on_timer(self.now))
+        self.now = to
+
+    def kinds(self, since: int = 0) -> list[int]:
+        return [d[0] for _, d in self.wire[since:]]
 
     def sealed(self, src: Engine, plaintexts: list[bytes]) -> list[bytes]:
         """Transport messages carrying arbitrary `plaintexts` on src's current session.
@@ -115,7 +133,7 @@ class Pair:
         src.send_to_peer(peer, plaintexts, self.now, out)
         return [d for dgs in out.datagrams.values() for d in dgs]
 
-    def established(self) -> Pair:
+    def established(self) -> EnginePair:
         """Handshake A->B and data both ways, so every message kind is in `wire`."""
         self.send(self.a, [ipv4(A_IN, B_IN)])
         self.send(self.b, [ipv4(B_IN, A_IN)])
@@ -153,3 +171,14 @@ class Pair:
             elif t == 4:
                 kinds.setdefault(f"transport_from_{who}", d)
         return kinds
+
+
+Net = EnginePair  # the unit tests' name for it
+
+
+class Pair(EnginePair):
+    """The fuzzers' pair: segment `VNI` on both engines, and B never under load (so cookie mode
+    happens only where a test asks for it)."""
+
+    def __init__(self, seed: int = 1, *, under_load_threshold: int = 1 << 30) -> None:
+        super().__init__(seed, under_load_threshold, vni=VNI)

@@ -15,7 +15,7 @@ arrival order. Counters (received, dropped, duplicated, reordered, sent, per dir
 as JSON to ``--stats`` every half second and on exit, and the impairments can be changed while it
 runs by writing a JSON object to ``--control`` (read every half second)::
 
-    python3 tests/relay.py --a-side 10.1.0.1:51820 --to-a 10.1.0.2:51820 \
+    python3 tests/harness/relay.py --a-side 10.1.0.1:51820 --to-a 10.1.0.2:51820 \
         --b-side 10.2.0.1:51820 --to-b 10.2.0.2:51820 --loss 0.1 --reorder 0.1 \
         --duplicate 0.05 --delay 0.001 --jitter 0.002 --seed 7 --stats /tmp/relay.json
 

@@ -1,0 +1,1 @@
+"""Hostile tier: fuzzing, lossy paths, floods, restarts, scale."""

@@ -1,0 +1,1 @@
+"""Integration tier: real tunnelpyd processes in network namespaces (root)."""

@@ -1,0 +1,1 @@
+"""Interop tier: tunnelpyd against wireguard-go (root, wireguard-go, wg)."""

@@ -1,0 +1,1 @@
+"""Unit tier: Python only, no root."""
