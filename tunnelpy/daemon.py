@@ -417,6 +417,8 @@ class Daemon:
             if addr != peer.endpoint and not peer.removed:
                 log.info("peer %s: %s now resolves to %s", peer.name, host, addr[0])
                 peer.endpoint = addr
+                if self.pool is not None:
+                    self.pool.sync()  # the workers send to the new address too
         finally:
             self._resolving.discard(key)
 

@@ -462,6 +462,8 @@ class Service:
             log.warning("reload: topology section changes are applied on the next restart")
         if d.datapath is not None:
             d.datapath.perform(e.on_timer(d.clock.now()))
+        if d.pool is not None:
+            d.pool.sync()  # peers, AllowedIPs, endpoints, keys: the workers are not polling
 
     async def _set_interface(
         self, op: rl.SetInterface, old: cfgmod.Config, new: cfgmod.Config, prepared: dict[str, Any]
