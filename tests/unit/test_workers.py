@@ -296,3 +296,15 @@ def test_channel_pair_is_seqpacket():
     finally:
         a.close()
         b.close()
+
+
+def test_worker_forgets_a_sending_key_once_it_expired():
+    n, w = shared_net()
+    n.send(n.a, [ipv4(A_IN, B_IN)])
+    t0 = n.now
+    w.set_keypair(n.pa.public_key, material(n.pa.current, n.now), n.now + 5)  # (its own clock)
+    assert w.next_expiry() == t0 + 5 + C.REJECT_AFTER_TIME
+    w.forget_expired(t0 + 5 + C.REJECT_AFTER_TIME - 1)
+    assert w.peers[n.pa.public_key].send is not None
+    w.forget_expired(t0 + 5 + C.REJECT_AFTER_TIME)
+    assert w.peers[n.pa.public_key].send is None and w.next_expiry() is None
