@@ -592,6 +592,22 @@ def test_a_worker_that_exits_is_restarted_without_being_counted_malformed(rig):
     assert rig.pool.malformed == 0 and len(rig.procs) == 2 and 1 in rig.pool.workers
 
 
+def test_parent_of_reads_proc_even_with_parentheses_in_the_name(tmp_path):
+    exe = tmp_path / "a) b (c"
+    os.symlink("/bin/sleep", exe)
+    proc = subprocess.Popen([str(exe), "60"])
+    try:
+        deadline = time.monotonic() + 5  # (until the exec has renamed the child)
+        stat = Path(f"/proc/{proc.pid}/stat")
+        while b"a) b" not in stat.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert poolmod._parent_of(proc.pid) == os.getpid()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert poolmod._parent_of(proc.pid) is None  # reaped: gone
+
+
 # ---------------------------------------------------------------- the worker cuts its messages
 
 

@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     relax_gc()
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 

@@ -85,6 +85,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent of `pid`, or None if it is gone already."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so from the last ")"
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
 def resolve_workers(configured: int | None, cpus: int | None = None) -> int:
     """``Workers = auto`` (None): one process on machines of up to two CPUs — measured there,
     a second process only competes with the first and with the applications for the same two
@@ -150,7 +161,7 @@ class WorkerPool:
         self._sig: tuple | None = None
         self._sent: dict[bytes, tuple] = {}  # peer key -> (endpoint, keypair identity) sent
         self._sync_pending = False
-        self.malformed = 0  # workers failed for a message that did not decode
+        self.malformed = 0  # workers failed for breaking the control protocol (channel.error)
 
     # ---------------------------------------------------------------- life cycle
 
@@ -203,6 +214,9 @@ class WorkerPool:
             fds = [queue, self.udp.fileno(), theirs.fileno(), self.counters.fd]
             socket.send_fds(self._zsock, [encode_request(argv)], fds)
             pid = parse_answer(self._zsock.recv(256))
+            if self.zygote is not None and _parent_of(pid) not in (None, self.zygote.pid):
+                # The daemon kills this pid later: it must be the worker, not any process.
+                raise OSError(f"the worker zygote answered pid {pid}, not a child of its own")
         except OSError:
             ours.close()
             raise
@@ -322,7 +336,8 @@ class WorkerPool:
             return
         data = encode(msg)  # once, whatever the number of workers
         for w in self.workers.values():
-            w.channel.send_bytes(data)  # type: ignore[union-attr]
+            if w.channel is not None:
+                w.channel.send_bytes(data)
 
     def sync(self) -> None:
         """Send the workers whatever changed since the last sync. Whoever changes peers,
@@ -378,8 +393,8 @@ class WorkerPool:
             mine = routed.pop(peer, None) if peer is not None else None
             if routed:
                 e.drops["tun_no_route"] += sum(map(len, routed.values()))
-            if mine:
-                self.perform(e.send_packets(peer, mine, now))  # type: ignore[arg-type]
+            if peer is not None and mine:
+                self.perform(e.send_packets(peer, mine, now))
         elif type(msg) is Rekey:
             out = Output()
             for key in msg.keys:

@@ -47,7 +47,7 @@ def decode_request(data: bytes, fds: list[int]) -> list[str]:
     """The worker's argv, with each placeholder argument replaced by its descriptor number."""
     if len(data) > MAX_REQUEST:
         raise ValueError("request too long")
-    argv = json.loads(data)
+    argv: list[str] = json.loads(data)
     if type(argv) is not list or len(argv) > MAX_ARGS or not all(type(a) is str for a in argv):
         raise ValueError("a request is a JSON array of strings")
     if len(fds) != len(FD_NAMES):
