@@ -22,6 +22,17 @@ from tunnelpy.protocol import constants as C
 from tunnelpy.protocol.engine import Output
 from tunnelpy.workers.channel import FRAME, Channel, pair
 from tunnelpy.workers.counters import LocalCounters, SharedCounters
+from tunnelpy.workers.messages import (
+    KeypairMaterial,
+    PeerRoutes,
+    Peers,
+    PeerSent,
+    Report,
+    Stop,
+    decode_from_daemon,
+    decode_from_worker,
+    encode,
+)
 from tunnelpy.workers.pool import resolve_workers
 from tunnelpy.workers.sender import SendEngine
 
@@ -99,14 +110,16 @@ def test_shared_counters_never_hand_out_a_counter_twice_across_processes():
 
 
 def material(kp, now):
-    return (kp.send_key, kp.remote_index, kp.slot, kp.ident, now - kp.created, kp.is_initiator)
+    return KeypairMaterial(
+        kp.send_key, kp.remote_index, kp.slot, kp.ident, now - kp.created, kp.is_initiator
+    )
 
 
 def shared_net() -> tuple[Net, SendEngine]:
     n = Net()
     n.a.counters = LocalCounters()  # what the daemon does before any handshake
     w = SendEngine(n.a.counters, mtu=n.a.mtu)
-    w.set_peers([(n.pa.public_key, B_ADDR, NETS_B)])
+    w.set_peers([PeerRoutes(n.pa.public_key, B_ADDR, NETS_B)])
     return n, w
 
 
@@ -130,7 +143,7 @@ def test_worker_encrypts_on_the_daemons_session():
     deliver(n, out)
     assert n.delivered["b"][before:] == pkts
     sent, drops = w.take_report()
-    assert sent == [(n.pa.public_key, sum(map(len, out.datagrams[B_ADDR])), 21, True)]
+    assert sent == [PeerSent(n.pa.public_key, sum(map(len, out.datagrams[B_ADDR])), 21, True)]
     assert drops == {} and w.take_report() == ([], {})
 
 
@@ -169,7 +182,7 @@ def test_a_retired_slot_is_never_used_again():
     n = Net()
     n.a.counters = LocalCounters(slots=2)
     w = SendEngine(n.a.counters)
-    w.set_peers([(n.pa.public_key, B_ADDR, NETS_B)])
+    w.set_peers([PeerRoutes(n.pa.public_key, B_ADDR, NETS_B)])
     n.send(n.a, [ipv4(A_IN, B_IN)])
     w.set_keypair(n.pa.public_key, material(n.pa.current, n.now), n.now)
     n.a.counters.claim()
@@ -203,7 +216,8 @@ def test_responder_session_never_asks_for_a_rekey():
     n = Net()
     n.b.counters = LocalCounters()
     w = SendEngine(n.b.counters)
-    w.set_peers([(n.pb.public_key, ("192.0.2.1", 51820), [ipaddress.ip_network("10.0.0.1/32")])])
+    nets_a = [ipaddress.ip_network("10.0.0.1/32")]
+    w.set_peers([PeerRoutes(n.pb.public_key, ("192.0.2.1", 51820), nets_a)])
     n.send(n.a, [ipv4(A_IN, B_IN)])
     kp = n.pb.current
     assert kp is not None and not kp.is_initiator
@@ -226,7 +240,7 @@ def test_peer_list_updates_keep_sessions_and_follow_routes():
     n, w = shared_net()
     n.send(n.a, [ipv4(A_IN, B_IN)])
     w.set_keypair(n.pa.public_key, material(n.pa.current, n.now), n.now)
-    w.set_peers([(n.pa.public_key, B_ADDR, [ipaddress.ip_network("10.0.0.0/24")])])
+    w.set_peers([PeerRoutes(n.pa.public_key, B_ADDR, [ipaddress.ip_network("10.0.0.0/24")])])
     out = w.from_tunnel([ipv4(A_IN, "10.0.0.77")], n.now)
     assert len(out.datagrams[B_ADDR]) == 1  # new route, same session
     w.set_endpoint(n.pa.public_key, ("192.0.2.99", 1))
@@ -243,28 +257,35 @@ def test_channel_carries_large_messages_both_ways_and_reports_the_end():
     try:
         a, b = pair()
         got_a, got_b, closed = [], [], []
-        ca = Channel(a, loop, got_a.append, lambda: closed.append("a"))
-        cb = Channel(b, loop, got_b.append, lambda: closed.append("b"))
-        big = ("peers", [(os.urandom(32), None, list(range(5000)))] * 20)
-        assert len(repr(big)) > 3 * FRAME
+        # a: the daemon's end (reads worker messages); b: the worker's end.
+        ca = Channel(a, loop, got_a.append, lambda: closed.append("a"),
+                     decode=decode_from_worker, max_message=1 << 20)  # fmt: skip
+        cb = Channel(b, loop, got_b.append, lambda: closed.append("b"),
+                     decode=decode_from_daemon, max_message=64 << 20)  # fmt: skip
+        nets = [ipaddress.ip_network(((0xFD00 << 112) + (i << 64), 64)) for i in range(25000)]
+        big = Peers([PeerRoutes(os.urandom(32), None, nets)])
+        assert len(encode(big)) > 3 * FRAME
         for i in range(50):
-            ca.send(("n", i))
+            ca.send(Peers([PeerRoutes(bytes([i]) * 32, ("192.0.2.1", i), [])]))
         ca.send(big)
-        cb.send(("report", [(b"k", 1, 2, True)], {"x": 1}))
+        ca.send(Stop())
+        report = Report([PeerSent(b"k" * 32, 1, 2, True)], {"tun_no_route": 1})
+        cb.send(report)
 
         async def settle():
             for _ in range(200):
-                if len(got_b) == 51 and got_a:
+                if len(got_b) == 52 and got_a:
                     return
                 await asyncio.sleep(0.01)
 
         loop.run_until_complete(settle())
-        assert got_b[:50] == [("n", i) for i in range(50)] and got_b[50] == big
-        assert got_a == [("report", [(b"k", 1, 2, True)], {"x": 1})]
+        assert [m.peers[0].endpoint for m in got_b[:50]] == [("192.0.2.1", i) for i in range(50)]
+        assert got_b[50] == big and got_b[51] == Stop()
+        assert got_a == [report]
         cb.close()
         loop.run_until_complete(asyncio.sleep(0.05))
-        assert closed == ["b", "a"] and ca.closed
-        ca.send(("ignored",))  # sending on a closed channel is a no-op, not an error
+        assert closed == ["b", "a"] and ca.closed and ca.error is None
+        ca.send(Stop())  # sending on a closed channel is a no-op, not an error
     finally:
         loop.close()
 
@@ -276,3 +297,15 @@ def test_channel_pair_is_seqpacket():
     finally:
         a.close()
         b.close()
+
+
+def test_worker_forgets_a_sending_key_once_it_expired():
+    n, w = shared_net()
+    n.send(n.a, [ipv4(A_IN, B_IN)])
+    t0 = n.now
+    w.set_keypair(n.pa.public_key, material(n.pa.current, n.now), n.now + 5)  # (its own clock)
+    assert w.next_expiry() == t0 + 5 + C.REJECT_AFTER_TIME
+    w.forget_expired(t0 + 5 + C.REJECT_AFTER_TIME - 1)
+    assert w.peers[n.pa.public_key].send is not None
+    w.forget_expired(t0 + 5 + C.REJECT_AFTER_TIME)
+    assert w.peers[n.pa.public_key].send is None and w.next_expiry() is None

@@ -20,12 +20,29 @@ import sys
 from ..datapath import ProtocolClock, relax_gc
 from ..io.tun import Tun
 from ..io.udp import UdpSocket
-from .channel import Channel
+from .channel import MAX_QUEUED, Channel
 from .counters import SharedCounters
+from .messages import (
+    DaemonMessage,
+    Endpoint,
+    Keypair,
+    Peers,
+    PeerSent,
+    Rekey,
+    Report,
+    Stage,
+    Stop,
+    decode_from_daemon,
+)
 from .sender import SendEngine
 
 REPORT_INTERVAL = 0.1  # how often sent bytes and drops reach the daemon (wg show, timers)
-STAGE_CHUNK = 256  # packets per "stage" message
+# What one message to the daemon may hold. The daemon refuses messages over 4 MiB
+# (pool.MAX_FROM_WORKER); these keep every message well below it.
+STAGE_CHUNK = 256  # packets per Stage message
+STAGE_BYTES = 1 << 20  # and bytes (a packet is at most 64 KiB)
+ROWS_CHUNK = 16384  # peers per Report, keys per Rekey
+MAX_FROM_DAEMON = MAX_QUEUED  # the daemon fails a channel with more queued than that anyway
 
 log = logging.getLogger("tunnelpyd")
 
@@ -40,10 +57,12 @@ class Worker:
         self.tun = Tun.adopt(args.tun_fd, args.name, vnet_hdr=args.vnet_hdr)
         self.udp = UdpSocket.adopt(args.udp_fd, offload=args.offload)
         self.done = asyncio.Event()
-        self.channel = Channel(
-            socket.socket(fileno=args.ctl_fd), loop, self._on_message, self.done.set
-        )
+        self.channel: Channel[DaemonMessage] = Channel(
+            socket.socket(fileno=args.ctl_fd), loop, self._on_message, self.done.set,
+            decode=decode_from_daemon, max_message=MAX_FROM_DAEMON,
+        )  # fmt: skip
         self._reported = (0, 0, 0)  # tun read drops, udp send errors, tun write drops
+        self._expiry: asyncio.TimerHandle | None = None
         loop.add_reader(self.tun.fd, self._on_tun)
         self._report_timer = loop.call_later(REPORT_INTERVAL, self._report)
 
@@ -56,22 +75,41 @@ class Worker:
         for addr, datagrams in out.datagrams.items():
             send(addr, datagrams)
         for key, pkts in out.to_daemon.items():
-            for at in range(0, len(pkts), STAGE_CHUNK):
-                self.channel.send(("stage", key, pkts[at : at + STAGE_CHUNK]))
-        if out.rekey:
-            self.channel.send(("rekey", out.rekey))
+            for chunk in stage_chunks(pkts):
+                self.channel.send(Stage(key, chunk))
+        for at in range(0, len(out.rekey), ROWS_CHUNK):
+            self.channel.send(Rekey(out.rekey[at : at + ROWS_CHUNK]))
 
-    def _on_message(self, msg: tuple) -> None:
-        kind = msg[0]
+    def _on_message(self, msg: DaemonMessage) -> None:
         now = self.clock.now()
-        if kind == "peers":
-            self.engine.set_peers(msg[1])
-        elif kind == "endpoint":
-            self.engine.set_endpoint(msg[1], msg[2])
-        elif kind == "keypair":
-            self.engine.set_keypair(msg[1], msg[2], now)
-        elif kind == "stop":
+        if type(msg) is Peers:
+            self.engine.set_peers(msg.peers)
+        elif type(msg) is Endpoint:
+            self.engine.set_endpoint(msg.key, msg.endpoint)
+        elif type(msg) is Keypair:
+            self.engine.set_keypair(msg.key, msg.material, now)
+            self._arm_expiry()
+        elif type(msg) is Stop:
             self.done.set()
+
+    def _arm_expiry(self) -> None:
+        """Forget each sending key once it has expired: the daemon sends no message for that
+        (it zeroes its own keys later still), and a key no longer usable is better gone."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        deadline = self.engine.next_expiry()
+        if deadline is not None:
+            self._expiry = self.loop.call_at(self.clock.loop_at(deadline), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self.engine.forget_expired(self.clock.now())
+        self._arm_expiry()
+
+    def _send_report(self, sent: list[PeerSent], drops: dict[str, int]) -> None:
+        for at in range(0, max(len(sent), 1), ROWS_CHUNK):
+            self.channel.send(Report(sent[at : at + ROWS_CHUNK], drops if at == 0 else {}))
 
     def _report(self) -> None:
         sent, drops = self.engine.take_report()
@@ -85,19 +123,38 @@ class Worker:
                     drops[reason] = drops.get(reason, 0) + now_ - before
             self._reported = errors
         if sent or drops:
-            self.channel.send(("report", sent, drops))
+            self._send_report(sent, drops)
         self._report_timer = self.loop.call_later(REPORT_INTERVAL, self._report)
 
     async def run(self) -> None:
         await self.done.wait()
         self._report_timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.tun.fd >= 0:
             self.loop.remove_reader(self.tun.fd)
         if not self.channel.closed:
             sent, drops = self.engine.take_report()
             if sent or drops:
-                self.channel.send(("report", sent, drops))
+                self._send_report(sent, drops)
         self.tun.close()  # detaches this queue: its flows move to the others
+
+
+def stage_chunks(packets: list[bytes]) -> list[list[bytes]]:
+    """``packets`` cut into Stage-sized runs: at most STAGE_CHUNK packets and, past the first
+    packet of a run, STAGE_BYTES bytes."""
+    chunks: list[list[bytes]] = []
+    run: list[bytes] = []
+    size = 0
+    for p in packets:
+        if run and (len(run) >= STAGE_CHUNK or size + len(p) > STAGE_BYTES):
+            chunks.append(run)
+            run, size = [], 0
+        run.append(p)
+        size += len(p)
+    if run:
+        chunks.append(run)
+    return chunks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     relax_gc()
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 

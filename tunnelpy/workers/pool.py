@@ -8,12 +8,17 @@ the UDP socket; workers 1…N-1 each read one more queue and encrypt (sender.py)
   the zygote fork a worker with the queue, the socket, a control socketpair and the shared
   counter memfd; then closes its own copy of the queue (so a dead worker's queue detaches and
   its flows move to the live queues);
-- mirrors the engine's state to the workers: the peer list with AllowedIPs when either changes
-  (AllowedIPs.version), each peer's endpoint, and the sending half of its current keypair. It
-  runs after every handshake or roam (``sync_soon``) and every SYNC_INTERVAL for changes made
-  by UAPI, reload or name resolution;
+- mirrors the engine's state to the workers (messages.py): the peer list with AllowedIPs when
+  either changes (AllowedIPs.version), each peer's endpoint, and the sending half of its current
+  keypair. It does not poll: whoever changes that state calls ``sync()`` (``wg set``, reload,
+  name resolution) or ``sync_soon()`` (a handshake or roam, from the engine's events). A worker
+  drops a keypair by itself once it has expired, so expiry needs no message;
 - applies reports: sent bytes and send-side timers (``Engine.note_worker_sent``), drops, packets
-  a worker could not send (the engine stages them and starts the handshake), rekey requests;
+  a worker could not send (re-routed on the daemon's own table, then staged behind a handshake
+  by the engine), rekey requests;
+- reads what workers send as hostile (workers run with fewer privileges): a message that does
+  not decode fails that worker's channel, the worker is killed, counted in ``malformed`` and
+  restarted like one that exited;
 - restarts a worker that exits (at most MAX_RESTARTS per RESTART_WINDOW), and stops them all.
 """
 
@@ -22,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -35,11 +39,31 @@ from ..config import MAX_WORKERS
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpSocket
 from ..protocol.actions import Output
+from ..protocol.allowedips import route_packets
 from ..protocol.engine import Engine
+from ..protocol.peer import Peer
 from . import channel as chmod
 from .counters import SharedCounters
+from .messages import (
+    DaemonMessage,
+    Endpoint,
+    Keypair,
+    KeypairMaterial,
+    PeerRoutes,
+    Peers,
+    Rekey,
+    Report,
+    Stage,
+    Stop,
+    WorkerMessage,
+    decode_from_worker,
+    encode,
+)
+from .zygote import encode_request, parse_answer
 
-SYNC_INTERVAL = 0.25
+# The largest message a worker may send: its sender cuts stages and reports well below this
+# (child.py), so only a broken or hostile worker reaches it.
+MAX_FROM_WORKER = 4 << 20
 COUNTER_SLOTS = 1 << 16  # three live keypairs per peer fit many thousands of peers
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
@@ -59,6 +83,17 @@ def _alive(pid: int) -> bool:
         return True
     # (a zombie also answers; the zygote ignores SIGCHLD, so its children never become one)
     return True
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of `pid`, or None if it is gone already."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so from the last ")"
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
 
 
 def resolve_workers(configured: int | None, cpus: int | None = None) -> int:
@@ -85,7 +120,7 @@ def forced_workers() -> int | None:
 class WorkerProc:
     index: int
     pid: int  # a child of the zygote, reaped by the kernel
-    channel: chmod.Channel | None = None
+    channel: chmod.Channel[WorkerMessage] | None = None
     retired: bool = False  # stopped on purpose: its exit is not a failure
     tx_packets: int = 0  # encrypted and sent by this worker (from its reports)
     started: float = field(default_factory=time.monotonic)
@@ -125,8 +160,8 @@ class WorkerPool:
         self._restarts: list[float] = []
         self._sig: tuple | None = None
         self._sent: dict[bytes, tuple] = {}  # peer key -> (endpoint, keypair identity) sent
-        self._sync_timer: asyncio.TimerHandle | None = None
         self._sync_pending = False
+        self.malformed = 0  # workers failed for breaking the control protocol (channel.error)
 
     # ---------------------------------------------------------------- life cycle
 
@@ -135,7 +170,6 @@ class WorkerPool:
         self._start_zygote()
         for i in range(1, self.count):
             self._spawn(i)
-        self._sync_timer = self.loop.call_later(SYNC_INTERVAL, self._periodic)
 
     def _start_zygote(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -151,6 +185,19 @@ class WorkerPool:
         self._zsock = ours
 
     def _spawn(self, index: int) -> None:
+        pid, ours = self._fork(index)
+        w = WorkerProc(index, pid)
+        w.channel = chmod.Channel(
+            ours, self.loop, lambda m: self._on_message(w, m), lambda: self._on_exit(w),
+            decode=decode_from_worker, max_message=MAX_FROM_WORKER,
+        )  # fmt: skip
+        self.workers[index] = w
+        for msg in self._full_state():
+            w.channel.send(msg)
+        log.info("%s: worker %d started (pid %d)", self.tun.name, index, pid)
+
+    def _fork(self, index: int) -> tuple[int, socket.socket]:
+        """Have the zygote fork worker `index`: its pid and our end of its control channel."""
         if self._zsock is None:
             raise OSError("the worker zygote is gone")
         queue = self.tun.open_queue()
@@ -165,31 +212,21 @@ class WorkerPool:
         ]  # fmt: skip
         try:
             fds = [queue, self.udp.fileno(), theirs.fileno(), self.counters.fd]
-            socket.send_fds(self._zsock, [pickle.dumps(argv)], fds)
-            answer = self._zsock.recv(256).decode()
-            if not answer.isdigit():
-                raise OSError(answer or "the worker zygote exited")
-            pid = int(answer)
+            socket.send_fds(self._zsock, [encode_request(argv)], fds)
+            pid = parse_answer(self._zsock.recv(256))
+            if self.zygote is not None and _parent_of(pid) not in (None, self.zygote.pid):
+                # The daemon kills this pid later: it must be the worker, not any process.
+                raise OSError(f"the worker zygote answered pid {pid}, not a child of its own")
         except OSError:
             ours.close()
             raise
         finally:
             os.close(queue)  # the worker holds the queue now; if it dies, the queue detaches
             theirs.close()
-        w = WorkerProc(index, pid)
-        w.channel = chmod.Channel(
-            ours, self.loop, lambda m: self._on_message(w, m), lambda: self._on_exit(w)
-        )
-        self.workers[index] = w
-        for msg in self._full_state():
-            w.channel.send(msg)
-        log.info("%s: worker %d started (pid %d)", self.tun.name, index, pid)
+        return pid, ours
 
     async def stop(self) -> None:
         self.stopping = True
-        if self._sync_timer is not None:
-            self._sync_timer.cancel()
-            self._sync_timer = None
         pids = [w.pid for w in self.workers.values()]
         self._retire_all()
         if self._zsock is not None:
@@ -223,7 +260,7 @@ class WorkerPool:
         for w in list(self.workers.values()):
             w.retired = True
             assert w.channel is not None
-            w.channel.send(("stop",))
+            w.channel.send(Stop())
             w.channel.close()
         self.workers.clear()
 
@@ -231,6 +268,16 @@ class WorkerPool:
         if self.stopping or w.retired:
             return
         index = w.index
+        error = w.channel.error if w.channel is not None else None
+        if error is not None:
+            # It may still be running and holding its queue: its flows would go nowhere.
+            self.malformed += 1
+            log.error("%s: worker %d broke the control protocol (%s); killing it",
+                      self.tun.name, index, error)  # fmt: skip
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.workers.get(index) is w:
             del self.workers[index]
         now = time.monotonic()
@@ -261,44 +308,40 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- engine state -> workers
 
-    def _peers_msg(self) -> tuple:
+    def _peers_msg(self) -> Peers:
         e = self.engine
-        return (
-            "peers",
-            [(key, p.endpoint, e.allowed.networks_of(p)) for key, p in e.peers.items()],
-        )
+        networks_of = e.allowed.networks_of
+        return Peers([PeerRoutes(key, p.endpoint, networks_of(p)) for key, p in e.peers.items()])
 
-    def _keypair_msg(self, key: bytes, now: float) -> tuple:
-        peer = self.engine.peers[key]
-        kp = peer.current
+    def _keypair_msg(self, key: bytes, now: float) -> Keypair:
+        kp = self.engine.peers[key].current
         if kp is None or not kp.ident:
-            return ("keypair", key, None)
-        material = (
-            kp.send_key,
-            kp.remote_index,
-            kp.slot,
-            kp.ident,
-            now - kp.created,
-            kp.is_initiator,
-        )
-        return ("keypair", key, material)
+            return Keypair(key, None)
+        return Keypair(key, KeypairMaterial(
+            kp.send_key, kp.remote_index, kp.slot, kp.ident, now - kp.created, kp.is_initiator,
+        ))  # fmt: skip
 
-    def _state_of(self, peer) -> tuple:
+    def _state_of(self, peer: Peer) -> tuple:
         kp = peer.current
         return (peer.endpoint, kp.ident if kp is not None else 0)
 
-    def _full_state(self) -> list[tuple]:
+    def _full_state(self) -> list[DaemonMessage]:
         now = self.now()
-        msgs = [self._peers_msg()]
+        msgs: list[DaemonMessage] = [self._peers_msg()]
         msgs += [self._keypair_msg(key, now) for key in self.engine.peers]
         return msgs
 
-    def _broadcast(self, msg: tuple) -> None:
+    def _broadcast(self, msg: DaemonMessage) -> None:
+        if not self.workers:
+            return
+        data = encode(msg)  # once, whatever the number of workers
         for w in self.workers.values():
-            w.channel.send(msg)  # type: ignore[union-attr]
+            if w.channel is not None:
+                w.channel.send_bytes(data)
 
     def sync(self) -> None:
-        """Send the workers whatever changed since the last sync."""
+        """Send the workers whatever changed since the last sync. Whoever changes peers,
+        AllowedIPs, endpoints or keypairs calls this (or ``sync_soon``): nothing polls."""
         self._sync_pending = False
         e = self.engine
         now = self.now()
@@ -306,50 +349,55 @@ class WorkerPool:
         if sig != self._sig:
             self._sig = sig
             self._broadcast(self._peers_msg())  # carries every endpoint
-            self._sent = {k: (p.endpoint, None) for k, p in e.peers.items()}
+            # A worker keeps the sending key of a peer it already had (and a new peer has
+            # none, as for identity 0): only keypairs that changed follow.
+            old = self._sent
+            self._sent = {k: (p.endpoint, old.get(k, (None, 0))[1]) for k, p in e.peers.items()}
         for key, peer in e.peers.items():
             state = self._state_of(peer)
             sent = self._sent.get(key)
             if sent == state:
                 continue
             if sent is None or sent[0] != state[0]:
-                self._broadcast(("endpoint", key, state[0]))
+                self._broadcast(Endpoint(key, state[0]))
             if sent is None or sent[1] != state[1]:
                 self._broadcast(self._keypair_msg(key, now))
             self._sent[key] = state
 
     def sync_soon(self) -> None:
+        """``sync`` once the current callback is done (many events of one batch, one sync)."""
         if not self._sync_pending:
             self._sync_pending = True
             self.loop.call_soon(self.sync)
 
-    def _periodic(self) -> None:
-        self.sync()
-        self._sync_timer = self.loop.call_later(SYNC_INTERVAL, self._periodic)
-
     # ---------------------------------------------------------------- workers -> engine
 
-    def _on_message(self, w: WorkerProc, msg: tuple) -> None:
-        kind = msg[0]
+    def _on_message(self, w: WorkerProc, msg: WorkerMessage) -> None:
+        """A decoded message (types and sizes checked by the codec): only its meaning is left
+        to judge — peer keys may be unknown, staged packets are routed again here."""
         e = self.engine
         now = self.now()
-        if kind == "report":
-            for key, nbytes, npackets, data in msg[1]:
-                w.tx_packets += npackets
-                peer = e.peers.get(key)
+        if type(msg) is Report:
+            for s in msg.sent:
+                w.tx_packets += s.tx_packets
+                peer = e.peers.get(s.key)
                 if peer is not None:
-                    e.note_worker_sent(peer, nbytes, npackets, data, now)
-            e.drops.update(msg[2])
+                    e.note_worker_sent(peer, s.tx_bytes, s.tx_packets, s.data_sent, now)
+            e.drops.update(msg.drops)
             self.perform(Output())  # (re-arms the timer for deadlines the report moved)
-        elif kind == "stage":
-            peer = e.peers.get(msg[1])
-            if peer is None:
-                e.drops["tun_no_route"] += len(msg[2])
-                return
-            self.perform(e.send_packets(peer, msg[2], now))
-        elif kind == "rekey":
+        elif type(msg) is Stage:
+            # Only what the daemon's own table routes to that peer: a worker's table may lag,
+            # and a worker must not get arbitrary plaintext encrypted to a peer of its choosing.
+            peer = e.peers.get(msg.key)
+            routed = route_packets(msg.packets, e.allowed, e.drops)
+            mine = routed.pop(peer, None) if peer is not None else None
+            if routed:
+                e.drops["tun_no_route"] += sum(map(len, routed.values()))
+            if peer is not None and mine:
+                self.perform(e.send_packets(peer, mine, now))
+        elif type(msg) is Rekey:
             out = Output()
-            for key in msg[1]:
+            for key in msg.keys:
                 peer = e.peers.get(key)
                 if peer is not None:
                     e.rekey_if_due(peer, now, out)

@@ -17,6 +17,9 @@ retired slot — goes to the daemon (``to_daemon``), whose engine stages it and 
 handshake exactly as for its own queue. An initiator keypair past REKEY_AFTER_TIME asks the
 daemon for a rekey (``rekey``), at most once per REKEY_TIMEOUT.
 
+A sending key is forgotten once it has expired (``forget_expired`` at ``next_expiry``): the
+daemon announces new keypairs, not the end of old ones.
+
 What was sent is summed per peer for ``take_report``: the daemon adds the bytes to ``wg show``'s
 transfer counters and runs the send-side timers for it. The class is sans-I/O like the engine:
 bytes and ``now`` in, lists out; counters come from an injected bank.
@@ -25,6 +28,7 @@ bytes and ``now`` in, lists out; counters come from an injected bank.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -38,8 +42,9 @@ from ..protocol.constants import (
     REKEY_TIMEOUT,
 )
 from ..protocol.engine import CounterBank
-from ..protocol.peer import Addr, Network
+from ..protocol.peer import Addr
 from ..protocol.session import seal_batch
+from .messages import KeypairMaterial, PeerRoutes, PeerSent
 
 
 class SendKey:
@@ -90,41 +95,47 @@ class SendEngine:
 
     # ---------------------------------------------------------------- state from the daemon
 
-    def set_peers(self, peers: list[tuple[bytes, Addr | None, list[Network]]]) -> None:
+    def set_peers(self, peers: Iterable[PeerRoutes]) -> None:
         """The daemon's whole peer list and routing table (sent when either changed)."""
         old = self.peers
         self.peers = {}
         self.allowed = AllowedIPs()
-        for key, endpoint, networks in peers:
-            wp = old.get(key)
+        insert = self.allowed.insert
+        for p in peers:
+            wp = old.get(p.key)
             if wp is None:
-                wp = WorkerPeer(key, endpoint)
-            wp.endpoint = endpoint
-            self.peers[key] = wp
-            for net in networks:
-                self.allowed.insert(net, wp)
+                wp = WorkerPeer(p.key, p.endpoint)
+            wp.endpoint = p.endpoint
+            self.peers[p.key] = wp
+            for net in p.networks:
+                insert(net, wp)
 
     def set_endpoint(self, key: bytes, endpoint: Addr | None) -> None:
         wp = self.peers.get(key)
         if wp is not None:
             wp.endpoint = endpoint
 
-    def set_keypair(
-        self,
-        key: bytes,
-        material: tuple[bytes, int, int, int, float, bool] | None,
-        now: float,
-    ) -> None:
-        """material = (send key, remote index, slot, identity, age in seconds, is_initiator),
-        or None when the peer has no session to send on."""
+    def set_keypair(self, key: bytes, material: KeypairMaterial | None, now: float) -> None:
+        """The sending half of the peer's current keypair, or None when it has no session to
+        send on."""
         wp = self.peers.get(key)
         if wp is None:
             return
         if material is None:
             wp.send = None
             return
-        send_key, remote, slot, ident, age, initiator = material
-        wp.send = SendKey(send_key, remote, slot, ident, now - age, initiator)
+        m = material
+        wp.send = SendKey(m.send_key, m.remote_index, m.slot, m.ident, now - m.age, m.is_initiator)
+
+    def next_expiry(self) -> float | None:
+        """When the oldest sending key expires (REJECT_AFTER_TIME after it was made)."""
+        created = [wp.send.created for wp in self.peers.values() if wp.send is not None]
+        return min(created) + REJECT_AFTER_TIME if created else None
+
+    def forget_expired(self, now: float) -> None:
+        for wp in self.peers.values():
+            if wp.send is not None and now - wp.send.created >= REJECT_AFTER_TIME:
+                wp.send = None
 
     # ---------------------------------------------------------------- data
 
@@ -168,13 +179,13 @@ class SendEngine:
 
     # ---------------------------------------------------------------- reporting
 
-    def take_report(self) -> tuple[list[tuple[bytes, int, int, bool]], dict[str, int]]:
-        """What was sent since the last report: [(peer key, bytes, packets, data sent)] and the
-        drops by reason; both reset."""
+    def take_report(self) -> tuple[list[PeerSent], dict[str, int]]:
+        """What was sent per peer since the last report and the drops by reason; both
+        reset."""
         sent = []
         for wp in self.peers.values():
             if wp.any_sent:
-                sent.append((wp.key, wp.tx_bytes, wp.tx_packets, wp.data_sent))
+                sent.append(PeerSent(wp.key, wp.tx_bytes, wp.tx_packets, wp.data_sent))
                 wp.tx_bytes = wp.tx_packets = 0
                 wp.any_sent = wp.data_sent = False
         drops = dict(self.drops)

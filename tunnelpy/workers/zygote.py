@@ -8,17 +8,20 @@ and then only forks: a worker is a fork of a single-threaded process that holds 
 which is the one situation where fork() without exec() is safe in Python.
 
 Protocol, on a SOCK_SEQPACKET socket from the daemon: a request is the worker's argument list
-(pickled, with ``{tun}``, ``{udp}``, ``{ctl}``, ``{counters}`` standing for the file descriptors)
-plus those four descriptors in SCM_RIGHTS; the answer is the worker's pid as text, or ``error:
-…``. The zygote closes its copies of the descriptors after each fork, ignores SIGCHLD so the
-kernel reaps its children, and exits when the daemon's end of the socket closes.
+as a JSON array of strings (``{tun}``, ``{udp}``, ``{ctl}``, ``{counters}`` standing for the file
+descriptors) plus those four descriptors in SCM_RIGHTS; the answer is the worker's pid in ASCII
+digits, or ``error: …``. Neither side unpickles or evaluates anything: the zygote runs with the
+privileges of ``User`` and the daemon reads its answer as it reads a worker's messages, as
+bytes that may be hostile (``parse_answer``). The zygote closes its copies of the descriptors
+after each fork, ignores SIGCHLD so the kernel reaps its children, and exits when the daemon's
+end of the socket closes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -26,21 +29,52 @@ import sys
 from .. import privileges
 
 FD_NAMES = ("tun", "udp", "ctl", "counters")
+MAX_REQUEST = 1 << 16
+MAX_ARGS = 64
+PID_MAX = 1 << 22  # the kernel's largest pid_max
+
+
+def encode_request(argv: list[str]) -> bytes:
+    if not all(type(a) is str for a in argv):
+        raise TypeError("worker arguments are strings")
+    data = json.dumps(argv).encode()
+    if len(argv) > MAX_ARGS or len(data) > MAX_REQUEST:
+        raise ValueError("worker argument list too long")
+    return data
+
+
+def decode_request(data: bytes, fds: list[int]) -> list[str]:
+    """The worker's argv, with each placeholder argument replaced by its descriptor number."""
+    if len(data) > MAX_REQUEST:
+        raise ValueError("request too long")
+    argv: list[str] = json.loads(data)
+    if type(argv) is not list or len(argv) > MAX_ARGS or not all(type(a) is str for a in argv):
+        raise ValueError("a request is a JSON array of strings")
+    if len(fds) != len(FD_NAMES):
+        raise ValueError(f"expected {len(FD_NAMES)} descriptors, got {len(fds)}")
+    names = {"{" + name + "}": str(fd) for name, fd in zip(FD_NAMES, fds, strict=True)}
+    return [names.get(a, a) for a in argv]
+
+
+def parse_answer(data: bytes) -> int:
+    """The pid the zygote answered; OSError with its message (made printable) otherwise."""
+    if data.isdigit() and len(data) <= 7 and 0 < int(data) <= PID_MAX:
+        return int(data)
+    text = data.decode("ascii", "replace")
+    text = "".join(c if c.isprintable() else "?" for c in text[:200])
+    raise OSError(text or "the worker zygote exited")
 
 
 def serve(sock: socket.socket) -> None:
     while True:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, len(FD_NAMES))
+            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, len(FD_NAMES))
         except InterruptedError:
             continue
         if not data:
             return  # the daemon is gone
         try:
-            if len(fds) != len(FD_NAMES):
-                raise ValueError(f"expected {len(FD_NAMES)} descriptors, got {len(fds)}")
-            names = dict(zip(FD_NAMES, (str(fd) for fd in fds), strict=True))
-            argv = [a.format(**names) for a in pickle.loads(data)]
+            argv = decode_request(data, fds)
             pid = os.fork()
             if pid == 0:  # the worker
                 code = 1
