@@ -417,7 +417,9 @@ class Device:
 
     async def set_mtu(self, mtu: int) -> None:
         if isinstance(self.engine, Engine):
-            self.engine.mtu = mtu
+            self.engine.set_mtu(mtu)
+            if self.pool is not None:
+                self.pool.restart()  # workers pad to the MTU they were started with
         if self.tun is not None:
             await self.blocking(self.host.set_mtu, self.name, mtu)
 

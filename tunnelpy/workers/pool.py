@@ -249,6 +249,10 @@ class WorkerPool:
     def replace_udp(self, udp: UdpSocket) -> None:
         """A new listen port: workers send through the new socket (they are restarted)."""
         self.udp = udp
+        self.restart()
+
+    def restart(self) -> None:
+        """Start every worker afresh: what they get only at spawn (socket, MTU) changed."""
         self._retire_all()
         for i in range(1, self.count):
             try:
