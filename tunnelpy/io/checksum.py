@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
-from .vnet import F_NEEDS_CSUM, VNET_CSUM, VNET_HDR_LEN, Buffer, OffloadError
+from .vnet import F_NEEDS_CSUM, VNET_HDR_LEN, Buffer, OffloadError
 
 # numpy's OpenBLAS starts a thread per CPU at import, which we never use (sums are not BLAS)
 # and which under valgrind was seen spinning: one thread, no pool.
@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     _np = None  # type: ignore[assignment]
 
 M = 0xFFFF
-U16 = struct.Struct(">H")
+_U16 = struct.Struct(">H")
+_VNET_CSUM = struct.Struct("<HH")  # csum_start, csum_offset: at offset 6 of virtio_net_hdr
 
 
 def ones_sum(data: Buffer, initial: int = 0) -> int:
@@ -95,7 +96,7 @@ def finish_plain(buf: Buffer) -> bytes:
         return bytes(buf[VNET_HDR_LEN:])
     if not isinstance(buf, bytes):
         buf = bytes(buf)
-    csum_start, csum_offset = VNET_CSUM.unpack_from(buf, 6)
+    csum_start, csum_offset = _VNET_CSUM.unpack_from(buf, 6)
     start = VNET_HDR_LEN + csum_start
     at = start + csum_offset
     if at + 2 > n:
@@ -104,4 +105,4 @@ def finish_plain(buf: Buffer) -> bytes:
     total = int.from_bytes(tail, "big")
     if len(tail) & 1:
         total <<= 8
-    return buf[VNET_HDR_LEN:at] + U16.pack(M - total % M) + buf[at + 2 :]
+    return buf[VNET_HDR_LEN:at] + _U16.pack(M - total % M) + buf[at + 2 :]

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Sequence
 
 from . import accel
-from .checksum import U16, finish, fold, ones_sum, pseudo_sum
+from .checksum import finish, fold, ones_sum, pseudo_sum
 from .headers import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH, l3_offset
 from .vnet import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR, ZERO_VNET_HDR, Buffer
 
@@ -33,6 +33,10 @@ USO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels: the most a UDP GSO p
 # The flags of a TCP segment that may join, PSH included (PSH ends the write after it).
 _DATA = TCP_ACK | TCP_PSH
 
+# Structs are module-level names here, not imports: CPython 3.11 compiles `imported.method()`
+# as an attribute load that makes a bound method on every call, `local.method()` does not.
+_VNET_HDR = VNET_HDR
+_U16 = struct.Struct(">H")
 _U16U16 = struct.Struct(">HH")
 # An IPv4 header without options and the TCP header after it, as the fast path reads them in
 # one call: version/IHL+TOS, fragment field, TTL+protocol, addresses+ports, sequence number,
@@ -138,8 +142,9 @@ def coalesce(
         if n < l3 + 28:  # shorter than IPv4 + UDP headers
             units.append([ZERO_VNET_HDR, p])
             continue
-        # Layer 1: the flow key, where the transport header (t) and payload (h) start, the TCP
-        # sequence number and flags; or the packet is written alone.
+        # Layer 1: the flow key, whether it is a UDP one, where the transport header (t) and the
+        # payload (h) start and, for TCP, the sequence number and flags; or the packet is
+        # written alone.
         key: FlowKey | None = None
         if fast and p[l3] == 0x45:
             # The bulk case, IPv4 without options (on a TUN, or behind the Ethernet header of a
@@ -156,16 +161,17 @@ def coalesce(
                         units.append([ZERO_VNET_HDR, p])
                         continue
                     key = (vt, frag, ttl_proto, addrs, ack_doff, window, p[t + 20 : h])
+                    if l3:
+                        key += (p[:l3],)
                     udp = False
             elif proto == IPPROTO_UDP and uso and n > t + 8:
                 vt, frag, ttl_proto, addrs = v4_udp(p, l3)
                 if not frag & 0x3FFF:
                     key = (vt, frag, ttl_proto, addrs)
+                    if l3:
+                        key += (p[:l3],)
                     h = t + 8
-                    seq = flags = 0
                     udp = True
-            if l3 and key is not None:
-                key = (*key, p[:l3])
         if key is None:
             b0 = p[l3]
             if b0 >> 4 == 4:
@@ -189,7 +195,6 @@ def coalesce(
                 else:
                     key = p[: l3 + 2] + p[l3 + 6 : l3 + 10] + p[l3 + 12 : t + 4]
                 h = t + 8
-                seq = flags = 0
                 udp = True
             elif proto == IPPROTO_TCP and n >= t + 20:
                 h = t + (p[t + 12] >> 4) * 4
@@ -234,7 +239,8 @@ def coalesce(
             if plen < flow.gso:
                 flow.open = False
         else:
-            flow = _Flow(p, l3, t - l3, h, v6, seq, plen, udp)
+            # (a datagram has no sequence number: `seq` is only read for TCP)
+            flow = _Flow(p, l3, t - l3, h, v6, 0 if udp else seq, plen, udp)
             flows[key] = flow
             builders.append((len(units), flow))
             units.append([])  # filled below, when the flow is complete
@@ -244,7 +250,7 @@ def coalesce(
         if flags & TCP_PSH:
             flow.open = False
             flow.psh = True
-        elif flow.open and runs is not None and i < count:
+        elif runs is not None and flow.open and i < count:
             i = _take_run(flow, runs, i, raw, n, t)
     for index, flow in builders:
         units[index] = _unit(flow)
@@ -283,30 +289,25 @@ def _unit(flow: _Flow) -> list[Buffer]:
     l3, h = flow.l3, flow.h
     hdr = bytearray(memoryview(first)[:h])
     t = l3 + flow.iphl
-    if flow.udp:
-        # GSO_UDP_L4: the UDP length and pseudo-header sum are those of the whole, as the
-        # kernel's segmentation replaces the length in both per datagram.
-        l4_len = 8 + flow.size
-        psum = _set_ip_length(hdr, l3, t, flow.v6, IPPROTO_UDP, l4_len)
-        _U16U16.pack_into(hdr, t + 4, l4_len, fold(psum))
-        vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_UDP_L4, t + 8, flow.gso, t, 6)
+    udp = flow.udp
+    # GSO_UDP_L4: the UDP length and pseudo-header sum are those of the whole, as the kernel's
+    # segmentation replaces the length in both per datagram.
+    proto, l4_len = (IPPROTO_UDP, 8 + flow.size) if udp else (IPPROTO_TCP, h - t + flow.size)
+    if flow.v6:
+        _U16.pack_into(hdr, l3 + 4, l4_len)
+        psum = pseudo_sum(hdr[l3 + 8 : l3 + 24], hdr[l3 + 24 : l3 + 40], proto, l4_len)
     else:
-        psum = _set_ip_length(hdr, l3, t, flow.v6, IPPROTO_TCP, h - t + flow.size)
+        _U16.pack_into(hdr, l3 + 2, t - l3 + l4_len)
+        _U16.pack_into(hdr, l3 + 10, 0)
+        _U16.pack_into(hdr, l3 + 10, finish(ones_sum(memoryview(hdr)[l3:t])))
+        psum = pseudo_sum(hdr[l3 + 12 : l3 + 16], hdr[l3 + 16 : l3 + 20], proto, l4_len)
+    if udp:
+        _U16U16.pack_into(hdr, t + 4, l4_len, fold(psum))
+        vnet = _VNET_HDR.pack(F_NEEDS_CSUM, GSO_UDP_L4, t + 8, flow.gso, t, 6)
+    else:
         if flow.psh:
             hdr[t + 13] |= TCP_PSH
-        U16.pack_into(hdr, t + 16, fold(psum))
+        _U16.pack_into(hdr, t + 16, fold(psum))
         gso_type = GSO_TCPV6 if flow.v6 else GSO_TCPV4
-        vnet = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, h, flow.gso, t, 16)
+        vnet = _VNET_HDR.pack(F_NEEDS_CSUM, gso_type, h, flow.gso, t, 16)
     return [vnet, hdr, *flow.pieces]
-
-
-def _set_ip_length(hdr: bytearray, l3: int, t: int, v6: bool, proto: int, l4_len: int) -> int:
-    """Set the IP length of a write of `l4_len` transport bytes (and the IPv4 header checksum);
-    -> its pseudo-header sum."""
-    if v6:
-        U16.pack_into(hdr, l3 + 4, l4_len)
-        return pseudo_sum(hdr[l3 + 8 : l3 + 24], hdr[l3 + 24 : l3 + 40], proto, l4_len)
-    U16.pack_into(hdr, l3 + 2, t - l3 + l4_len)
-    U16.pack_into(hdr, l3 + 10, 0)
-    U16.pack_into(hdr, l3 + 10, finish(ones_sum(memoryview(hdr)[l3:t])))
-    return pseudo_sum(hdr[l3 + 12 : l3 + 16], hdr[l3 + 16 : l3 + 20], proto, l4_len)

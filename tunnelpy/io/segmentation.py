@@ -15,7 +15,7 @@ import functools
 import struct
 
 from . import accel
-from .checksum import U16, M, finish, finish_plain, ones_sum, payload_sums, pseudo_sum
+from .checksum import M, finish, finish_plain, ones_sum, payload_sums, pseudo_sum
 from .headers import IPPROTO_TCP, IPPROTO_UDP, TCP_CWR, TCP_FIN, TCP_PSH, l3_offset
 from .vnet import (
     GSO_ECN,
@@ -36,6 +36,10 @@ _split_tcp_c = accel.split_tcp_segments
 _LAST_ONLY = TCP_FIN | TCP_PSH
 _FIRST_ONLY = TCP_CWR
 
+# Structs are module-level names here, not imports: CPython 3.11 compiles `imported.method()`
+# as an attribute load that makes a bound method on every call, `local.method()` does not.
+_VNET_HDR = VNET_HDR
+_U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U16U16 = struct.Struct(">HH")
 
@@ -50,7 +54,7 @@ def split(buf: Buffer, *, l2: bool = False) -> list[bytes]:
     """
     if len(buf) <= VNET_HDR_LEN:
         raise OffloadError("shorter than the virtio_net_hdr")
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _VNET_HDR.unpack_from(buf)
     gso = gso_type & ~GSO_ECN
     if gso == GSO_NONE:
         return [finish_plain(buf)]
@@ -93,7 +97,7 @@ def _segment_headers(
         addr_sum = pseudo_sum(hdr[ip + 8 : ip + 24], hdr[ip + 24 : ip + 40], proto, 0)
     else:
         _U16U16.pack_into(hdr, ip + 2, 0, 0)  # total length, id
-        U16.pack_into(hdr, ip + 10, 0)  # header checksum
+        _U16.pack_into(hdr, ip + 10, 0)  # header checksum
         ip_sum = ones_sum(memoryview(hdr)[ip : ip + iphl])
         addr_sum = pseudo_sum(hdr[ip + 12 : ip + 16], hdr[ip + 16 : ip + 20], proto, 0)
     return hdr, ip_sum, addr_sum
@@ -120,11 +124,11 @@ def split_tcp(buf: Buffer, off: int, mss: int) -> list[bytes]:
     tt = t - VNET_HDR_LEN  # TCP header inside hdr
     seq0 = _U32.unpack_from(hdr, tt + 4)[0]
     flags0 = hdr[tt + 13]
-    ipid0 = 0 if v6 else U16.unpack_from(buf, off + 4)[0]
+    ipid0 = 0 if v6 else _U16.unpack_from(buf, off + 4)[0]
     # TCP header sum with seq, flags and checksum zeroed: per segment only those are added.
     _U32.pack_into(hdr, tt + 4, 0)
     hdr[tt + 13] = 0
-    U16.pack_into(hdr, tt + 16, 0)
+    _U16.pack_into(hdr, tt + 16, 0)
     tcp_sum = ones_sum(memoryview(hdr)[tt:])
     if _split_tcp_c is not None:
         return _split_tcp_c(
@@ -205,7 +209,7 @@ def split_udp(buf: Buffer, off: int, size: int) -> list[bytes]:
     hdr, ip_sum, addr_sum = _segment_headers(buf, off, iphl, v6, 8, IPPROTO_UDP)
     ip = off - VNET_HDR_LEN
     uu = u - VNET_HDR_LEN
-    ipid0 = 0 if v6 else U16.unpack_from(buf, off + 4)[0]
+    ipid0 = 0 if v6 else _U16.unpack_from(buf, off + 4)[0]
     _U16U16.pack_into(hdr, uu + 4, 0, 0)  # length, checksum
     ports_sum = ones_sum(memoryview(hdr)[uu:])
     sums = payload_sums(buf, h, end, size)
@@ -217,12 +221,12 @@ def split_udp(buf: Buffer, off: int, size: int) -> list[bytes]:
         nxt = min(pos + size, end)
         ulen = 8 + nxt - pos
         if v6:
-            U16.pack_into(hdr, ip + 4, ulen)
+            _U16.pack_into(hdr, ip + 4, ulen)
         else:
             total = iphl + ulen
             ipid = (ipid0 + i) & M
             _U16U16.pack_into(hdr, ip + 2, total, ipid)
-            U16.pack_into(hdr, ip + 10, finish(ip_sum + total + ipid))
+            _U16.pack_into(hdr, ip + 10, finish(ip_sum + total + ipid))
         # The length appears twice in the sum: in the pseudo-header and in the UDP header.
         csum = finish(addr_sum + ulen + ports_sum + ulen + psum)
         _U16U16.pack_into(hdr, uu + 4, ulen, csum)

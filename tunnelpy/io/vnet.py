@@ -17,8 +17,6 @@ Buffer = bytes | bytearray | memoryview
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size  # 10
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
-# csum_start, csum_offset: at offset 6 of the header.
-VNET_CSUM = struct.Struct("<HH")
 
 # virtio_net_hdr flags and gso types (linux/virtio_net.h)
 F_NEEDS_CSUM = 1
