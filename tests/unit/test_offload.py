@@ -12,6 +12,7 @@ import struct
 
 import pytest
 
+from tunnelpy.io import checksum, gro, segmentation
 from tunnelpy.io import offload as o
 
 V4_SRC, V4_DST = ipaddress.ip_address("10.98.0.1").packed, ipaddress.ip_address("10.98.0.2").packed
@@ -138,7 +139,7 @@ def tcp_fields(seg: bytes, l3: int = 0) -> tuple[int, int, bytes]:
 @pytest.mark.parametrize("flags", [0x18, 0x19, 0x98, 0x10])
 def test_split_tcp_segments_headers_flags_and_checksums(monkeypatch, numpy, v6, flags):
     if not numpy:
-        monkeypatch.setattr(o, "_np", None)
+        monkeypatch.setattr(checksum, "_np", None)
     mss = 1368
     data = payload_of(mss * 4 + 517)
     seq0 = 0xFFFFF000  # wraps past 2**32 inside the super-packet
@@ -697,7 +698,7 @@ def test_coalesce_never_joins_segments_with_a_data_offset_below_five(l2):
 def needs_compiled() -> None:
     """The compiled segment loops are built at install (Cython); CI installs them, so there they
     must be present; elsewhere their tests skip without them (or with TUNNELPY_TEST_COMPILED=off)."""
-    if o._join_run is None or o._split_tcp_c is None:
+    if not o.compiled():
         knob_off = os.environ.get("TUNNELPY_TEST_COMPILED", "").lower() == "off"
         if os.environ.get("CI") and not knob_off:
             pytest.fail("tunnelpy.io._segments is not built: pip install -e . (Cython)")
@@ -789,7 +790,7 @@ def test_coalesce_run_join_equals_the_packet_loop(v6):
             want = [flatten(u) for u in o.coalesce(batch, l2=l2, fast=False)]
             assert [flatten(u) for u in fast] == want
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(o, "_join_run", None)
+                mp.setattr(gro, "_join_run", None)
                 assert [flatten(u) for u in o.coalesce(batch, l2=l2)] == want
             # (a unit with a piece of more than one segment came from the run join)
             joined += sum(1 for u in fast for x in u[2:] if len(x) > mss + 14)
@@ -854,9 +855,9 @@ def test_compiled_split_equals_the_python_split():
             buf = tso(frame, gso, mss, len(eth) if l2 else 0)
             compiled = o.split(buf, l2=l2)
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(o, "_split_tcp_c", None)
+                mp.setattr(segmentation, "_split_tcp_c", None)
                 assert compiled == o.split(buf, l2=l2), (v6, l2, mss, size, hex(flags))
-                mp.setattr(o, "_np", None)
+                mp.setattr(checksum, "_np", None)
                 assert compiled == o.split(buf, l2=l2)
             assert all(type(s) is bytes for s in compiled)
             cases += 1

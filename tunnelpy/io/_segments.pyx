@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled per-segment loops of :mod:`tunnelpy.io.offload`: the TSO split and the GRO run join.
+"""Compiled per-segment loops of the offloads: the TSO split and the GRO run join.
 
-Optional: setup.py builds this module with Cython at install; without it offload.py runs its
-own Python loops, which give the same bytes (tests/unit/test_offload.py compares the two).
+Optional: setup.py builds this module with Cython at install (tunnelpy/io/accel.py loads it);
+without it segmentation.py and gro.py run their own Python loops, which give the same bytes
+(tests/unit/test_offload.py compares the two). _segments.pyi declares the signatures for mypy.
 
 Why compiled: everything else on the data path is batched, but these two loops touch every
 segment. In Python they cost ~1.3 µs (split) and ~1.2 µs (coalesce) per 1420-byte segment, as
@@ -13,7 +14,7 @@ C loops over the bytes: a struct-and-slice interpreter loop becomes a memcpy and
 split_tcp_segments builds split_tcp's segments field for field with split_tcp's arithmetic (the
 Python side still parses and checks the super-packet and prepares the header template).
 
-join_run serves coalesce: after a packet started or continued an open TCP flow it takes every
+join_run serves gro.coalesce: after a packet started or continued an open TCP flow it takes every
 following packet that the packet-at-a-time loop would also have joined to that flow, up to the
 first it would not: same raw length, the same header bytes as the flow's first segment except
 IPv4 id and checksum, sequence number, flags, TCP checksum and urgent pointer (the flow key,
@@ -112,7 +113,7 @@ def split_tcp_segments(
     """The segments of split_tcp: `hdr` is the header template (frame start to payload) with
     IPv4 length, id and checksum, sequence number, flags and TCP checksum zeroed; `ip_sum` the
     IPv4 header's sum without them, `base_sum` the pseudo-header address/protocol sum plus the
-    template TCP header's. Same arithmetic, field for field, as offload.split_tcp's loop."""
+    template TCP header's. Same arithmetic, field for field, as segmentation.split_tcp's loop."""
     cdef const unsigned char[::1] data = buf
     cdef Py_ssize_t end = data.shape[0]
     cdef Py_ssize_t hl = len(hdr)

@@ -1,0 +1,36 @@
+"""Types of the compiled segment loops (_segments.pyx), for callers checked by mypy.
+
+Offsets that would leave the buffers are refused: `join_run` then takes nothing,
+`split_tcp_segments` raises ValueError.
+"""
+
+def join_run(
+    packets: list[bytes],
+    i: int,
+    limit: int,
+    first: bytes,
+    raw: int,
+    end: int,
+    l3: int,
+    t: int,
+    h: int,
+    v6: bool,
+    next_seq: int,
+    gso: int,
+) -> tuple[int, bool, bytes | None]: ...
+def split_tcp_segments(
+    buf: bytes | bytearray | memoryview,
+    h: int,
+    mss: int,
+    hdr: bytes,
+    ip: int,
+    tt: int,
+    iphl: int,
+    thl: int,
+    v6: bool,
+    seq0: int,
+    flags0: int,
+    ipid0: int,
+    ip_sum: int,
+    base_sum: int,
+) -> list[bytes]: ...

@@ -1,0 +1,20 @@
+"""The optional compiled segment loops (tunnelpy/io/_segments.pyx), or None for each.
+
+setup.py builds the module with Cython at install; where it could not be built, or with the
+testing knob ``TUNNELPY_TEST_COMPILED=off`` (so a test run or a bench row can compare the two
+end to end), both names are None and segmentation and GRO run their own Python loops, which give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    from . import _segments as _built
+except ImportError:  # pragma: no cover - depends on the build
+    _built = None  # type: ignore[assignment]
+
+_off = os.environ.get("TUNNELPY_TEST_COMPILED", "").lower() == "off"
+join_run = None if _built is None or _off else _built.join_run
+split_tcp_segments = None if _built is None or _off else _built.split_tcp_segments
