@@ -30,7 +30,15 @@ from .io.udp import UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .netlink.topology import Topology, TopologyError
-from .protocol.engine import Engine, Event
+from .protocol.engine import Engine
+from .protocol.events import (
+    Event,
+    HandshakeComplete,
+    HandshakeFailed,
+    HandshakeSent,
+    ResolveEndpoint,
+    Roamed,
+)
 from .protocol.peer import Peer
 from .protocol.vxlan import ETH_HLEN, VxlanEngine
 from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
@@ -386,18 +394,18 @@ class Daemon:
     # ------------------------------------------------------------------ events
 
     def _on_event(self, ev: Event) -> None:
-        if self.pool is not None and ev.kind in ("handshake_complete", "roamed"):
+        if self.pool is not None and isinstance(ev, HandshakeComplete | Roamed):
             self.pool.sync_soon()  # the workers encrypt on the new session / to the new address
-        if ev.kind == "handshake_complete":
-            log.info("peer %s: handshake complete (%s)", ev.peer, ev.detail)
-        elif ev.kind == "handshake_failed":
-            log.warning("peer %s: handshake did not complete after %s", ev.peer, ev.detail)
-        elif ev.kind == "roamed":
-            log.info("peer %s: endpoint moved %s", ev.peer, ev.detail)
-        elif ev.kind == "handshake_sent":
-            log.debug("peer %s: handshake initiation sent %s", ev.peer, ev.detail)
-        elif ev.kind == "resolve":
-            self._re_resolve(ev.peer)
+        if isinstance(ev, HandshakeComplete):
+            log.info("peer %s: handshake complete (%s)", ev.peer_name, ev)
+        elif isinstance(ev, HandshakeFailed):
+            log.warning("peer %s: handshake did not complete after %s", ev.peer_name, ev)
+        elif isinstance(ev, Roamed):
+            log.info("peer %s: endpoint moved %s", ev.peer_name, ev)
+        elif isinstance(ev, HandshakeSent):
+            log.debug("peer %s: handshake initiation sent %s", ev.peer_name, ev)
+        elif isinstance(ev, ResolveEndpoint):
+            self._re_resolve(ev.peer_name)
 
     def _re_resolve(self, peer_name: str) -> None:
         """Endpoints given as names are resolved again when the peer goes quiet (DNS moved)."""

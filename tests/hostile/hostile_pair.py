@@ -12,6 +12,7 @@ import ipaddress
 import random
 import struct
 
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.crypto import generate_private_key, public_key
 from tunnelpy.protocol.engine import Engine, Output
 
@@ -91,7 +92,7 @@ class Pair:
                 for addr, dgs in o.datagrams.items():
                     for d in dgs:
                         self.wire.append((self.name(eng), d))
-                    dst = self.hosts.get(addr)
+                    dst = self.hosts.get(addr[:2])
                     if dst is not None and dgs:
                         src_addr = self.addr_of[id(eng)]
                         nxt.append((dst, dst.from_network([(d, src_addr) for d in dgs], self.now)))
@@ -128,7 +129,7 @@ class Pair:
         """A genuine type-3 message: B answers A's next initiation with a cookie under load."""
         out = Output()
         self.a._send_initiation(self.pa, self.now, out, retry=True)
-        init = out.datagrams[B_ADDR][0]
+        init = out.datagrams[Dest(*B_ADDR)][0]
         self.wire.append(("a", init))
         saved = self.b.under_load_threshold
         self.b.under_load_threshold = 0
@@ -137,7 +138,7 @@ class Pair:
             reply = self.b.from_network([(init, A_ADDR)], self.now + 0.002)
         finally:
             self.b.under_load_threshold = saved
-        return reply.datagrams[A_ADDR][0]
+        return reply.datagrams[Dest(*A_ADDR)][0]
 
     def messages(self) -> dict[str, bytes]:
         """One valid message of every kind this pair produced, keyed by name."""
