@@ -665,11 +665,10 @@ class Engine:
         # The ciphertext goes to decrypt() as a bytes slice: copying 1.4 KB costs less than
         # making a memoryview and cryptography's buffer path for it (0.4 µs per datagram).
         _, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
-        entry = self.indices.get(receiver)
-        if entry is None or entry[1] is None:
+        peer, kp = self.indices.get(receiver) or (None, None)
+        if peer is None or kp is None:  # (kp None: the index of our pending initiation)
             self.drops[Drop.UNKNOWN_INDEX] += 1
             return None
-        peer, kp = entry
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             self._drop(peer, Drop.EXPIRED_SESSION)
             return None
