@@ -5,7 +5,7 @@ Theory of operation
 The engine is the whole protocol of one interface: its static key, its peers, the index table
 that maps the 32-bit receiver index of an incoming message to a keypair or pending handshake, and
 the cryptokey routing table (AllowedIPs). It never touches a socket, a device or a clock. The
-daemon feeds it three things and performs what comes back in an :class:`Output`:
+daemon feeds it four kinds of batch and performs what comes back in an :class:`Output`:
 
 ``from_tunnel(packets, now)``
     IP packets read from the TUN. Each is routed by destination through AllowedIPs to a peer,
@@ -20,13 +20,20 @@ daemon feeds it three things and performs what comes back in an :class:`Output`:
     the sending peer (cryptokey routing inbound) before the packet is handed to the TUN. An
     authenticated packet from a new address moves the peer's endpoint there (roaming).
 
+``from_segment(vni, frames, now)``
+    Ethernet frames read from a segment's TAP, switched by that segment's :class:`Switch`
+    (switch.py: FDB lookup, flooding, hubs) and sent to the chosen peers as L2 plaintexts (a
+    VXLAN header and the frame) on the same sessions as IP. Received L2 plaintexts go through
+    the same switch (learning, split horizon, hub relay) to ``Output.frames``.
+
 ``on_timer(now)``
     Fires the per-peer timers whose deadline passed (see peer.py); ``next_deadline()`` tells the
     daemon when to call it next.
 
 Nothing from the network raises: every rejected datagram increments ``drops[reason]`` (a
-:class:`~.drops.Drop`; and the peer's own counter where a peer is known) and is forgotten. The output groups datagrams by
-destination address, so a batch for one peer can leave in one GSO send.
+:class:`~.drops.Drop`; and the peer's own counter where a peer is known) and is forgotten. The
+output groups datagrams by destination (:class:`~.actions.Dest`), so a batch for one peer can
+leave in one GSO send; events (events.py) say what happened to peers.
 
 The state machine follows wireguard-go (device/send.go, receive.go, timers.go, noise-protocol.go)
 so timing behaviour, not only the bytes, matches what WireGuard peers expect.
