@@ -107,6 +107,11 @@ def test_members_and_forget_peer():
     sw.fdb.learn(mac(1), p["a"], 0)
     sw.forget_peer(p["a"])
     assert names(sw.members()) == ["b"] and sw.fdb.lookup(mac(1), 0) is None
+    sw.fdb.learn(mac(2), p["b"], 0)
+    sw.set_members([p["c"]])
+    assert names(sw.members()) == ["c"] and sw.fdb.lookup(mac(2), 0) is p["b"]  # FDB kept
+    sw.set_members(None)
+    assert sw.peers is None and names(sw.members()) == ["a", "b", "c"]
     everyone, p = switch("ab")
     p["z"] = Port("z")  # None: the engine's table, read when needed
     assert everyone.has(p["z"]) and names(everyone.members()) == ["a", "b", "z"]

@@ -82,6 +82,10 @@ class Switch(Generic[P]):
             return list(self._everyone.values())
         return [p for p in self.peers if not p.removed]
 
+    def set_members(self, peers: Iterable[P] | None) -> None:
+        """Rebind the member list (None: every peer), keeping the FDB."""
+        self.peers = None if peers is None else list(peers)
+
     def forget_peer(self, peer: P) -> None:
         if self.peers is not None and peer in self.peers:
             self.peers.remove(peer)
