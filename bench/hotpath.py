@@ -56,7 +56,7 @@ def engines(v6: bool) -> tuple[Engine, Engine, float]:
     for _ in range(4):
         nxt = []
         for addr, dgs in out.datagrams.items():
-            dst, src = (b, A_ADDR) if addr == B_ADDR else (a, B_ADDR)
+            dst, src = (b, A_ADDR) if addr[:2] == B_ADDR else (a, B_ADDR)
             nxt.append(dst.from_network([(d, src) for d in dgs], now))
         if not nxt:
             break

@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from .io.unixsock import bind_private
@@ -71,6 +71,12 @@ def _endpoint(ep: tuple[str, int] | None) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _drops(counts: Mapping[str, int]) -> dict[str, int]:
+    """Drop counts by reason as plain strings (the keys are protocol.drops.Drop members, or
+    strings merged from worker reports: the same text either way), sorted."""
+    return {str(reason): n for reason, n in sorted(counts.items())}
+
+
 def peer_status(engine: Any) -> list[dict[str, Any]]:
     """One entry per peer of an Engine (WireGuard) or VxlanEngine (plain VXLAN)."""
     peers = []
@@ -99,7 +105,7 @@ def peer_status(engine: Any) -> list[dict[str, Any]]:
                 "handshakes": stats.handshakes,
                 "persistent_keepalive": p.persistent_keepalive or 0,
                 "preshared_key": any(p.preshared_key or b""),
-                "drops": dict(sorted(stats.drops.items())),
+                "drops": _drops(stats.drops),
             }
         )
     return peers
@@ -154,7 +160,7 @@ def device_status(
         "listen_port": listen_port,
         "fwmark": fwmark,
         "peers": peer_status(engine),
-        "drops": dict(sorted(engine.drops.items())),
+        "drops": _drops(engine.drops),
         "segments": segment_status(engine, segments, now),
         "topology": [],
     }

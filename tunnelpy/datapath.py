@@ -16,7 +16,10 @@ from collections.abc import Callable
 
 from .io.tun import Tun
 from .io.udp import UdpSocket
-from .protocol.engine import Engine, Event, Output
+from .io.vxlan_socket import VxlanSocket
+from .protocol.actions import Output
+from .protocol.events import Event
+from .protocol.packet_engine import PacketEngine
 
 # CPython's cycle collector runs its youngest generation whenever the tracked objects allocated
 # minus those freed pass 700. A data-path batch holds a few hundred tracked objects at once
@@ -66,8 +69,8 @@ class DataPath:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        engine: Engine,
-        udp: UdpSocket,
+        engine: PacketEngine,
+        udp: UdpSocket | VxlanSocket,
         tun: Tun | None,
         on_event: Callable[[Event], None],
         clock: ProtocolClock | None = None,
@@ -103,7 +106,7 @@ class DataPath:
             self.loop.remove_reader(tap.fd)
         return tap
 
-    def replace_udp(self, udp: UdpSocket) -> None:
+    def replace_udp(self, udp: UdpSocket | VxlanSocket) -> None:
         self.loop.remove_reader(self.udp.fileno())
         self.udp = udp
         self.loop.add_reader(udp.fileno(), self._on_udp)
@@ -145,8 +148,8 @@ class DataPath:
 
     def perform(self, out: Output) -> None:
         send = self.udp.send
-        for addr, datagrams in out.datagrams.items():
-            send(addr, datagrams)
+        for dest, datagrams in out.datagrams.items():
+            send(dest, datagrams)
         if out.packets and self.tun is not None:
             self.tun.write_batch(out.packets)
         if out.frames:

@@ -44,6 +44,7 @@ from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .protocol import events as ev
 from .protocol.engine import Engine
+from .protocol.packet_engine import UNSET
 from .protocol.peer import Addr, Network, Peer
 from .protocol.vxlan import ETH_HLEN, VxlanEngine
 from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
@@ -58,14 +59,8 @@ class DeviceError(Exception):
     """A one-line, user-facing reason a change could not be made (nothing was changed)."""
 
 
-class _Unchanged:
-    """The ``update_peer`` default: leave this field as it is (None can be a real value)."""
-
-    def __repr__(self) -> str:
-        return "UNCHANGED"
-
-
-UNCHANGED: Any = _Unchanged()
+# The "leave unchanged" value of update_peer keywords (None is a value there), the engine's own.
+UNCHANGED: Any = UNSET
 
 
 class Host(Protocol):
@@ -574,7 +569,7 @@ class Device:
         members, static = self._segment_members(seg)
         current = self.engine.segments.get(seg.vni)
         if keep_fdb and current is not None and not seg.static_macs:
-            self.engine.set_segment_members(seg.vni, members)
+            current.set_members(members)
         else:
             self.engine.add_segment(
                 seg.vni, members, hub=seg.hub, aging=seg.aging, max_fdb=seg.max_fdb,

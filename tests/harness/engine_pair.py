@@ -18,6 +18,7 @@ import random
 
 from tests.harness.packets import eth, ipv4
 from tunnelpy.protocol import constants as C
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.crypto import generate_private_key, public_key
 from tunnelpy.protocol.engine import Engine, Output
 
@@ -146,7 +147,7 @@ class EnginePair:
         """A genuine type-3 message: B answers A's next initiation with a cookie under load."""
         out = Output()
         self.a._send_initiation(self.pa, self.now, out, retry=True)
-        init = out.datagrams[B_ADDR][0]
+        init = out.datagrams[Dest(*B_ADDR)][0]
         self.wire.append(("a", init))
         saved = self.b.under_load_threshold
         self.b.under_load_threshold = 0
@@ -155,7 +156,7 @@ class EnginePair:
             reply = self.b.from_network([(init, A_ADDR)], self.now + 0.002)
         finally:
             self.b.under_load_threshold = saved
-        return reply.datagrams[A_ADDR][0]
+        return reply.datagrams[Dest(*A_ADDR)][0]
 
     def messages(self) -> dict[str, bytes]:
         """One valid message of every kind this pair produced, keyed by name."""

@@ -71,7 +71,7 @@ def main() -> int:
         for dst, dgs in out.datagrams.items():
             for d in dgs:
                 try:
-                    p["s"].sendto(d, dst)
+                    p["s"].sendto(d, dst[:2])  # (a Dest: host, port, flow)
                 except OSError:
                     pass
         for pkt in out.packets:

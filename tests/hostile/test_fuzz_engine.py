@@ -28,6 +28,7 @@ from tests.harness.engine_pair import A_ADDR, A_IN, B_ADDR, B_IN, MAC_A, MAC_B, 
 from tests.harness.hostile_env import pick
 from tests.harness.hostile_mutate import OPS, apply, mac1_key, random_datagram, with_mac1
 from tests.harness.packets import eth, ipv4, ipv6
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.constants import REKEY_TIMEOUT
 from tunnelpy.protocol.engine import Engine, Output
 
@@ -66,16 +67,16 @@ class Held:
         p.now += REKEY_TIMEOUT + 1
         out = Output()
         p.a._send_initiation(p.pa, p.now, out, retry=True)
-        init = out.datagrams[B_ADDR][0]
+        init = out.datagrams[Dest(*B_ADDR)][0]
         self.msgs["initiation"] = (init, p.b, A_ADDR)
         # B answers the initiation; A has not seen the response yet.
-        resp = p.b.from_network([(init, A_ADDR)], p.now).datagrams[A_ADDR][0]
+        resp = p.b.from_network([(init, A_ADDR)], p.now).datagrams[Dest(*A_ADDR)][0]
         self.msgs["response"] = (resp, p.a, B_ADDR)
         # a different, still-pending initiation for the initiation case to be fresh again
         p.now += REKEY_TIMEOUT + 1
         out = Output()
         p.a._send_initiation(p.pa, p.now, out, retry=True)
-        self.msgs["initiation"] = (out.datagrams[B_ADDR][0], p.b, A_ADDR)
+        self.msgs["initiation"] = (out.datagrams[Dest(*B_ADDR)][0], p.b, A_ADDR)
         self.msgs["response"] = (resp, p.a, B_ADDR)
         self.indices = list(p.a.indices) + list(p.b.indices)
         self.others = [m for m, _, _ in self.msgs.values()] + [d for _, d in p.wire]

@@ -15,6 +15,7 @@ from tests.harness.hostile_env import figure, pick
 from tests.harness.hostile_mutate import mac1_key, with_mac1
 from tests.harness.packets import eth, ipv4
 from tunnelpy.protocol import constants as C
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.cookie import CookieGenerator
 from tunnelpy.protocol.engine import RATELIMIT_MAX_SOURCES, UNDER_LOAD_THRESHOLD
 
@@ -77,7 +78,7 @@ def test_flood_with_valid_cookie_is_rate_limited_per_source():
     r = random.Random(3)
     gen = CookieGenerator(p.b.public_key)
     first = gen.add_macs(b"\x01\0\0\0" + r.randbytes(144), p.now)
-    reply = p.b.from_network([(first, FLOODER)], p.now).datagrams[FLOODER][0]
+    reply = p.b.from_network([(first, FLOODER)], p.now).datagrams[Dest(*FLOODER)][0]
     assert gen.consume_reply(reply, p.now)
     n = pick(5000, 50_000)
     for _i in range(n):
@@ -101,7 +102,7 @@ def test_spoofed_source_flood_keeps_tables_bounded():
         gen = CookieGenerator(p.b.public_key)
         m = gen.add_macs(b"\x01\0\0\0" + r.randbytes(144), p.now)
         out = p.b.from_network([(m, src)], p.now)
-        gen.consume_reply(out.datagrams[src][0], p.now)
+        gen.consume_reply(out.datagrams[Dest(*src)][0], p.now)
         gens.append((gen, src))
     t0 = time.perf_counter()
     for gen, src in gens:
@@ -162,7 +163,7 @@ def test_mac_flood_from_a_peer_is_bounded_and_known_unicast_survives():
     assert seg.fdb.refused > 0
     assert seg.fdb.lookup(MAC_A, p.now) is p.pb  # learnt before the flood, still there
     out = p.b.from_segment(VNI, [eth(MAC_A, bytes.fromhex("02000000000b"))], p.now)
-    assert list(out.datagrams) == [A_ADDR] and len(out.datagrams[A_ADDR]) == 1
+    assert list(out.datagrams) == [Dest(*A_ADDR)] and len(out.datagrams[Dest(*A_ADDR)]) == 1
 
 
 def test_memory_flat_over_simulated_hours_of_traffic_and_rekeys():

@@ -13,7 +13,9 @@ import pytest
 from tests.harness.engine_pair import A_ADDR, A_IN, B_ADDR, B_IN, Net
 from tests.harness.packets import ipv4, ipv6
 from tunnelpy.protocol import constants as C
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.engine import Output
+from tunnelpy.protocol.events import HandshakeFailed, ResolveEndpoint, Roamed
 
 
 def test_handshake_and_first_packet():
@@ -138,7 +140,7 @@ def test_retransmit_every_rekey_timeout_then_give_up():
     # As wireguard-go: the first initiation plus MAX_TIMER_HANDSHAKES + 1 retries, then give up.
     n.tick(start + C.REKEY_ATTEMPT_TIME + 20)
     assert n.kinds().count(1) == C.MAX_TIMER_HANDSHAKES + 2
-    assert any(e.kind == "handshake_failed" for e in n.events)
+    assert any(isinstance(e, HandshakeFailed) for e in n.events)
     assert not n.pa.staged
     n.tick(start + 300)
     assert n.kinds().count(1) == C.MAX_TIMER_HANDSHAKES + 2  # gave up: quiet
@@ -168,7 +170,7 @@ def test_new_handshake_when_peer_goes_quiet():
     assert 1 not in n.kinds(mark)
     n.tick(t0 + C.KEEPALIVE_TIMEOUT + C.REKEY_TIMEOUT + C.REKEY_TIMEOUT_JITTER_MAX + 0.01)
     assert 1 in n.kinds(mark)
-    assert any(e.kind == "resolve" for e in n.events)
+    assert any(isinstance(e, ResolveEndpoint) for e in n.events)
 
 
 def test_persistent_keepalive():
@@ -209,10 +211,10 @@ def test_initiation_flood_limited_per_peer():
     # whitened TAI64N timestamps (16.7 ms granularity) differ and only the rate limit applies.
     n.now += 0.018
     n.a._send_initiation(n.pa, n.now, out := Output(), retry=True)
-    n.b.from_network([(d, A_ADDR) for d in out.datagrams[B_ADDR]], n.now)
+    n.b.from_network([(d, A_ADDR) for d in out.datagrams[Dest(*B_ADDR)]], n.now)
     n.now += 0.018
     n.a._send_initiation(n.pa, n.now, out := Output(), retry=True)
-    n.b.from_network([(d, A_ADDR) for d in out.datagrams[B_ADDR]], n.now)
+    n.b.from_network([(d, A_ADDR) for d in out.datagrams[Dest(*B_ADDR)]], n.now)
     assert n.b.drops["initiation_flood"] == 1 and n.b.drops["replayed_initiation"] == 0
 
 
@@ -221,12 +223,12 @@ def test_roaming_moves_endpoint():
     n.send(n.a, [ipv4(A_IN, B_IN)])
     new_addr = ("198.51.100.9", 40000)
     n.a_out = n.a.from_tunnel([ipv4(A_IN, B_IN)], n.now)
-    for d in n.a_out.datagrams[B_ADDR]:
+    for d in n.a_out.datagrams[Dest(*B_ADDR)]:
         n.b.from_network([(d, new_addr)], n.now)
     assert n.pb.endpoint == new_addr
     out = n.b.from_tunnel([ipv4(B_IN, A_IN)], n.now)
-    assert list(out.datagrams) == [new_addr]
-    assert any(e.kind == "roamed" for e in n.b.from_network([], n.now).events) is False
+    assert list(out.datagrams) == [Dest(*new_addr)]
+    assert any(isinstance(e, Roamed) for e in n.b.from_network([], n.now).events) is False
 
 
 def test_psk_mismatch_fails():
@@ -271,4 +273,4 @@ def test_batches_grouped_by_peer(batch):
     n = Net()
     n.send(n.a, [ipv4(A_IN, B_IN)])
     out = n.a.from_tunnel([ipv4(A_IN, B_IN)] * batch, n.now)
-    assert list(out.datagrams) == [B_ADDR] and len(out.datagrams[B_ADDR]) == batch
+    assert list(out.datagrams) == [Dest(*B_ADDR)] and len(out.datagrams[Dest(*B_ADDR)]) == batch

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.crypto import generate_private_key, public_key
 from tunnelpy.protocol.engine import Engine, Output
 from tunnelpy.protocol.fdb import Fdb, format_mac, parse_mac
@@ -61,7 +62,7 @@ class Mesh:
                 for vni, fr in o.frames.items():
                     self.frames[name].setdefault(vni, []).extend(fr)
                 for addr, dgs in o.datagrams.items():
-                    dst = self.by_addr[addr]
+                    dst = self.by_addr[addr[:2]]
                     self.wire += [(name, dst)] * len(dgs)
                     nxt.append((dst, self.eng[dst].from_network(
                         [(d, self.addr[name]) for d in dgs], self.now)))
@@ -204,7 +205,7 @@ def test_ip_and_l2_share_one_session():
     ip = bytes.fromhex("4500001c000000004011000a0a0000010a000002") + b"\x00" * 8
     out = m.eng["a"].from_tunnel([ip], m.now)
     assert pb.current is kp  # no new handshake: the same session carries both
-    got = m.eng["b"].from_network([(d, m.addr["a"]) for d in out.datagrams[m.addr["b"]]], m.now)
+    got = m.eng["b"].from_network([(d, m.addr["a"]) for d in out.datagrams[Dest(*m.addr["b"])]], m.now)
     assert got.packets == [ip]
 
 
@@ -274,7 +275,7 @@ def test_l2_burst_received_as_one_by_one(seed, hub):
         pb = m.peer[("a", "b")]
         out = Output()
         a.send_to_peer(pb, _l2_plaintexts(random.Random(seed)), m.now, out)
-        dgs = [(d, m.addr["a"]) for d in out.datagrams[m.addr["b"]]]
+        dgs = [(d, m.addr["a"]) for d in out.datagrams[Dest(*m.addr["b"])]]
         outs = [b.from_network([x], m.now) for x in dgs] if one_by_one else [
             b.from_network(dgs, m.now)]
         frames = [f for o in outs for f in o.frames.get(100, [])]
@@ -312,7 +313,7 @@ def test_l2_burst_sent_as_one_by_one():
             want.setdefault(m.addr[n], []).append(f)
     got = {}
     for addr, dgs in burst.datagrams.items():
-        peer_name = m.by_addr[addr]
+        peer_name = m.by_addr[addr[:2]]
         out = m.eng[peer_name].from_network([(d, m.addr["a"]) for d in dgs], m.now)
-        got[addr] = out.frames[4]
+        got[addr[:2]] = out.frames[4]
     assert got == want

@@ -161,3 +161,55 @@ def test_equivalent_to_model_near_a_moving_edge(base: int, deltas: list[int]) ->
     for d in deltas:
         c = max(0, c + d)
         assert w.accept(c) == m.accept(c, REJECT_AFTER_MESSAGES), c
+
+
+# The in-order early return of accept(): each case below fails if one part of its condition or
+# of what it records is changed (same block, strictly above the last, below the limit; the bit
+# set; the last counter moved).
+
+
+def test_in_order_records_the_bit_and_the_last_counter() -> None:
+    w = ReplayWindow()
+    assert w.accept(1) and w.accept(2) and w.last == 2
+    assert not w.accept(2) and not w.accept(1)  # the bits were set
+    assert w.accept(3) and w.last == 3
+
+
+def test_in_order_takes_only_counters_above_the_last() -> None:
+    w = ReplayWindow()
+    assert w.accept(5)
+    assert not w.accept(5)  # equal: a replay, not in order
+    assert w.accept(4)  # below, same block: the bit test, not the early return
+    assert w.last == 5
+
+
+def test_in_order_respects_the_limit_within_a_block() -> None:
+    w = ReplayWindow()
+    assert w.accept(9, limit=11)
+    assert not w.accept(10, limit=10)  # same block as 9, but not below the limit
+    assert w.accept(10, limit=11) and w.last == 10
+    w = ReplayWindow()
+    assert w.accept(REJECT_AFTER_MESSAGES - 2)
+    assert not w.accept(REJECT_AFTER_MESSAGES)  # the limit's block is the last one's
+    assert w.accept(REJECT_AFTER_MESSAGES - 1)
+
+
+def test_next_block_is_cleared_not_taken_in_order() -> None:
+    """Moving into a new block must zero it: its slot in the ring still holds the bits of the
+    block one ring earlier. 8255 and 8256 differ only in their low 7 bits, so a same-block
+    test on 128 counters instead of 64 would take the early return and keep those bits."""
+    w = ReplayWindow()
+    assert w.accept(66)  # block 1; its slot is reused by block 129 (8256..8319)
+    assert w.accept(8255)  # block 128: slides over blocks 2..128, block 1's bits stay
+    assert w.accept(8257)  # block 129: its slot (block 1's) must be cleared first
+    assert w.accept(8260)
+    assert w.accept(8258)  # 66 + 128 * 64, out of order: a stale bit would read as a replay
+    assert not w.accept(8257) and not w.accept(8258) and not w.accept(8260)
+
+
+def test_in_order_index_is_the_block_in_the_ring() -> None:
+    w = ReplayWindow()
+    for c in range(64 * 3 + 5):
+        assert w.accept(c)
+    for c in range(64 * 3 + 5):
+        assert not w.accept(c), c

@@ -19,6 +19,7 @@ import pytest
 from tests.harness.engine_pair import A_IN, B_ADDR, B_IN, Net
 from tests.harness.packets import ipv4, ipv6
 from tunnelpy.protocol import constants as C
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.engine import Output
 from tunnelpy.workers.channel import FRAME, Channel, pair
 from tunnelpy.workers.counters import LocalCounters, SharedCounters
@@ -207,7 +208,7 @@ def test_expired_session_goes_to_the_daemon_and_old_ones_ask_for_a_rekey():
     n.now = t0 + C.REKEY_AFTER_TIME + 1
     out_d = Output()
     n.a.rekey_if_due(n.pa, n.now, out_d)
-    assert [d[0] for d in out_d.datagrams[B_ADDR]] == [1]
+    assert [d[0] for d in out_d.datagrams[Dest(*B_ADDR)]] == [1]
     out = w.from_tunnel([p], t0 + C.REJECT_AFTER_TIME)
     assert out.datagrams == {} and out.to_daemon == {n.pa.public_key: [p]}
 

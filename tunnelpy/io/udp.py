@@ -25,6 +25,9 @@ import struct
 from .offload import forced_off
 
 Addr = tuple[str, int]
+# Where to send: protocol.actions.Dest, a (host, port, flow) named tuple; read by position, so a
+# plain (host, port) serves too (io/ does not import the protocol package).
+Destination = tuple[str, int] | tuple[str, int, int]
 _LE = struct.pack("=H", 1) == b"\x01\x00"  # cmsg ints are in host order
 SO_MARK = 36
 BUFFER_SIZE = 4 << 20  # wireguard-go asks for 7 MiB; 4 MiB absorbs bursts of a 2-core box
@@ -35,6 +38,8 @@ def _buffer_size() -> int:
     which exists so bench/ can measure both ways (docs/performance.md)."""
     value = os.environ.get("TUNNELPY_SOCKET_BUFFER", "")
     return int(value) if value.isdigit() else BUFFER_SIZE
+
+
 SOL_UDP = 17
 UDP_SEGMENT = 103  # not named in Python 3.11's socket module
 UDP_GRO = 104
@@ -179,26 +184,33 @@ class UdpSocket:
             pass  # ICMP errors, as in the plain path
         return out
 
-    def _dest(self, addr: Addr) -> tuple:
-        host = addr[0]
+    def _sockaddr(self, dest: Destination) -> Addr:
+        """The sendto address of `dest`: always a (host, port) pair, never more. (A third
+        element would be read as the IPv6 flowinfo, or refused by an AF_INET socket; the flow
+        of a Dest only chooses the socket, see vxlan_socket.py.) IPv4 on the dual-stack
+        socket is written as an IPv4-mapped IPv6 address."""
+        host, port = dest[0], dest[1]
         if self.v6 and ":" not in host:
-            return ("::ffff:" + host, addr[1])
-        return addr
+            return ("::ffff:" + host, port)
+        return (host, port)
 
-    def send(self, addr: Addr, datagrams: list[bytes]) -> None:
-        dest = self._dest(addr)
+    def send(self, dest: Destination, datagrams: list[bytes]) -> None:
+        """Send a batch of datagrams to one destination (a Dest; its flow is not used here)."""
+        self._send_to(self._sockaddr(dest), datagrams)
+
+    def _send_to(self, sa: Addr, datagrams: list[bytes]) -> None:
         if self.gso and len(datagrams) > 1:
-            self._send_gso(dest, datagrams)
+            self._send_gso(sa, datagrams)
             return
         sendto = self.sock.sendto
         for d in datagrams:
             try:
-                sendto(d, dest)
+                sendto(d, sa)
             except OSError:
                 # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
                 self.send_errors += 1
 
-    def _send_gso(self, dest: tuple, datagrams: list[bytes]) -> None:
+    def _send_gso(self, dest: Addr, datagrams: list[bytes]) -> None:
         """Runs of equal-size datagrams (the last of a run may be shorter) in one sendmsg each."""
         sendmsg = self.sock.sendmsg
         sendto = self.sock.sendto
@@ -232,7 +244,7 @@ class UdpSocket:
                         "UDP GSO refused (%s): sending one datagram per syscall from now on",
                         e.strerror,
                     )
-                    self.send(dest, datagrams[i:])
+                    self._send_to(dest, datagrams[i:])
                     return
                 # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
                 self.send_errors += j - i

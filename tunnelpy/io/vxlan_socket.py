@@ -9,8 +9,6 @@ stays on the one socket bound to the VXLAN port (4789 by default), where peers s
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
 from .udp import UdpSocket
 
 POOL_SIZE = 8
@@ -18,8 +16,12 @@ POOL_SIZE = 8
 
 class VxlanSocket:
     def __init__(
-        self, port: int | None, fwmark: int | None = None, pool: int = POOL_SIZE,
-        *, offload: bool = True,
+        self,
+        port: int | None,
+        fwmark: int | None = None,
+        pool: int = POOL_SIZE,
+        *,
+        offload: bool = True,
     ) -> None:
         self.listen = UdpSocket(port, fwmark, offload=offload)
         self.port = self.listen.port
@@ -34,15 +36,12 @@ class VxlanSocket:
     def fileno(self) -> int:
         return self.listen.fileno()
 
-    def recv_batch(self, max_batch: int = 128) -> list:
+    def recv_batch(self, max_batch: int = 128) -> list[tuple[bytes, tuple[str, int]]]:
         return self.listen.recv_batch(max_batch)
 
-    def send(self, key: Hashable, datagrams: list[bytes]) -> None:
-        host, port, flow = key  # type: ignore[misc]
-        self.pool[flow % len(self.pool)].send((host, port), datagrams)
-
-    def source_ports(self) -> list[int]:
-        return [s.port for s in self.pool]
+    def send(self, dest: tuple[str, int, int], datagrams: list[bytes]) -> None:
+        """Send from the pool socket that the flow hash (a Dest's third element) picks."""
+        self.pool[dest[2] % len(self.pool)].send(dest, datagrams)
 
     def set_fwmark(self, mark: int) -> None:
         for s in (self.listen, *self.pool):

@@ -2,39 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .events import Event
 
 
-@dataclass(frozen=True)
-class Event:
-    """Something worth one log line or a daemon reaction (never carries key material)."""
+class Dest(NamedTuple):
+    """Where a batch of datagrams goes: the peer's address, and for plain VXLAN the flow hash
+    of the inner frames, which the socket layer maps to one of its source ports (RFC 7348 §5).
+    Encrypted sessions leave ``flow`` 0. Not a socket address: the socket builds that."""
 
-    kind: str  # handshake_sent, handshake_complete, handshake_failed, roamed, resolve
-    peer: str
-    detail: str = ""
+    host: str
+    port: int
+    flow: int = 0
 
 
 @dataclass
 class Output:
     """What the daemon must do after one engine call."""
 
-    datagrams: dict[Hashable, list[bytes]] = field(default_factory=dict)  # grouped by destination
+    datagrams: dict[Dest, list[bytes]] = field(default_factory=dict)  # grouped by destination
     packets: list[bytes] = field(default_factory=list)  # to write to the TUN
     frames: dict[int, list[bytes]] = field(default_factory=dict)  # VNI -> frames for its TAP
     events: list[Event] = field(default_factory=list)
 
-    def send(self, addr: Hashable, data: bytes) -> None:
-        bucket = self.datagrams.get(addr)
+    def send(self, dest: Dest, data: bytes) -> None:
+        bucket = self.datagrams.get(dest)
         if bucket is None:
-            self.datagrams[addr] = [data]
+            self.datagrams[dest] = [data]
         else:
             bucket.append(data)
 
-    def merge(self, other: Output) -> None:
-        for addr, items in other.datagrams.items():
-            self.datagrams.setdefault(addr, []).extend(items)
-        self.packets.extend(other.packets)
-        for vni, frames in other.frames.items():
-            self.frames.setdefault(vni, []).extend(frames)
-        self.events.extend(other.events)
+    def write_frame(self, vni: int, frame: bytes) -> list[bytes]:
+        """Queue `frame` for the TAP of segment `vni`; returns that segment's list of frames."""
+        bucket = self.frames.get(vni)
+        if bucket is None:
+            bucket = self.frames[vni] = [frame]
+        else:
+            bucket.append(frame)
+        return bucket

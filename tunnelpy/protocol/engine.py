@@ -5,7 +5,7 @@ Theory of operation
 The engine is the whole protocol of one interface: its static key, its peers, the index table
 that maps the 32-bit receiver index of an incoming message to a keypair or pending handshake, and
 the cryptokey routing table (AllowedIPs). It never touches a socket, a device or a clock. The
-daemon feeds it three things and performs what comes back in an :class:`Output`:
+daemon feeds it four kinds of batch and performs what comes back in an :class:`Output`:
 
 ``from_tunnel(packets, now)``
     IP packets read from the TUN. Each is routed by destination through AllowedIPs to a peer,
@@ -20,13 +20,20 @@ daemon feeds it three things and performs what comes back in an :class:`Output`:
     the sending peer (cryptokey routing inbound) before the packet is handed to the TUN. An
     authenticated packet from a new address moves the peer's endpoint there (roaming).
 
+``from_segment(vni, frames, now)``
+    Ethernet frames read from a segment's TAP, switched by that segment's :class:`Switch`
+    (switch.py: FDB lookup, flooding, hubs) and sent to the chosen peers as L2 plaintexts (a
+    VXLAN header and the frame) on the same sessions as IP. Received L2 plaintexts go through
+    the same switch (learning, split horizon, hub relay) to ``Output.frames``.
+
 ``on_timer(now)``
     Fires the per-peer timers whose deadline passed (see peer.py); ``next_deadline()`` tells the
     daemon when to call it next.
 
-Nothing from the network raises: every rejected datagram increments ``drops[reason]`` (and the
-peer's own counter where a peer is known) and is forgotten. The output groups datagrams by
-destination address, so a batch for one peer can leave in one GSO send.
+Nothing from the network raises: every rejected datagram increments ``drops[reason]`` (a
+:class:`~.drops.Drop`; and the peer's own counter where a peer is known) and is forgotten. The
+output groups datagrams by destination (:class:`~.actions.Dest`), so a batch for one peer can
+leave in one GSO send; events (events.py) say what happened to peers.
 
 The state machine follows wireguard-go (device/send.go, receive.go, timers.go, noise-protocol.go)
 so timing behaviour, not only the bytes, matches what WireGuard peers expect.
@@ -43,7 +50,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from . import handshake as hs
-from .actions import Event, Output
+from .actions import Dest, Output
 from .allowedips import AllowedIPs, route_packets
 from .constants import (
     COOKIE_REPLY_SIZE,
@@ -66,11 +73,15 @@ from .constants import (
 )
 from .cookie import CookieChecker
 from .crypto import generate_private_key, public_key
-from .fdb import Fdb
+from .drops import Drop
+from .events import HandshakeComplete, HandshakeFailed, HandshakeSent, ResolveEndpoint, Roamed
+from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
+from .packet_engine import UNSET, Unset
 from .peer import Addr, Network, Peer
 from .session import Keypair, seal_batch
+from .switch import DEFAULT_MAX_FRAME, Switch
 from .tai64n import tai64n
-from .vxlan import ETH_HLEN, FLAG_I, HEADER_LEN, pack_header
+from .vxlan_header import ETH_HLEN, FLAG_I, HEADER_LEN
 
 Rng = Callable[[int], bytes]
 
@@ -108,26 +119,6 @@ def addr_bytes(addr: Addr) -> bytes:
         return addr[0].encode() + struct.pack(">H", addr[1] & 0xFFFF)
 
 
-class Segment:
-    """An L2 segment riding the encrypted sessions: a VNI, its member peers and its FDB."""
-
-    def __init__(
-        self, vni: int, peers: list[Peer] | None, *, hub: bool, fdb: Fdb[Peer], max_frame: int
-    ) -> None:
-        self.vni = vni
-        self.header = pack_header(vni)
-        self.peers = peers  # None: every peer of the interface
-        self.hub = hub
-        self.fdb = fdb
-        self.max_frame = max_frame
-
-    def members(self, all_peers: Iterable[Peer]) -> list[Peer]:
-        return list(all_peers) if self.peers is None else [p for p in self.peers if not p.removed]
-
-    def has(self, peer: Peer) -> bool:
-        return self.peers is None or peer in self.peers
-
-
 class Engine:
     def __init__(
         self,
@@ -147,7 +138,7 @@ class Engine:
         # local index -> (peer, keypair); keypair None = our pending initiation.
         self.indices: dict[int, tuple[Peer, Keypair | None]] = {}
         self.drops: Counter[str] = Counter()
-        self.segments: dict[int, Segment] = {}
+        self.segments: dict[int, Switch[Peer]] = {}
         self._heap: list[tuple[float, int, Peer]] = []
         self._seq = itertools.count()
         self._handshake_times: list[float] = []
@@ -199,6 +190,40 @@ class Engine:
             self._schedule(peer)
         return peer
 
+    def update_peer(
+        self,
+        public_key: bytes,
+        *,
+        name: str | Unset = UNSET,
+        preshared_key: bytes | None | Unset = UNSET,
+        endpoint: Addr | None | Unset = UNSET,
+        allowed_ips: Iterable[Network] | Unset = UNSET,
+        add_allowed_ips: Iterable[Network] = (),
+        persistent_keepalive: int | Unset = UNSET,
+        now: float,
+    ) -> Peer | None:
+        """Change a peer in place; its sessions survive. A keyword left UNSET is unchanged;
+        None is a value: ``preshared_key=None`` means none (all zeros, as wg), ``endpoint=None``
+        means no endpoint. ``allowed_ips`` replaces the peer's networks, ``add_allowed_ips``
+        adds to them (after any replacement), as ``wg set``'s replace-allowed-ips does.
+        ``persistent_keepalive`` 0 turns it off. Returns the peer, None when there is none."""
+        peer = self.peers.get(public_key)
+        if peer is None:
+            return None
+        if not isinstance(name, Unset):
+            peer.name = name
+        if not isinstance(preshared_key, Unset):
+            peer.preshared_key = preshared_key or bytes(32)
+        if not isinstance(endpoint, Unset):
+            peer.endpoint = endpoint
+        if not isinstance(allowed_ips, Unset):
+            self.set_allowed_ips(peer, allowed_ips)
+        for net in add_allowed_ips:
+            self.allowed.insert(net, peer)
+        if not isinstance(persistent_keepalive, Unset):
+            self.set_persistent_keepalive(peer, persistent_keepalive, now)
+        return peer
+
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
         if peer is None:
@@ -206,7 +231,7 @@ class Engine:
         self.allowed.remove_value(peer)
         self._clear_sessions(peer)
         for seg in self.segments.values():
-            seg.fdb.forget_peer(peer)
+            seg.forget_peer(peer)
         peer.removed = True
 
     def set_allowed_ips(self, peer: Peer, networks: Iterable[Network]) -> None:
@@ -223,23 +248,32 @@ class Engine:
         elif not interval:
             peer.persistent_at = None
 
+    def set_mtu(self, mtu: int) -> None:
+        """The TUN MTU: IP packets are padded up to a multiple of 16 below it."""
+        self.mtu = mtu
+
+    def set_counter_bank(self, bank: CounterBank | None) -> None:
+        """Worker processes encrypt too: every keypair made from now on takes a slot of `bank`
+        for its send counter (set it before any handshake; None: counters stay local)."""
+        self.counters = bank
+
     def add_segment(
         self,
         vni: int,
         peers: Iterable[Peer] | None = None,
         *,
         hub: bool = False,
-        aging: float = 300.0,
-        max_fdb: int = 4096,
-        max_frame: int = 1514 + 4,
+        aging: float = DEFAULT_AGING,
+        max_fdb: int = DEFAULT_MAX_ENTRIES,
+        max_frame: int = DEFAULT_MAX_FRAME,
         static: Iterable[tuple[bytes, Peer]] = (),
-    ) -> Segment:
-        seg = Segment(
-            vni, None if peers is None else list(peers), hub=hub, fdb=Fdb(aging, max_fdb),
-            max_frame=max_frame,
+    ) -> Switch[Peer]:
+        """An L2 segment over the sessions of `peers` (None: every peer, also those added
+        later), replacing any segment of that VNI."""
+        seg = Switch(
+            vni, peers, self.peers, hub=hub, aging=aging, max_fdb=max_fdb, max_frame=max_frame,
+            static=static,
         )  # fmt: skip
-        for mac, p in static:
-            seg.fdb.add_static(mac, p)
         self.segments[vni] = seg
         return seg
 
@@ -287,7 +321,7 @@ class Engine:
             if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
                 # Gave up after REKEY_ATTEMPT_TIME: drop what waited and stop keepalives.
                 out.events.append(
-                    Event("handshake_failed", peer.name, f"{peer.handshake_attempts + 1} attempts")
+                    HandshakeFailed(peer.public_key, peer.name, peer.handshake_attempts + 1)
                 )
                 peer.send_keepalive_at = None
                 peer.staged.clear()
@@ -297,7 +331,9 @@ class Engine:
             else:
                 peer.handshake_attempts += 1
                 if peer.handshake_attempts % 3 == 0:
-                    out.events.append(Event("resolve", peer.name, "no handshake response"))
+                    out.events.append(
+                        ResolveEndpoint(peer.public_key, peer.name, "no handshake response")
+                    )
                 self._send_initiation(peer, now, out, retry=True)
         if peer.send_keepalive_at is not None and peer.send_keepalive_at <= now:
             peer.send_keepalive_at = None
@@ -308,7 +344,7 @@ class Engine:
         if peer.new_handshake_at is not None and peer.new_handshake_at <= now:
             peer.new_handshake_at = None
             # We sent data and heard nothing back: the path or the peer changed.
-            out.events.append(Event("resolve", peer.name, "peer went quiet"))
+            out.events.append(ResolveEndpoint(peer.public_key, peer.name, "peer went quiet"))
             self._send_initiation(peer, now, out, retry=False)
         if peer.zero_keys_at is not None and peer.zero_keys_at <= now:
             peer.zero_keys_at = None
@@ -369,43 +405,16 @@ class Engine:
         out = Output()
         seg = self.segments.get(vni)
         if seg is None:
-            self.drops["unknown_vni"] += 1
+            self.drops[Drop.UNKNOWN_VNI] += 1
             return out
-        members: list[Peer] | None = None
         by_peer: dict[Peer, list[bytes]] = {}
-        header = seg.header
-        lookup = seg.fdb.lookup
-        # The FDB is consulted once per run of one destination MAC (the segments of a TSO
-        # super-packet share it): its peers' lists are kept for the next frame.
-        last_dst: bytes | None = None
-        buckets: list[list[bytes]] = []
-        for f in frames:
-            n = len(f)
-            if n < ETH_HLEN:
-                self.drops["frame_too_short"] += 1
-                continue
-            if n > seg.max_frame:
-                self.drops["frame_too_big"] += 1
-                continue
-            payload = header + f
-            dst = f[:6]
-            if dst != last_dst:
-                last_dst = dst
-                target = None if f[0] & 1 else lookup(dst, now)
-                if target is not None and not target.removed:
-                    targets = [target]
+        for targets, payloads in seg.egress(frames, now, self.drops):
+            for p in targets:
+                bucket = by_peer.get(p)
+                if bucket is None:
+                    by_peer[p] = payloads[:]  # (a copy: a flood shares the run's list)
                 else:
-                    if members is None:
-                        members = seg.members(self.peers.values())
-                    targets = members  # broadcast, multicast and unknown unicast: flood
-                buckets = []
-                for p in targets:
-                    bucket = by_peer.get(p)
-                    if bucket is None:
-                        bucket = by_peer[p] = []
-                    buckets.append(bucket)
-            for bucket in buckets:
-                bucket.append(payload)
+                    bucket.extend(payloads)
         for peer, payloads in by_peer.items():
             self.send_to_peer(peer, payloads, now, out)
             self._schedule(peer)
@@ -417,12 +426,12 @@ class Engine:
         if kp is None or not kp.usable_for_sending(now) or peer.endpoint is None:
             for p in payloads:
                 if len(peer.staged) == peer.staged.maxlen:
-                    self.drops["staged_overflow"] += 1
-                    peer.count_drop("staged_overflow")
+                    self.drops[Drop.STAGED_OVERFLOW] += 1
+                    peer.count_drop(Drop.STAGED_OVERFLOW)
                 peer.staged.append(p)
             if peer.endpoint is None:
-                self.drops["no_endpoint"] += 1
-                peer.count_drop("no_endpoint")
+                self.drops[Drop.NO_ENDPOINT] += 1
+                peer.count_drop(Drop.NO_ENDPOINT)
                 return
             self._send_initiation(peer, now, out, retry=False)
             return
@@ -441,7 +450,7 @@ class Engine:
             # Workers encrypt on this keypair too: reserve the batch's counters in the shared slot.
             counter = self.counters.reserve(kp.slot, kp.ident, n)  # type: ignore[union-attr]
             if counter is None:  # the slot was reused: this keypair is long retired
-                self._drop(peer, "stale_keypair")
+                self._drop(peer, Drop.STALE_KEYPAIR)
                 return
         else:
             counter = kp.send_counter
@@ -455,9 +464,10 @@ class Engine:
             kp.send_counter = counter
         addr = peer.endpoint
         assert addr is not None
-        bucket = out.datagrams.get(addr)
+        dest = Dest(addr[0], addr[1])  # (once per batch: one send for all of it)
+        bucket = out.datagrams.get(dest)
         if bucket is None:
-            out.datagrams[addr] = datagrams
+            out.datagrams[dest] = datagrams
         else:
             bucket.extend(datagrams)
         peer.stats.tx_bytes += sent
@@ -547,9 +557,9 @@ class Engine:
         )
         peer.handshake = state
         msg = peer.cookie_gen.add_macs(msg, now)
-        out.send(peer.endpoint, msg)
+        out.send(Dest(*peer.endpoint), msg)
         peer.stats.tx_bytes += len(msg)
-        out.events.append(Event("handshake_sent", peer.name, "retry" if retry else ""))
+        out.events.append(HandshakeSent(peer.public_key, peer.name, retry))
         self._t_authenticated_sent(peer, now)
         peer.retransmit_at = now + REKEY_TIMEOUT + self._jitter()
         self._schedule(peer)
@@ -562,166 +572,121 @@ class Engine:
         # Fast path for a run of transport messages on one session from one address (a GSO/GRO
         # burst): once the first of them went through _receive_transport, which did the
         # per-peer work (promotion, roaming, timers, rekey checks) for this `now`, the rest only
-        # need decryption, the replay window and delivery.
-        fast_index = -1
-        fast_addr: Addr | None = None
-        fast_peer: Peer | None = None
-        fast_kp: Keypair | None = None
-        fast_packets = fast_bytes = fast_data = 0
-        # The inner source last found routed to fast_peer: the segments of a burst share it,
-        # so cryptokey routing costs one comparison instead of a table lookup per packet.
-        fast_src: bytes | None = None
-        # L2 likewise: the first 20 bytes (header, destination and source MAC) of the last frame
-        # from fast_peer that _deliver_frame accepted for a segment's TAP, and that segment's
-        # list of frames. A frame that starts the same needs no segment, membership or FDB work.
-        l2_key: bytes | None = None
-        l2_frames: list[bytes] = []
+        # need decryption and the replay window. Their plaintexts wait in `plains` and are
+        # handed to _deliver together, as the first one's: before anything else is processed
+        # (so the results are those of one message at a time) and at the end.
+        run_index = -1
+        run_addr: Addr | None = None
+        run_peer: Peer | None = None
+        run_decrypt: Callable[[bytes, bytes, bytes | None], bytes] | None = None
+        run_accept: Callable[[int], bool] | None = None
+        run_packets = run_bytes = 0
+        plains: list[bytes] = []
         unpack = _TRANSPORT_HEADER.unpack_from
-        deliver = self.deliver
-        lookup = self.allowed.lookup
-        append = out.packets.append
         nonce = _NONCE.pack
         for data, addr in datagrams:
             n = len(data)
             if n >= 32:
                 kind4, receiver, counter = unpack(data)
-                if kind4 == MSG_TRANSPORT and receiver == fast_index and addr == fast_addr:
-                    assert fast_kp is not None and fast_peer is not None
+                if kind4 == MSG_TRANSPORT and receiver == run_index and addr == run_addr:
+                    assert run_peer is not None and run_decrypt and run_accept
                     if counter >= REJECT_AFTER_MESSAGES:
-                        self._drop(fast_peer, "expired_session")
+                        self._drop(run_peer, Drop.EXPIRED_SESSION)
                         continue
                     try:
-                        plain = fast_kp.recv.decrypt(nonce(0, counter), data[16:], None)
+                        plain = run_decrypt(nonce(0, counter), data[16:], None)
                     except Exception:  # InvalidTag
-                        self._drop(fast_peer, "bad_auth")
+                        self._drop(run_peer, Drop.BAD_AUTH)
                         continue
-                    # The replay window, its in-order case inlined (next counter, same 64-bit
-                    # block: one bit to set); everything else through accept().
-                    rw = fast_kp.replay
-                    last = rw._last
-                    if counter > last and counter >> 6 == last >> 6:
-                        rw._ring[(counter >> 6) & 127] |= 1 << (counter & 63)
-                        rw._last = counter
-                    elif not rw.accept(counter):
-                        self._drop(fast_peer, "replay")
+                    if not run_accept(counter):
+                        self._drop(run_peer, Drop.REPLAY)
                         continue
-                    fast_packets += 1
-                    fast_bytes += n
-                    if not plain:
-                        continue  # a keepalive
-                    # deliver(), its IPv4/IPv6 case inlined; anything unusual takes deliver().
-                    pn = len(plain)
-                    version = plain[0] >> 4
-                    if version == 4 and pn >= 20:
-                        length = (plain[2] << 8) | plain[3]
-                        src = plain[12:16]
-                    elif version == 6 and pn >= 40:
-                        length = 40 + ((plain[4] << 8) | plain[5])
-                        src = plain[8:24]
-                    else:
-                        length = 0
-                    if 20 <= length <= pn and (src == fast_src or lookup(src) is fast_peer):
-                        fast_src = src
-                        append(plain if length == pn else plain[:length])
-                        fast_data += 1
-                    elif plain[0] != FLAG_I:
-                        deliver(fast_peer, plain, now, out)
-                    elif pn >= _L2_MIN and plain[:20] == l2_key:
-                        l2_frames.append(plain[HEADER_LEN:])
-                        fast_data += 1
-                    else:
-                        bucket = self._deliver_frame(fast_peer, plain, now, out)
-                        if bucket is not None:
-                            l2_key = plain[:20]
-                            l2_frames = bucket
+                    run_packets += 1
+                    run_bytes += n
+                    if plain:  # (empty: a keepalive)
+                        plains.append(plain)
                     continue
+            if plains:
+                assert run_peer is not None
+                self._deliver(run_peer, plains, now, out)
+                plains = []
             if n < 4 or data[1:4] != b"\x00\x00\x00":
-                self.drops["bad_header"] += 1
+                self.drops[Drop.BAD_HEADER] += 1
                 continue
             kind = data[0]
             if kind == MSG_TRANSPORT:
                 if n < TRANSPORT_HEADER_SIZE + 16:
-                    self.drops["too_short"] += 1
+                    self.drops[Drop.TOO_SHORT] += 1
                     continue
-                kp = self._receive_transport(data, addr, now, out, touched)
-                if kp is not None:
-                    if fast_peer is not None:
-                        self._fast_received(fast_peer, fast_packets, fast_bytes, fast_data, now)
-                        fast_packets = fast_bytes = fast_data = 0
-                    fast_src = None
-                    l2_key = None
-                    fast_kp = kp
-                    fast_index = kp.local_index
-                    fast_peer = self.indices[fast_index][0]
-                    fast_addr = addr  # (the endpoint now: roaming happened in the slow path)
+                received = self._receive_transport(data, addr, now, out, touched)
+                if received is not None:
+                    if run_peer is not None:
+                        self._run_received(run_peer, run_packets, run_bytes)
+                        run_packets = run_bytes = 0
+                    run_peer, kp, plain = received
+                    if plain:
+                        plains.append(plain)
+                    run_index = kp.local_index
+                    run_addr = addr  # (the endpoint now: roaming happened in the slow path)
+                    run_decrypt = kp.recv.decrypt
+                    run_accept = kp.replay.accept
             elif kind == MSG_INITIATION:
-                fast_index = -1  # a handshake may retire keypairs: back to the full checks
+                run_index = -1  # a handshake may retire keypairs: back to the full checks
                 if n != INITIATION_SIZE:
-                    self.drops["bad_size"] += 1
+                    self.drops[Drop.BAD_SIZE] += 1
                     continue
                 self._receive_initiation(data, addr, now, out, touched)
             elif kind == MSG_RESPONSE:
-                fast_index = -1
+                run_index = -1
                 if n != RESPONSE_SIZE:
-                    self.drops["bad_size"] += 1
+                    self.drops[Drop.BAD_SIZE] += 1
                     continue
                 self._receive_response(data, addr, now, out, touched)
             elif kind == MSG_COOKIE_REPLY:
                 if n != COOKIE_REPLY_SIZE:
-                    self.drops["bad_size"] += 1
+                    self.drops[Drop.BAD_SIZE] += 1
                     continue
                 self._receive_cookie(data, now)
             else:
-                self.drops["bad_type"] += 1
-        if fast_peer is not None:
-            self._fast_received(fast_peer, fast_packets, fast_bytes, fast_data, now)
+                self.drops[Drop.BAD_TYPE] += 1
+        if run_peer is not None:
+            if plains:
+                self._deliver(run_peer, plains, now, out)
+            self._run_received(run_peer, run_packets, run_bytes)
         for peer in touched:
             self._schedule(peer)
         return out
 
-    def _fast_received(
-        self, peer: Peer, packets: int, nbytes: int, data: int, now: float
-    ) -> None:
-        """The bookkeeping of from_network's fast path, once per run instead of per packet."""
+    @staticmethod
+    def _run_received(peer: Peer, packets: int, nbytes: int) -> None:
+        """The counters of from_network's fast path, once per run instead of per packet."""
         peer.stats.rx_packets += packets
         peer.stats.rx_bytes += nbytes
-        if data:
-            # _t_data_received once per packet delivered: the first arms the passive keepalive
-            # if it is not armed, every further one asks for another.
-            if peer.send_keepalive_at is None:
-                peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
-                data -= 1
-            if data:
-                peer.need_another_keepalive = True
 
     def _receive_transport(
         self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
-    ) -> Keypair | None:
-        """Receive one transport message. Returns its keypair when more messages on it from
-        `addr` in this batch (same `now`) can skip the per-peer work (see from_network)."""
-        # Per-packet hot path (one call per received datagram): small helpers are inlined. The
-        # ciphertext goes to decrypt() as a bytes slice: copying 1.4 KB costs less than making
-        # a memoryview and cryptography's buffer path for it (0.4 µs per datagram measured).
+    ) -> tuple[Peer, Keypair, bytes] | None:
+        """Receive one transport message: its peer, keypair and plaintext (to deliver), or None
+        when it was dropped. More messages on that keypair from `addr` in this batch (same
+        `now`) can then skip the per-peer work done here (see from_network)."""
+        # The ciphertext goes to decrypt() as a bytes slice: copying 1.4 KB costs less than
+        # making a memoryview and cryptography's buffer path for it (0.4 µs per datagram).
         _, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
-        entry = self.indices.get(receiver)
-        if entry is None or entry[1] is None:
-            self.drops["unknown_index"] += 1
-            return
-        peer, kp = entry
+        peer, kp = self.indices.get(receiver) or (None, None)
+        if peer is None or kp is None:  # (kp None: the index of our pending initiation)
+            self.drops[Drop.UNKNOWN_INDEX] += 1
+            return None
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
-            self.drops["expired_session"] += 1
-            peer.count_drop("expired_session")
-            return
+            self._drop(peer, Drop.EXPIRED_SESSION)
+            return None
         try:
             plain = kp.recv.decrypt(_NONCE.pack(0, counter), data[16:], None)
         except Exception:  # InvalidTag: forged, corrupted or for a key we no longer hold
-            self.drops["bad_auth"] += 1
-            peer.count_drop("bad_auth")
-            return
+            self._drop(peer, Drop.BAD_AUTH)
+            return None
         if not kp.replay.accept(counter):
-            self.drops["replay"] += 1
-            peer.count_drop("replay")
-            return
+            self._drop(peer, Drop.REPLAY)
+            return None
         touched.add(peer)
         peer.stats.rx_bytes += len(data)
         peer.stats.rx_packets += 1
@@ -732,11 +697,11 @@ class Engine:
             peer.next = None
             # The responder's handshake is complete only now (wireguard-go receive.go).
             self._t_handshake_complete(peer, now)
-            out.events.append(Event("handshake_complete", peer.name, "responder"))
+            out.events.append(HandshakeComplete(peer.public_key, peer.name, "responder"))
             if peer.staged:
                 self._flush_staged(peer, now, out)
         if peer.endpoint != addr:
-            out.events.append(Event("roamed", peer.name, f"{_fmt(peer.endpoint)} -> {_fmt(addr)}"))
+            out.events.append(Roamed(peer.public_key, peer.name, peer.endpoint, addr))
             peer.endpoint = addr
         if peer.last_received != now or peer.new_handshake_at is not None:
             # (Once per peer and batch: repeated with the same `now` it changes nothing.)
@@ -749,94 +714,103 @@ class Engine:
             and peer.handshake is None
         ):
             self._send_initiation(peer, now, out, retry=False)
-        if plain:  # (empty: a keepalive, authenticated, nothing to deliver)
-            self.deliver(peer, plain, now, out)
-        return kp
+        return peer, kp, plain
 
-    def deliver(self, peer: Peer, plain: bytes, now: float, out: Output) -> None:
-        """Hand an authenticated plaintext to the tunnel after cryptokey routing checks."""
-        first = plain[0]
-        version = first >> 4
-        if first == FLAG_I:
-            self._deliver_frame(peer, plain, now, out)
-            return
-        n = len(plain)
-        if version == 4:
-            if n < 20:
-                self._drop(peer, "bad_inner_packet")
-                return
-            length = (plain[2] << 8) | plain[3]
-            src = plain[12:16]
-        elif version == 6:
-            if n < 40:
-                self._drop(peer, "bad_inner_packet")
-                return
-            length = 40 + ((plain[4] << 8) | plain[5])
-            src = plain[8:24]
-        else:
-            self._drop(peer, "bad_inner_packet")
-            return
-        if length > n or length < 20:
-            self._drop(peer, "bad_inner_packet")
-            return
-        if self.allowed.lookup(src) is not peer:
-            self._drop(peer, "not_allowed_source")
-            return
-        # _t_data_received, inlined (once per received packet)
-        if peer.send_keepalive_at is None:
-            peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
-        else:
-            peer.need_another_keepalive = True
-        out.packets.append(plain[:length] if length != n else plain)
+    def _deliver(self, peer: Peer, plains: list[bytes], now: float, out: Output) -> None:
+        """Hand authenticated plaintexts from `peer` on: IP packets whose inner source routes
+        back to `peer` (cryptokey routing inbound) to the TUN, L2 plaintexts to their segment.
+        Called once per run of messages from one peer, so what the messages of a burst share
+        is checked once: the inner source last found routed to `peer` (the segments of a TSO
+        super-packet share it) costs a comparison instead of a table lookup, and a frame that
+        starts (VXLAN header, destination and source MAC: 20 bytes) like the last one
+        _deliver_frame wrote to a segment's TAP needs no segment, membership or FDB work."""
+        lookup = self.allowed.lookup
+        append = out.packets.append
+        known_src: bytes | None = None
+        l2_key: bytes | None = None
+        l2_frames: list[bytes] = []
+        data = 0  # plaintexts delivered here: each is one _t_data_received
+        for plain in plains:
+            n = len(plain)
+            version = plain[0] >> 4
+            if version == 4:
+                if n < 20:
+                    self._drop(peer, Drop.BAD_INNER_PACKET)
+                    continue
+                length = (plain[2] << 8) | plain[3]
+                src = plain[12:16]
+            elif version == 6:
+                if n < 40:
+                    self._drop(peer, Drop.BAD_INNER_PACKET)
+                    continue
+                length = 40 + ((plain[4] << 8) | plain[5])
+                src = plain[8:24]
+            elif plain[0] == FLAG_I:
+                if n >= _L2_MIN and plain[:20] == l2_key:
+                    l2_frames.append(plain[HEADER_LEN:])
+                    data += 1
+                else:
+                    bucket = self._deliver_frame(peer, plain, now, out)
+                    if bucket is not None:
+                        l2_key = plain[:20]
+                        l2_frames = bucket
+                continue
+            else:
+                self._drop(peer, Drop.BAD_INNER_PACKET)
+                continue
+            if length > n or length < 20:
+                self._drop(peer, Drop.BAD_INNER_PACKET)
+                continue
+            if src != known_src:
+                if lookup(src) is not peer:
+                    self._drop(peer, Drop.NOT_ALLOWED_SOURCE)
+                    continue
+                known_src = src
+            append(plain if length == n else plain[:length])
+            data += 1
+        if data:
+            # _t_data_received once per plaintext delivered: the first arms the passive
+            # keepalive if it is not armed, every further one asks for another.
+            if peer.send_keepalive_at is None:
+                peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
+                data -= 1
+            if data:
+                peer.need_another_keepalive = True
 
     def _deliver_frame(
         self, peer: Peer, plain: bytes, now: float, out: Output
     ) -> list[bytes] | None:
-        """Hand an authenticated L2 plaintext to its segment. Returns the segment's list of
-        frames to write when the frame went there and nothing else could happen to a frame with
-        the same header and source MAC from `peer` in this batch (a segment without hub relay):
-        from_network then appends such frames directly."""
-        if len(plain) < HEADER_LEN + ETH_HLEN:
-            self._drop(peer, "bad_inner_frame")
+        """Hand an authenticated L2 plaintext to its segment's switch. Returns the segment's
+        list of frames to write when the frame went there and nothing else could happen to a
+        frame with the same header and source MAC from `peer` in this batch (a segment without
+        hub relay): _deliver then appends such frames directly."""
+        if len(plain) < _L2_MIN:
+            self._drop(peer, Drop.BAD_INNER_FRAME)
             return None
         vni = int.from_bytes(plain[4:7], "big")
         seg = self.segments.get(vni)
         if seg is None:
-            self._drop(peer, "unknown_vni")
+            self._drop(peer, Drop.UNKNOWN_VNI)
             return None
         if not seg.has(peer):
-            self._drop(peer, "peer_not_in_segment")
+            self._drop(peer, Drop.PEER_NOT_IN_SEGMENT)
             return None
         frame = plain[HEADER_LEN:]
-        if frame[6] & 1:
-            self._drop(peer, "bad_src_mac")  # a group address is never a source
+        forward = seg.ingress(peer, frame, now)
+        if forward is None:
+            self._drop(peer, Drop.BAD_SRC_MAC)
             return None
-        seg.fdb.learn(frame[6:12], peer, now)
         self._t_data_received(peer, now)
-        local = True
-        if seg.hub:
-            # A hub relays between its spokes; everywhere else split horizon applies: a frame
-            # from a peer never goes back out to peers, so a full mesh cannot loop.
-            target = None if frame[0] & 1 else seg.fdb.lookup(frame[:6], now)
-            if target is peer:
-                return None
-            if target is not None:
-                targets, local = [target], False
-            else:
-                targets = [p for p in seg.members(self.peers.values()) if p is not peer]
-            for p in targets:
-                self.send_to_peer(p, [plain], now, out)
-                self._schedule(p)
+        relay, local = forward
+        for p in relay:
+            self.send_to_peer(p, [plain], now, out)
+            self._schedule(p)
         if not local:
             return None
-        bucket = out.frames.get(vni)
-        if bucket is None:
-            bucket = out.frames[vni] = [frame]
-        else:
-            bucket.append(frame)
+        bucket = out.write_frame(vni, frame)
         return None if seg.hub else bucket
 
-    def _drop(self, peer: Peer, reason: str) -> None:
+    def _drop(self, peer: Peer, reason: Drop) -> None:
         self.drops[reason] += 1
         peer.count_drop(reason)
 
@@ -858,17 +832,17 @@ class Engine:
     def _check_macs(self, data: bytes, addr: Addr, sender: int, now: float, out: Output) -> bool:
         """mac1 always; under load, mac2 or answer with a cookie. True = go on."""
         if not self.cookie_checker.check_mac1(data):
-            self.drops["bad_mac1"] += 1
+            self.drops[Drop.BAD_MAC1] += 1
             return False
         if not self._under_load(now):
             return True
         src = addr_bytes(addr)
         if not self.cookie_checker.check_mac2(data, src, now):
-            out.send(addr, self.cookie_checker.create_reply(data, sender, src, now))
-            self.drops["cookie_sent"] += 1
+            out.send(Dest(*addr), self.cookie_checker.create_reply(data, sender, src, now))
+            self.drops[Drop.COOKIE_SENT] += 1
             return False
         if data[0] == MSG_INITIATION and not self._ratelimit(src[:-2], now):
-            self.drops["ratelimited"] += 1
+            self.drops[Drop.RATELIMITED] += 1
             return False
         return True
 
@@ -900,17 +874,17 @@ class Engine:
             return
         consumed = hs.consume_initiation(self.private_key, self.public_key, data)
         if consumed is None:
-            self.drops["bad_initiation"] += 1
+            self.drops[Drop.BAD_INITIATION] += 1
             return
         peer = self.peers.get(consumed.remote_static)
         if peer is None:
-            self.drops["unknown_peer"] += 1
+            self.drops[Drop.UNKNOWN_PEER] += 1
             return
         if consumed.timestamp <= peer.last_timestamp:
-            self._drop(peer, "replayed_initiation")
+            self._drop(peer, Drop.REPLAYED_INITIATION)
             return
         if now - peer.last_initiation_consumed < HANDSHAKE_INITIATION_RATE:
-            self._drop(peer, "initiation_flood")
+            self._drop(peer, Drop.INITIATION_FLOOD)
             return
         peer.last_timestamp = consumed.timestamp
         peer.last_initiation_consumed = now
@@ -930,12 +904,10 @@ class Engine:
         peer.previous = None
         if peer.endpoint != addr:
             if peer.endpoint is not None:
-                out.events.append(
-                    Event("roamed", peer.name, f"{_fmt(peer.endpoint)} -> {_fmt(addr)}")
-                )
+                out.events.append(Roamed(peer.public_key, peer.name, peer.endpoint, addr))
             peer.endpoint = addr
         msg = peer.cookie_gen.add_macs(msg, now)
-        out.send(addr, msg)
+        out.send(Dest(*addr), msg)
         peer.stats.rx_bytes += len(data)
         peer.stats.tx_bytes += len(msg)
         touched.add(peer)
@@ -952,16 +924,16 @@ class Engine:
         receiver = int.from_bytes(data[8:12], "little")
         entry = self.indices.get(receiver)
         if entry is None or entry[1] is not None:
-            self.drops["unknown_index"] += 1
+            self.drops[Drop.UNKNOWN_INDEX] += 1
             return
         peer = entry[0]
         state = peer.handshake
         if state is None or state.sender_index != receiver:
-            self.drops["unknown_index"] += 1
+            self.drops[Drop.UNKNOWN_INDEX] += 1
             return
         result = hs.consume_response(state, self.private_key, data)
         if result is None:
-            self._drop(peer, "bad_response")
+            self._drop(peer, Drop.BAD_RESPONSE)
             return
         remote_index, send_key, recv_key = result
         peer.handshake = None
@@ -983,14 +955,14 @@ class Engine:
             peer.previous = peer.current
         peer.current = kp
         if peer.endpoint != addr:
-            out.events.append(Event("roamed", peer.name, f"{_fmt(peer.endpoint)} -> {_fmt(addr)}"))
+            out.events.append(Roamed(peer.public_key, peer.name, peer.endpoint, addr))
             peer.endpoint = addr
         peer.stats.rx_bytes += len(data)
         touched.add(peer)
         self._t_authenticated_received(peer, now)
         self._t_handshake_complete(peer, now)
         self._t_session_derived(peer, now)
-        out.events.append(Event("handshake_complete", peer.name, "initiator"))
+        out.events.append(HandshakeComplete(peer.public_key, peer.name, "initiator"))
         # Confirm the session to the responder: staged data if we have it, else a keepalive.
         self._send_keepalive(peer, now, out)
 
@@ -998,13 +970,13 @@ class Engine:
         receiver = int.from_bytes(data[4:8], "little")
         entry = self.indices.get(receiver)
         if entry is None:
-            self.drops["unknown_index"] += 1
+            self.drops[Drop.UNKNOWN_INDEX] += 1
             return
         peer = entry[0]
         if not peer.cookie_gen.consume_reply(data, now):
-            self._drop(peer, "bad_cookie")
+            self._drop(peer, Drop.BAD_COOKIE)
             return
-        self.drops["cookie_received"] += 1  # counted, not an error: the retry will carry mac2
+        self.drops[Drop.COOKIE_RECEIVED] += 1  # counted, not an error: the retry will carry mac2
 
     # ---------------------------------------------------------------- helpers
 
@@ -1014,18 +986,8 @@ class Engine:
         peer.previous = peer.current = peer.next = None
         self._drop_pending(peer)
 
-    def total_drops(self) -> dict[str, int]:
-        return dict(self.drops)
-
 
 def _short(key: bytes) -> str:
     import base64
 
     return base64.b64encode(key).decode()[:8]
-
-
-def _fmt(addr: Addr | None) -> str:
-    if addr is None:
-        return "(none)"
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -13,7 +13,8 @@ same as wireguard-go, so both accept and reject exactly the same sequences.
 
 `accept` must be called only *after* the message authenticated: otherwise a forged counter far
 ahead would slide the window and make every genuine message look stale. It is on the
-per-packet path, so the in-order case (next counter, same block) costs a few integer operations.
+per-packet path, so the in-order case (next counter, same block) returns first, after a few integer
+operations; the engine's burst path calls it for every message.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class ReplayWindow:
     def accept(self, counter: int, limit: int = REJECT_AFTER_MESSAGES) -> bool:
         """True if `counter` is new (and now recorded); False if replayed, too old or >= limit."""
         last = self._last
+        if (counter ^ last) < BLOCK_BITS and last < counter < limit:
+            # In order, the per-packet case: above every counter seen and in the same block
+            # as the greatest (equal high bits), so one bit to set and nothing to slide.
+            self._ring[(counter >> _BLOCK_BIT_LOG) & _BLOCK_MASK] |= 1 << (counter & _BIT_MASK)
+            self._last = counter
+            return True
         if counter > last:
             # Fast path, the common case: a counter above every one seen so far cannot be a
             # replay, so no bit test is needed, only sliding the window up to it.

@@ -7,7 +7,8 @@ fresh keypair waits in `next` until the initiator proves it has it by sending on
 replaces lingers as `previous` so packets in flight still decrypt.
 
 Keypairs expire by age (REJECT_AFTER_TIME) and by counter (REJECT_AFTER_MESSAGES); the engine asks
-`usable_for_sending` / `usable_for_receiving` with `now` rather than the keypair reading a clock.
+`usable_for_sending` with `now` rather than the keypair reading a clock, and checks the age of a
+receiving keypair itself on the receive path.
 
 With worker processes (``Workers = N``) the sending counter of a keypair lives in a shared slot
 (tunnelpy/workers/counters.py): ``slot``/``ident`` name it, and ``send_counter`` is only this
@@ -100,10 +101,4 @@ class Keypair:
         self.is_initiator = is_initiator
 
     def usable_for_sending(self, now: float) -> bool:
-        return (
-            self.send_counter < REJECT_AFTER_MESSAGES
-            and now - self.created < REJECT_AFTER_TIME
-        )
-
-    def usable_for_receiving(self, now: float) -> bool:
-        return now - self.created < REJECT_AFTER_TIME
+        return self.send_counter < REJECT_AFTER_MESSAGES and now - self.created < REJECT_AFTER_TIME

@@ -1,0 +1,266 @@
+"""The L2 switch (protocol/switch.py) alone, and inside both engines: the same frames must give
+the same decisions (targets, local writes, drops) over encrypted sessions and plain VXLAN."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from tunnelpy.protocol.crypto import generate_private_key, public_key
+from tunnelpy.protocol.engine import Engine, Output
+from tunnelpy.protocol.peer import Peer
+from tunnelpy.protocol.switch import Switch
+from tunnelpy.protocol.vxlan import VxlanEngine, flow_hash, pack_header
+
+BCAST = b"\xff" * 6
+MCAST = b"\x01\x00\x5e\x00\x00\x01"
+
+
+def mac(n: int) -> bytes:
+    return bytes([0x02, 0, 0, 0, 0, n])
+
+
+def frame(dst: bytes, src: bytes, body: bytes = b"payload") -> bytes:
+    return dst + src + b"\x88\xb5" + body
+
+
+@dataclass(eq=False)
+class Port:
+    name: str
+    removed: bool = False
+
+
+def switch(names: str, *, members: str | None = None, **kw) -> tuple[Switch[Port], dict]:
+    ports = {n: Port(n) for n in names}
+    chosen = None if members is None else [ports[n] for n in members]
+    return Switch(9, chosen, ports, **kw), ports
+
+
+def names(peers) -> list[str]:
+    return [p.name for p in peers]
+
+
+# ------------------------------------------------------------------------------ Switch alone
+
+
+def test_egress_runs_per_destination_with_size_checks():
+    sw, p = switch("abc", max_frame=100)
+    sw.fdb.learn(mac(2), p["b"], 0)
+    drops: Counter[str] = Counter()
+    frames = [
+        frame(mac(2), mac(1), b"1"), frame(mac(2), mac(1), b"2"),  # one run to b
+        b"short",
+        frame(BCAST, mac(1), b"3"),  # flood
+        frame(mac(2), mac(1), b"x" * 200),  # too big
+        frame(mac(7), mac(1), b"4"),  # unknown unicast: flood
+    ]  # fmt: skip
+    runs = sw.egress(frames, 1, drops)
+    flood = ["a", "b", "c"]
+    assert [(names(t), len(ps)) for t, ps in runs] == [(["b"], 2), (flood, 1), (flood, 1)]
+    assert runs[0][1] == [pack_header(9) + frames[0], pack_header(9) + frames[1]]
+    assert drops == {"frame_too_short": 1, "frame_too_big": 1}
+
+
+def test_egress_floods_past_removed_and_aged_targets():
+    sw, p = switch("abc", aging=10)
+    sw.fdb.learn(mac(2), p["b"], 0)
+    p["b"].removed = True  # (the engine also forgets it; a stale static entry may remain)
+    ((targets, _),) = sw.egress([frame(mac(2), mac(1))], 1, Counter())
+    assert names(targets) == ["a", "b", "c"]  # everyone: the table is the engine's
+    sw, p = switch("abc", members="ac", aging=10)
+    sw.fdb.learn(mac(3), p["c"], 0)
+    assert names(sw.egress([frame(mac(3), mac(1))], 5, Counter())[0][0]) == ["c"]
+    assert names(sw.egress([frame(mac(3), mac(1))], 10.5, Counter())[0][0]) == ["a", "c"]
+
+
+def test_group_destination_is_never_looked_up():
+    sw, p = switch("ab")
+    sw.fdb.add_static(MCAST, p["a"])
+    assert names(sw.egress([frame(MCAST, mac(1))], 0, Counter())[0][0]) == ["a", "b"]
+
+
+def test_ingress_split_horizon_and_group_source():
+    sw, p = switch("ab")
+    assert sw.ingress(p["a"], frame(BCAST, b"\x01" + mac(1)[1:]), 0) is None
+    assert sw.ingress(p["a"], frame(BCAST, mac(1)), 0) == ([], True)
+    assert sw.fdb.lookup(mac(1), 0) is p["a"]
+    assert sw.ingress(p["b"], frame(mac(1), mac(2)), 0) == ([], True)  # no relay without hub
+
+
+def test_ingress_hub_relays_between_spokes():
+    sw, p = switch("abc", hub=True)
+    relay, local = sw.ingress(p["a"], frame(BCAST, mac(1)), 0)
+    assert names(relay) == ["b", "c"] and local
+    relay, local = sw.ingress(p["b"], frame(mac(1), mac(2)), 0)
+    assert names(relay) == ["a"] and not local  # known unicast: to its peer only
+    assert sw.ingress(p["a"], frame(mac(1), mac(3)), 0) == ([], False)  # back where it is
+    relay, local = sw.ingress(p["c"], frame(mac(9), mac(3)), 0)
+    assert names(relay) == ["a", "b"] and local  # unknown unicast: flood, and write locally
+
+
+def test_members_and_forget_peer():
+    sw, p = switch("abc", members="ab")
+    assert sw.has(p["a"]) and not sw.has(p["c"])
+    sw.fdb.learn(mac(1), p["a"], 0)
+    sw.forget_peer(p["a"])
+    assert names(sw.members()) == ["b"] and sw.fdb.lookup(mac(1), 0) is None
+    sw.fdb.learn(mac(2), p["b"], 0)
+    sw.set_members([p["c"]])
+    assert names(sw.members()) == ["c"] and sw.fdb.lookup(mac(2), 0) is p["b"]  # FDB kept
+    sw.set_members(None)
+    assert sw.peers is None and names(sw.members()) == ["a", "b", "c"]
+    everyone, p = switch("ab")
+    p["z"] = Port("z")  # None: the engine's table, read when needed
+    assert everyone.has(p["z"]) and names(everyone.members()) == ["a", "b", "z"]
+
+
+def test_static_entries_and_limit():
+    sw, p = switch("ab", max_fdb=2, static=[(mac(5), Port("s"))])
+    sw.ingress(p["a"], frame(BCAST, mac(1)), 0)
+    sw.ingress(p["b"], frame(BCAST, mac(2)), 0)  # full (the static entry counts): refused
+    assert sw.fdb.refused == 1 and sw.fdb.lookup(mac(2), 0) is None
+    sw.ingress(p["a"], frame(BCAST, mac(5)), 0)
+    assert sw.fdb.lookup(mac(5), 10**6).name == "s"  # a static MAC never moves or ages
+
+
+# ------------------------------------------------------------------------------ both engines
+
+
+class RecordingEngine(Engine):
+    """An Engine whose sends to peers are recorded instead of encrypted."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send_to_peer(self, peer: Peer, payloads: list[bytes], now: float, out: Output) -> None:
+        self.sent += [(peer.name, p) for p in payloads]
+
+
+class WireGuardSide:
+    def __init__(self, names: str, **seg) -> None:
+        rng = random.Random(1).randbytes
+        self.e = RecordingEngine(generate_private_key(rng), rng=rng, wall=lambda: 0.0)
+        self.peer = {
+            n: self.e.add_peer(public_key(generate_private_key(rng)), name=n) for n in names
+        }
+        static = [(m, self.peer[n]) for m, n in seg.pop("static", ())]
+        members = seg.pop("members", None)
+        self.seg = self.e.add_segment(
+            7, None if members is None else [self.peer[n] for n in members], static=static, **seg
+        )
+
+    def tap(self, frames: list[bytes], now: float) -> list[list[str]]:
+        self.e.sent = []
+        self.e.from_segment(7, frames, now)
+        return _per_frame(self.e.sent, frames)
+
+    def arrive(self, name: str, f: bytes, now: float) -> tuple[list[str], list[bytes]]:
+        self.e.sent = []
+        out = Output()
+        self.e._deliver(self.peer[name], [pack_header(7) + f], now, out)
+        return [n for n, _ in self.e.sent], out.frames.get(7, [])
+
+
+class VxlanSide:
+    def __init__(self, names: str, **seg) -> None:
+        self.e = VxlanEngine()
+        self.addr = {n: (f"10.0.0.{i + 1}", 4789) for i, n in enumerate(names)}
+        self.name_of = {a[0]: n for n, a in self.addr.items()}
+        self.peer = {n: self.e.add_peer(n, self.addr[n]) for n in names}
+        static = [(m, self.peer[n]) for m, n in seg.pop("static", ())]
+        members = seg.pop("members", None)
+        self.seg = self.e.add_segment(
+            7, None if members is None else [self.peer[n] for n in members], static=static, **seg
+        )
+
+    def _sent(self, out: Output) -> list[tuple[str, bytes]]:
+        return [(self.name_of[d.host], x) for d, xs in out.datagrams.items() for x in xs]
+
+    def tap(self, frames: list[bytes], now: float) -> list[list[str]]:
+        return _per_frame(self._sent(self.e.from_segment(7, frames, now)), frames)
+
+    def arrive(self, name: str, f: bytes, now: float) -> tuple[list[str], list[bytes]]:
+        out = self.e.from_network([(pack_header(7) + f, (self.addr[name][0], 50000))], now)
+        return [n for n, _ in self._sent(out)], out.frames.get(7, [])
+
+
+def _per_frame(sent: list[tuple[str, bytes]], frames: list[bytes]) -> list[list[str]]:
+    """For each frame, the peers it was sent to (sorted: the engines group sends differently)."""
+    return [sorted(n for n, p in sent if p[8:] == f) for f in frames]
+
+
+def scenario(side, rng: random.Random) -> list:
+    """A random mix of frames from the TAP and from peers, with the clock moving; the
+    decisions, in order, and the drops."""
+    macs = [mac(i) for i in range(1, 7)] + [BCAST, MCAST]
+    log = []
+    now = 0.0
+    for i in range(300):
+        now += rng.choice((0, 0, 0.5, 4))
+        dst, src = rng.choice(macs), rng.choice(macs[:6])
+        body = bytes([i % 256, i // 256])
+        r = rng.random()
+        if r < 0.45:
+            frames = [frame(dst, src, body + bytes([k])) for k in range(rng.randrange(1, 4))]
+            if rng.random() < 0.1:
+                frames.append(b"tiny")
+            if rng.random() < 0.1:
+                frames.append(frame(dst, src, b"x" * 120))
+            log.append(("tap", side.tap(frames, now)))
+        else:
+            name = rng.choice("abcd")
+            if rng.random() < 0.05:
+                src = b"\x03" + src[1:]  # a group source
+            log.append(("in", name, side.arrive(name, frame(dst, src, body), now)))
+    entries = sorted((m, p.name, age) for m, p, age in side.seg.fdb.entries(now))
+    return [log, dict(side.e.drops), entries]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(
+    "seg",
+    [
+        {},
+        {"hub": True},
+        {"hub": True, "members": "abc"},
+        {"members": "abd", "static": [(mac(6), "c")]},
+        {"hub": True, "aging": 3.0, "max_fdb": 3, "max_frame": 100},
+    ],
+)
+def test_both_engines_switch_alike(seed, seg):
+    results = []
+    for side in (WireGuardSide, VxlanSide):
+        s = side("abcd", **{k: list(v) if k == "static" else v for k, v in seg.items()})
+        results.append(scenario(s, random.Random(seed)))
+    assert results[0] == results[1]
+    log, drops, _ = results[0]
+    assert any(kind == "tap" and any(len(t) == 1 for t in d) for kind, d, *_ in log)
+    if seg.get("hub"):
+        assert any(kind == "in" and rest[0][0] for kind, *rest in log)  # relays happened
+    if "members" in seg:
+        assert drops.get("peer_not_in_segment")
+    assert drops.get("bad_src_mac")
+
+
+def test_engines_flood_head_end_and_unicast_learned():
+    """A worked example, the same for both: flood, learn from the answer, then unicast."""
+    for side in (WireGuardSide("abc"), VxlanSide("abc")):
+        assert side.tap([frame(BCAST, mac(1))], 0) == [["a", "b", "c"]]
+        assert side.arrive("b", frame(mac(1), mac(2)), 0) == ([], [frame(mac(1), mac(2))])
+        assert side.tap([frame(mac(2), mac(1))], 1) == [["b"]]
+
+
+def test_vxlan_flow_rides_in_the_destination():
+    v = VxlanSide("ab")
+    f1, f2 = frame(BCAST, mac(1), b"one"), frame(BCAST, mac(3), b"two")
+    out = v.e.from_segment(7, [f1, f2], 0)
+    keys = list(out.datagrams)
+    assert [(d.host, d.flow) for d in keys] == [
+        ("10.0.0.1", flow_hash(f1)), ("10.0.0.2", flow_hash(f1)),
+        ("10.0.0.1", flow_hash(f2)), ("10.0.0.2", flow_hash(f2)),
+    ]  # fmt: skip
+    assert v.peer["a"].tx_packets == 2 and v.peer["a"].tx_bytes == 16 + len(f1) + len(f2)
