@@ -11,9 +11,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_engine import A_ADDR, A_IN, B_ADDR, B_IN, Net, ipv4
 
 import tunnelpy
+from tests.harness.engine_pair import A_ADDR, A_IN, B_ADDR, B_IN, Net
+from tests.harness.packets import ipv4
 from tunnelpy.io.udp import UdpSocket
 from tunnelpy.io.vxlan_socket import VxlanSocket
 from tunnelpy.protocol.actions import Dest, Output

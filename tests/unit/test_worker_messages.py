@@ -25,8 +25,10 @@ import timeit
 from pathlib import Path
 
 import pytest
-from test_engine import A_IN, B_ADDR, B_IN, Net, ipv4
 
+from tests.harness.engine_pair import A_IN, B_ADDR, B_IN, Net
+from tests.harness.packets import ipv4
+from tunnelpy.protocol.actions import Dest
 from tunnelpy.workers import child as childmod
 from tunnelpy.workers import messages as M
 from tunnelpy.workers import pool as poolmod
@@ -548,7 +550,7 @@ def test_pool_applies_reports_and_reroutes_staged_packets(rig):
     end.send(b"L" + encode(Stage(K1, [mine])))  # not a peer: counted, not sent
     run_for(rig.loop, 0.02)
     assert n.a.drops["tun_no_route"] == 4
-    sent = [d for out in rig.performed for d in out.datagrams.get(B_ADDR, [])]
+    sent = [d for out in rig.performed for d in out.datagrams.get(Dest(*B_ADDR), [])]
     assert [d[0] for d in sent] == [1] and list(n.pa.staged) == [mine]
     assert rig.pool.malformed == 0 and len(rig.procs) == 1
 
