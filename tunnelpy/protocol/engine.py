@@ -464,7 +464,10 @@ class Engine:
             kp.send_counter = counter
         addr = peer.endpoint
         assert addr is not None
-        dest = Dest(addr[0], addr[1])  # (once per batch: one send for all of it)
+        dest = peer.dest
+        if peer.dest_for is not addr:  # (a new endpoint: roamed, resolved or set)
+            dest = peer.dest = Dest(addr[0], addr[1])
+            peer.dest_for = addr
         bucket = out.datagrams.get(dest)
         if bucket is None:
             out.datagrams[dest] = datagrams

@@ -19,6 +19,7 @@ import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 
+from .actions import Dest
 from .constants import MAX_STAGED_PACKETS
 from .cookie import CookieGenerator
 from .handshake import InitiationState
@@ -52,6 +53,10 @@ class Peer:
         self.name = name
         self.preshared_key = preshared_key or bytes(32)
         self.endpoint = endpoint
+        # The Output.datagrams key of `endpoint` (the object in dest_for), made once per
+        # endpoint instead of per batch sent: building a NamedTuple costs about a microsecond.
+        self.dest_for: Addr | None = None
+        self.dest = Dest("", 0)
         self.persistent_keepalive = persistent_keepalive
         self.cookie_gen = CookieGenerator(public_key)
 
