@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tunnelpy import keys
+from tunnelpy.io import knobs
 from tunnelpy.netlink import kinds
 from tunnelpy.netlink.kinds import (  # noqa: F401 - the topology dataclasses, re-exported here
     VXLAN_PORT,
@@ -64,7 +65,7 @@ TRANSPORTS = (TRANSPORT_WIREGUARD, TRANSPORT_VXLAN)
 OFFLOAD_AUTO = "auto"  # TUN/TAP TSO/GRO and UDP GSO/GRO where the kernel takes them
 OFFLOAD_OFF = "off"  # one packet per syscall: for paths where offloads misbehave
 OFFLOADS = (OFFLOAD_AUTO, OFFLOAD_OFF)
-MAX_WORKERS = 64
+MAX_WORKERS = knobs.MAX_WORKERS  # Workers = 1..64 (tunnelpy/io/knobs.py shares it)
 VNI_MAX = (1 << 24) - 1
 DEFAULT_AGING = 300.0
 DEFAULT_MAX_FDB = 4096

@@ -20,9 +20,10 @@ import signal
 import subprocess
 
 from . import config as cfgmod
-from . import knobs, wgapi
+from . import wgapi
 from .datapath import ProtocolClock
 from .device import Device, DeviceError, workers_for
+from .io import knobs
 from .io.tun import TunError
 from .io.uapi import DeviceSnapshot, SetRequest, UapiServer
 from .io.udp import UdpError

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from . import config as cfgmod
-from . import knobs
 from .datapath import DataPath, ProtocolClock
+from .io import knobs
 from .io import offload as offload_mod
 from .io.tun import Tun, TunError
 from .io.udp import UdpSocket, is_literal, resolve

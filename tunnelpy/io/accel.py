@@ -8,13 +8,13 @@ the same bytes.
 
 from __future__ import annotations
 
-import os
+from . import knobs
 
 try:
     from . import _segments as _built
 except ImportError:  # pragma: no cover - depends on the build
     _built = None  # type: ignore[assignment]
 
-_off = os.environ.get("TUNNELPY_TEST_COMPILED", "").lower() == "off"
+_off = knobs.compiled_forced_off()
 join_run = None if _built is None or _off else _built.join_run
 split_tcp_segments = None if _built is None or _off else _built.split_tcp_segments

@@ -19,9 +19,7 @@ buffers. This module holds the testing knob and re-exports what the rest of the 
 
 from __future__ import annotations
 
-import os
-
-from . import accel
+from . import accel, knobs
 from .checksum import finish_plain, fold, pseudo_sum
 from .gro import coalesce
 from .headers import IPPROTO_TCP
@@ -82,6 +80,5 @@ def compiled() -> bool:
 
 
 def forced_off() -> bool:
-    """Testing knob: ``TUNNELPY_TEST_OFFLOAD=off`` turns every offload off whatever the config
-    says, so the whole integration suite can run once with offloads and once without."""
-    return os.environ.get("TUNNELPY_TEST_OFFLOAD", "").lower() == "off"
+    """Testing knob ``TUNNELPY_TEST_OFFLOAD=off`` (io/knobs.py): every offload off."""
+    return knobs.offload_forced_off()

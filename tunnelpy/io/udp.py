@@ -18,10 +18,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import os
 import socket
 import struct
 
+from . import knobs
 from .offload import forced_off
 
 Addr = tuple[str, int]
@@ -36,8 +36,7 @@ BUFFER_SIZE = 4 << 20  # wireguard-go asks for 7 MiB; 4 MiB absorbs bursts of a 
 def _buffer_size() -> int:
     """BUFFER_SIZE, or the bench knob TUNNELPY_SOCKET_BUFFER (bytes; 0 = the kernel's default),
     which exists so bench/ can measure both ways (docs/performance.md)."""
-    value = os.environ.get("TUNNELPY_SOCKET_BUFFER", "")
-    return int(value) if value.isdigit() else BUFFER_SIZE
+    return knobs.socket_buffer(BUFFER_SIZE)
 
 
 SOL_UDP = 17

@@ -46,7 +46,7 @@ import ipaddress
 import itertools
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from . import handshake as hs
@@ -503,6 +503,24 @@ class Engine:
             self.send_to_peer(peer, packets, now, out)
             self._schedule(peer)
         return out
+
+    def send_staged(self, public_key: bytes, packets: list[bytes], now: float) -> Output:
+        """A worker's packets for the peer `public_key` (see send_packets), routed again on
+        our own table first: a worker's table may lag, and a worker must not get arbitrary
+        plaintext encrypted to a peer of its choosing. What does not route there is dropped
+        as tun_no_route."""
+        peer = self.peers.get(public_key)
+        routed = route_packets(packets, self.allowed, self.drops)
+        mine = routed.pop(peer, None) if peer is not None else None
+        if routed:
+            self.drops[Drop.TUN_NO_ROUTE] += sum(map(len, routed.values()))
+        if peer is None or not mine:
+            return Output()
+        return self.send_packets(peer, mine, now)
+
+    def count_drops(self, counts: Mapping[str, int]) -> None:
+        """Drops counted in another process (a worker's report), merged into ours."""
+        self.drops.update(counts)
 
     def rekey_if_due(self, peer: Peer, now: float, out: Output) -> None:
         """keepKeyFreshSending on a worker's behalf: the initiator renews an old or much-used

@@ -35,11 +35,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import MAX_WORKERS
 from ..io.tun import Tun, TunError
 from ..io.udp import UdpSocket
 from ..protocol.actions import Output
-from ..protocol.allowedips import route_packets
 from ..protocol.engine import Engine
 from ..protocol.peer import Peer
 from . import channel as chmod
@@ -107,15 +105,6 @@ def resolve_workers(configured: int | None, cpus: int | None = None) -> int:
     return 1 if cpus <= 2 else min(cpus // 2, 4)
 
 
-def forced_workers() -> int | None:
-    """Testing knob: ``TUNNELPY_TEST_WORKERS=N`` makes every WireGuard daemon run N processes
-    whatever its config says, so a whole test suite can run with workers (docs/testing.md)."""
-    forced = os.environ.get("TUNNELPY_TEST_WORKERS", "")
-    if forced.isdigit() and 1 <= int(forced) <= MAX_WORKERS:
-        return int(forced)
-    return None
-
-
 @dataclass
 class WorkerProc:
     index: int
@@ -152,7 +141,7 @@ class WorkerPool:
         self.time_scale = time_scale
         self.user = user or ""  # the daemon's User: workers drop to it with no capabilities
         self.counters = SharedCounters(slots=COUNTER_SLOTS)
-        engine.counters = self.counters
+        engine.set_counter_bank(self.counters)
         self.workers: dict[int, WorkerProc] = {}
         self.zygote: subprocess.Popen | None = None
         self._zsock: socket.socket | None = None
@@ -387,18 +376,10 @@ class WorkerPool:
                 peer = e.peers.get(s.key)
                 if peer is not None:
                     e.note_worker_sent(peer, s.tx_bytes, s.tx_packets, s.data_sent, now)
-            e.drops.update(msg.drops)
+            e.count_drops(msg.drops)
             self.perform(Output())  # (re-arms the timer for deadlines the report moved)
         elif type(msg) is Stage:
-            # Only what the daemon's own table routes to that peer: a worker's table may lag,
-            # and a worker must not get arbitrary plaintext encrypted to a peer of its choosing.
-            peer = e.peers.get(msg.key)
-            routed = route_packets(msg.packets, e.allowed, e.drops)
-            mine = routed.pop(peer, None) if peer is not None else None
-            if routed:
-                e.drops["tun_no_route"] += sum(map(len, routed.values()))
-            if peer is not None and mine:
-                self.perform(e.send_packets(peer, mine, now))
+            self.perform(e.send_staged(msg.key, msg.packets, now))
         elif type(msg) is Rekey:
             out = Output()
             for key in msg.keys:

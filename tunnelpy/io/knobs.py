@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-MAX_WORKERS = 64  # the config's upper bound for Workers (config.MAX_WORKERS mirrors it)
+MAX_WORKERS = 64  # the config's upper bound for Workers (config.MAX_WORKERS is this)
 
 
 def _get(name: str) -> str:
