@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, Protocol
 
 from . import config as cfgmod
@@ -45,7 +45,7 @@ from .netlink import iface
 from .protocol import events as ev
 from .protocol.engine import Engine
 from .protocol.packet_engine import UNSET
-from .protocol.peer import Addr, Network, Peer
+from .protocol.peer import Addr, Network
 from .protocol.vxlan import ETH_HLEN, VxlanEngine
 from .protocol.vxlan import HEADER_LEN as VXLAN_HLEN
 from .workers.pool import WorkerPool, resolve_workers
@@ -221,7 +221,7 @@ class Device:
 
     async def check_free(
         self, segments: Iterable[cfgmod.SegmentConfig], *, own_links: set[str], path: str,
-        interface: bool = True, removed: set[str] = frozenset(),  # type: ignore[assignment]
+        interface: bool = True, removed: Collection[str] = frozenset(),
     ) -> None:  # fmt: skip
         """The names we will create are free and the bridges we join exist (DeviceError)."""
         if (
@@ -293,7 +293,7 @@ class Device:
         assert self.udp is not None
         self.loop = loop
         self.now = clock.now
-        self.datapath = DataPath(loop, self.engine, self.udp, self.tun, self.on_event, clock)  # type: ignore[arg-type]
+        self.datapath = DataPath(loop, self.engine, self.udp, self.tun, self.on_event, clock)
         for vni, tap in self.taps.items():
             self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
@@ -392,7 +392,7 @@ class Device:
         old = self.udp
         self.udp = new
         if self.datapath is not None:
-            self.datapath.replace_udp(new)  # type: ignore[arg-type]
+            self.datapath.replace_udp(new)
         if self.pool is not None and isinstance(new, UdpSocket):
             self.pool.replace_udp(new)  # the workers send through the new socket
         if old is not None:
@@ -493,15 +493,27 @@ class Device:
         return True
 
     def remove_peer(self, ident: bytes | str) -> None:
-        self.engine.remove_peer(ident)  # type: ignore[arg-type]
+        e = self.engine
+        if isinstance(e, VxlanEngine):
+            e.remove_peer(str(ident))
+        elif isinstance(ident, bytes):
+            e.remove_peer(ident)
         self.hostnames.pop(ident, None)
         self._resolving.discard(ident)
         self._changed()
 
     def remove_all_peers(self) -> None:
         with self.batch():
-            for ident in list(self.engine.peers):
+            for ident in self.peer_idents():
                 self.remove_peer(ident)
+
+    def peer_idents(self) -> list[bytes | str]:
+        return list(self.engine.peers)
+
+    def _peer(self, ident: bytes | str) -> Any:
+        """The engine's peer object of ``ident`` (a WireGuard or VXLAN peer), or None."""
+        peers: dict[Any, Any] = self.engine.peers
+        return peers.get(ident)
 
     def _set_hostname(self, ident: bytes | str, hostname: tuple[str, int] | None) -> None:
         if hostname is not None and not is_literal(hostname[0]):
@@ -633,24 +645,19 @@ class Device:
 
     async def _resolve_task(self, ident: bytes | str) -> None:
         host, port = self.hostnames[ident]
-        peer = self.engine.peers.get(ident)  # type: ignore[call-overload]
+        peer = self._peer(ident)
         name = getattr(peer, "name", str(ident))
         try:
             addr = await self.blocking(resolve, host, port)
         except OSError as e:
             log.warning("peer %s: cannot resolve %s: %s", name, host, e)
         else:
-            peer = self.engine.peers.get(ident)  # type: ignore[call-overload]
+            peer = self._peer(ident)
             if peer is not None and addr != peer.endpoint and ident in self.hostnames:
                 log.info("peer %s: %s now resolves to %s", name, host, addr[0])
                 self.update_peer(ident, endpoint=addr)
         finally:
             self._resolving.discard(ident)
-
-    # ------------------------------------------------------------------ reading
-
-    def peers(self) -> list[Peer]:
-        return list(self.engine.peers.values())  # type: ignore[arg-type]
 
 
 def workers_for(conf: cfgmod.Config) -> int:

@@ -232,8 +232,8 @@ class Service:
                         "peer %s: down (no handshake for %d s)", p.name, int(REJECT_AFTER_TIME)
                     )
                 self._up[key] = up
-            for key in [k for k in self._up if k not in e.peers]:
-                del self._up[key]
+            for gone in [k for k in self._up if not self.device.has_peer(k)]:
+                del self._up[gone]
         line = self.status_line()
         if line != self._last_status:
             self.notifier.status(line)
