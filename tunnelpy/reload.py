@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from .config import Config, InterfaceConfig, LinkConfig, PeerConfig, SegmentConfig
 from .io.udp import UdpError
 
+from .device import DeviceError
+
 if TYPE_CHECKING:
     from .device import Device
     from .io.udp import UdpSocket
@@ -289,8 +291,6 @@ class Prepared:
 
 async def prepare(plan: ReloadPlan, device: Device, new: Config) -> Prepared:
     """Everything that can fail, before anything changes. Raises ReloadRefused."""
-    from .device import DeviceError
-
     prepared = Prepared()
     resolve_now = [op.peer for op in plan.of(AddPeer)]
     resolve_now += [op.new for op in plan.of(UpdatePeer) if "endpoint" in op.fields]

@@ -262,7 +262,7 @@ def is_literal(host: str) -> bool:
         return False
 
 
-def resolve(host: str, port: int, prefer_v6: bool = True) -> Addr:
+def resolve(host: str, port: int) -> Addr:
     """Blocking name resolution for an endpoint (run it in an executor)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
