@@ -284,3 +284,86 @@ def test_default_route_sets_wg_quick_fwmark_and_rules(tmp_path):
             dev.close_socket()
 
     asyncio.run(main())
+
+
+def test_two_devices_carry_a_ping_and_obey_wg_set_live(tmp_path):
+    """Two Devices started the daemon's way on fakes (tests/harness/fakes.py): a ping crosses;
+    `wg set ... allowed-ips` through the UAPI path takes effect on the very next packet, on the
+    sending side (routing) and on the receiving side (the source check); a peer removed over the
+    UAPI carries nothing more; closing leaves every fake closed."""
+    from tests.harness.fakes import FakeNetwork, FakeTun
+    from tests.harness.packets import icmp_echo, ipv4
+    from tunnelpy.datapath import ProtocolClock
+
+    wire = FakeNetwork()
+    ka, kb = keys.generate_private(), keys.generate_private()
+    pa, pb = (keys.decode_key(keys.public_from_private(k)) for k in (ka, kb))
+
+    def device(name: str, key: str, port: int, other: str, other_port: int, inner: str) -> Device:
+        path = tmp_path / f"{name}.conf"
+        path.write_text(
+            f"[Interface]\nName = {name}\nPrivateKey = {key}\nListenPort = {port}\n\n"
+            f"[Peer]\nPublicKey = {keys.public_from_private(other)}\nAllowedIPs = {inner}\n"
+            f"Endpoint = 127.0.0.1:{other_port}\n"
+        )
+        path.chmod(0o600)
+        return Device(
+            cfgmod.load(str(path)), host=RecordingHost(), open_tun=FakeTun,
+            open_udp=wire.factory("127.0.0.1"),
+        )  # fmt: skip
+
+    a = device("tpda", ka, 40001, kb, 40002, "10.0.0.2/32")
+    b = device("tpdb", kb, 40002, ka, 40001, "10.0.0.1/32")
+
+    def packet(src: str, dst: str, seq: int) -> bytes:
+        return ipv4(src, dst, icmp_echo(9, seq, b"dev"), proto=1, csum=True)
+
+    async def until(cond, what: str, tries: int = 500) -> None:
+        for _ in range(tries):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def crosses(pkt: bytes) -> bool:
+        """Send pkt from a's TUN; True if it comes out of b's TUN within a second."""
+        a.tun.inject(pkt)
+        try:
+            await until(lambda: b.tun.written, "the packet at b", tries=100)
+        except AssertionError:
+            return False
+        assert b.tun.take_written() == [pkt]
+        return True
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        clock = ProtocolClock(loop)
+        for d in (a, b):
+            d.open_udp()
+            d.add_configured_peers(await d.resolve_endpoints(d.conf.peers, d.conf.path))
+            d.open_devices(workers=1)
+            await d.configure_devices(own_links=set())
+            d.start(loop, clock)
+            await d.install_routes()
+        try:
+            assert await crosses(packet("10.0.0.1", "10.0.0.2", 1))
+            # a routes nothing to 10.0.0.3 until `wg set` gives it to b
+            assert not await crosses(packet("10.0.0.1", "10.0.0.3", 2))
+            wgapi.apply_set(a, SetRequest(peers=[PeerChange(pb, allowed_ips=[net("10.0.0.3/32")])]))
+            assert await crosses(packet("10.0.0.1", "10.0.0.3", 3))
+            # b accepts 10.0.0.9 from a only once its own `wg set` allows that source
+            wgapi.apply_set(a, SetRequest(peers=[PeerChange(pb, allowed_ips=[net("10.0.0.0/24")])]))
+            assert not await crosses(packet("10.0.0.9", "10.0.0.2", 4))
+            wgapi.apply_set(b, SetRequest(peers=[PeerChange(pa, allowed_ips=[net("10.0.0.9/32")])]))
+            assert await crosses(packet("10.0.0.9", "10.0.0.2", 5))
+            # a peer removed over the UAPI carries nothing more
+            wgapi.apply_set(a, SetRequest(peers=[PeerChange(pb, remove=True)]))
+            assert not await crosses(packet("10.0.0.1", "10.0.0.2", 6))
+        finally:
+            for d in (a, b):
+                await d.stop()
+                d.close_devices()
+                d.close_socket()
+
+    asyncio.run(main())
+    assert wire.sockets == {}  # both sockets closed and unbound
