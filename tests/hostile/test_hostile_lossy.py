@@ -1,4 +1,4 @@
-"""Real tunnelpyd sites through the lossy relay (tests/relay.py): loss, reordering, duplication.
+"""Real tunnelpyd sites through the lossy relay (tests/harness/relay.py): loss, reordering, duplication.
 
 - handshakes complete through 30 % loss in both directions;
 - TCP transfers stay intact (byte count and SHA-256) at 10 % loss with reordering, duplication

@@ -1,5 +1,6 @@
-"""The test tree stays collectable: pytest (rootdir conftest, no packages) refuses two test
-modules with one basename, which would stop the whole CI run at collection."""
+"""The test tree stays collectable however it is run: tests/ is a package now, but a test run
+with ``--import-mode=importlib`` or from inside a tier directory still breaks on two test
+modules with one basename, so they stay unique."""
 
 from __future__ import annotations
 

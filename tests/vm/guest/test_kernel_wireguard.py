@@ -1,6 +1,6 @@
 """Inside the VM: the Debian kernel's own WireGuard module as a peer of a real tunnelpyd.
 
-Two namespaces joined by a veth: tunnelpyd (started like tests/sites.py does) in one, a kernel
+Two namespaces joined by a veth: tunnelpyd (started like tests/harness/sites.py does) in one, a kernel
 ``ip link add … type wireguard`` interface configured with ``wg set`` (key files 0600) in the
 other. One daemon, two phases, so the slow guest starts Python only once:
 
