@@ -1,6 +1,6 @@
-"""The test tree stays collectable however it is run: tests/ is a package now, but a test run
-with ``--import-mode=importlib`` or from inside a tier directory still breaks on two test
-modules with one basename, so they stay unique."""
+"""Test module basenames stay unique. Since tests/ became a package pytest itself would cope
+with two of one name, but a failure's module name, `pytest -k` and the docs' references to a
+test file then stop pointing at one file."""
 
 from __future__ import annotations
 
