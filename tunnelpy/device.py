@@ -316,15 +316,9 @@ class Device:
 
     async def install_routes(self) -> None:
         """The AllowedIPs routes, and wg-quick's policy rules for a default route."""
-        if self.tun is None:
-            return
-        ic = self.conf.interface
-        nets = [n for p in self.conf.peers for n in p.allowed_ips]
         try:
-            await self.blocking(
-                self.host.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes
-            )
-            if iface.needs_default_route_rules(nets, ic.table):
+            nets = await self._routes()
+            if nets and iface.needs_default_route_rules(nets, self.conf.interface.table):
                 fams = {iface.family_of(n) for n in nets if n.prefixlen == 0}
                 await self.blocking(
                     self.host.add_default_route_rules, self.fwmark, fams, self.routes
@@ -334,18 +328,27 @@ class Device:
 
     async def sync_routes(self) -> None:
         """After a reload changed AllowedIPs: the routes follow (errors are logged)."""
-        if self.tun is None:
-            return
-        ic = self.conf.interface
-        nets = [n for p in self.conf.peers for n in p.allowed_ips]
         try:
-            await self.blocking(
-                self.host.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes
-            )
+            nets = await self._routes()
         except iface.NetlinkSetupError as err:
             log.error("reload: routes: %s", err)
-        if iface.needs_default_route_rules(nets, ic.table) and not self.routes.rules:
+            return
+        if (
+            iface.needs_default_route_rules(nets, self.conf.interface.table)
+            and not self.routes.rules
+        ):
             log.warning("reload: a default route (0.0.0.0/0 or ::/0) needs a restart to be routed")
+
+    async def _routes(self) -> list[Network]:
+        """One route per configured AllowedIPs prefix (none without a TUN); the prefixes."""
+        if self.tun is None:
+            return []
+        ic = self.conf.interface
+        nets = [n for p in self.conf.peers for n in p.allowed_ips]
+        await self.blocking(
+            self.host.sync_routes, self.name, nets, ic.table, self.fwmark, self.routes
+        )
+        return nets
 
     # ------------------------------------------------------------------ closing, in order
 

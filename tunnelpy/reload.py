@@ -32,9 +32,8 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, InterfaceConfig, LinkConfig, PeerConfig, SegmentConfig
-from .io.udp import UdpError
-
 from .device import DeviceError
+from .io.udp import UdpError
 
 if TYPE_CHECKING:
     from .device import Device

@@ -52,13 +52,17 @@ def configure_device(name: str, mtu: int, addresses: list[Interface]) -> None:
             raise NetlinkSetupError(f"interface {name} vanished during setup")
         idx = found[0]
         ipr.link("set", index=idx, mtu=mtu)
-        for a in addresses:
-            try:
-                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
-            except NetlinkError as e:
-                if e.code != 17:  # EEXIST: already there is fine
-                    raise NetlinkSetupError(f"cannot add address {a} to {name}: {e}") from None
+        _add_addresses(ipr, idx, name, addresses)
         ipr.link("set", index=idx, state="up")
+
+
+def _add_addresses(ipr: IPRoute, idx: int, name: str, addresses: Iterable[Interface]) -> None:
+    for a in addresses:
+        try:
+            ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        except NetlinkError as e:
+            if e.code != 17:  # EEXIST: already there is fine
+                raise NetlinkSetupError(f"cannot add address {a} to {name}: {e}") from None
 
 
 def _route_table(table: str | None, net: Network, fwmark: int | None) -> int | None:
@@ -181,9 +185,4 @@ def set_addresses(name: str, old: Iterable[Interface], new: Iterable[Interface])
         for a in set(old) - set(new):
             with contextlib.suppress(NetlinkError):
                 ipr.addr("del", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
-        for a in new:
-            try:
-                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
-            except NetlinkError as err:
-                if err.code != 17:  # EEXIST: already there is fine
-                    raise NetlinkSetupError(f"cannot add address {a} to {name}: {err}") from None
+        _add_addresses(ipr, idx, name, new)
