@@ -34,6 +34,11 @@ from .service import Service
 log = logging.getLogger("tunnelpyd")
 
 
+# How often the daemon checks that its UAPI socket file is still there (exit within 1 s of its
+# removal; an inotify watch would be instant but needs ctypes for a once-per-run event).
+UAPI_WATCH_EVERY = 0.25
+
+
 class StartupError(Exception):
     """A one-line, user-facing reason the daemon could not start (nothing was left behind)."""
 
@@ -54,13 +59,15 @@ class Daemon:
         self.control_dir = control_dir
         self.user = user
         self.log_level_override = log_level_override
-        self.device = Device(conf)
+        self.device = Device(conf, on_lost=self._lost)
         # systemd readiness, control socket, metrics, reload, User drop (service.py)
         self.service: Service | None = None
         self.topology: Topology | None = None
         self._topology_names = {link.name for link in conf.topology}
         self.uapi: UapiServer | None = None
         self._stop = asyncio.Event()
+        self._watch: asyncio.TimerHandle | None = None
+        self.lost: str | None = None  # why the interface went away under us, if it did
 
     # ------------------------------------------------------------------ life cycle
 
@@ -97,6 +104,8 @@ class Daemon:
         )  # fmt: skip
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if self.uapi is not None:
+            self._watch = loop.call_later(UAPI_WATCH_EVERY, self._watch_uapi)
         try:
             await self._stop.wait()
         finally:
@@ -106,6 +115,26 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _lost(self, why: str) -> None:
+        """The interface went away under us (deleted TUN, removed UAPI socket): as
+        wireguard-go does, give up its name at once and exit."""
+        if self.lost is None:
+            self.lost = why
+            log.warning("%s: %s; shutting down", self.name, why)
+        if self.uapi is not None:
+            self.uapi.unlink()  # a new daemon for this name may start right away
+        self._stop.set()
+
+    def _watch_uapi(self) -> None:
+        """`wg-quick down` on a userspace interface deletes its UAPI socket: that means exit."""
+        self._watch = None
+        if self.uapi is None:
+            return
+        if not self.uapi.still_bound():
+            self._lost(f"the UAPI socket {self.uapi.path} was removed")
+            return
+        self._watch = asyncio.get_running_loop().call_later(UAPI_WATCH_EVERY, self._watch_uapi)
 
     async def _start(self, loop: asyncio.AbstractEventLoop, clock: ProtocolClock) -> None:
         conf = self.conf
@@ -181,6 +210,9 @@ class Daemon:
 
     async def _teardown(self) -> None:
         dev = self.device
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self.service is not None:
             await self.service.close()  # STOPPING=1; control socket and metrics go first
             self.service = None

@@ -74,6 +74,8 @@ class DataPath:
         tun: Tun | None,
         on_event: Callable[[Event], None],
         clock: ProtocolClock | None = None,
+        *,
+        on_device_gone: Callable[[Tun], None] | None = None,
     ) -> None:
         self.loop = loop
         self.clock = clock or ProtocolClock(loop)
@@ -82,6 +84,8 @@ class DataPath:
         self.tun = tun
         self.taps: dict[int, Tun] = {}  # VNI -> TAP device of that segment
         self.on_event = on_event
+        # A device deleted under us (Tun.gone): its reader is removed, then this is told.
+        self.on_device_gone = on_device_gone
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -125,14 +129,26 @@ class DataPath:
     # -- readiness callbacks -------------------------------------------------------------------
 
     def _on_tun(self) -> None:
-        packets = self.tun.read_batch()  # type: ignore[union-attr]
+        tun = self.tun
+        assert tun is not None
+        packets = tun.read_batch()
         if packets:
             self.perform(self.engine.from_tunnel(packets, self.clock.now()))
+        if tun.gone:
+            self._lost(tun)
 
     def _on_tap(self, vni: int, tap: Tun) -> None:
         frames = tap.read_batch()
         if frames:
             self.perform(self.engine.from_segment(vni, frames, self.clock.now()))
+        if tap.gone:
+            self._lost(tap)
+
+    def _lost(self, dev: Tun) -> None:
+        """The kernel deleted ``dev``: stop watching its fd (it would be ready for ever)."""
+        self.loop.remove_reader(dev.fd)
+        if self.on_device_gone is not None:
+            self.on_device_gone(dev)
 
     def _on_udp(self) -> None:
         datagrams = self.udp.recv_batch()

@@ -113,6 +113,7 @@ class Device:
         open_udp: UdpFactory | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         wall: Callable[[], float] = time.time,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         ic = conf.interface
         self.conf = conf
@@ -126,6 +127,8 @@ class Device:
         else:
             self.engine = Engine(ic.private_key, rng=rng, wall=wall, mtu=ic.mtu)
         self.host: Host = host or Netlink()
+        # Told (with a reason) when the interface itself is gone: the kernel deleted the TUN.
+        self.on_lost = on_lost
         self._open_tun: TunFactory = open_tun or Tun
         self._open_udp: UdpFactory = open_udp or self._default_udp
         self.now: Callable[[], float] = clock or time.monotonic
@@ -293,7 +296,10 @@ class Device:
         assert self.udp is not None
         self.loop = loop
         self.now = clock.now
-        self.datapath = DataPath(loop, self.engine, self.udp, self.tun, self.on_event, clock)
+        self.datapath = DataPath(
+            loop, self.engine, self.udp, self.tun, self.on_event, clock,
+            on_device_gone=self._device_gone,
+        )  # fmt: skip
         for vni, tap in self.taps.items():
             self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
@@ -622,6 +628,19 @@ class Device:
             tap.close()
         self.engine.remove_segment(vni)
         self._changed()
+
+    def _device_gone(self, dev: Tun) -> None:
+        """The kernel deleted one of our devices (`ip link del`) while we held it."""
+        if dev is self.tun:
+            if self.on_lost is not None:
+                self.on_lost(f"interface {self.name} was deleted")
+            return
+        for vni, tap in list(self.taps.items()):
+            if tap is dev:
+                log.warning(
+                    "%s: segment device %s was deleted; VNI %d stops", self.name, dev.name, vni
+                )
+                self.remove_segment(vni)
 
     # ------------------------------------------------------------------ engine events
 

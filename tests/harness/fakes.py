@@ -73,6 +73,8 @@ class FakeTun:
         self.uso = False
         self.read_drops = 0
         self.write_drops = 0
+        self.gone = False  # as Tun: the kernel deleted the device (see delete())
+        self._deleted = False
         self.written: list[bytes] = []
         self.writes_detached = False
         self.queues: list[socket.socket] = []  # kernel ends of the queues open_queue handed out
@@ -92,9 +94,17 @@ class FakeTun:
         for p in packets:
             self._kernel.send(p)
 
+    def delete(self) -> None:
+        """`ip link del`: the fd stays ready and every read fails, as with a real TUN."""
+        self._deleted = True
+        self._kernel.send(b"")  # readiness, as EPOLLERR gives a real one
+
     def read_batch(self, max_batch: int = MAX_READS) -> list[bytes]:
         out: list[bytes] = []
         if self.closed:
+            return out
+        if self._deleted:
+            self.gone = True
             return out
         try:
             for _ in range(max_batch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,45 @@ def test_failing_postup_unwinds(lab):
     assert "PostUp command failed" in proc.log()
     assert not lab.link_exists(a_ns, site.ifname)
     assert not (WG_RUN_DIR / f"{site.ifname}.sock").exists()
+
+
+def _exits_within(proc, seconds: float) -> float:
+    """Seconds until `proc` exited (fails past `seconds`)."""
+    t0 = time.monotonic()
+    while proc.alive and time.monotonic() - t0 < seconds:
+        time.sleep(0.02)
+    assert not proc.alive, f"still running after {seconds} s:\n{proc.log(30)}"
+    return time.monotonic() - t0
+
+
+def test_deleting_the_interface_frees_its_name_at_once(lab):
+    """`ip link del`: the daemon gives up its UAPI socket and exits within a second, and a new
+    daemon for the same name starts straight away (it used to linger holding the socket)."""
+    a_ns, _ = lab.ns
+    site = new_site(lab, a_ns, 51820, ["10.60.0.1/24"])
+    start(lab, site)
+    sock = WG_RUN_DIR / f"{site.ifname}.sock"
+    first = site.proc
+    lab.run(a_ns, "ip", "link", "del", site.ifname)
+    took = _exits_within(first, 5.0)
+    assert first.returncode == 0
+    assert not sock.exists()
+    assert "was deleted; shutting down" in first.log(40)
+    print(f"exited {took:.3f} s after ip link del")
+    assert took < 1.0, f"took {took:.2f} s to exit"
+    start(lab, site)  # the same name, at once
+    assert lab.run(a_ns, "wg", "show", site.ifname, "listen-port").stdout.strip() == "51820"
+
+
+def test_removing_the_uapi_socket_removes_the_interface(lab):
+    """What `wg-quick down` does to a userspace interface: delete its socket. The daemon
+    removes its device and exits within a second."""
+    a_ns, _ = lab.ns
+    site = new_site(lab, a_ns, 51820, ["10.60.0.1/24"])
+    start(lab, site)
+    (WG_RUN_DIR / f"{site.ifname}.sock").unlink()
+    took = _exits_within(site.proc, 5.0)
+    assert site.proc.returncode == 0 and "UAPI socket" in site.proc.log(40)
+    assert not lab.link_exists(a_ns, site.ifname)
+    print(f"exited {took:.3f} s after the socket was removed")
+    assert took < 1.0, f"took {took:.2f} s to exit"

@@ -99,7 +99,8 @@ PEER_B = (
 
 def make(tmp_path: Path, body: str = "", **kw: Any) -> tuple[Device, RecordingHost]:
     host = kw.pop("host", None) or RecordingHost()
-    dev = Device(write_conf(tmp_path, body), host=host, open_tun=FakeTap, **kw)
+    kw.setdefault("open_tun", FakeTap)
+    dev = Device(write_conf(tmp_path, body), host=host, **kw)
     return dev, host
 
 
@@ -367,3 +368,48 @@ def test_two_devices_carry_a_ping_and_obey_wg_set_live(tmp_path):
 
     asyncio.run(main())
     assert wire.sockets == {}  # both sockets closed and unbound
+
+
+def test_a_deleted_tun_tells_the_owner_and_a_deleted_tap_stops_its_segment(tmp_path):
+    """`ip link del` under a running Device (FakeTun.delete behaves as the kernel does): the
+    TUN's loss reaches on_lost once and its fd is no longer watched; a TAP's loss removes just
+    that segment."""
+    from tests.harness.fakes import FakeNetwork, FakeTun
+    from tunnelpy.datapath import ProtocolClock
+
+    body = "ListenPort = 0\n" + PEER_B + "\n[Segment lab]\nVNI = 7\nDevice = tps0\n"
+    lost: list[str] = []
+    dev, _ = make(
+        tmp_path, body, open_tun=FakeTun, open_udp=FakeNetwork().factory("127.0.0.1"),
+        on_lost=lost.append,
+    )  # fmt: skip
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dev.open_udp()
+        dev.add_configured_peers({})
+        dev.add_configured_segments()
+        dev.open_devices(workers=1)
+        dev.start(loop, ProtocolClock(loop))
+        try:
+            dev.taps[7].delete()
+            for _ in range(100):
+                if 7 not in dev.engine.segments:
+                    break
+                await asyncio.sleep(0.01)
+            assert 7 not in dev.engine.segments and 7 not in dev.taps and lost == []
+            tun = dev.tun
+            tun.delete()
+            for _ in range(100):
+                if lost:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # more readiness would call again, were it still watched
+            assert lost == ["interface tpd0 was deleted"]
+            assert not loop.remove_reader(tun.fd)  # already removed
+        finally:
+            await dev.stop()
+            dev.close_devices()
+            dev.close_socket()
+
+    asyncio.run(main())

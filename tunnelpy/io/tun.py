@@ -77,6 +77,9 @@ class Tun:
         os.set_blocking(self.fd, False)
         os.set_inheritable(self.fd, False)
         self.write_drops = 0
+        # The kernel deleted the device under us (`ip link del`): the fd is detached, every
+        # read fails with EBADFD and epoll reports it as an error for ever after.
+        self.gone = False
         self.read_drops = 0  # super-packets we could not split (never expected)
         self.vnet_hdr = offload
         self.offloads = self._enable_offloads() if offload else ""
@@ -188,8 +191,11 @@ class Tun:
         except BlockingIOError:
             pass
         except OSError as e:
-            # EIO etc. when the device goes down under us: stop reading this round.
-            if e.errno not in (errno.EIO, errno.EBADFD):
+            # EIO when the device goes down under us: stop reading this round. EBADFD: it
+            # was deleted; the owner must stop reading this fd (see `gone`).
+            if e.errno == errno.EBADFD:
+                self.gone = True
+            elif e.errno != errno.EIO:
                 raise
         return out
 

@@ -389,6 +389,22 @@ class UapiServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
+    def still_bound(self) -> bool:
+        """False once our socket file was deleted or replaced: that is how `wg-quick down`
+        stops a userspace implementation (it removes the socket), so the daemon exits then."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    def unlink(self) -> None:
+        """Remove the socket file now if it is still ours (the interface is gone: a successor
+        may start at once); serving itself ends with close()."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.still_bound():
+                os.unlink(self.path)
+
     async def close(self) -> None:
         """Stop serving, end open connections and remove the socket file (if still ours)."""
         server, self._server = self._server, None
@@ -402,12 +418,7 @@ class UapiServer:
         await server.wait_closed()
         # Remove the file only if it is still the one we bound: a successor daemon may already
         # have replaced a socket it believed stale, and its socket must survive our exit.
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self._identity:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self.unlink()
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
