@@ -59,10 +59,6 @@ class DeviceError(Exception):
     """A one-line, user-facing reason a change could not be made (nothing was changed)."""
 
 
-# The "leave unchanged" value of update_peer keywords (None is a value there), the engine's own.
-UNCHANGED: Any = UNSET
-
-
 class Host(Protocol):
     """The kernel operations a Device makes (netlink); all blocking, run on the executor."""
 
@@ -274,7 +270,7 @@ class Device:
         if self.tun is not None and isinstance(self.udp, UdpSocket):
             log.info(
                 "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s", self.name,
-                getattr(self.tun, "offloads", "") or "off", "on" if self.udp.gso else "off",
+                self.tun.offloads or "off", "on" if self.udp.gso else "off",
                 "on" if self.udp.gro else "off",
                 "compiled" if offload_mod.compiled() else "in Python",
             )  # fmt: skip
@@ -469,13 +465,13 @@ class Device:
         self,
         ident: bytes | str,
         *,
-        name: Any = UNCHANGED,
-        preshared_key: Any = UNCHANGED,
-        endpoint: Any = UNCHANGED,
-        allowed_ips: Any = UNCHANGED,
+        name: Any = UNSET,
+        preshared_key: Any = UNSET,
+        endpoint: Any = UNSET,
+        allowed_ips: Any = UNSET,
         add_allowed_ips: Iterable[Network] = (),
-        persistent_keepalive: Any = UNCHANGED,
-        hostname: Any = UNCHANGED,
+        persistent_keepalive: Any = UNSET,
+        hostname: Any = UNSET,
     ) -> bool:
         """Change the given fields of a peer; False if there is no such peer.
 
@@ -485,7 +481,7 @@ class Device:
         if isinstance(e, VxlanEngine):
             if ident not in e.peers:
                 return False
-            if endpoint is not UNCHANGED and endpoint is not None:
+            if endpoint is not UNSET and endpoint is not None:
                 e.update_peer(str(ident), endpoint)
         else:
             if ident not in e.peers:
@@ -496,7 +492,7 @@ class Device:
                 allowed_ips=allowed_ips, add_allowed_ips=add_allowed_ips,
                 persistent_keepalive=persistent_keepalive, now=self.now(),
             )  # fmt: skip
-        if hostname is not UNCHANGED:
+        if hostname is not UNSET:
             self._set_hostname(ident, hostname)
         self._changed()
         return True
@@ -537,24 +533,17 @@ class Device:
                 self.add_peer_config(p, endpoints.get(self.peer_ident(p)))
 
     def add_peer_config(self, p: cfgmod.PeerConfig, endpoint: Addr | None) -> None:
-        ident = self.peer_ident(p)
-        if ident in self.engine.peers:
-            # already there (added at run time by `wg set`): the file's values win
-            self.update_peer_config(p, endpoint, fields=None)
-            return
         self.add_peer(
-            ident, name=p.name, preshared_key=p.preshared_key, endpoint=endpoint,
+            self.peer_ident(p), name=p.name, preshared_key=p.preshared_key, endpoint=endpoint,
             allowed_ips=p.allowed_ips, persistent_keepalive=p.persistent_keepalive or 0,
             hostname=p.endpoint,
         )  # fmt: skip
 
     def update_peer_config(
-        self, p: cfgmod.PeerConfig, endpoint: Addr | None, fields: Iterable[str] | None
+        self, p: cfgmod.PeerConfig, endpoint: Addr | None, fields: Iterable[str]
     ) -> None:
-        """Apply a [Peer] section's ``fields`` (all of them if None) to the running peer."""
-        names = set(fields) if fields is not None else {
-            "name", "preshared_key", "endpoint", "allowed_ips", "persistent_keepalive"
-        }  # fmt: skip
+        """Apply the named fields of a [Peer] section to the running peer."""
+        names = set(fields)
         kw: dict[str, Any] = {}
         if "name" in names:
             kw["name"] = p.name
@@ -579,9 +568,8 @@ class Device:
         by_name: dict[str, Any] = (
             dict(e.peers) if isinstance(e, VxlanEngine) else {p.name: p for p in e.peers.values()}
         )
+        # None: every peer, also those added later (both engines)
         members = None if seg.peers is None else [by_name[n] for n in seg.peers if n in by_name]
-        if isinstance(e, VxlanEngine) and members is None:
-            members = list(by_name.values())
         static = [(mac, by_name[n]) for mac, n in seg.static_macs if n in by_name]
         return members, static
 

@@ -322,13 +322,16 @@ async def apply(plan: ReloadPlan, device: Device, new: Config, prepared: Prepare
             device.remove_peer(device.peer_ident(rp.peer))
             routes_dirty = True
         for ap in plan.of(AddPeer):
-            device.add_peer_config(ap.peer, prepared.endpoints.get(device.peer_ident(ap.peer)))
+            endpoint = prepared.endpoints.get(device.peer_ident(ap.peer))
+            if device.has_peer(device.peer_ident(ap.peer)):
+                # already there (added at run time by `wg set`): the file's values win
+                device.update_peer_config(ap.peer, endpoint, PEER_FIELDS)
+            else:
+                device.add_peer_config(ap.peer, endpoint)
             routes_dirty = True
         for up in plan.of(UpdatePeer):
-            ident = device.peer_ident(up.new)
-            if device.plain_vxlan and "endpoint" not in up.fields:
-                continue  # a VXLAN peer is its endpoint; nothing else of it is live state
-            device.update_peer_config(up.new, prepared.endpoints.get(ident), up.fields)
+            endpoint = prepared.endpoints.get(device.peer_ident(up.new))
+            device.update_peer_config(up.new, endpoint, up.fields)
             routes_dirty |= "allowed_ips" in up.fields
         for rs in plan.of(RemoveSegment):
             device.remove_segment(rs.segment.vni)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from .device import UNCHANGED, Device
+from .device import Device
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest
 from .protocol.engine import Engine
+from .protocol.packet_engine import UNSET as KEEP
 
 log = logging.getLogger("tunnelpyd")
 
@@ -73,13 +74,11 @@ def _apply_peer(device: Device, ch: PeerChange) -> None:
         device.add_peer(ch.public_key)
     device.update_peer(
         ch.public_key,
-        preshared_key=UNCHANGED if ch.preshared_key is UNSET else ch.preshared_key,
+        preshared_key=KEEP if ch.preshared_key is UNSET else ch.preshared_key,
         # an endpoint set over the UAPI is a literal: it replaces a configured host name
-        endpoint=UNCHANGED if ch.endpoint is None else ch.endpoint,
-        hostname=UNCHANGED if ch.endpoint is None else None,
-        allowed_ips=list(ch.allowed_ips) if ch.replace_allowed_ips else UNCHANGED,
+        endpoint=KEEP if ch.endpoint is None else ch.endpoint,
+        hostname=KEEP if ch.endpoint is None else None,
+        allowed_ips=list(ch.allowed_ips) if ch.replace_allowed_ips else KEEP,
         add_allowed_ips=() if ch.replace_allowed_ips else ch.allowed_ips,
-        persistent_keepalive=(
-            UNCHANGED if ch.persistent_keepalive is None else ch.persistent_keepalive
-        ),
+        persistent_keepalive=(KEEP if ch.persistent_keepalive is None else ch.persistent_keepalive),
     )

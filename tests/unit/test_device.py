@@ -66,6 +66,7 @@ class FakeTap:
         self.name = name
         self.kw = kw
         self.closed = False
+        self.offloads = ""
 
     def close(self) -> None:
         self.closed = True
