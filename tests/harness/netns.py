@@ -583,7 +583,10 @@ class Lab:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
-            ready, _, _ = select.select([recv.stdout], [], [], 10)
+            # The receiver prints its port once listening. A fresh interpreter can take more
+            # than 10 s to get there in the VM tier (Python over 9p under TCG), so it gets the
+            # transfer's own timeout.
+            ready, _, _ = select.select([recv.stdout], [], [], timeout)
             line = recv.stdout.readline().strip() if ready and recv.stdout else ""
             if not line.isdigit():
                 recv.kill()
