@@ -6,6 +6,8 @@ User mistakes end here as one line on stderr and exit status 1 — never a trace
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from . import config as cfgmod
@@ -34,9 +36,36 @@ def load_config(path: str) -> cfgmod.Config:
         raise _UserError(f"{path}: {e.strerror}") from None
 
 
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("tunnelpy")
+    except PackageNotFoundError:
+        v = "unknown"
+    return (
+        f"tunnelpyd v{v}\n\nUserspace WireGuard daemon (and L2 overlay) in Python, for linux.\n"
+        "Speaks the WireGuard protocol and UAPI: wg, wg-quick and wireguard-go peers work with it."
+    )
+
+
 def daemon_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tunnelpyd", description="tunnelpy VPN daemon")
-    ap.add_argument("-c", "--config", required=True, help="site.conf (wg-quick syntax)")
+    """`tunnelpyd -c FILE` (a site from its file) or `tunnelpyd [-f] IFNAME` (wireguard-go's
+    command line: an empty interface configured with wg; tunnelpy/launcher.py)."""
+    from . import launcher
+
+    ap = argparse.ArgumentParser(
+        prog="tunnelpyd",
+        description="tunnelpy VPN daemon",
+        usage="tunnelpyd -c FILE [options]\n       tunnelpyd [-f|--foreground] IFNAME",
+    )
+    ap.add_argument("ifname", nargs="?", help="start IFNAME empty, as wireguard-go does")
+    ap.add_argument("-c", "--config", help="site.conf (wg-quick syntax)")
+    ap.add_argument(
+        "-f", "--foreground", action="store_true",
+        help="with IFNAME: stay in the foreground (default: return once ready)",
+    )  # fmt: skip
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
     ap.add_argument("--log-level", choices=sorted(LEVELS), default=None)
     ap.add_argument(
         "--uapi-dir", default="/var/run/wireguard", help="where the WireGuard UAPI socket goes"
@@ -46,11 +75,43 @@ def daemon_main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--user", help="drop to this user after start-up (overrides User =)")
     args = ap.parse_args(argv)
-    try:
-        conf = load_config(args.config)
-    except _UserError as e:
-        return _fail("tunnelpyd", str(e))
-    setup_logging(args.log_level or conf.interface.log_level or "info")
+    if args.version:
+        print(version_text())
+        return 0
+    ready = launcher.Readiness.from_env()  # set when we are the background child
+
+    def fail(msg: str) -> int:
+        ready.failed(msg)
+        return _fail("tunnelpyd", msg)
+
+    if (args.config is None) == (args.ifname is None):
+        ap.print_usage(sys.stderr)
+        return fail("give either -c FILE or an interface name")
+    if args.config is not None:
+        if args.foreground:
+            return fail("-f is for `tunnelpyd IFNAME`; with -c the daemon stays in the foreground")
+        try:
+            conf = load_config(args.config)
+        except _UserError as e:
+            return fail(str(e))
+        level = args.log_level or conf.interface.log_level or "info"
+    else:
+        try:
+            conf = launcher.interface_config(args.ifname)
+        except launcher.LaunchError as e:
+            return fail(str(e))
+        level = args.log_level or launcher.log_level()
+        if not (args.foreground or launcher.foreground_from_env()):
+            passed = [f"--{k.replace('_', '-')}={v}" for k, v in (
+                ("log_level", args.log_level), ("uapi_dir", args.uapi_dir),
+                ("control_dir", args.control_dir), ("user", args.user),
+            ) if v is not None]  # fmt: skip
+            try:
+                launcher.start_in_background(args.ifname, passed)
+            except launcher.LaunchError as e:
+                return _fail("tunnelpyd", str(e))
+            return 0
+    setup_logging(level)
 
     import uvloop
 
@@ -65,11 +126,12 @@ def daemon_main(argv: list[str] | None = None) -> int:
         control_dir=args.control_dir,
         user=args.user,
         log_level_override=args.log_level,
+        on_ready=ready.ready,
     )
     try:
         return uvloop.run(daemon.run())
     except StartupError as e:
-        return _fail("tunnelpyd", str(e))
+        return fail(str(e))
     except KeyboardInterrupt:
         return 0
 
@@ -157,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_parsers(sub)
     args = ap.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # `tunnelpy show | head`: the reader left; not an error of ours
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

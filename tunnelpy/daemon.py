@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 import subprocess
+from collections.abc import Callable
 
 from . import config as cfgmod
 from . import wgapi
@@ -52,8 +53,12 @@ class Daemon:
         control_dir: str = "/run/tunnelpy",
         user: str | None = None,
         log_level_override: str | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.conf = conf
+        # Told once the interface is up and its sockets answer (`tunnelpyd IFNAME` in the
+        # background: the waiting parent exits 0 then; tunnelpy/launcher.py).
+        self.on_ready = on_ready
         self.name = conf.interface.name
         self.uapi_dir = uapi_dir
         self.control_dir = control_dir
@@ -92,6 +97,8 @@ class Daemon:
                 user=self.user, log_level_override=self.log_level_override,
             )  # fmt: skip
             await self.service.start()
+            if self.on_ready is not None:
+                self.on_ready()
         except DeviceError as e:  # the control socket, metrics listener or User drop
             await self._teardown()
             raise StartupError(str(e)) from None

@@ -42,6 +42,7 @@ from .io.tun import Tun, TunError
 from .io.udp import UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
+from .netlink.linkwatch import LinkWatch, device_netns
 from .protocol import events as ev
 from .protocol.engine import Engine
 from .protocol.packet_engine import UNSET
@@ -136,6 +137,7 @@ class Device:
         self.routes = iface.RouteState()
         self.datapath: DataPath | None = None
         self.pool: WorkerPool | None = None
+        self.linkwatch: LinkWatch | None = None  # follows the TUN's MTU (netlink/linkwatch.py)
         self.workers = 1
         self.hostnames: dict[bytes | str, tuple[str, int]] = {}  # peer -> configured host:port
         self._resolving: set[bytes | str] = set()
@@ -299,6 +301,67 @@ class Device:
         for vni, tap in self.taps.items():
             self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
+        if self.tun is not None and isinstance(self.engine, Engine):
+            self._watch_link()
+
+    # ------------------------------------------------------------------ following the TUN
+
+    def _watch_link(self) -> None:
+        """The TUN's MTU may change under us (wg-quick sets it after we started, `ip link set
+        … mtu`), also after a move to another namespace: follow it by rtnetlink."""
+        assert self.tun is not None and self.loop is not None
+        watch = LinkWatch(self.name, self.tun.fd, self.mtu_changed)
+        try:
+            sock = watch.open()
+        except OSError as e:
+            log.warning("%s: cannot watch the link's MTU (%s); it stays %d", self.name,
+                        e.strerror, self.conf.interface.mtu)  # fmt: skip
+            return
+        self.linkwatch = watch
+        self.loop.add_reader(sock.fileno(), self._link_event)
+
+    def _link_event(self) -> None:
+        watch = self.linkwatch
+        if watch is None or watch.sock is None or self.loop is None:
+            return
+        if not watch.on_readable():
+            return
+        # The link left the namespace we watched: deleted (the data path hears EBADFD and
+        # says so) or moved, and then we follow it into its new namespace.
+        self.loop.remove_reader(watch.sock.fileno())
+        ns = device_netns(watch.tun_fd)
+        if ns is None:
+            watch.close()
+            return
+        os.close(ns)
+        try:
+            sock = watch.open()
+        except OSError as e:
+            log.warning("%s moved to another network namespace; cannot follow its MTU there (%s)",
+                        self.name, e.strerror)  # fmt: skip
+            watch.close()
+            return
+        watch.moves += 1
+        log.info("%s moved to another network namespace; following it there", self.name)
+        self.loop.add_reader(sock.fileno(), self._link_event)
+
+    def mtu_changed(self, mtu: int) -> None:
+        """The kernel says the TUN's MTU is ``mtu`` now: pad to it, workers too."""
+        if not isinstance(self.engine, Engine) or mtu == self.engine.mtu:
+            return
+        log.info("%s: MTU is %d now (was %d)", self.name, mtu, self.engine.mtu)
+        self.engine.set_mtu(mtu)
+        if self.pool is not None:
+            self.pool.restart()  # workers pad to the MTU they were started with
+
+    def _unwatch_link(self) -> None:
+        watch, self.linkwatch = self.linkwatch, None
+        if watch is None:
+            return
+        if watch.sock is not None and self.loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(watch.sock.fileno())
+        watch.close()
 
     def start_workers(self, *, time_scale: float, user: str | None) -> None:
         """Workers = N: N-1 more processes read TUN queues and encrypt (tunnelpy/workers)."""
@@ -356,6 +419,7 @@ class Device:
 
     async def stop(self) -> None:
         """Packets stop: workers first (the last TUN queue closed deletes the device)."""
+        self._unwatch_link()
         if self.pool is not None:
             await self.pool.stop()
             self.pool = None
@@ -416,10 +480,7 @@ class Device:
             self.udp.set_fwmark(mark or 0)
 
     async def set_mtu(self, mtu: int) -> None:
-        if isinstance(self.engine, Engine):
-            self.engine.set_mtu(mtu)
-            if self.pool is not None:
-                self.pool.restart()  # workers pad to the MTU they were started with
+        self.mtu_changed(mtu)
         if self.tun is not None:
             await self.blocking(self.host.set_mtu, self.name, mtu)
 

@@ -31,6 +31,7 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
+    "silent": logging.CRITICAL + 10,  # wireguard-go's LOG_LEVEL=silent: nothing at all
 }
 OUR_LOGGERS = ("tunnelpyd", "tunnelpy")
 

@@ -183,6 +183,8 @@ class Service:
             "last_reload": self.last_reload,
             "user": self.user,
             "metrics": self.metrics.url if self.metrics else None,
+            # the TUN MTU the engine pads to (followed by rtnetlink: netlink/linkwatch.py)
+            "mtu": getattr(d.engine, "mtu", None),
             # data-path processes: the daemon itself plus one per extra TUN queue (Workers)
             "workers": d.pool.status()
             if d.pool is not None
@@ -280,6 +282,11 @@ class Service:
     async def _reload(self) -> dict[str, Any]:
         d = self.device
         old = d.conf
+        if not old.path:
+            raise ReloadRefused(
+                f"{d.name} was started as `tunnelpyd {d.name}`: there is no file to re-read "
+                "(configure it with wg)"
+            )
         try:
             new = await d.blocking(cfgmod.load, old.path)
         except cfgmod.ConfigError as e:

@@ -153,8 +153,10 @@ class Engine:
     # ---------------------------------------------------------------- configuration
 
     def set_private_key(self, private_key: bytes) -> None:
+        """Our identity; b"" means none yet (``tunnelpyd IFNAME`` starts so, as wireguard-go
+        does, until ``wg set … private-key``): no handshake is sent or answered without one."""
         self.private_key = private_key
-        self.public_key = public_key(private_key)
+        self.public_key = public_key(private_key) if private_key else b""
         self.cookie_checker = CookieChecker(self.public_key, self.rng)
         # A new identity invalidates every session: the peers would not recognise us.
         for peer in self.peers.values():
@@ -560,7 +562,7 @@ class Engine:
     def _send_initiation(self, peer: Peer, now: float, out: Output, *, retry: bool) -> None:
         if not retry:
             peer.handshake_attempts = 0
-        if peer.endpoint is None:
+        if peer.endpoint is None or not self.private_key:
             return
         if now - peer.last_sent_handshake < REKEY_TIMEOUT and not retry:
             return  # one initiation per REKEY_TIMEOUT unless the retransmit timer asks
@@ -890,6 +892,9 @@ class Engine:
     def _receive_initiation(
         self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
     ) -> None:
+        if not self.private_key:
+            self.drops[Drop.NO_PRIVATE_KEY] += 1
+            return
         sender = int.from_bytes(data[4:8], "little")
         if not self._check_macs(data, addr, sender, now, out):
             return
