@@ -172,3 +172,33 @@ def test_systemd_analyze_verify(tmp_path):
         [tool, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 0 and not res.stderr.strip(), res.stdout + res.stderr
+
+
+DROPIN = UNIT.parent / "wg-quick@.service.d" / "tunnelpyd.conf"
+
+
+def test_wg_quick_dropin_names_tunnelpyd():
+    env = [
+        line.split("=", 1)[1]
+        for line in DROPIN.read_text().splitlines()
+        if line.startswith("Environment=")
+    ]
+    assert "WG_QUICK_USERSPACE_IMPLEMENTATION=tunnelpyd" in env
+    assert "[Service]" in DROPIN.read_text().splitlines()
+
+
+def test_wg_quick_dropin_verifies_with_the_unit(tmp_path):
+    tool = shutil.which("systemd-analyze")
+    unit = Path("/lib/systemd/system/wg-quick@.service")
+    if tool is None or not unit.exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI=true and systemd-analyze or wireguard-tools' wg-quick@.service missing")
+        pytest.skip("systemd-analyze or wg-quick@.service not installed")
+    (tmp_path / "wg-quick@.service.d").mkdir()
+    (tmp_path / "wg-quick@.service.d" / DROPIN.name).write_text(DROPIN.read_text())
+    (tmp_path / unit.name).write_text(unit.read_text())
+    res = subprocess.run(
+        [tool, "verify", "--man=no", str(tmp_path / "wg-quick@wg0.service")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0 and not res.stderr.strip(), res.stdout + res.stderr
