@@ -277,9 +277,13 @@ def _read_sections(text: str, ctx: _Context) -> list[RawSection]:
         key, eq, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not eq or not key:
+            # Not repeated: `PrivateKey <key>` would print the key (to the journal, too).
+            known = _known_key(current.spec, _KEY_NAME.match(line)) if current else None
+            shown = f" starting with '{known}'" if known else ""
             raise ctx.error(
-                lineno, "", f"expected 'Key = Value' or a [Section] header, got {_show(line)}"
-            )
+                lineno, "", f"expected 'Key = Value' or a [Section] header, got a line{shown} "
+                "(not repeated: it may hold a secret)",
+            )  # fmt: skip
         if current is None:
             raise ctx.error(
                 lineno, key, "key before any section, expected an [Interface] header first"
@@ -323,6 +327,11 @@ def _read_header(line: str, lineno: int, ctx: _Context, first_header: dict[str, 
 def _read_key(section: RawSection, key: str, value: str, lineno: int, ctx: _Context) -> None:
     spec = section.spec.key(key)
     if spec is None:
+        name = _KEY_NAME.match(key)
+        if name is None or name.group(0) != key:
+            # `PrivateKey: <key>=` (a colon for '='): what precedes the '=' is not a key name
+            # and may be a secret. Repeat only the leading word, never the rest of the line.
+            raise ctx.error(lineno, section.spec.name, _not_a_key(section.spec, name))
         raise ctx.error(lineno, section.where(key), _unknown_key_hint(section.spec, key))
     where = section.where(spec.name)
     previous = section.get(spec.name)
@@ -351,6 +360,33 @@ def _read_key(section: RawSection, key: str, value: str, lineno: int, ctx: _Cont
             parsed.append((lineno, spec.parse(item, ctx)))
         except _BadValue as e:
             raise ctx.error(lineno, where, str(e)) from None
+
+
+_KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+
+
+def _not_a_key(section: SectionSpec, word: re.Match[str] | None) -> str:
+    """The message for a line whose text before '=' is not a key name (shown: the first word
+    only, at most 40 characters — the rest may be a key)."""
+    known = _known_key(section, word)
+    if known is None:
+        return "expected 'Key = Value' (the line is not repeated: it may hold a secret)"
+    return (
+        f"'{known}' is followed by something other than '=' (did you mean '{known} = …'?; "
+        "the rest of the line is not repeated: it may hold a secret)"
+    )
+
+
+def _known_key(section: SectionSpec, word: re.Match[str] | None) -> str | None:
+    """The key name a line starts with, if it is one of ours (only then is it repeated: any
+    other word may be the start of a key)."""
+    if word is None:
+        return None
+    for spec in (section, *SECTIONS.values()):
+        k = spec.key(word.group(0))
+        if k is not None:
+            return k.name
+    return None
 
 
 def _unknown_key_hint(section: SectionSpec, key: str) -> str:
@@ -391,12 +427,23 @@ def _key(value: str, _ctx: _Context) -> bytes:
         ) from None
 
 
+def _public_key(value: str, ctx: _Context) -> bytes:
+    key = _key(value, ctx)
+    if keys.is_low_order(key):
+        raise _BadValue(
+            "is a low-order point (all zeros or similar), which WireGuard refuses: no handshake "
+            "with it is possible; expected the peer's `wg pubkey` output"
+        )
+    return key
+
+
 def _key_file(value: str, ctx: _Context) -> bytes:
     if not value:
         raise _BadValue("empty path, expected the path of a file holding one base64 key")
     path = os.path.join(ctx.base_dir, os.path.expanduser(value))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        # O_NONBLOCK: a FIFO (or a device) must not hang start-up, check or a reload in open()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as e:
         raise _BadValue(f"cannot open {path}: {e.strerror}") from None
     try:
@@ -404,6 +451,9 @@ def _key_file(value: str, ctx: _Context) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _BadValue(f"{path} is not a regular file, expected a file holding one base64 key")
+        problem = untrusted_owner(st)
+        if problem:
+            raise _BadValue(f"{path} {problem}")
         if st.st_mode & 0o077:
             raise _BadValue(
                 f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
@@ -425,16 +475,44 @@ def _key_file(value: str, ctx: _Context) -> bytes:
         ) from None
 
 
+_IFNAME = re.compile(r"[a-zA-Z0-9_=+.-]+")
+
+
+def untrusted_owner(st: os.stat_result) -> str | None:
+    """Why a config or key file may have been written by someone the daemon must not trust
+    (its PreUp/PostUp run as root; its keys are the identity), or None.
+
+    Trusted: root and the user starting the daemon. Anyone else who owns the file, or who can
+    write it (world-writable, or group-writable with a group other than root's or ours), could
+    change what root runs at the next start."""
+    trusted = {0, os.geteuid()}
+    if st.st_uid not in trusted:
+        return (
+            f"is owned by uid {st.st_uid}, expected root or uid {os.geteuid()} (the file's "
+            "owner controls what runs as root: chown root and chmod 600 it)"
+        )
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid not in {0, os.getegid()}):
+        return (
+            f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o}, group {st.st_gid}), "
+            "expected writable only by its owner (chmod go-w)"
+        )
+    return None
+
+
 def valid_ifname(name: str) -> str | None:
-    """Why ``name`` is not a valid Linux interface name, or None if it is (dev_valid_name())."""
+    """Why ``name`` is not an acceptable interface name, or None if it is.
+
+    wg-quick's rule, ``[a-zA-Z0-9_=+.-]{1,15}``, stricter than the kernel's dev_valid_name():
+    names end up in ``%i`` of hook commands run by /bin/sh, in file names under /run and in
+    logs, so nothing a shell or a terminal would interpret gets in."""
     if not name:
         return "it is empty"
     if len(name.encode()) >= IFNAMSIZ:
         return f"it is longer than {IFNAMSIZ - 1} bytes"
     if name in (".", ".."):
         return "'.' and '..' are not allowed"
-    if any(c == "/" or c == ":" or c.isspace() for c in name):
-        return "it contains '/', ':' or whitespace"
+    if not _IFNAME.fullmatch(name):
+        return "it may only contain letters, digits and _=+.-"
     return None
 
 
@@ -1271,7 +1349,7 @@ _PEER = SectionSpec(
     name="Peer",
     keys=(
         KeySpec("Name", _peer_name),
-        KeySpec("PublicKey", _key),
+        KeySpec("PublicKey", _public_key),
         KeySpec("PresharedKey", _key, secret=True),
         KeySpec("PresharedKeyFile", _key_file),
         KeySpec("Endpoint", _endpoint),
@@ -1362,14 +1440,32 @@ def parse(text: str, path: str = "<string>", default_name: str = "tp0") -> Confi
     return _parse(text, path, default_name, file_mode=None)
 
 
+# 10^5 peers with a few AllowedIPs each are ~20 MiB of text; anything much larger is a mistake.
+MAX_CONFIG_BYTES = 64 << 20
+
+
 def load(path: str) -> Config:
     """Read and parse a config file; the interface name defaults to the file's stem."""
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(path, None, "", f"cannot read the config: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(path, None, "", "not a regular file, expected a config file")
+        problem = untrusted_owner(st)
+        if problem:
+            raise ConfigError(path, None, "", problem)
+        mode = st.st_mode
+        try:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(path, None, "", f"cannot read the config: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            path, None, "", f"larger than {MAX_CONFIG_BYTES >> 20} MiB, expected a config file"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 import signal
 import subprocess
 from collections.abc import Callable
@@ -246,14 +247,20 @@ class Daemon:
             self.uapi = None
 
     def _run_hooks(self, what: str, commands: tuple[str, ...]) -> None:
-        for cmd in commands:
-            cmd = cmd.replace("%i", self.name)
-            log.info("%s: %s", what, cmd)
+        for n, cmd in enumerate(commands, 1):
+            # %i quoted for /bin/sh (names are restricted to [a-zA-Z0-9_=+.-] anyway).
+            cmd = cmd.replace("%i", shlex.quote(self.name))
+            # The command itself only at DEBUG: hooks often carry tokens or addresses.
+            log.info("%s: running command %d of %d", what, n, len(commands))
+            log.debug("%s: %s", what, cmd)
             r = subprocess.run(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL)
             if r.returncode != 0:
+                # Named by position and program, not in full (see above).
+                words = cmd.split(None, 1)
+                which = f"{what} command {n} ({words[0] if words else ''} …)"
                 if what in ("PreUp", "PostUp"):
-                    raise StartupError(f"{what} command failed with status {r.returncode}: {cmd}")
-                log.warning("%s command failed with status %d: %s", what, r.returncode, cmd)
+                    raise StartupError(f"{which} failed with status {r.returncode}")
+                log.warning("%s failed with status %d", which, r.returncode)
 
     # ------------------------------------------------------------------ UAPI
 

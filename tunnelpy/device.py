@@ -702,7 +702,9 @@ class Device:
         elif isinstance(event, ev.HandshakeFailed):
             log.warning("peer %s: handshake did not complete after %s", event.peer_name, event)
         elif isinstance(event, ev.Roamed):
-            log.info("peer %s: endpoint moved %s", event.peer_name, event)
+            # Peer addresses stay out of INFO logs (who talks to whom is not the journal's
+            # readers' business); `tunnelpy show` and `wg show` have the endpoint.
+            log.debug("peer %s: endpoint moved %s", event.peer_name, event)
         elif isinstance(event, ev.HandshakeSent):
             log.debug("peer %s: handshake initiation sent %s", event.peer_name, event)
         elif isinstance(event, ev.ResolveEndpoint):
@@ -725,7 +727,8 @@ class Device:
         else:
             peer = self._peer(ident)
             if peer is not None and addr != peer.endpoint and ident in self.hostnames:
-                log.info("peer %s: %s now resolves to %s", name, host, addr[0])
+                log.info("peer %s: its endpoint name resolves to a new address", name)
+                log.debug("peer %s: %s now resolves to %s", name, host, addr[0])
                 self.update_peer(ident, endpoint=addr)
         finally:
             self._resolving.discard(ident)

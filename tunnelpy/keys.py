@@ -10,7 +10,7 @@ import base64
 import binascii
 import os
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 KEY_LEN = 32
 KEY_LEN_BASE64 = 44  # 32 bytes -> 43 significant characters plus one "=" of padding
@@ -64,3 +64,16 @@ def public_from_private_bytes(private: bytes) -> bytes:
 def public_from_private(b64: str) -> str:
     """The base64 public key of a base64 private key, like ``wg pubkey``."""
     return encode_key(public_from_private_bytes(decode_key(b64)))
+
+
+_PROBE = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+def is_low_order(public: bytes) -> bool:
+    """True for a public key on which X25519 gives the all-zero secret (all zeros, and the
+    other small-order points): WireGuard refuses it, no handshake with it can complete."""
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return True
+    return False

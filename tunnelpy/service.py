@@ -228,7 +228,8 @@ class Service:
                 up = self._is_up(p)
                 was = self._up.get(key)
                 if up and not was:
-                    log.info("peer %s: up (endpoint %s)", p.name, control._endpoint(p.endpoint))
+                    log.info("peer %s: up", p.name)
+                    log.debug("peer %s: endpoint %s", p.name, control._endpoint(p.endpoint))
                 elif was and not up:
                     log.warning(
                         "peer %s: down (no handshake for %d s)", p.name, int(REJECT_AFTER_TIME)

@@ -274,3 +274,21 @@ def test_batches_grouped_by_peer(batch):
     n.send(n.a, [ipv4(A_IN, B_IN)])
     out = n.a.from_tunnel([ipv4(A_IN, B_IN)] * batch, n.now)
     assert list(out.datagrams) == [Dest(*B_ADDR)] and len(out.datagrams[Dest(*B_ADDR)]) == batch
+
+
+def test_staged_bound_is_the_kernels():
+    assert C.MAX_STAGED_PACKETS == 128  # wireguard-go and the kernel module: 128 per peer
+
+
+def test_a_low_order_peer_key_cannot_stall_the_others():
+    # The key is refused where keys enter (config, UAPI); the engine must still never raise
+    # out of a batch because of one peer.
+    import ipaddress
+
+    n = Net()
+    bad = n.a.add_peer(bytes(32), name="bad", endpoint=("192.0.2.9", 51820),
+                       allowed_ips=[ipaddress.ip_network("10.0.9.0/24")])  # fmt: skip
+    out = n.a.from_tunnel([ipv4(A_IN, "10.0.9.1"), ipv4(A_IN, B_IN)], n.now)
+    assert n.a.drops["bad_peer_key"] == 1 and not bad.staged
+    assert any(d[0] == 1 for dgs in out.datagrams.values() for d in dgs)  # B's initiation
+    n.a.on_timer(n.now + 10)  # the timers keep running

@@ -37,5 +37,6 @@ KEEPALIVE_SIZE = TRANSPORT_HEADER_SIZE + TAG_SIZE  # 32
 MIN_TRANSPORT_SIZE = KEEPALIVE_SIZE
 PADDING_MULTIPLE = 16
 
-# Bounded queue of packets waiting for a session, per peer (wireguard-go: 1024 staged packets).
-MAX_STAGED_PACKETS = 1024
+# Bounded queue of packets waiting for a session, per peer (the kernel's MAX_STAGED_PACKETS and
+# wireguard-go's QueueStagedSize are 128): a local sender to an unreachable peer pins no more.
+MAX_STAGED_PACKETS = 128

@@ -28,6 +28,7 @@ class Drop(StrEnum):
     COOKIE_RECEIVED = "cookie_received"  # consumed, not an error: the retry will carry mac2
     RATELIMITED = "ratelimited"
     # -- handshakes
+    BAD_PEER_KEY = "bad_peer_key"  # a low-order peer public key: no initiation can be made
     NO_PRIVATE_KEY = "no_private_key"  # an initiation before `wg set … private-key`
     BAD_INITIATION = "bad_initiation"
     UNKNOWN_PEER = "unknown_peer"

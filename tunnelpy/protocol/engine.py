@@ -569,15 +569,23 @@ class Engine:
         peer.last_sent_handshake = now
         self._drop_pending(peer)
         index = self._new_index(peer, None)
-        msg, state = hs.create_initiation(
-            self.private_key,
-            self.public_key,
-            peer.public_key,
-            peer.preshared_key,
-            index,
-            generate_private_key(self.rng),
-            tai64n(self.wall()),
-        )
+        try:
+            msg, state = hs.create_initiation(
+                self.private_key,
+                self.public_key,
+                peer.public_key,
+                peer.preshared_key,
+                index,
+                generate_private_key(self.rng),
+                tai64n(self.wall()),
+            )
+        except ValueError:
+            # A low-order peer key (refused where keys enter, but never let one peer's bad key
+            # raise out of a batch: the other peers' output and the timers must go on).
+            self.indices.pop(index, None)
+            peer.staged.clear()
+            self.drops[Drop.BAD_PEER_KEY] += 1
+            return
         peer.handshake = state
         msg = peer.cookie_gen.add_macs(msg, now)
         out.send(Dest(*peer.endpoint), msg)
