@@ -130,9 +130,12 @@ class Daemon:
         if self.lost is None:
             self.lost = why
             log.warning("%s: %s; shutting down", self.name, why)
-        if self.uapi is not None:
-            self.uapi.unlink()  # a new daemon for this name may start right away
         self._stop.set()
+        if self.uapi is not None:
+            # A new daemon for this name may start right away. After a drop to User the file
+            # in root's directory cannot be removed: the successor takes the stale socket over.
+            with contextlib.suppress(OSError):
+                self.uapi.unlink()
 
     def _watch_uapi(self) -> None:
         """`wg-quick down` on a userspace interface deletes its UAPI socket: that means exit."""

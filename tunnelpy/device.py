@@ -42,7 +42,7 @@ from .io.tun import Tun, TunError
 from .io.udp import UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
-from .netlink.linkwatch import LinkWatch, device_netns
+from .netlink.linkwatch import LinkWatch
 from .protocol import events as ev
 from .protocol.engine import Engine
 from .protocol.packet_engine import UNSET
@@ -310,7 +310,7 @@ class Device:
         """The TUN's MTU may change under us (wg-quick sets it after we started, `ip link set
         … mtu`), also after a move to another namespace: follow it by rtnetlink."""
         assert self.tun is not None and self.loop is not None
-        watch = LinkWatch(self.name, self.tun.fd, self.mtu_changed)
+        watch = LinkWatch(self.name, self.mtu_changed, self.tun.fd)
         try:
             sock = watch.open()
         except OSError as e:
@@ -318,32 +318,7 @@ class Device:
                         e.strerror, self.conf.interface.mtu)  # fmt: skip
             return
         self.linkwatch = watch
-        self.loop.add_reader(sock.fileno(), self._link_event)
-
-    def _link_event(self) -> None:
-        watch = self.linkwatch
-        if watch is None or watch.sock is None or self.loop is None:
-            return
-        if not watch.on_readable():
-            return
-        # The link left the namespace we watched: deleted (the data path hears EBADFD and
-        # says so) or moved, and then we follow it into its new namespace.
-        self.loop.remove_reader(watch.sock.fileno())
-        ns = device_netns(watch.tun_fd)
-        if ns is None:
-            watch.close()
-            return
-        os.close(ns)
-        try:
-            sock = watch.open()
-        except OSError as e:
-            log.warning("%s moved to another network namespace; cannot follow its MTU there (%s)",
-                        self.name, e.strerror)  # fmt: skip
-            watch.close()
-            return
-        watch.moves += 1
-        log.info("%s moved to another network namespace; following it there", self.name)
-        self.loop.add_reader(sock.fileno(), self._link_event)
+        self.loop.add_reader(sock.fileno(), watch.on_readable)
 
     def mtu_changed(self, mtu: int) -> None:
         """The kernel says the TUN's MTU is ``mtu`` now: pad to it, workers too."""
