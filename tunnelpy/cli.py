@@ -112,6 +112,15 @@ def daemon_main(argv: list[str] | None = None) -> int:
                 return _fail("tunnelpyd", str(e))
             return 0
     setup_logging(level)
+    if os.geteuid() == 0:
+        # Before any thread exists, so every thread inherits it: nothing the daemon executes
+        # (hooks) gains privileges through setuid or file capabilities (privileges.py).
+        from .privileges import PrivilegeError, no_new_privs
+
+        try:
+            no_new_privs()
+        except PrivilegeError as e:
+            return fail(str(e))
 
     import uvloop
 

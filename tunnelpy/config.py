@@ -175,6 +175,60 @@ class _BadValue(Exception):
     """Raised by a value parser; the caller adds file, line and key."""
 
 
+class FileRefused(Exception):
+    """A config or key file that may not be read: ``reason`` says why, ``str()`` adds the
+    path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+# (path) -> (bytes, st_mode): how the parser reads the config and key files. The default is
+# read_trusted; after a drop to User a reload passes the bytes the privileged reader handed
+# over (tunnelpy/confreader.py) instead.
+Opener = Callable[[str, int], tuple[bytes, int]]
+
+
+def read_trusted(path: str, limit: int) -> tuple[bytes, int]:
+    """The bytes (at most ``limit``, FileRefused if longer) and mode of a regular file that
+    only root or the starting user can have written (:func:`untrusted_owner`)."""
+    try:
+        # O_NONBLOCK: a FIFO (or a device) must not hang start-up, check or a reload in open()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        raise FileRefused(path, f"cannot read it: {e.strerror}") from None
+    try:
+        # fstat on the opened file, not stat on the path: nothing can swap it in between.
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(path, "is not a regular file")
+        problem = untrusted_owner(st)
+        if problem:
+            raise FileRefused(path, problem)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            try:
+                chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            except OSError as e:
+                raise FileRefused(path, f"cannot read it: {e.strerror}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise FileRefused(path, f"is larger than {_size(limit)}")
+        return b"".join(chunks), st.st_mode
+    finally:
+        os.close(fd)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
 @dataclass
 class _Context:
     path: str
@@ -182,6 +236,7 @@ class _Context:
     default_name: str  # the interface name when [Interface] has no Name
     warnings: list[str] = field(default_factory=list)
     transport: str = TRANSPORT_WIREGUARD  # read from [Interface] before any section is built
+    opener: Opener = read_trusted
 
     def error(self, line: int | None, where: str, message: str) -> ConfigError:
         return ConfigError(self.path, line, where, message)
@@ -437,45 +492,30 @@ def _public_key(value: str, ctx: _Context) -> bytes:
     return key
 
 
+KEY_FILE_LIMIT = 4096  # a key file is 45 bytes; anything much longer is not one
+
+
 def _key_file(value: str, ctx: _Context) -> bytes:
     if not value:
         raise _BadValue("empty path, expected the path of a file holding one base64 key")
     path = os.path.join(ctx.base_dir, os.path.expanduser(value))
     try:
-        # O_NONBLOCK: a FIFO (or a device) must not hang start-up, check or a reload in open()
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError as e:
-        raise _BadValue(f"cannot open {path}: {e.strerror}") from None
-    try:
-        # fstat on the opened file, not stat on the path: nothing can swap it in between.
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _BadValue(f"{path} is not a regular file, expected a file holding one base64 key")
-        problem = untrusted_owner(st)
-        if problem:
-            raise _BadValue(f"{path} {problem}")
-        if st.st_mode & 0o077:
-            raise _BadValue(
-                f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
-                f"expected mode 0600 (chmod 600 {path})"
-            )
-        data = b""
-        while len(data) < 4096:  # a key file is 45 bytes; anything much longer is not one
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
+        data, mode = ctx.opener(path, KEY_FILE_LIMIT)
+    except FileRefused as e:
+        if e.reason.startswith("cannot read it: "):
+            raise _BadValue(f"cannot open {path}: {e.reason.split(': ', 1)[1]}") from None
+        raise _BadValue(f"{path} {e.reason}, expected a file holding one base64 key") from None
+    if mode & 0o077:
+        raise _BadValue(
+            f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}), "
+            f"expected mode 0600 (chmod 600 {path})"
+        )
     try:
         return keys.decode_key(data.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         raise _BadValue(
             f"{path} does not hold one 32-byte base64 key (as wg genkey prints)"
         ) from None
-
-
-_IFNAME = re.compile(r"[a-zA-Z0-9_=+.-]+")
 
 
 def untrusted_owner(st: os.stat_result) -> str | None:
@@ -497,6 +537,9 @@ def untrusted_owner(st: os.stat_result) -> str | None:
             "expected writable only by its owner (chmod go-w)"
         )
     return None
+
+
+_IFNAME = re.compile(r"[a-zA-Z0-9_=+.-]+")
 
 
 def valid_ifname(name: str) -> str | None:
@@ -1444,39 +1487,33 @@ def parse(text: str, path: str = "<string>", default_name: str = "tp0") -> Confi
 MAX_CONFIG_BYTES = 64 << 20
 
 
-def load(path: str) -> Config:
-    """Read and parse a config file; the interface name defaults to the file's stem."""
+def load(path: str, opener: Opener | None = None) -> Config:
+    """Read and parse a config file; the interface name defaults to the file's stem.
+
+    ``opener`` reads the config and its key files (default: :func:`read_trusted`)."""
+    opener = opener or read_trusted
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError as e:
-        raise ConfigError(path, None, "", f"cannot read the config: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(path, None, "", "not a regular file, expected a config file")
-        problem = untrusted_owner(st)
-        if problem:
-            raise ConfigError(path, None, "", problem)
-        mode = st.st_mode
-        try:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-        except OSError as e:
-            raise ConfigError(path, None, "", f"cannot read the config: {e.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            path, None, "", f"larger than {MAX_CONFIG_BYTES >> 20} MiB, expected a config file"
-        )
+        data, mode = opener(path, MAX_CONFIG_BYTES)
+    except FileRefused as e:
+        if e.reason.startswith("cannot read it: "):
+            reason = "cannot read the config: " + e.reason.split(": ", 1)[1]
+        else:
+            reason = f"the config {e.reason}"
+        raise ConfigError(path, None, "", reason) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise ConfigError(path, line, "", "not valid UTF-8 text") from None
-    return _parse(text, path, Path(path).stem, file_mode=mode)
+    return _parse(text, path, Path(path).stem, file_mode=mode, opener=opener)
 
 
-def _parse(text: str, path: str, default_name: str, file_mode: int | None) -> Config:
+def _parse(
+    text: str, path: str, default_name: str, file_mode: int | None,
+    opener: Opener = read_trusted,
+) -> Config:  # fmt: skip
     base_dir = "" if path.startswith("<") else os.path.dirname(path)
-    ctx = _Context(path=path, base_dir=base_dir, default_name=default_name)
+    ctx = _Context(path=path, base_dir=base_dir, default_name=default_name, opener=opener)
     sections = _read_sections(text, ctx)
     # Peers are built differently per transport, and [Interface] may come after them.
     for section in sections:

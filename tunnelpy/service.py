@@ -39,6 +39,7 @@ from typing import Any
 from . import config as cfgmod
 from . import control, logsetup, privileges
 from . import reload as rl
+from .confreader import ConfigReader, ReaderError
 from .device import Device, DeviceError
 from .io import systemd
 from .io.metrics import MetricsServer, MetricsUnavailable, is_loopback
@@ -75,6 +76,7 @@ class Service:
         for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             os.environ.pop(var, None)
         self.control: control.ControlServer | None = None
+        self.reader: ConfigReader | None = None  # after a drop to User (confreader.py)
         self.metrics: MetricsServer | None = None
         self.started = time.time()
         self.reloads = {"ok": 0, "error": 0}
@@ -109,7 +111,16 @@ class Service:
         self._sighup_installed = True
         user = self.user_override or d.conf.interface.user
         if user:
+            if d.conf.path:
+                # The config stays root's: reloads after the drop ask a root helper for it.
+                self.reader = ConfigReader(d.conf.path)
+                try:
+                    self.reader.start()
+                except ReaderError as e:
+                    raise DeviceError(str(e)) from None
             self._drop(user)
+        else:
+            self._limit_root()
         self.notifier.ready(self.status_line())
         self._last_status = self.status_line()
         interval = self.watchdog
@@ -128,15 +139,35 @@ class Service:
             log.info("metrics on %s", srv.url)
         return srv
 
+    def _limit_root(self) -> None:
+        """Without User =: stay root, but keep only what running needs (privileges.py)."""
+        if os.geteuid() != 0:
+            return
+        keep = [privileges.CAP_NET_ADMIN, privileges.CAP_NET_BIND_SERVICE]
+        if any(getattr(link, "namespace", None) for link in self.device.conf.topology):
+            keep.append(privileges.CAP_SYS_ADMIN)  # undoing a namespace is a umount
+        try:
+            privileges.limit_root(tuple(keep))
+        except (privileges.PrivilegeError, OSError) as e:
+            raise DeviceError(str(e)) from None
+        self._new_executor()
+        log.debug("running as root with capabilities %s only", ", ".join(map(str, keep)))
+
+    def _new_executor(self) -> None:
+        # Capabilities are per thread: executor threads born before have their own sets. New
+        # ones are cloned from this thread, with exactly the kept set; the old ones end.
+        loop = asyncio.get_running_loop()
+        old = getattr(loop, "_default_executor", None)
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="tunnelpyd"))
+        if old is not None:
+            old.shutdown(wait=False)
+
     def _drop(self, user: str) -> None:
         try:
             target = privileges.drop_privileges(user)
         except (privileges.PrivilegeError, OSError) as e:
             raise DeviceError(str(e)) from None
-        # Capabilities are per thread: executor threads born before the drop have none left
-        # (or too many). New ones are cloned from this thread, with exactly the kept set.
-        loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="tunnelpyd"))
+        self._new_executor()
         self.user = target.user
         log.info(
             "running as %s (uid %d, gid %d) with CAP_NET_ADMIN only",
@@ -158,6 +189,9 @@ class Service:
 
     async def close(self) -> None:
         self.notifier.stopping(f"{self.device.name} shutting down")
+        if self.reader is not None:
+            await self.device.blocking(self.reader.close)
+            self.reader = None
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
@@ -280,6 +314,12 @@ class Service:
             self.last_reload = {"time": time.time(), "ok": True, **result}
             return result
 
+    def _load(self, path: str) -> cfgmod.Config:
+        """The config as it is now: read directly, or after a drop by the root reader."""
+        if self.reader is not None:
+            return cfgmod.load(path, opener=self.reader.opener())
+        return cfgmod.load(path)
+
     async def _reload(self) -> dict[str, Any]:
         d = self.device
         old = d.conf
@@ -289,8 +329,10 @@ class Service:
                 "(configure it with wg)"
             )
         try:
-            new = await d.blocking(cfgmod.load, old.path)
+            new = await d.blocking(self._load, old.path)
         except cfgmod.ConfigError as e:
+            raise ReloadRefused(str(e)) from None
+        except ReaderError as e:
             raise ReloadRefused(str(e)) from None
         except OSError as e:
             raise ReloadRefused(f"{old.path}: {e.strerror or e}") from None

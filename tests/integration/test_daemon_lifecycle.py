@@ -93,7 +93,7 @@ def test_failing_postup_unwinds(lab):
     site.extra = "PostUp = false\n"
     proc = start(lab, site, wait=False)
     assert proc.popen.wait(15) == 1
-    assert "PostUp command failed" in proc.log()
+    assert "PostUp command 1 (false …) failed with status 1" in proc.log()
     assert not lab.link_exists(a_ns, site.ifname)
     assert not (WG_RUN_DIR / f"{site.ifname}.sock").exists()
 

@@ -306,12 +306,12 @@ def test_user_drop_keeps_only_net_admin(lab, cleanup_ctl):
     a.peers.append(b.peer_block("10.49.1.2:51820", ["10.48.0.2/32"], name="site-b"))
     b.peers.append(a.peer_block("10.49.1.1:51820", ["10.48.0.1/32"], name="site-a"))
     cleanup_ctl.append(a.ifname)
-    # the config must stay readable by the user for reloads: its own file in a traversable dir
+    # The config stays root's (0600 in a 0700 directory nobody cannot even enter): reloads
+    # after the drop go through the root config reader (tunnelpy/confreader.py).
     conf_dir = Path(tempfile.mkdtemp(prefix="tpu-"))
     try:
-        conf_dir.chmod(0o711)
+        conf_dir.chmod(0o700)
         start(lab, a, conf_dir=conf_dir)
-        os.chown(a.conf, 65534, 65534)
         start(lab, b)
         assert lab.ping(a_ns, "10.48.0.2")
         status = Path(f"/proc/{a.proc.pid}/status").read_text()
@@ -320,7 +320,21 @@ def test_user_drop_keeps_only_net_admin(lab, cleanup_ctl):
         assert fields["Gid"].split() == ["65534"] * 4
         assert int(fields["CapEff"], 16) == 1 << 12  # CAP_NET_ADMIN only
         assert int(fields["CapBnd"], 16) == 1 << 12
+        assert fields["NoNewPrivs"].strip() == "1" and fields["Groups"].strip() == ""
         assert log_has(a, "running as nobody")
+        # the reader: uid 0 (the file's owner) with no capability at all
+        kids = Path(f"/proc/{a.proc.pid}/task/{a.proc.pid}/children").read_text().split()
+        readers = [
+            k for k in kids if b"tunnelpy.confreader" in Path(f"/proc/{k}/cmdline").read_bytes()
+        ]
+        assert len(readers) == 1
+        rs = dict(
+            line.split(":", 1)
+            for line in Path(f"/proc/{readers[0]}/status").read_text().splitlines()
+        )
+        assert rs["Uid"].split() == ["0"] * 4
+        assert int(rs["CapEff"], 16) == 0 and int(rs["CapBnd"], 16) == 0
+        assert rs["NoNewPrivs"].strip() == "1"
         # after the drop, a reload still changes routes (CAP_NET_ADMIN kept, in worker threads)
         a.peers[0] = b.peer_block(
             "10.49.1.2:51820", ["10.48.0.2/32", "10.50.0.0/24"], name="site-b"

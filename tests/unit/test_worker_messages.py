@@ -149,11 +149,16 @@ def test_a_routing_table_of_100k_prefixes_is_compact_and_faster_than_pickle():
         result = f(arg)
         return time.perf_counter() - t, result
 
-    t_enc, data = timed(encode, msg)
-    t_dump, pickled = timed(lambda m: pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL), old)
-    # (best of two: other processes share the CPU with the test)
-    (t_dec, got), (t_dec2, _) = timed(decode_from_daemon, data), timed(decode_from_daemon, data)
-    t_load = min(timed(pickle.loads, pickled)[0], timed(pickle.loads, pickled)[0])
+    def best(f, arg, n: int = 5) -> tuple[float, object]:
+        # best of n, interleaved with the other side: other processes share the CPU
+        runs = [timed(f, arg) for _ in range(n)]
+        return min(t for t, _ in runs), runs[0][1]
+
+    t_enc, data = best(encode, msg)
+    t_dump, pickled = best(lambda m: pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL), old)
+    t_dec, got = best(decode_from_daemon, data)
+    t_dec2 = t_dec
+    t_load, _ = best(pickle.loads, pickled)
     assert got == msg
     # tag, count; per peer key, endpoint (1 + 9 + 2), two counts; 5 bytes per IPv4 prefix
     # and 17 per IPv6 one.

@@ -3,7 +3,8 @@
 Why not start each worker with ``python -m tunnelpy.workers.child``? Because a worker may have
 to be restarted after the daemon became its ``User``, and that user may not be allowed to execute
 the interpreter (a Python under /root, a virtualenv in a private home). The zygote is started at
-the beginning, as root, imports the worker code, drops to ``User`` keeping no capability at all,
+the beginning, as root, imports the worker code, drops to ``User`` (or, without one, to uid 0 with
+no capability) keeping no capability at all,
 and then only forks: a worker is a fork of a single-threaded process that holds no event loop,
 which is the one situation where fork() without exec() is safe in Python.
 
@@ -106,12 +107,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import child  # noqa: F401
 
-    if args.user and os.geteuid() == 0:
-        try:
+    # Workers need nothing but the descriptors they are handed: no capability in any mode
+    # (User: that user with none; else uid 0 with none, which the daemon can still signal).
+    try:
+        if args.user and os.geteuid() == 0:
             privileges.drop_privileges(args.user, keep=())
-        except (privileges.PrivilegeError, OSError) as e:
-            print(f"tunnelpyd worker zygote: {e}", file=sys.stderr)
-            return 1
+        else:
+            privileges.drop_all_capabilities()
+    except (privileges.PrivilegeError, OSError) as e:
+        print(f"tunnelpyd worker zygote: {e}", file=sys.stderr)
+        return 1
     sock = socket.socket(fileno=args.sock_fd)
     sock.setblocking(True)
     serve(sock)
