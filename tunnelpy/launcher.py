@@ -11,7 +11,7 @@ userspace WireGuard as ``$WG_QUICK_USERSPACE_IMPLEMENTATION IFNAME`` and then co
 * **Background by default.** Without ``-f`` the command returns only once the daemon is ready:
   the parent starts the daemon as a child in a new session and waits on a pipe until the child
   has created the TUN and the UAPI socket (exit 0), or has said why it could not (that one line,
-  exit 1). wg-quick runs ``wg setconf`` right after the command returns, so "returned" must mean
+  exit 1, once the child has exited: a failed attempt leaves no process behind). wg-quick runs ``wg setconf`` right after the command returns, so "returned" must mean
   "the socket answers". ``-f``, or ``WG_PROCESS_FOREGROUND=1`` as wireguard-go reads it, stays in
   the foreground.
 * **LOG_LEVEL** as wireguard-go reads it: ``verbose`` (or ``debug``), ``error`` (the default),
@@ -125,17 +125,22 @@ def start_in_background(ifname: str, extra_args: list[str]) -> None:
         os.close(r)
     if answer == READY:
         return
-    if answer:
-        raise LaunchError(answer.decode(errors="replace").strip())
-    # No word at all: the child died (a crash, a signal) or hung.
+    # Not ready: reap the child before saying so, also when it told us why (it writes its line
+    # just before it exits). Exit 1 then means the attempt is over: no failed daemon still
+    # winding down next to the one that holds the name, and no orphan left for init to reap.
     try:
-        rc = child.wait(timeout=5)
+        rc: int | None = child.wait(timeout=5 if not answer else 10)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+        rc = None
+    if answer:
+        raise LaunchError(answer.decode(errors="replace").strip())
+    # No word at all: the child died (a crash, a signal) or hung.
+    if rc is None:
         raise LaunchError(
             f"the daemon did not become ready within {READY_TIMEOUT:.0f} s; stopped it"
-        ) from None
+        )
     raise LaunchError(f"the daemon exited with status {rc} before it was ready")
 
 

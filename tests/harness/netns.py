@@ -75,6 +75,7 @@ class _Registry:
     netns: set[str] = field(default_factory=set)
     ifnames: set[str] = field(default_factory=set)
     procs: list[Proc] = field(default_factory=list)
+    adopted: list[Adopted] = field(default_factory=list)
     labs: list[Lab] = field(default_factory=list)
 
 
@@ -122,6 +123,7 @@ def leaks() -> list[str]:
             found.append(f"host link {name}")
     # Through the Popen objects, not bare PIDs: a reaped PID may already belong to someone else.
     found += [f"process {p.pid} ({' '.join(p.argv)})" for p in REGISTRY.procs if p.alive]
+    found += [f"process {a.pid} ({' '.join(a.argv)})" for a in REGISTRY.adopted if a.alive]
     return found
 
 
@@ -245,6 +247,59 @@ class Proc:
         return self.popen.returncode
 
 
+@dataclass
+class Adopted:
+    """A process the lab did not start but must stop: a daemon that put itself in the
+    background (``tunnelpyd IFNAME``, ``wireguard-go IFNAME``), so its starter has exited and it
+    is nobody's child here. It is held by a pidfd, so a signal can never reach a recycled PID,
+    and its exit is seen by polling that fd (there is no wait() for a non-child)."""
+
+    ns: str
+    argv: list[str]
+    pid: int
+    pidfd: int
+    log_path: Path | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
+
+    def wait(self, timeout: float) -> bool:
+        """True once the process has exited (within `timeout` s)."""
+        return self.pidfd < 0 or bool(select.select([self.pidfd], [], [], timeout)[0])
+
+    def log(self, lines: int = 60) -> str:
+        return _tail(self.log_path, lines) if self.log_path else "(no log)"
+
+    def describe(self, lines: int = 40) -> str:
+        state = "running" if self.alive else "exited"
+        return (
+            f"--- [{self.ns}] {' '.join(self.argv)} (adopted pid {self.pid}, {state}) "
+            f"log {self.log_path}\n{self.log(lines)}"
+        )
+
+    def send_signal(self, sig: int) -> None:
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> bool:
+        """`sig`, up to `timeout` s to exit, then SIGKILL; True if it exited on `sig`. Closes
+        the pidfd; safe to call twice."""
+        if self.pidfd < 0:
+            return True
+        clean = True
+        if self.alive:
+            self.send_signal(sig)
+            if not self.wait(timeout):
+                clean = False
+                self.send_signal(signal.SIGKILL)
+                self.wait(10)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        return clean
+
+
 @dataclass(frozen=True)
 class WgPeer:
     """One ``[Peer]`` for `Lab.wggo` (keys in ``wg`` base64 form; endpoint ``host:port`` or
@@ -319,6 +374,7 @@ class Lab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)  # private keys live here
         self.procs: list[Proc] = []
+        self.adopted: list[Adopted] = []  # background daemons: see adopt()
         self.ifnames: set[str] = set()
         self.notes: list[str] = []  # why a ping/transfer returned False, for failure reports
         self._created: list[str] = []
@@ -365,6 +421,11 @@ class Lab:
                 proc.stop(timeout=5)
             except Exception as e:  # keep going: the namespaces must go regardless
                 problems.append(f"stopping pid {proc.pid}: {e}")
+        for adopted in reversed(self.adopted):
+            try:
+                adopted.stop(timeout=5)
+            except Exception as e:
+                problems.append(f"stopping adopted pid {adopted.pid}: {e}")
         for name in self._created:
             self._kill_netns_pids(name)
             for _ in range(20):
@@ -397,6 +458,18 @@ class Lab:
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             wait_for(lambda: not any(_pid_alive(p) for p in pids), 5, what="netns processes")
+
+    def adopt(
+        self, ns: str, pid: int, argv: Sequence[str], log_path: Path | None = None
+    ) -> Adopted:
+        """Take charge of `pid`, a process started in `ns` that left its starter behind: it is
+        stopped (SIGTERM, then SIGKILL) when the lab closes, before the namespaces go, and a
+        survivor shows in `leaks()`. (The namespace sweep would SIGKILL it too, but only while
+        it lives in one of the lab's namespaces, and without giving it a chance to clean up.)"""
+        adopted = Adopted(ns, list(argv), pid, os.pidfd_open(pid), log_path)
+        self.adopted.append(adopted)
+        REGISTRY.adopted.append(adopted)
+        return adopted
 
     # -- names and files ---------------------------------------------------------------------
 
@@ -695,6 +768,7 @@ class Lab:
         """Process logs, notes and per-namespace addresses, routes and ``wg show`` output, for
         a failure message. Private keys stay hidden (``wg show`` prints "(hidden)")."""
         parts = [p.describe(log_lines) for p in self.procs]
+        parts += [a.describe(log_lines) for a in self.adopted]
         parts += [f"--- note: {n}" for n in self.notes]
         existing = list_netns()
         has_wg = shutil.which("wg") is not None
