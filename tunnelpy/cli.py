@@ -81,7 +81,9 @@ def daemon_main(argv: list[str] | None = None) -> int:
     ready = launcher.Readiness.from_env()  # set when we are the background child
 
     def fail(msg: str) -> int:
-        ready.failed(msg)
+        if ready.fd is not None:  # the background child: the waiting parent prints it, once
+            ready.failed(msg)
+            return 1
         return _fail("tunnelpyd", msg)
 
     if (args.config is None) == (args.ifname is None):

@@ -90,6 +90,10 @@ class Daemon:
             log.warning(
                 "TUNNELPY_TEST_TIME_SCALE=%s: protocol timers run faster (testing only)", scale
             )
+        # Before anything exists: a SIGTERM during start-up then unwinds (after the start
+        # completes or fails) instead of killing the process with the UAPI socket in place.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
         try:
             await self._start(loop, clock)
             # Devices, addresses, routes and topology are up: READY=1 comes from here.
@@ -110,8 +114,6 @@ class Daemon:
             "%s up: listening on UDP %d, %d peer(s)",
             self.name, self.device.listen_port, len(self.device.engine.peers),
         )  # fmt: skip
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
         if self.uapi is not None:
             self._watch = loop.call_later(UAPI_WATCH_EVERY, self._watch_uapi)
         try:
