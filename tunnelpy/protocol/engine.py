@@ -105,10 +105,18 @@ _NONCE = struct.Struct("<IQ")  # 4 zero bytes, then the 64-bit little-endian cou
 # wireguard-go's trigger is a handshake queue 1/8 full (128 of 1024 entries).
 UNDER_LOAD_THRESHOLD = 128
 UNDER_LOAD_AFTER = 1.0
-# Per source IP, while under load: 20 initiations per second, burst 5 (wireguard-go ratelimiter).
+# Per source, while under load: 20 initiations per second, burst 5 (wireguard-go ratelimiter).
+# A source is an IPv4 address or an IPv6 /64 (the kernel module's ratelimiter.c keys v6 so: one
+# routed /64 is 2^64 addresses, one host's worth). When the table is full, new sources share the
+# bucket of their wider prefix (IPv4 /16, IPv6 /32) in a second table of the same size, then one
+# last bucket for all: a flood degrades its own neighbourhood, not every newcomer. Sources that
+# completed a handshake within TRUSTED_FOR seconds skip the limit (their mac2 shows the cookie
+# reached them there, and their sessions must survive a flood).
 RATELIMIT_PER_SECOND = 20.0
 RATELIMIT_BURST = 5.0
 RATELIMIT_MAX_SOURCES = 4096
+TRUSTED_FOR = 3 * REJECT_AFTER_TIME
+TRUSTED_MAX = 16384
 
 
 def addr_bytes(addr: Addr) -> bytes:
@@ -143,8 +151,10 @@ class Engine:
         self._seq = itertools.count()
         self._handshake_times: list[float] = []
         self._under_load_until = float("-inf")
-        self._buckets: dict[bytes, tuple[float, float]] = {}  # src ip -> (tokens, last)
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # src prefix -> (tokens, last)
+        self._wide: dict[bytes, tuple[float, float]] = {}  # the wider prefixes, when full
         self._buckets_pruned = float("-inf")
+        self._trusted: dict[bytes, float] = {}  # source (ip+port) -> last handshake completed
         # Set (before any handshake) when worker processes encrypt too: every new keypair then
         # takes a shared counter slot (tunnelpy/workers/counters.py).
         self.counters: CounterBank | None = None
@@ -728,6 +738,7 @@ class Engine:
             peer.next = None
             # The responder's handshake is complete only now (wireguard-go receive.go).
             self._t_handshake_complete(peer, now)
+            self._trust(addr, now)
             out.events.append(HandshakeComplete(peer.public_key, peer.name, "responder"))
             if peer.staged:
                 self._flush_staged(peer, now, out)
@@ -872,29 +883,58 @@ class Engine:
             out.send(Dest(*addr), self.cookie_checker.create_reply(data, sender, src, now))
             self.drops[Drop.COOKIE_SENT] += 1
             return False
-        if data[0] == MSG_INITIATION and not self._ratelimit(src[:-2], now):
+        if data[0] == MSG_INITIATION and not self._ratelimit(src, now):
             self.drops[Drop.RATELIMITED] += 1
             return False
         return True
 
-    def _ratelimit(self, ip: bytes, now: float) -> bool:
-        entry = self._buckets.get(ip)
-        if entry is None and len(self._buckets) >= RATELIMIT_MAX_SOURCES:
-            # Bounded memory and CPU under a many-source flood (cookies for a whole IPv6 /64):
-            # forget buckets that have refilled, at most once per refill time; while the table
-            # is still full of busy sources, a new source is refused like an empty bucket.
-            refill = RATELIMIT_BURST / RATELIMIT_PER_SECOND
-            if now - self._buckets_pruned >= refill:
-                self._buckets_pruned = now
-                self._buckets = {k: v for k, v in self._buckets.items() if v[1] > now - refill}
-            if len(self._buckets) >= RATELIMIT_MAX_SOURCES:
-                return False
-        tokens, last = entry or (RATELIMIT_BURST, now)
+    def _trust(self, addr: Addr, now: float) -> None:
+        """A handshake completed with ``addr``: its next initiations skip the rate limit."""
+        if len(self._trusted) >= TRUSTED_MAX:
+            cutoff = now - TRUSTED_FOR
+            self._trusted = {k: t for k, t in self._trusted.items() if t > cutoff}
+            while len(self._trusted) >= TRUSTED_MAX:  # all recent: forget the oldest
+                del self._trusted[next(iter(self._trusted))]
+        src = addr_bytes(addr)
+        self._trusted.pop(src, None)  # re-insert: insertion order is age order
+        self._trusted[src] = now
+
+    def _ratelimit(self, src: bytes, now: float) -> bool:
+        """True if an initiation from ``src`` (packed ip + port) may go on to the DH."""
+        seen = self._trusted.get(src)
+        if seen is not None and now - seen < TRUSTED_FOR:
+            return True
+        ip = src[:-2]
+        key = ip if len(ip) == 4 else ip[:8]  # IPv4 address, IPv6 /64
+        table = self._buckets
+        if key not in table and len(table) >= RATELIMIT_MAX_SOURCES:
+            self._prune(now)
+            if len(table) >= RATELIMIT_MAX_SOURCES:
+                # Full of busy sources: share the wider prefix's bucket (then one for all).
+                table = self._wide
+                key = ip[:2] if len(ip) == 4 else ip[:4]
+                if key not in table and len(table) >= RATELIMIT_MAX_SOURCES:
+                    key = b""
+        return self._take(table, key, now)
+
+    def _prune(self, now: float) -> None:
+        # Bounded memory and CPU under a many-source flood: forget buckets that have refilled,
+        # at most once per refill time.
+        refill = RATELIMIT_BURST / RATELIMIT_PER_SECOND
+        if now - self._buckets_pruned >= refill:
+            self._buckets_pruned = now
+            cutoff = now - refill
+            self._buckets = {k: v for k, v in self._buckets.items() if v[1] > cutoff}
+            self._wide = {k: v for k, v in self._wide.items() if v[1] > cutoff}
+
+    @staticmethod
+    def _take(table: dict[bytes, tuple[float, float]], key: bytes, now: float) -> bool:
+        tokens, last = table.get(key) or (RATELIMIT_BURST, now)
         tokens = min(RATELIMIT_BURST, tokens + (now - last) * RATELIMIT_PER_SECOND)
         if tokens < 1.0:
-            self._buckets[ip] = (tokens, now)
+            table[key] = (tokens, now)
             return False
-        self._buckets[ip] = (tokens - 1.0, now)
+        table[key] = (tokens - 1.0, now)
         return True
 
     def _receive_initiation(
@@ -996,6 +1036,7 @@ class Engine:
         self._t_authenticated_received(peer, now)
         self._t_handshake_complete(peer, now)
         self._t_session_derived(peer, now)
+        self._trust(addr, now)
         out.events.append(HandshakeComplete(peer.public_key, peer.name, "initiator"))
         # Confirm the session to the responder: staged data if we have it, else a keepalive.
         self._send_keepalive(peer, now, out)
