@@ -70,6 +70,10 @@ VNI_MAX = (1 << 24) - 1
 DEFAULT_AGING = 300.0
 DEFAULT_MAX_FDB = 4096
 SAVE_CONFIG_WARNING = "SaveConfig is not supported; the file is never rewritten"
+METRICS_PUBLIC_WARNING = (
+    "{} is not a loopback address: whoever reaches it reads peer names, public keys and "
+    "traffic counters (prefer 127.0.0.1 or unix:/run/tunnelpy/NAME.metrics)"
+)
 
 
 class ConfigError(Exception):
@@ -110,8 +114,9 @@ class InterfaceConfig:
     log_level: str | None = None  # tunnelpy extension: debug, info, warning, error, critical
     line: int = 0  # line of the [Interface] header
     transport: str = TRANSPORT_WIREGUARD  # tunnelpy extension: "wireguard" or "vxlan" (plain)
-    # tunnelpy extension: Prometheus metrics on (IP literal, port); None = off (the default)
-    metrics_listen: tuple[str, int] | None = None
+    # tunnelpy extension: Prometheus metrics on (IP literal, port) or a unix socket path (str);
+    # None = off (the default)
+    metrics_listen: tuple[str, int] | str | None = None
     user: str | None = None  # tunnelpy extension: drop to this user after start-up
     offload: str = OFFLOAD_AUTO  # tunnelpy extension: "auto" or "off" (docs/performance.md)
     workers: int | None = None  # tunnelpy extension: data-path processes; None = auto
@@ -682,9 +687,15 @@ def _log_level(value: str, _ctx: _Context) -> str:
     return value.lower()
 
 
-def _listen(value: str, _ctx: _Context) -> tuple[str, int]:
+def _listen(value: str, _ctx: _Context) -> tuple[str, int] | str:
     # A bare port means loopback: metrics reach a public address only when it is written out.
-    expected = "expected PORT (on 127.0.0.1), IP:PORT or [IPv6]:PORT"
+    expected = "expected PORT (on 127.0.0.1), IP:PORT, [IPv6]:PORT or unix:/PATH"
+    if value.startswith("unix:"):
+        path = value[5:]
+        # sun_path holds 108 bytes with the NUL; relative paths would follow the cwd
+        if not path.startswith("/") or len(path.encode()) > 107 or "\0" in path:
+            raise _BadValue(f"{_show(value)}: expected unix:/ABSOLUTE/PATH (at most 107 bytes)")
+        return path
     if _DIGITS.fullmatch(value):
         return "127.0.0.1", _int(value, 1, 65535, "a port")
     if value.startswith("["):
@@ -904,6 +915,13 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
             section.where("MTU"),
             f"{mtu} is too small for IPv6 addresses, expected an MTU of at least 1280",
         )
+    metrics_item = section.get("MetricsListen")
+    if metrics_item and isinstance(metrics_item[1], tuple):
+        host = metrics_item[1][0]
+        if not ipaddress.ip_address(host).is_loopback:
+            ctx.warn(
+                metrics_item[0], section.where("MetricsListen"), METRICS_PUBLIC_WARNING.format(host)
+            )
     save_item = section.get("SaveConfig")
     save_config = bool(save_item and save_item[1])
     if save_item and save_config:

@@ -12,7 +12,8 @@ words for peer names, drop reasons, L2 segments or topology. This socket does:
 
 The status document (``show``) is built by :func:`device_status` from the engine. Its schema is
 documented in docs/operations.md ("tunnelpy show --json") and is what ``tunnelpy show --json``
-prints and the metrics exporter reads, so the three never disagree. Field names only ever get
+prints; the metrics exporter reads :func:`metrics_status`, the same fields from the same
+functions without the costly ones it does not export, so the three never disagree. Field names only ever get
 added, never renamed or removed, and ``schema`` is bumped if a meaning changes.
 """
 
@@ -28,7 +29,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .io.unixsock import bind_private
@@ -77,48 +78,81 @@ def _drops(counts: Mapping[str, int]) -> dict[str, int]:
     return {str(reason): n for reason, n in sorted(counts.items())}
 
 
+def peer_counters(p: Any) -> dict[str, Any]:
+    """The name, key and counters of one peer, as :func:`peer_status` reports them.
+
+    Shared with the metrics exporter, which needs only these (and not the endpoint or the
+    allowed IPs, whose formatting is most of peer_status's cost with thousands of peers).
+    """
+    stats = getattr(p, "stats", None)
+    if stats is None:  # a VxlanPeer: no keys, no sessions
+        return {
+            "name": p.name, "public_key": None, "latest_handshake": None,
+            "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
+            "rx_packets": p.rx_packets, "tx_packets": p.tx_packets, "handshakes": 0, "drops": {},
+        }  # fmt: skip
+    return {
+        "name": p.name,
+        "public_key": _b64(p.public_key),
+        "latest_handshake": p.last_handshake_wall or None,
+        "rx_bytes": stats.rx_bytes,
+        "tx_bytes": stats.tx_bytes,
+        "rx_packets": stats.rx_packets,
+        "tx_packets": stats.tx_packets,
+        "handshakes": stats.handshakes,
+        "drops": _drops(stats.drops),
+    }
+
+
 def peer_status(engine: Any) -> list[dict[str, Any]]:
     """One entry per peer of an Engine (WireGuard) or VxlanEngine (plain VXLAN)."""
     peers = []
     for p in engine.peers.values():
-        stats = getattr(p, "stats", None)
-        if stats is None:  # a VxlanPeer: no keys, no sessions
-            peers.append({
-                "name": p.name, "public_key": None, "endpoint": _endpoint(p.endpoint),
-                "allowed_ips": [], "latest_handshake": None,
-                "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
-                "rx_packets": p.rx_packets, "tx_packets": p.tx_packets,
-                "handshakes": 0, "persistent_keepalive": 0, "preshared_key": False, "drops": {},
-            })  # fmt: skip
-            continue
-        peers.append(
-            {
-                "name": p.name,
-                "public_key": _b64(p.public_key),
-                "endpoint": _endpoint(p.endpoint),
-                "allowed_ips": [str(n) for n in engine.allowed.networks_of(p)],
-                "latest_handshake": p.last_handshake_wall or None,
-                "rx_bytes": stats.rx_bytes,
-                "tx_bytes": stats.tx_bytes,
-                "rx_packets": stats.rx_packets,
-                "tx_packets": stats.tx_packets,
-                "handshakes": stats.handshakes,
-                "persistent_keepalive": p.persistent_keepalive or 0,
-                "preshared_key": any(p.preshared_key or b""),
-                "drops": _drops(stats.drops),
-            }
-        )
+        c = peer_counters(p)
+        wireguard = getattr(p, "stats", None) is not None
+        peers.append({  # in the documented order (docs/operations.md)
+            "name": c["name"],
+            "public_key": c["public_key"],
+            "endpoint": _endpoint(p.endpoint),
+            "allowed_ips": [str(n) for n in engine.allowed.networks_of(p)] if wireguard else [],
+            "latest_handshake": c["latest_handshake"],
+            "rx_bytes": c["rx_bytes"],
+            "tx_bytes": c["tx_bytes"],
+            "rx_packets": c["rx_packets"],
+            "tx_packets": c["tx_packets"],
+            "handshakes": c["handshakes"],
+            "persistent_keepalive": (p.persistent_keepalive or 0) if wireguard else 0,
+            "preshared_key": any(p.preshared_key or b"") if wireguard else False,
+            "drops": c["drops"],
+        })  # fmt: skip
     return peers
 
 
-def segment_status(engine: Any, segments: Iterable[Any], now: float) -> list[dict[str, Any]]:
-    """One entry per configured segment (config.SegmentConfig) with its live FDB."""
+class LazyPeers:
+    """The engine's peers at one moment, each read by :func:`peer_counters` only when iterated:
+    the metrics exporter renders thousands of them a slice at a time, between packet batches."""
+
+    def __init__(self, engine: Any) -> None:
+        self._peers = list(engine.peers.values())  # a copy of references: peers may come and go
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return map(peer_counters, self._peers)
+
+
+def segment_status(
+    engine: Any, segments: Iterable[Any], now: float, *, with_fdb: bool = True
+) -> list[dict[str, Any]]:
+    """One entry per configured segment (config.SegmentConfig) with its live FDB (the ``fdb``
+    list is left out with ``with_fdb=False``: the metrics need only the counts)."""
     out = []
     for conf in segments:
         seg = engine.segments.get(conf.vni)
         fdb = seg.fdb if seg is not None else None
         entries = fdb.entries(now) if fdb is not None else []
-        out.append({
+        entry = {
             "name": conf.name,
             "vni": conf.vni,
             "device": conf.device,
@@ -129,12 +163,14 @@ def segment_status(engine: Any, segments: Iterable[Any], now: float) -> list[dic
             "fdb_max": fdb.max_entries if fdb is not None else conf.max_fdb,
             "fdb_refused": fdb.refused if fdb is not None else 0,
             "fdb_moves": fdb.moves if fdb is not None else 0,
-            "fdb": [
+        }
+        if with_fdb:
+            entry["fdb"] = [
                 {"mac": format_mac(mac), "peer": getattr(peer, "name", str(peer)),
                  "age": None if age is None else round(age, 1), "static": age is None}
                 for mac, peer, age in entries
-            ],
-        })  # fmt: skip
+            ]  # fmt: skip
+        out.append(entry)
     return out
 
 
@@ -163,6 +199,31 @@ def device_status(
         "drops": _drops(engine.drops),
         "segments": segment_status(engine, segments, now),
         "topology": [],
+    }
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def metrics_status(
+    *,
+    name: str,
+    engine: Any,
+    segments: Iterable[Any] = (),
+    now: float,
+    transport: str = "wireguard",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The part of the ``show`` document the metrics exporter reads, made cheap: the same field
+    names and values, but ``peers`` is a :class:`LazyPeers` (counters only, read while the
+    exporter iterates) and segments have no ``fdb`` list."""
+    doc: dict[str, Any] = {
+        "name": name,
+        "transport": transport,
+        "public_key": _b64(getattr(engine, "public_key", None)),
+        "peers": LazyPeers(engine),
+        "drops": _drops(engine.drops),
+        "segments": segment_status(engine, segments, now, with_fdb=False),
     }
     if extra:
         doc.update(extra)

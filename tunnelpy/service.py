@@ -41,8 +41,9 @@ from . import control, logsetup, privileges
 from . import reload as rl
 from .confreader import ConfigReader, ReaderError
 from .device import Device, DeviceError
+from .io import metrics as metricsmod
 from .io import systemd
-from .io.metrics import MetricsServer, MetricsUnavailable, is_loopback
+from .io.metrics import Listen, MetricsServer, MetricsUnavailable
 from .protocol.constants import REJECT_AFTER_TIME
 from .protocol.vxlan import VxlanEngine
 from .reload import ReloadRefused
@@ -101,16 +102,20 @@ class Service:
         except (control.ControlSocketError, OSError) as e:
             self.control = None
             raise DeviceError(str(e)) from None
+        user = self.user_override or d.conf.interface.user
         listen = d.conf.interface.metrics_listen
         if listen is not None:
             try:
-                self.metrics = await self._start_metrics(listen)
-            except (MetricsUnavailable, OSError) as e:
-                raise DeviceError(f"MetricsListen = {listen[0]}:{listen[1]}: {e}") from None
+                self.metrics = await self._start_metrics(listen, user)
+            except (MetricsUnavailable, OSError, privileges.PrivilegeError) as e:
+                raise DeviceError(f"MetricsListen = {_show_listen(listen)}: {e}") from None
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._sighup_installed = True
-        user = self.user_override or d.conf.interface.user
         if user:
+            # Everything a scrape imports, imported while the interpreter's files are still
+            # readable: also for a listener that a reload adds after the drop.
+            with contextlib.suppress(MetricsUnavailable):
+                metricsmod.preload()
             if d.conf.path:
                 # The config stays root's: reloads after the drop ask a root helper for it.
                 self.reader = ConfigReader(d.conf.path)
@@ -129,14 +134,13 @@ class Service:
             self._every(interval, self.notifier.watchdog)
         self._every(STATUS_EVERY, self._tick)
 
-    async def _start_metrics(self, listen: tuple[str, int]) -> MetricsServer:
-        host, port = listen
-        srv = MetricsServer(host, port, lambda: [self.status()])
+    async def _start_metrics(self, listen: Listen, user: str | None) -> MetricsServer:
+        # A unix socket is root's (made before the drop) with the User's primary group, 0660.
+        # (A non-loopback TCP address was already warned about with the config's warnings.)
+        group = privileges.resolve_user(user).gid if user and isinstance(listen, str) else None
+        srv = MetricsServer(listen, lambda: [self.metrics_status()], group=group)
         await srv.start()
-        if not is_loopback(host):
-            log.warning("metrics are served on %s, which is not a loopback address", srv.url)
-        else:
-            log.info("metrics on %s", srv.url)
+        log.info("metrics on %s", srv.url)
         return srv
 
     def _limit_root(self) -> None:
@@ -237,6 +241,18 @@ class Service:
             fwmark=d.fwmark or 0,
             transport=ic.transport,
             extra=extra,
+        )
+
+    def metrics_status(self) -> dict[str, Any]:
+        """What the metrics exporter reads: control.metrics_status, counters only (cheap)."""
+        d = self.device
+        return control.metrics_status(
+            name=d.name,
+            engine=d.engine,
+            segments=d.conf.segments,
+            now=d.now(),
+            transport=d.conf.interface.transport,
+            extra={"reloads": dict(self.reloads)},
         )
 
     def _show(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -375,11 +391,16 @@ class Service:
             if op.field != "metrics_listen" or op.value is None:
                 continue
             old_listen = old.interface.metrics_listen
-            if self.metrics is not None and old_listen is not None and op.value[1] == old_listen[1]:
+            if (
+                self.metrics is not None
+                and isinstance(old_listen, tuple)
+                and isinstance(op.value, tuple)
+                and op.value[1] == old_listen[1]
+            ):
                 return None  # same port, other address: the old listener must go first
             try:
-                return await self._start_metrics(op.value)
-            except (MetricsUnavailable, OSError) as e:
+                return await self._start_metrics(op.value, self.user)
+            except (MetricsUnavailable, OSError, privileges.PrivilegeError) as e:
                 raise ReloadRefused(f"{new.path}: Interface.MetricsListen: {e}") from None
         return None
 
@@ -393,4 +414,11 @@ class Service:
                 if old_srv is not None:
                     await old_srv.close()
                 if op.value is not None:
-                    self.metrics = metrics or await self._start_metrics(op.value)
+                    self.metrics = metrics or await self._start_metrics(op.value, self.user)
+
+
+def _show_listen(listen: Listen) -> str:
+    if isinstance(listen, str):
+        return f"unix:{listen}"
+    host, port = listen
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def cleanup_ctl():
     yield names
     for n in names:  # a daemon that dropped privileges cannot unlink its socket in /run/tunnelpy
         (CONTROL_DIR / f"{n}.ctl").unlink(missing_ok=True)
+        (CONTROL_DIR / f"{n}.metrics").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------- sd_notify --
@@ -302,7 +304,8 @@ def test_user_drop_keeps_only_net_admin(lab, cleanup_ctl):
     lab.veth(a_ns, b_ns, "10.49.1.1/24", "10.49.1.2/24")
     a = new_site(lab, a_ns, 51820, ["10.48.0.1/24"])
     b = new_site(lab, b_ns, 51820, ["10.48.0.2/24"])
-    a.extra = "User = nobody\n"
+    metrics_path = CONTROL_DIR / f"{a.ifname}.metrics"
+    a.extra = f"User = nobody\nMetricsListen = unix:{metrics_path}\n"
     a.peers.append(b.peer_block("10.49.1.2:51820", ["10.48.0.2/32"], name="site-b"))
     b.peers.append(a.peer_block("10.49.1.1:51820", ["10.48.0.1/32"], name="site-a"))
     cleanup_ctl.append(a.ifname)
@@ -335,6 +338,21 @@ def test_user_drop_keeps_only_net_admin(lab, cleanup_ctl):
         assert rs["Uid"].split() == ["0"] * 4
         assert int(rs["CapEff"], 16) == 0 and int(rs["CapBnd"], 16) == 0
         assert rs["NoNewPrivs"].strip() == "1"
+        # metrics after the drop: the interpreter's directories (under /root here) are not
+        # readable by nobody, so a scrape that still had to import something would fail
+        st = metrics_path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_uid == 0 and st.st_gid == 65534
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(metrics_path))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(1 << 16):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 OK"), (reply[:200], a.proc.log(40))
+        assert b'tunnelpy_peer_handshakes_total{interface="' + a.ifname.encode() in reply
+        assert b"process_resident_memory_bytes" in reply
+        assert show_json(a.ifname)["metrics"] == f"unix:{metrics_path}"
         # after the drop, a reload still changes routes (CAP_NET_ADMIN kept, in worker threads)
         a.peers[0] = b.peer_block(
             "10.49.1.2:51820", ["10.48.0.2/32", "10.50.0.0/24"], name="site-b"

@@ -146,6 +146,41 @@ def test_device_status_plain_vxlan():
     }  # fmt: skip
 
 
+METRICS_PEER_KEYS = {
+    "name", "public_key", "latest_handshake", "rx_bytes", "tx_bytes", "rx_packets",
+    "tx_packets", "handshakes", "drops",
+}  # fmt: skip
+
+
+def test_metrics_status_agrees_with_device_status(engines):
+    """The exporter's cheap document has the show document's values for every field it reads."""
+    a, now = engines
+    full = control.device_status(name="tp0", engine=a, segments=[segment_conf()], now=now)
+    cheap = control.metrics_status(name="tp0", engine=a, segments=[segment_conf()], now=now)
+    for key in ("name", "transport", "public_key", "drops"):
+        assert cheap[key] == full[key], key
+    assert len(cheap["peers"]) == 1
+    (p,) = list(cheap["peers"])
+    assert set(p) == METRICS_PEER_KEYS
+    assert p == {k: full["peers"][0][k] for k in METRICS_PEER_KEYS}
+    (seg,) = cheap["segments"]
+    assert seg == {k: v for k, v in full["segments"][0].items() if k != "fdb"}
+
+
+def test_metrics_status_plain_vxlan_and_peers_read_lazily():
+    e = VxlanEngine()
+    e.add_peer("far", ("192.0.2.9", 4789))
+    cheap = control.metrics_status(name="vx0", engine=e, now=5.0, transport="vxlan")
+    full = control.device_status(name="vx0", engine=e, now=5.0, transport="vxlan")
+    peers = cheap["peers"]
+    e.peers["far"].rx_bytes = 99  # counters are read when iterated, not when the doc is made
+    (p,) = list(peers)
+    assert p["rx_bytes"] == 99 and p["public_key"] is None
+    assert {k: v for k, v in p.items() if k != "rx_bytes"} == {
+        k: full["peers"][0][k] for k in METRICS_PEER_KEYS if k != "rx_bytes"
+    }
+
+
 # ----------------------------------------------------------------------- server / client --
 
 

@@ -161,3 +161,55 @@ def test_reload_plain_vxlan_peers_by_name(tmp_path):
             d.close_socket()
 
     asyncio.run(main())
+
+
+def test_reload_moves_metrics_between_tcp_unix_and_off(tmp_path):
+    """MetricsListen through reloads: a TCP port, then a unix socket (0660; the TCP listener
+    closed), then off (the socket file removed). Scraped for real each time."""
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    path = str(tmp_path / "tpu0.metrics")
+
+    def write(extra: str) -> None:
+        head = f"[Interface]\nName = tpu0\nPrivateKey = {PRIV}\n{extra}\n"
+        (tmp_path / "tpu0.conf").write_text(head + B)
+
+    def scrape(family: int, addr: object) -> bytes:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(addr)
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            out = b""
+            while chunk := s.recv(1 << 16):
+                out += chunk
+            return out
+
+    write("")
+    (tmp_path / "tpu0.conf").chmod(0o600)
+
+    async def steps(d: Device, svc: Service):
+        loop = asyncio.get_running_loop()
+        write(f"MetricsListen = 127.0.0.1:{port}")
+        await svc.reload()
+        assert svc.status()["metrics"] == f"http://127.0.0.1:{port}/metrics"
+        tcp = await loop.run_in_executor(None, scrape, socket.AF_INET, ("127.0.0.1", port))
+        write(f"MetricsListen = unix:{path}")
+        await svc.reload()
+        assert svc.status()["metrics"] == f"unix:{path}"
+        mode = Path(path).stat().st_mode & 0o777
+        unix = await loop.run_in_executor(None, scrape, socket.AF_UNIX, path)
+        with pytest.raises(ConnectionRefusedError):
+            scrape(socket.AF_INET, ("127.0.0.1", port))
+        write("")
+        await svc.reload()
+        return tcp, unix, mode, svc.metrics
+
+    tcp, unix, mode, after = run(tmp_path / "tpu0.conf", steps)
+    lbl = b'tunnelpy_peers{interface="tpu0"} 1'
+    assert tcp.startswith(b"HTTP/1.1 200 OK") and lbl in tcp
+    assert unix.startswith(b"HTTP/1.1 200 OK") and lbl in unix
+    assert mode == 0o660 and after is None and not Path(path).exists()

@@ -150,6 +150,12 @@ def test_unit_file_contents():
     ]:
         assert s[key] == [value], key
     assert "/dev/net/tun rw" in s["DeviceAllow"]
+    # above systemd's default soft limit of 1024 (docs/hostile.md, "Metrics endpoint")
+    assert int(s["LimitNOFILE"][0]) >= 4096
+    removed = s["ExecStopPost"][0].split()
+    assert {"/run/wireguard/%i.sock", "/run/tunnelpy/%i.ctl", "/run/tunnelpy/%i.metrics"} <= set(
+        removed
+    )
 
 
 def test_systemd_analyze_verify(tmp_path):
