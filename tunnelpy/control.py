@@ -41,6 +41,12 @@ DEFAULT_DIRECTORY = "/run/tunnelpy"
 SUFFIX = ".ctl"
 SCHEMA = 1
 MAX_REQUEST = 64 * 1024
+# Bounds on what one local client can hold (security review): connections at once (more are
+# closed at once), seconds a connection may sit without a complete request, seconds an answer
+# may take to be read.
+MAX_CONNECTIONS = 16
+IDLE_TIMEOUT = 30.0
+WRITE_TIMEOUT = 10.0
 
 Handler = Callable[[dict[str, Any]], Any | Awaitable[Any]]
 
@@ -255,6 +261,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._identity: tuple[int, int] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.refused = 0  # connections closed at once: MAX_CONNECTIONS were open
 
     async def start(self) -> None:
         self._remove_stale()
@@ -316,14 +323,18 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._writers) >= MAX_CONNECTIONS:
+            self.refused += 1
+            _abort(writer)
+            return
         self._writers.add(writer)
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(_encode({"ok": False, "error": "request too long"}))
-                    await writer.drain()
+                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
                     return
                 if not line:
                     return
@@ -331,9 +342,9 @@ class ControlServer:
                     continue
                 answer = await self._answer(line)
                 writer.write(_encode(answer))
-                await writer.drain()
-        except ConnectionError:
-            pass
+                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except (ConnectionError, TimeoutError):
+            _abort(writer)  # idle, or not reading its answer: free what it holds now
         except Exception:
             log.exception("control connection failed")
         finally:
@@ -343,7 +354,7 @@ class ControlServer:
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (nesting 10^4 deep)
             return {"ok": False, "error": "not a JSON object"}
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "error": 'expected {"cmd": "..."}'}
@@ -362,6 +373,13 @@ class ControlServer:
                 log.exception("control command %s failed", req["cmd"])
                 return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
         return {"ok": True, "result": result}
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset: unsent answer bytes are dropped, not kept queued in the kernel."""
+    transport = writer.transport
+    with contextlib.suppress(Exception):
+        transport.abort()
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

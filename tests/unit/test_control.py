@@ -385,3 +385,70 @@ def test_cli_reload_and_show(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc_reload == 0 and "tp0: add peer c" in out
     assert rc_show == 0 and '"name": "tp0"' in out
+
+
+# ------------------------------------------------------------------ hostile local clients --
+
+
+def test_deep_json_is_an_error_answer_not_a_dropped_client(tmp_path):
+    def client(path):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            s.sendall(b"[" * 20000 + b"]" * 20000 + b'\n{"cmd": "ping"}\n')
+            f = s.makefile("rb")
+            return [json.loads(f.readline()) for _ in range(2)]
+
+    deep, pong = serve(tmp_path, {}, client)
+    assert deep == {"ok": False, "error": "not a JSON object"}
+    assert pong == {"ok": True, "result": "pong"}
+
+
+def test_connections_are_capped_and_idle_ones_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.5)
+
+    def client(path):
+        held = []
+        for _ in range(control.MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.sendall(b'{"cmd": "pi')  # a request that never completes
+            held.append(s)
+        time.sleep(0.1)
+        extra = socket.socket(socket.AF_UNIX)
+        extra.connect(path)
+        extra.settimeout(5)
+        refused = extra.recv(1) == b""  # closed at once, before any request
+        extra.close()
+        time.sleep(1.0)  # the idle ones are dropped after IDLE_TIMEOUT ...
+        for s in held:
+            s.settimeout(5)
+            assert s.recv(1) == b""
+            s.close()
+        return refused, control.request(path, "ping")  # ... and the daemon answers again
+
+    refused, pong = serve(tmp_path, {}, client)
+    assert refused and pong == "pong"
+
+
+def test_a_client_that_never_reads_is_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(control, "WRITE_TIMEOUT", 0.5)
+    big = {"peers": ["x" * 1000] * 20000}  # ~20 MB of answer
+
+    def client(path):
+        s = socket.socket(socket.AF_UNIX)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(path)
+        s.sendall(b'{"cmd": "show"}\n')
+        time.sleep(2.0)  # never reads
+        s.settimeout(5)
+        got = 0
+        try:
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        s.close()
+        return got, control.request(path, "ping")
+
+    got, pong = serve(tmp_path, {"show": lambda req: big}, client)
+    assert got < 10_000_000 and pong == "pong"  # cut off, not served whole
