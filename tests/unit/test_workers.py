@@ -22,7 +22,7 @@ from tunnelpy.protocol import constants as C
 from tunnelpy.protocol.actions import Dest
 from tunnelpy.protocol.engine import Output
 from tunnelpy.workers.channel import FRAME, Channel, pair
-from tunnelpy.workers.counters import LocalCounters, SharedCounters
+from tunnelpy.workers.counters import KEYPAIR_LIFETIME, LocalCounters, SharedCounters
 from tunnelpy.workers.messages import (
     KeypairMaterial,
     PeerRoutes,
@@ -310,3 +310,40 @@ def test_worker_forgets_a_sending_key_once_it_expired():
     assert w.peers[n.pa.public_key].send is not None
     w.forget_expired(t0 + 5 + C.REJECT_AFTER_TIME)
     assert w.peers[n.pa.public_key].send is None and w.next_expiry() is None
+
+
+@pytest.mark.parametrize("bank", [LocalCounters, SharedCounters])
+def test_a_slot_is_reused_only_once_its_keypair_cannot_be_alive(bank):
+    c = bank(slots=2)
+    a = c.claim(100.0)
+    b = c.claim(101.0)
+    assert a and b
+    assert c.claim(150.0) is None  # both may still be live: the keypair stays local
+    later = c.claim(100.0 + KEYPAIR_LIFETIME)
+    assert later is not None and later[0] == a[0]
+    assert c.reserve(b[0], b[1], 1) == 0  # the other live keypair kept its slot
+
+
+def test_unconfirmed_initiations_claim_no_slot_and_cannot_retire_a_live_keypair():
+    from tunnelpy.protocol.engine import Output
+
+    n = Net()
+    bank = LocalCounters(slots=4)  # B's: a handful, so any wrap would show
+    n.a.counters, n.b.counters = LocalCounters(), bank
+    n.send(n.a, [ipv4(A_IN, B_IN)])
+    n.send(n.b, [ipv4(B_IN, A_IN)])
+    live = n.pb.current
+    assert live is not None and live.ident  # B's keypair, confirmed: it has a slot
+    claims = bank._next_ident
+    for _ in range(50):  # 50 handshakes B answers but never sees confirmed
+        n.now += 1.0
+        out = Output()
+        n.a._send_initiation(n.pa, n.now, out, retry=True)
+        n.drop_next = {C.MSG_TRANSPORT}
+        n.run(n.a, out)
+    assert bank._next_ident == claims  # B claimed nothing for keypairs never confirmed
+    assert n.pb.current is live and bank.reserve(live.slot, live.ident, 0) is not None
+    before = n.b.drops["stale_keypair"]
+    n.delivered["a"].clear()
+    n.send(n.b, [ipv4(B_IN, A_IN, b"still mine")])
+    assert n.b.drops["stale_keypair"] == before

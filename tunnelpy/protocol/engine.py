@@ -89,7 +89,7 @@ Rng = Callable[[int], bytes]
 class CounterBank(Protocol):
     """Shared send counters (tunnelpy/workers/counters.py): slots handed out per keypair."""
 
-    def claim(self) -> tuple[int, int]: ...
+    def claim(self, now: float | None = None) -> tuple[int, int] | None: ...
     def reserve(self, slot: int, ident: int, n: int) -> int | None: ...
     def peek(self, slot: int, ident: int) -> int | None: ...
 
@@ -739,6 +739,7 @@ class Engine:
             # The responder's handshake is complete only now (wireguard-go receive.go).
             self._t_handshake_complete(peer, now)
             self._trust(addr, now)
+            self._claim_slot(kp, now)  # confirmed: now it may send, workers too
             out.events.append(HandshakeComplete(peer.public_key, peer.name, "responder"))
             if peer.staged:
                 self._flush_staged(peer, now, out)
@@ -888,6 +889,15 @@ class Engine:
             return False
         return True
 
+    def _claim_slot(self, kp: Keypair, now: float) -> None:
+        """A confirmed keypair's shared send counter, when workers encrypt too (none free: it
+        keeps a local counter and only this process sends on it)."""
+        if self.counters is not None and not kp.ident:
+            # (Before the keypair's first send: a slot's counter starts at 0.)
+            claimed = self.counters.claim(now)
+            if claimed is not None:
+                kp.slot, kp.ident = claimed
+
     def _trust(self, addr: Addr, now: float) -> None:
         """A handshake completed with ``addr``: its next initiations skip the rate limit."""
         if len(self._trusted) >= TRUSTED_MAX:
@@ -967,8 +977,8 @@ class Engine:
             consumed, peer.preshared_key, index, generate_private_key(self.rng)
         )
         kp = Keypair(send_key, recv_key, index, consumed.sender_index, now, is_initiator=False)
-        if self.counters is not None:
-            kp.slot, kp.ident = self.counters.claim()
+        # (No counter slot yet: it is claimed when the initiator confirms the keypair, so a
+        # flood of initiations cannot wrap the slots of live keypairs; workers/counters.py.)
         self.indices[index] = (peer, kp)
         # BeginSymmetricSession, responder side: the new keypair waits in `next`.
         for old in (peer.next, peer.previous):
@@ -1012,8 +1022,7 @@ class Engine:
         remote_index, send_key, recv_key = result
         peer.handshake = None
         kp = Keypair(send_key, recv_key, receiver, remote_index, now, is_initiator=True)
-        if self.counters is not None:
-            kp.slot, kp.ident = self.counters.claim()
+        self._claim_slot(kp, now)
         self.indices[receiver] = (peer, kp)
         # BeginSymmetricSession, initiator side: the new keypair is current at once.
         if peer.next is not None:

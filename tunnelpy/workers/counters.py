@@ -13,6 +13,15 @@ The identity guards reuse: slots are handed out round-robin and a new keypair ov
 slot's identity, so a worker still holding a retired keypair gets ``None`` from ``reserve`` and
 hands its packets to the main process instead of reusing nonces under the old key.
 
+Wrapping must never retire a *live* keypair (a flood of handshakes would otherwise make a
+victim's sends fail as ``stale_keypair``). Two rules see to it: the engine claims a slot only
+for a confirmed keypair (the initiator's on the response, the responder's when the first data
+arrives on it — unconfirmed initiations claim nothing), and ``claim(now)`` reuses a slot only
+once its last claim is older than a keypair can live (REJECT_AFTER_TIME): round-robin order is
+claim order, so the next slot is always the oldest, and if even it is too young, ``claim``
+returns None and that keypair keeps its counter in the main process (workers hand its packets
+over: slower, never wrong).
+
 :class:`LocalCounters` is the same interface on a plain list, for one process and for tests.
 """
 
@@ -25,6 +34,22 @@ import struct
 
 SLOT = struct.Struct("<QQ")
 DEFAULT_SLOTS = 4096
+# A keypair sends for at most REJECT_AFTER_TIME (180 s) after it was made; a second of margin.
+KEYPAIR_LIFETIME = 181.0
+
+
+class _Clock:
+    """When each slot was last claimed (the daemon's side only: workers never claim)."""
+
+    def __init__(self, slots: int) -> None:
+        self.claimed = [float("-inf")] * slots
+
+    def free(self, slot: int, now: float | None) -> bool:
+        return now is None or now - self.claimed[slot] >= KEYPAIR_LIFETIME
+
+    def mark(self, slot: int, now: float | None) -> None:
+        if now is not None:
+            self.claimed[slot] = now
 
 
 class LocalCounters:
@@ -33,11 +58,16 @@ class LocalCounters:
     def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
         self.slots = slots
         self._cells = [[0, 0] for _ in range(slots)]
+        self._clock = _Clock(slots)
         self._next_slot = 0
         self._next_ident = 1
 
-    def claim(self) -> tuple[int, int]:
+    def claim(self, now: float | None = None) -> tuple[int, int] | None:
+        """A slot for a new keypair; with ``now``, None if every slot may still be live."""
         slot, ident = self._next_slot, self._next_ident
+        if not self._clock.free(slot, now):
+            return None
+        self._clock.mark(slot, now)
         self._next_slot = (slot + 1) % self.slots
         self._next_ident += 1
         self._cells[slot] = [ident, 0]
@@ -66,11 +96,16 @@ class SharedCounters:
         self.fd = fd
         self.slots = os.fstat(fd).st_size // SLOT.size
         self._map = mmap.mmap(fd, self.slots * SLOT.size, mmap.MAP_SHARED)
+        self._clock = _Clock(self.slots)
         self._next_slot = 0
         self._next_ident = 1  # only the daemon claims; workers only reserve
 
-    def claim(self) -> tuple[int, int]:
+    def claim(self, now: float | None = None) -> tuple[int, int] | None:
+        """A slot for a new keypair; with ``now``, None if every slot may still be live."""
         slot, ident = self._next_slot, self._next_ident
+        if not self._clock.free(slot, now):
+            return None
+        self._clock.mark(slot, now)
         self._next_slot = (slot + 1) % self.slots
         self._next_ident += 1
         at = slot * SLOT.size
