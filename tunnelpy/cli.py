@@ -173,9 +173,42 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return _fail("tunnelpy", str(e))
     for w in conf.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for w in _unresolved_endpoints(conf):
+        print(f"warning: {w}", file=sys.stderr)
     n_ips = sum(len(p.allowed_ips) for p in conf.peers)
     print(f"{conf.path}: OK: interface {conf.interface.name}, {len(conf.peers)} peer(s), {n_ips} allowed IP prefix(es)")
     return 0
+
+
+def _unresolved_endpoints(conf: cfgmod.Config, timeout: float = 5.0) -> list[str]:
+    """Endpoint names that do not resolve now (the daemon would start those peers without an
+    endpoint and retry; with Transport = vxlan it would refuse to start)."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from .io.udp import is_literal, resolve
+
+    named = [p for p in conf.peers if p.endpoint and not is_literal(p.endpoint[0])]
+    if not named:
+        return []
+    out = []
+    pool = ThreadPoolExecutor(max_workers=min(8, len(named)))
+    futures = {p.line: pool.submit(resolve, *p.endpoint) for p in named if p.endpoint}
+    wait(futures.values(), timeout=timeout)
+    for p in named:
+        f = futures[p.line]
+        problem = None
+        if not f.done():
+            problem = f"no answer within {timeout:.0f} s"
+        elif isinstance(f.exception(), OSError):
+            e = f.exception()
+            problem = getattr(e, "strerror", None) or str(e)
+        if problem and p.endpoint:
+            then = ("tunnelpyd would refuse to start" if conf.interface.transport == "vxlan"
+                    else "the peer would start without an endpoint and the name be retried")
+            out.append(f"{conf.path}:{p.line}: Peer.Endpoint: {p.endpoint[0]} does not resolve "
+                       f"now ({problem}); {then}")  # fmt: skip
+    pool.shutdown(wait=False, cancel_futures=True)
+    return out
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

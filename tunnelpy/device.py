@@ -54,6 +54,8 @@ from .workers.pool import WorkerPool, resolve_workers
 log = logging.getLogger("tunnelpyd")
 
 UNDERLAY_MTU = 1500  # what plain-VXLAN segments assume of the underlay unless MTU is set
+RESOLVE_RETRY_FIRST = 1.0  # seconds before an endpoint name that did not resolve is tried again
+RESOLVE_RETRY_MAX = 60.0
 
 
 class DeviceError(Exception):
@@ -141,6 +143,9 @@ class Device:
         self.workers = 1
         self.hostnames: dict[bytes | str, tuple[str, int]] = {}  # peer -> configured host:port
         self._resolving: set[bytes | str] = set()
+        # Endpoint names that did not resolve when their peer was added: retried with backoff
+        # once the loop runs (RESOLVE_RETRY_FIRST .. RESOLVE_RETRY_MAX seconds apart).
+        self._unresolved: set[bytes | str] = set()
         self._batch_depth = 0
         self._dirty = False
 
@@ -206,7 +211,13 @@ class Device:
     async def resolve_endpoints(
         self, peers: Iterable[cfgmod.PeerConfig], path: str
     ) -> dict[bytes | str, Addr]:
-        """Resolve the peers' Endpoint names (DeviceError naming file:line if one fails)."""
+        """Resolve the peers' Endpoint names.
+
+        A WireGuard peer whose name does not resolve yet (at boot, before DNS is up) is not an
+        error: it comes up without an endpoint (it can still be reached *by*, and roams to
+        where it writes from) and the name is tried again with backoff once the device runs
+        (:meth:`_retry_resolve`). A plain-VXLAN peer is nothing without its address: there the
+        failure is a DeviceError naming file:line."""
         found: dict[bytes | str, Addr] = {}
         for p in peers:
             if p.endpoint is None:
@@ -215,9 +226,14 @@ class Device:
             try:
                 found[self.peer_ident(p)] = await self.blocking(resolve, host, port)
             except OSError as e:
-                raise DeviceError(
-                    f"{path}:{p.line}: Peer.Endpoint: cannot resolve {host}: {e}"
-                ) from None
+                if self.plain_vxlan:
+                    raise DeviceError(
+                        f"{path}:{p.line}: Peer.Endpoint: cannot resolve {host}: {e}"
+                    ) from None
+                log.warning(
+                    "peer %s: %s does not resolve yet (%s); the peer starts without an "
+                    "endpoint and the name is tried again", p.name, host, e.strerror or e,
+                )  # fmt: skip
         return found
 
     async def check_free(
@@ -301,6 +317,7 @@ class Device:
         for vni, tap in self.taps.items():
             self.datapath.add_tap(vni, tap, running=False)
         self.datapath.start()
+        self._start_retries()
         if self.tun is not None and isinstance(self.engine, Engine):
             self._watch_link()
 
@@ -492,6 +509,9 @@ class Device:
                 now=self.now(),
             )  # fmt: skip
         self._set_hostname(ident, hostname)
+        if endpoint is None and ident in self.hostnames:
+            self._unresolved.add(ident)
+            self._start_retries()
         self._changed()
 
     def has_peer(self, ident: bytes | str) -> bool:
@@ -684,6 +704,45 @@ class Device:
             log.debug("peer %s: handshake initiation sent %s", event.peer_name, event)
         elif isinstance(event, ev.ResolveEndpoint):
             self._re_resolve(event.peer_key)
+
+    def _start_retries(self) -> None:
+        if self.loop is None or self.datapath is None:
+            return  # start() calls again once packets flow
+        for ident in list(self._unresolved):
+            self._unresolved.discard(ident)
+            if ident not in self._resolving:
+                self._resolving.add(ident)
+                self.loop.create_task(self._retry_resolve(ident))
+
+    async def _retry_resolve(self, ident: bytes | str) -> None:
+        """Try a peer's endpoint name again and again (backoff, logged once per change) until
+        it resolves, the peer got an endpoint some other way, or its name was changed."""
+        delay = RESOLVE_RETRY_FIRST
+        configured = self.hostnames.get(ident)
+        failing = False
+        try:
+            while configured is not None and self.hostnames.get(ident) == configured:
+                peer = self._peer(ident)
+                if peer is None or peer.endpoint is not None:
+                    return
+                host, port = configured
+                try:
+                    addr = await self.blocking(resolve, host, port)
+                except OSError as e:
+                    if not failing:
+                        log.info("peer %s: %s still does not resolve (%s); retrying every "
+                                 "%.0f s at most", peer.name, host, e.strerror or e,
+                                 RESOLVE_RETRY_MAX)  # fmt: skip
+                        failing = True
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RESOLVE_RETRY_MAX)
+                    continue
+                if self.hostnames.get(ident) == configured and self._peer(ident) is not None:
+                    log.info("peer %s: %s resolves now; endpoint set", peer.name, host)
+                    self.update_peer(ident, endpoint=addr)
+                return
+        finally:
+            self._resolving.discard(ident)
 
     def _re_resolve(self, ident: bytes | str) -> None:
         """Endpoints given as names are resolved again when the peer goes quiet (DNS moved)."""

@@ -57,3 +57,29 @@ def test_daemon_refuses_bad_config_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import sys; from tunnelpy.cli import daemon_main; sys.exit(daemon_main())",
                         "-c", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_check_warns_about_endpoint_names_that_do_not_resolve(tmp_path, monkeypatch, capsys):
+    import tunnelpy.io.udp as udp
+
+    def resolve(host, port):  # no real DNS in tests
+        if host == "later.example":
+            raise OSError(-2, "Name or service not known")
+        return ("192.0.2.1", port)
+
+    monkeypatch.setattr(udp, "resolve", resolve)
+    from tunnelpy.cli import main
+
+    conf = tmp_path / "w.conf"
+    peer = keys.public_from_private(keys.generate_private())
+    other = keys.public_from_private(keys.generate_private())
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {keys.generate_private()}\n"
+        f"[Peer]\nPublicKey = {peer}\nEndpoint = later.example:51820\nAllowedIPs = 10.0.0.2/32\n"
+        f"[Peer]\nPublicKey = {other}\nEndpoint = fine.example:51820\nAllowedIPs = 10.0.0.3/32\n"
+    )
+    conf.chmod(0o600)
+    assert main(["check", "-c", str(conf)]) == 0
+    err = capsys.readouterr().err
+    assert f"{conf}:3: Peer.Endpoint: later.example does not resolve now" in err
+    assert "fine.example" not in err

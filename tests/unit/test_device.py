@@ -414,3 +414,70 @@ def test_a_deleted_tun_tells_the_owner_and_a_deleted_tap_stops_its_segment(tmp_p
             dev.close_socket()
 
     asyncio.run(main())
+
+
+def test_an_endpoint_name_that_does_not_resolve_yet_does_not_stop_the_interface(
+    tmp_path, monkeypatch, caplog
+):
+    import tunnelpy.device as devmod
+
+    answers = [OSError(-2, "Name or service not known")] * 3 + [("192.0.2.7", 40002)]
+    asked = []
+
+    def resolve(host, port):
+        asked.append(host)
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    monkeypatch.setattr(devmod, "resolve", resolve)
+    monkeypatch.setattr(devmod, "RESOLVE_RETRY_FIRST", 0.01)
+    body = PEER_B.replace("127.0.0.1:40002", "later.example:40002")
+
+    class Pump:
+        def perform(self, out):
+            pass
+
+    async def main():
+        dev, _ = make(tmp_path, "ListenPort = 0\n" + body)
+        endpoints = await dev.resolve_endpoints(dev.conf.peers, dev.conf.path)
+        assert endpoints == {}  # not an error: the peer comes up without an endpoint
+        dev.open_udp()
+        dev.add_configured_peers(endpoints)
+        assert dev.engine.peers[PB].endpoint is None
+        dev.loop, dev.datapath = asyncio.get_running_loop(), Pump()  # as start() leaves them
+        dev._start_retries()
+        for _ in range(200):
+            if dev.engine.peers[PB].endpoint is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert dev.engine.peers[PB].endpoint == ("192.0.2.7", 40002)
+        assert asked == ["later.example"] * 4
+        dev.close_socket()
+
+    with caplog.at_level("INFO", logger="tunnelpyd"):
+        asyncio.run(main())
+    text = caplog.text
+    assert text.count("does not resolve yet") == 1 and text.count("still does not resolve") == 1
+    assert "resolves now; endpoint set" in text
+
+
+def test_plain_vxlan_endpoint_names_must_resolve(tmp_path, monkeypatch):
+    import tunnelpy.device as devmod
+
+    def resolve(host, port):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(devmod, "resolve", resolve)
+    path = tmp_path / "vx0.conf"
+    path.write_text("[Interface]\nName = vx0\nTransport = vxlan\n"
+                    "[Peer]\nName = far\nEndpoint = nowhere.example:4789\n")  # fmt: skip
+    path.chmod(0o600)
+
+    async def main():
+        dev = Device(cfgmod.load(str(path)), host=RecordingHost(), open_tun=FakeTap)
+        with pytest.raises(DeviceError, match=r"Peer.Endpoint: cannot resolve nowhere.example"):
+            await dev.resolve_endpoints(dev.conf.peers, dev.conf.path)
+
+    asyncio.run(main())
