@@ -23,26 +23,124 @@ is simply cleared, which keeps the cost of a flood of distinct addresses at one 
 Prefixes are normalised (10.0.0.1/24 is stored as 10.0.0.0/24). Values are compared by
 identity for `remove_value`/`networks_of` (peer objects need not be hashable), and must not be
 None, which `lookup` uses for "no route".
+
+A prefix is remembered per owner as a :class:`Prefix`, three ints (width, network address,
+length), not an ``ipaddress`` network: ``wg setconf`` of 10^5 prefixes builds, hashes and prints
+that many, and an ``ipaddress`` network costs about ten times as much to parse, make and format
+(``parse_prefix``/``format_prefix`` use inet_pton/inet_ntop). ``networks_of`` still answers with
+``ipaddress`` networks, made on first demand and kept; ``prefixes_of`` answers with the ints.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
-__all__ = ["AllowedIPs", "Addr", "Network", "NetworkLike", "route_packets"]
+__all__ = [
+    "AllowedIPs", "Addr", "Network", "NetworkLike", "Prefix", "format_prefix", "parse_prefix",
+    "route_packets",
+]  # fmt: skip
 
 _MEMO_MAX = 1 << 16
 _MISS = object()
 
 V = TypeVar("V")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Prefix(NamedTuple):
+    """An IP prefix as ints: ``width`` 32 (IPv4) or 128 (IPv6), the network ``address`` (host
+    bits zero: make one with ``parse_prefix`` or ``Prefix.of``) and the prefix length ``plen``.
+    Equal prefixes are equal tuples."""
+
+    width: int
+    address: int
+    plen: int
+
+    @classmethod
+    def of(cls, network: Network) -> Prefix:
+        return cls(network.max_prefixlen, int(network.network_address), network.prefixlen)
+
+    def network(self) -> Network:
+        if self.width == 32:
+            return ipaddress.IPv4Network((self.address, self.plen))
+        return ipaddress.IPv6Network((self.address, self.plen))
+
+    def __str__(self) -> str:
+        return format_prefix(self)
+
+
 # Also accepted on input: "10.0.0.1/24" strings and interfaces (host bits are dropped).
-NetworkLike = Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface | str
+NetworkLike = Prefix | Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface | str
 # Addresses as sliced from a packet: bytes usually, a memoryview or bytearray slice also works.
 Addr = bytes | bytearray | memoryview
+
+_MASKS = {32: [((1 << 32) - 1) ^ ((1 << (32 - n)) - 1) for n in range(33)],
+          128: [((1 << 128) - 1) ^ ((1 << (128 - n)) - 1) for n in range(129)]}  # fmt: skip
+_MASKS4, _MASKS6 = _MASKS[32], _MASKS[128]
+# The prefix lengths netip.ParsePrefix accepts, as written: plain decimal, no sign, no leading
+# zero. One dict probe checks the text and converts it.
+_PLEN = {str(n): n for n in range(129)}
+_new_prefix = tuple.__new__  # Prefix(...) without the Python-level __new__: half the cost
+_pton = socket.inet_pton
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+
+
+def parse_prefix(text: str) -> Prefix:
+    """``address/bits`` as Go's netip.ParsePrefix reads it (ValueError if not): an explicit
+    length in plain decimal (no sign, no leading zero), an IPv4 address in four decimal parts
+    without leading zeros or an IPv6 address without a zone; host bits may be set and are
+    cleared. inet_pton checks the address: ipaddress would cost ten times as much."""
+    addr, _, bits = text.partition("/")
+    plen = _PLEN.get(bits)
+    try:
+        if plen is None:
+            pass
+        elif ":" in addr:
+            if plen <= 128:
+                a = int.from_bytes(_pton(_AF_INET6, addr), "big")
+                return _new_prefix(Prefix, (128, a & _MASKS6[plen], plen))
+        elif plen <= 32:
+            a = int.from_bytes(_pton(_AF_INET, addr), "big")
+            return _new_prefix(Prefix, (32, a & _MASKS4[plen], plen))
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        raise ValueError(f"not an IP address: {addr[:80]!r}") from None
+    raise ValueError(f"expected address/bits (0-32 or 0-128 bits), got {text[:80]!r}")
+
+
+_V4_MAPPED = 0xFFFF << 32
+
+
+def format_prefix(p: Prefix) -> str:
+    """``address/bits`` as Go's netip.Prefix.String writes it (RFC 5952 for IPv6)."""
+    width, address, plen = p
+    if width == 32:
+        return f"{socket.inet_ntop(socket.AF_INET, address.to_bytes(4, 'big'))}/{plen}"
+    if address >> 48:
+        # The C library's RFC 5952 form; only the forms with 80 leading zero bits (where some
+        # libcs print an embedded IPv4 address where Go does not) take the slow path below.
+        return f"{socket.inet_ntop(socket.AF_INET6, address.to_bytes(16, 'big'))}/{plen}"
+    if address >> 32 == 0xFFFF:
+        v4 = socket.inet_ntop(socket.AF_INET, (address & 0xFFFFFFFF).to_bytes(4, "big"))
+        return f"::ffff:{v4}/{plen}"  # Go: an IPv4-mapped address keeps its dotted quad
+    return f"{ipaddress.IPv6Address(address)}/{plen}"
+
+
+def _as_prefix(network: NetworkLike) -> Prefix:
+    if isinstance(network, Prefix):  # made by parse_prefix or Prefix.of: already normalised
+        return network
+    if isinstance(network, str):
+        # strict=False clears host bits: "10.0.0.1/24" means 10.0.0.0/24, as in wg.
+        network = ipaddress.ip_network(network, strict=False)
+    elif isinstance(network, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        network = network.network
+    # An IPv4Network/IPv6Network can never hold host bits, so it is already normalised.
+    if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return Prefix.of(network)
+    raise TypeError(f"expected an IPv4Network or IPv6Network, got {network!r}")
 
 
 class _Family(Generic[V]):
@@ -83,37 +181,24 @@ class AllowedIPs(Generic[V]):
     def __init__(self) -> None:
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
-        # id(value) → (value, {network: None}) in insertion order; id() because peers may be
-        # unhashable dataclasses, and holding the value keeps its id from being reused.
-        self._owners: dict[int, tuple[V, dict[Network, None]]] = {}
+        # id(value) → (value, {prefix: its ipaddress network once asked for}) in insertion
+        # order; id() because peers may be unhashable dataclasses, and holding the value keeps
+        # its id from being reused.
+        self._owners: dict[int, tuple[V, dict[Prefix, Network | None]]] = {}
         self._count = 0
         self._memo: dict[object, V | None] = {}
         self.version = 0  # bumped by every change: workers re-copy the table when it moves
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _locate(self, network: NetworkLike) -> tuple[_Family[V], int, int, Network]:
-        """(family, plen, key, normalised network) for a network given in any accepted form."""
-        if isinstance(network, str):
-            # strict=False clears host bits: "10.0.0.1/24" means 10.0.0.0/24, as in wg.
-            network = ipaddress.ip_network(network, strict=False)
-        elif isinstance(network, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
-            network = network.network
-        # An IPv4Network/IPv6Network can never hold host bits, so it is already normalised.
-        if isinstance(network, ipaddress.IPv4Network):
-            fam = self._v4
-        elif isinstance(network, ipaddress.IPv6Network):
-            fam = self._v6
-        else:
-            raise TypeError(f"expected an IPv4Network or IPv6Network, got {network!r}")
-        plen = network.prefixlen
-        return fam, plen, int(network.network_address) >> (fam.bits - plen), network
+    def _family(self, width: int) -> _Family[V]:
+        return self._v4 if width == 32 else self._v6
 
-    def _disown(self, value: V, network: Network) -> None:
+    def _disown(self, value: V, prefix: Prefix) -> None:
         entry = self._owners.get(id(value))
         if entry is not None:
             nets = entry[1]
-            nets.pop(network, None)
+            nets.pop(prefix, None)
             if not nets:
                 del self._owners[id(value)]
 
@@ -121,37 +206,58 @@ class AllowedIPs(Generic[V]):
 
     def insert(self, network: NetworkLike, value: V) -> None:
         """Route `network` to `value`, replacing any previous owner of the identical prefix."""
+        self.insert_all((network,), value)
+
+    def insert_all(self, networks: Iterable[NetworkLike], value: V) -> None:
+        """`insert` each of `networks` (one memo flush and version bump for all of them)."""
         if value is None:
             raise ValueError("AllowedIPs values must not be None")
-        fam, plen, key, network = self._locate(network)
-        self._memo.clear()
-        self.version += 1
-        table = fam.table(plen)
-        old = table.get(key)
-        if old is None:
-            self._count += 1
-        elif old is not value:
-            self._disown(old, network)
-        table[key] = value
         entry = self._owners.get(id(value))
         if entry is None:
-            self._owners[id(value)] = (value, {network: None})
-        else:
-            entry[1][network] = None
+            entry = (value, {})
+        owned = entry[1]
+        count = 0
+        prefix_type = Prefix
+        for network in networks:
+            prefix = network if type(network) is prefix_type else _as_prefix(network)
+            width, address, plen = prefix
+            fam = self._v4 if width == 32 else self._v6
+            table = fam.tables.get(plen)
+            if table is None:
+                table = fam.table(plen)
+            key = address >> (width - plen)
+            old = table.get(key)
+            if old is None:
+                self._count += 1
+            elif old is not value:
+                self._disown(old, prefix)
+            table[key] = value
+            count += 1
+            if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                owned[prefix] = network  # keep the caller's object: networks_of returns it
+            elif prefix not in owned:
+                owned[prefix] = None
+        if count:
+            self._memo.clear()
+            self.version += 1
+            if owned:
+                self._owners[id(value)] = entry
 
     def remove(self, network: NetworkLike) -> None:
         """Forget `network` (exact prefix); no effect if it is absent."""
-        fam, plen, key, network = self._locate(network)
+        prefix = _as_prefix(network)
+        width, address, plen = prefix
+        fam = self._family(width)
         table = fam.tables.get(plen)
         if table is None:
             return
-        old = table.pop(key, None)
+        old = table.pop(address >> (width - plen), None)
         if old is None:
             return
         self._memo.clear()
         self.version += 1
         self._count -= 1
-        self._disown(old, network)
+        self._disown(old, prefix)
         fam.drop_if_empty(plen)
 
     def remove_value(self, value: V) -> None:
@@ -161,12 +267,14 @@ class AllowedIPs(Generic[V]):
             return
         self._memo.clear()
         self.version += 1
-        for network in entry[1]:
-            fam, plen, key, _ = self._locate(network)
-            table = fam.tables[plen]
-            del table[key]
-            self._count -= 1
-            fam.drop_if_empty(plen)
+        touched: set[tuple[int, int]] = set()
+        for width, address, plen in entry[1]:
+            fam = self._v4 if width == 32 else self._v6
+            del fam.tables[plen][address >> (width - plen)]
+            touched.add((width, plen))
+        self._count -= len(entry[1])
+        for width, plen in touched:
+            self._family(width).drop_if_empty(plen)
 
     def lookup(self, addr: Addr) -> V | None:
         """The owner of the longest prefix containing `addr` (4 or 16 raw bytes), or None."""
@@ -200,15 +308,28 @@ class AllowedIPs(Generic[V]):
                 return v
         return None
 
-    def networks_of(self, value: V) -> list[Network]:
+    def prefixes_of(self, value: V) -> list[Prefix]:
         """The prefixes owned by `value`, in the order they were inserted."""
         entry = self._owners.get(id(value))
         return [] if entry is None else list(entry[1])
 
+    def networks_of(self, value: V) -> list[Network]:
+        """`prefixes_of` as ipaddress networks (made once, then kept with the prefix)."""
+        entry = self._owners.get(id(value))
+        if entry is None:
+            return []
+        owned = entry[1]
+        out: list[Network] = []
+        for prefix, network in owned.items():
+            if network is None:
+                network = owned[prefix] = prefix.network()  # a value change: no resize
+            out.append(network)
+        return out
+
     def items(self) -> Iterator[tuple[Network, V]]:
         """Every (network, owner), grouped by owner."""
-        for value, nets in list(self._owners.values()):
-            for network in nets:
+        for value, _ in list(self._owners.values()):
+            for network in self.networks_of(value):
                 yield network, value
 
     def clear(self) -> None:
@@ -225,16 +346,17 @@ class AllowedIPs(Generic[V]):
     def __contains__(self, network: object) -> bool:
         if not isinstance(
             network,
-            ipaddress.IPv4Network
+            Prefix
+            | ipaddress.IPv4Network
             | ipaddress.IPv6Network
             | ipaddress.IPv4Interface
             | ipaddress.IPv6Interface
             | str,
         ):
             return False
-        fam, plen, key, _ = self._locate(network)
-        table = fam.tables.get(plen)
-        return table is not None and key in table
+        width, address, plen = _as_prefix(network)
+        table = self._family(width).tables.get(plen)
+        return table is not None and address >> (width - plen) in table
 
 
 def route_packets(
