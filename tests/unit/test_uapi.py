@@ -32,7 +32,7 @@ from tunnelpy.io.uapi import (
     UapiServer,
     UapiSocketError,
 )
-from tunnelpy.protocol.allowedips import Prefix
+from tunnelpy.protocol.allowedips import Prefix, make_prefix, prefix_of
 
 PRIVATE = keys.decode_key("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=")  # RFC 7748 Alice
 PUBLIC = keys.decode_key("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=")
@@ -43,7 +43,7 @@ ZERO_HEX = "0" * 64
 
 
 def net(text: str) -> Prefix:
-    return Prefix.of(ipaddress.ip_network(text))
+    return prefix_of(ipaddress.ip_network(text))
 
 
 def snapshot() -> DeviceSnapshot:
@@ -693,7 +693,7 @@ def test_an_idle_connection_is_closed_between_requests(tmp_path: Path) -> None:
 
 
 def test_a_client_that_never_reads_a_huge_get_is_dropped(tmp_path: Path) -> None:
-    huge = [Prefix(32, i << 8, 24) for i in range(200_000)]  # a 6 MB answer
+    huge = [make_prefix(32, i << 8, 24) for i in range(200_000)]  # a 6 MB answer
 
     async def body(server: UapiServer, device: Device) -> None:
         device.snapshot.peers[0].allowed_ips = huge

@@ -54,7 +54,7 @@ import stat
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol.allowedips import Prefix, format_prefix, parse_prefix
+from ..protocol.allowedips import Prefix, format_prefix, parse_prefix, prefix_of
 from .unixsock import bind_private
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ DEFAULT_DIRECTORY = "/var/run/wireguard"
 # IPC errors. Used here for unexpected exceptions in the daemon's callbacks.
 ERRNO_UNKNOWN = 55
 MAX_LINE = 64 * 1024  # wireguard-go's bufio.Scanner limit; real lines are < 100 bytes
-READ_CHUNK = 64 * 1024  # parsed between two turns of the data path: a few milliseconds
-GET_CHUNK_LINES = 4096  # lines of a get answer formatted (and written) at a time
+READ_CHUNK = 32 * 1024  # parsed between two turns of the data path: about a millisecond
+GET_CHUNK_LINES = 1024  # lines of a get answer formatted (and written) at a time
 LINGER = 5.0  # seconds to drain a client's input after hanging up on it (UapiServer._linger)
 
 _ZERO_KEY = bytes(32)
@@ -170,7 +170,7 @@ def _get_lines(s: DeviceSnapshot) -> Iterator[str]:
         yield f"rx_bytes={peer.rx_bytes}"
         yield f"persistent_keepalive_interval={peer.persistent_keepalive}"
         for p in peer.allowed_ips:
-            yield "allowed_ip=" + format_prefix(p if isinstance(p, Prefix) else Prefix.of(p))
+            yield "allowed_ip=" + format_prefix(p if type(p) is int else prefix_of(p))  # type: ignore[arg-type]
     yield "errno=0"
 
 

@@ -24,11 +24,13 @@ Prefixes are normalised (10.0.0.1/24 is stored as 10.0.0.0/24). Values are compa
 identity for `remove_value`/`networks_of` (peer objects need not be hashable), and must not be
 None, which `lookup` uses for "no route".
 
-A prefix is remembered per owner as a :class:`Prefix`, three ints (width, network address,
-length), not an ``ipaddress`` network: ``wg setconf`` of 10^5 prefixes builds, hashes and prints
-that many, and an ``ipaddress`` network costs about ten times as much to parse, make and format
-(``parse_prefix``/``format_prefix`` use inet_pton/inet_ntop). ``networks_of`` still answers with
-``ipaddress`` networks, made on first demand and kept; ``prefixes_of`` answers with the ints.
+A prefix is remembered per owner as a :data:`Prefix`: one plain int packing the network address,
+the length and the family, not an ``ipaddress`` network. ``wg setconf`` of 10^5 prefixes builds,
+hashes and prints that many; an ``ipaddress`` network costs about ten times as much to parse,
+make and format (``parse_prefix``/``format_prefix`` use inet_pton/inet_ntop), and, like a tuple,
+it is an object the garbage collector tracks: 10^5 of them made at once cost 50-130 ms pauses of
+a full collection, felt by the data path. An int is not tracked at all. ``networks_of`` still
+answers with ``ipaddress`` networks, made on first demand and kept; ``prefixes_of`` with ints.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ import ipaddress
 import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, NewType, TypeVar
 
 __all__ = [
-    "AllowedIPs", "Addr", "Network", "NetworkLike", "Prefix", "format_prefix", "parse_prefix",
-    "route_packets",
+    "AllowedIPs", "Addr", "Network", "NetworkLike", "Prefix", "format_prefix", "make_prefix",
+    "parse_prefix", "prefix_network", "prefix_of", "prefix_parts", "route_packets",
 ]  # fmt: skip
 
 _MEMO_MAX = 1 << 16
@@ -51,26 +53,30 @@ V = TypeVar("V")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class Prefix(NamedTuple):
-    """An IP prefix as ints: ``width`` 32 (IPv4) or 128 (IPv6), the network ``address`` (host
-    bits zero: make one with ``parse_prefix`` or ``Prefix.of``) and the prefix length ``plen``.
-    Equal prefixes are equal tuples."""
+# (address << 8 | length) << 1 | is_ipv6, the address with its host bits cleared: equal prefixes
+# are equal ints. make_prefix / prefix_parts / prefix_of / prefix_network convert.
+Prefix = NewType("Prefix", int)
 
-    width: int
-    address: int
-    plen: int
 
-    @classmethod
-    def of(cls, network: Network) -> Prefix:
-        return cls(network.max_prefixlen, int(network.network_address), network.prefixlen)
+def make_prefix(width: int, address: int, plen: int) -> Prefix:
+    """The prefix ``address/plen`` of family ``width`` (32 or 128); host bits must be zero."""
+    return Prefix((address << 8 | plen) << 1 | (width == 128))
 
-    def network(self) -> Network:
-        if self.width == 32:
-            return ipaddress.IPv4Network((self.address, self.plen))
-        return ipaddress.IPv6Network((self.address, self.plen))
 
-    def __str__(self) -> str:
-        return format_prefix(self)
+def prefix_parts(p: Prefix) -> tuple[int, int, int]:
+    """(width, network address, length) of ``p``."""
+    return (128 if p & 1 else 32), p >> 9, (p >> 1) & 0xFF
+
+
+def prefix_of(network: Network) -> Prefix:
+    return make_prefix(network.max_prefixlen, int(network.network_address), network.prefixlen)
+
+
+def prefix_network(p: Prefix) -> Network:
+    width, address, plen = prefix_parts(p)
+    if width == 32:
+        return ipaddress.IPv4Network((address, plen))
+    return ipaddress.IPv6Network((address, plen))
 
 
 # Also accepted on input: "10.0.0.1/24" strings and interfaces (host bits are dropped).
@@ -84,7 +90,6 @@ _MASKS4, _MASKS6 = _MASKS[32], _MASKS[128]
 # The prefix lengths netip.ParsePrefix accepts, as written: plain decimal, no sign, no leading
 # zero. One dict probe checks the text and converts it.
 _PLEN = {str(n): n for n in range(129)}
-_new_prefix = tuple.__new__  # Prefix(...) without the Python-level __new__: half the cost
 _pton = socket.inet_pton
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
@@ -101,11 +106,11 @@ def parse_prefix(text: str) -> Prefix:
             pass
         elif ":" in addr:
             if plen <= 128:
-                a = int.from_bytes(_pton(_AF_INET6, addr), "big")
-                return _new_prefix(Prefix, (128, a & _MASKS6[plen], plen))
+                a = int.from_bytes(_pton(_AF_INET6, addr), "big") & _MASKS6[plen]
+                return (a << 8 | plen) << 1 | 1  # type: ignore[return-value]  # a Prefix
         elif plen <= 32:
-            a = int.from_bytes(_pton(_AF_INET, addr), "big")
-            return _new_prefix(Prefix, (32, a & _MASKS4[plen], plen))
+            a = int.from_bytes(_pton(_AF_INET, addr), "big") & _MASKS4[plen]
+            return (a << 8 | plen) << 1  # type: ignore[return-value]  # a Prefix
     except (OSError, ValueError):  # ValueError: an embedded NUL
         raise ValueError(f"not an IP address: {addr[:80]!r}") from None
     raise ValueError(f"expected address/bits (0-32 or 0-128 bits), got {text[:80]!r}")
@@ -116,8 +121,8 @@ _V4_MAPPED = 0xFFFF << 32
 
 def format_prefix(p: Prefix) -> str:
     """``address/bits`` as Go's netip.Prefix.String writes it (RFC 5952 for IPv6)."""
-    width, address, plen = p
-    if width == 32:
+    address, plen = p >> 9, (p >> 1) & 0xFF
+    if not p & 1:
         return f"{socket.inet_ntop(socket.AF_INET, address.to_bytes(4, 'big'))}/{plen}"
     if address >> 48:
         # The C library's RFC 5952 form; only the forms with 80 leading zero bits (where some
@@ -130,7 +135,7 @@ def format_prefix(p: Prefix) -> str:
 
 
 def _as_prefix(network: NetworkLike) -> Prefix:
-    if isinstance(network, Prefix):  # made by parse_prefix or Prefix.of: already normalised
+    if type(network) is int:  # a Prefix, from parse_prefix or prefix_of: already normalised
         return network
     if isinstance(network, str):
         # strict=False clears host bits: "10.0.0.1/24" means 10.0.0.0/24, as in wg.
@@ -139,7 +144,7 @@ def _as_prefix(network: NetworkLike) -> Prefix:
         network = network.network
     # An IPv4Network/IPv6Network can never hold host bits, so it is already normalised.
     if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return Prefix.of(network)
+        return prefix_of(network)
     raise TypeError(f"expected an IPv4Network or IPv6Network, got {network!r}")
 
 
@@ -216,12 +221,11 @@ class AllowedIPs(Generic[V]):
             entry = (value, {})
         owned = entry[1]
         mark = owned.setdefault
-        tables = {32: self._v4.tables, 128: self._v6.tables}
-        prefix_type = Prefix
+        tables4, tables6 = self._v4.tables, self._v6.tables
         changed = False
         # (10^5 prefixes in one wg setconf: one dict operation per table in the common case)
         for network in networks:
-            if type(network) is prefix_type:
+            if type(network) is int:
                 prefix = network
                 mark(prefix, None)
             else:
@@ -230,11 +234,15 @@ class AllowedIPs(Generic[V]):
                     owned[prefix] = network  # keep the caller's object: networks_of returns it
                 else:
                     mark(prefix, None)
-            width, address, plen = prefix
-            table = tables[width].get(plen)
+            plen = (prefix >> 1) & 0xFF
+            if prefix & 1:
+                table = tables6.get(plen)
+                key = prefix >> (137 - plen)  # the address (prefix >> 9) >> (128 - plen)
+            else:
+                table = tables4.get(plen)
+                key = prefix >> (41 - plen)
             if table is None:
-                table = self._family(width).table(plen)
-            key = address >> (width - plen)
+                table = (self._v6 if prefix & 1 else self._v4).table(plen)
             old = table.setdefault(key, value)
             if old is not value:  # it had another owner: it moves
                 table[key] = value
@@ -248,7 +256,7 @@ class AllowedIPs(Generic[V]):
     def remove(self, network: NetworkLike) -> None:
         """Forget `network` (exact prefix); no effect if it is absent."""
         prefix = _as_prefix(network)
-        width, address, plen = prefix
+        width, address, plen = prefix_parts(prefix)
         fam = self._family(width)
         table = fam.tables.get(plen)
         if table is None:
@@ -269,7 +277,7 @@ class AllowedIPs(Generic[V]):
         self._memo.clear()
         self.version += 1
         touched: set[tuple[int, int]] = set()
-        for width, address, plen in entry[1]:
+        for width, address, plen in map(prefix_parts, entry[1]):
             fam = self._v4 if width == 32 else self._v6
             del fam.tables[plen][address >> (width - plen)]
             touched.add((width, plen))
@@ -322,7 +330,7 @@ class AllowedIPs(Generic[V]):
         out: list[Network] = []
         for prefix, network in owned.items():
             if network is None:
-                network = owned[prefix] = prefix.network()  # a value change: no resize
+                network = owned[prefix] = prefix_network(prefix)  # a value change: no resize
             out.append(network)
         return out
 
@@ -344,17 +352,16 @@ class AllowedIPs(Generic[V]):
         return sum(map(len, self._v4.tables.values())) + sum(map(len, self._v6.tables.values()))
 
     def __contains__(self, network: object) -> bool:
-        if not isinstance(
+        if type(network) is not int and not isinstance(
             network,
-            Prefix
-            | ipaddress.IPv4Network
+            ipaddress.IPv4Network
             | ipaddress.IPv6Network
             | ipaddress.IPv4Interface
             | ipaddress.IPv6Interface
             | str,
         ):
             return False
-        width, address, plen = _as_prefix(network)
+        width, address, plen = prefix_parts(_as_prefix(network))  # type: ignore[arg-type]
         table = self._family(width).tables.get(plen)
         return table is not None and address >> (width - plen) in table
 
