@@ -434,3 +434,49 @@ def test_insert_all_prefixes_of_and_networks_of() -> None:
     t.remove(parse_prefix("10.2.0.0/16"))
     t.remove_value(A)
     assert len(t) == 1 and t.prefixes_of(A) == [] and t.lookup(ip("10.2.0.1")) is None
+
+
+def test_replace_touches_only_the_difference() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    p = [parse_prefix(f"10.{i}.0.0/16") for i in range(6)]
+    t.insert_all(p[:4], A)
+    t.insert(p[4], B)
+    version = t.version
+    t.replace(list(reversed(p[:4])), A)  # the same set: the tables do not move
+    assert t.version == version and t.prefixes_of(A) == list(reversed(p[:4]))  # request order
+    t.replace([p[0], p[4], p[5], p[5]], A)  # drop 1-3, take 4 from B, add 5 (once)
+    assert t.version > version and len(t) == 3
+    assert t.prefixes_of(A) == [p[0], p[4], p[5]] and t.prefixes_of(B) == []
+    assert t.lookup(ip("10.4.0.1")) is A and t.lookup(ip("10.2.0.1")) is None
+    given = net("10.7.0.0/16")
+    t.replace([given, "10.0.0.0/16"], A)  # networks and strings too; the caller's object kept
+    assert t.networks_of(A) == [given, net("10.0.0.0/16")] and t.networks_of(A)[0] is given
+    t.replace([], A)
+    assert len(t) == 0 and t.prefixes_of(A) == [] and t.lookup(ip("10.0.0.1")) is None
+    t.replace([p[1]], C)  # a value with nothing yet
+    assert t.lookup(ip("10.1.0.1")) is C
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.lists(st.tuples(st.integers(0, 7), st.integers(14, 16)))),
+        max_size=12,
+    )
+)
+def test_replace_is_remove_value_then_insert_all(
+    ops: list[tuple[int, list[tuple[int, int]]]],
+) -> None:
+    peers = [A, B, C, D]
+    fast: AllowedIPs[Peer] = AllowedIPs()
+    slow: AllowedIPs[Peer] = AllowedIPs()
+    for who, nets in ops:
+        prefixes = [parse_prefix(f"10.{i << 4}.0.0/{plen}") for i, plen in nets]
+        fast.replace(prefixes, peers[who])
+        slow.remove_value(peers[who])
+        slow.insert_all(prefixes, peers[who])
+        assert len(fast) == len(slow)
+        for peer in peers:
+            assert fast.prefixes_of(peer) == slow.prefixes_of(peer)
+        for i in range(0, 256, 8):
+            assert fast.lookup(bytes([10, i, 0, 1])) is slow.lookup(bytes([10, i, 0, 1]))

@@ -233,8 +233,7 @@ class Engine:
         peer.removed = True
 
     def set_allowed_ips(self, peer: Peer, networks: Iterable[NetworkLike]) -> None:
-        self.allowed.remove_value(peer)
-        self.allowed.insert_all(networks, peer)
+        self.allowed.replace(networks, peer)
 
     def set_persistent_keepalive(self, peer: Peer, interval: int, now: float) -> None:
         was = peer.persistent_keepalive
