@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import cast
 
 from .device import Device
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiError
 from .io.udp import UdpError, UdpSocket
 from .io.vxlan_socket import VxlanSocket
+from .protocol.allowedips import Prefix
 from .protocol.engine import Engine
 from .protocol.packet_engine import UNSET as KEEP
 
@@ -117,7 +119,13 @@ def _apply_peer(device: Device, ch: PeerChange) -> None:
         # an endpoint set over the UAPI is a literal: it replaces a configured host name
         endpoint=KEEP if ch.endpoint is None else ch.endpoint,
         hostname=KEEP if ch.endpoint is None else None,
-        allowed_ips=list(ch.allowed_ips) if ch.replace_allowed_ips else KEEP,
-        add_allowed_ips=() if ch.replace_allowed_ips else ch.allowed_ips,
+        allowed_ips=_prefixes(ch) if ch.replace_allowed_ips else KEEP,
+        add_allowed_ips=() if ch.replace_allowed_ips else _prefixes(ch),
         persistent_keepalive=(KEEP if ch.persistent_keepalive is None else ch.persistent_keepalive),
     )
+
+
+def _prefixes(ch: PeerChange) -> list[Prefix]:
+    # The UAPI codec packs prefixes exactly as AllowedIPs keeps them (io/uapi.py cannot import
+    # the protocol package, so its ints are only typed as int): no conversion, no copy.
+    return cast(list[Prefix], ch.allowed_ips)

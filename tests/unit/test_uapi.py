@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunnelpy import keys
 from tunnelpy.io import uapi
@@ -32,7 +34,13 @@ from tunnelpy.io.uapi import (
     UapiServer,
     UapiSocketError,
 )
-from tunnelpy.protocol.allowedips import Prefix, make_prefix, prefix_of
+from tunnelpy.protocol.allowedips import (
+    Prefix,
+    make_prefix,
+    prefix_network,
+    prefix_of,
+    prefix_parts,
+)
 
 PRIVATE = keys.decode_key("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=")  # RFC 7748 Alice
 PUBLIC = keys.decode_key("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=")
@@ -544,10 +552,73 @@ def test_server_close_ends_open_connections(tmp_path: Path, run: Runner) -> None
 
 
 # ---------------------------------------------------------------------------------------------
+# allowed_ip values: netip.ParsePrefix / Prefix.String, packed as AllowedIPs keeps them
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("10.1.2.3/8", "10.0.0.0/8"),  # host bits cleared
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("255.255.255.255/32", "255.255.255.255/32"),
+        ("fd00::1/64", "fd00::/64"),
+        ("FD00:0:0:0:0:0:0:1/128", "fd00::1/128"),  # lower case, RFC 5952
+        ("::/0", "::/0"),
+        ("::1/128", "::1/128"),
+        ("::2/128", "::2/128"),  # some libcs print ::0.0.0.2
+        ("::1.2.3.4/128", "::102:304/128"),  # IPv4-compatible: Go prints hex
+        ("::ffff:1.2.3.4/128", "::ffff:1.2.3.4/128"),  # IPv4-mapped keeps its dotted quad
+        ("::ffff:0:0/96", "::ffff:0.0.0.0/96"),
+        ("1:0:0:1:0:0:0:1/128", "1:0:0:1::1/128"),  # the longest run of zeros
+        ("1:0:0:2:0:0:3:4/128", "1::2:0:0:3:4/128"),  # the first of two as long
+        ("1:0:2:3:4:5:6:7/128", "1:0:2:3:4:5:6:7/128"),  # one zero field is not compressed
+        ("2001:db8::/32", "2001:db8::/32"),
+    ],
+)
+def test_parse_and_format_prefix(text: str, canonical: str) -> None:
+    p = uapi.parse_prefix(text)
+    assert uapi.format_prefix(p) == canonical
+    assert uapi.parse_prefix(canonical) == p
+    assert prefix_network(p) == ipaddress.ip_network(text, strict=False)
+    # the codec packs prefixes exactly as AllowedIPs keeps them
+    assert prefix_of(prefix_network(p)) == p == uapi.prefix_of_network(prefix_network(p))
+    assert make_prefix(*prefix_parts(p)) == p and type(p) is int  # untracked by the collector
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10.0.0.1", "10.0.0.0/33", "fd00::/129", "10.0.0.0/", "/8", "10.0.0.0/08", "10.0.0.0/+8",
+        "10.0.0.0/ 8", "10.0.0.0/8 ", " 10.0.0.0/8", "010.0.0.0/8", "10.0.0/8", "10.0.0.0.0/8",
+        "1.2.3.256/32", "0x1.2.3.4/32", "fe80::1%eth0/64", "fe80::/64%eth0", "1::2::3/64",
+        "nonsense/8", "10.0.0.0/8/8", "10.0.0.0\x00/8", "١.2.3.4/32", "10.0.0.0/٨", "",
+        "10.0.0.0/" + "9" * 5000, "::ffff:1.2.3.04/128",
+    ],
+)  # fmt: skip
+def test_parse_prefix_refuses_what_netip_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        uapi.parse_prefix(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, (1 << 128) - 1), st.integers(0, 128), st.booleans())
+def test_prefix_round_trips_like_ipaddress(address: int, plen: int, v4: bool) -> None:
+    if v4:
+        address, plen = address >> 96, plen % 33
+    network = ipaddress.ip_network((address, plen), strict=False)
+    p = uapi.parse_prefix(f"{network.network_address}/{plen}")
+    assert p == prefix_of(network) and prefix_network(p) == network
+    text = uapi.format_prefix(p)
+    assert uapi.parse_prefix(text) == p
+    if v4 or address >> 48:  # outside ::/80 Python and Go write IPv6 alike
+        assert text == str(network)
+
+
+# ---------------------------------------------------------------------------------------------
 # SetParser: incremental, nothing kept of a refused request
 
 MANY = f"private_key={PRIVATE.hex()}\nlisten_port=51820\nreplace_peers=true\n" + "".join(
-    f"public_key={bytes([i]) * 32!r:.0}{(bytes([i + 1]) * 32).hex()}\n"
+    f"public_key={(bytes([i + 1]) * 32).hex()}\n"
     f"endpoint=10.0.0.{i}:{1000 + i}\nreplace_allowed_ips=true\n"
     + "".join(f"allowed_ip=10.{i}.{j}.0/24\nallowed_ip=fd{i:02x}::{j:x}/128\n" for j in range(50))
     for i in range(20)

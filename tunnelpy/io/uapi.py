@@ -50,11 +50,11 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 import stat
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol.allowedips import Prefix, format_prefix, parse_prefix, prefix_of
 from .unixsock import bind_private
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,69 @@ class UapiSocketError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
+# allowed_ip values
+
+# A prefix travels as one plain int, (address << 8 | length) << 1 | is_ipv6 with the host bits
+# of the address cleared: exactly tunnelpy.protocol.allowedips.Prefix, which AllowedIPs keeps
+# as it is (this package may not import that one; tests/unit/test_uapi.py pins the two
+# together). Plain ints because 10^5 of them come in one wg setconf: an ipaddress network costs
+# ten times as much to parse and print, and tuples cost pauses of the garbage collector.
+Prefix = int
+
+_MASKS = {32: [((1 << 32) - 1) ^ ((1 << (32 - n)) - 1) for n in range(33)],
+          128: [((1 << 128) - 1) ^ ((1 << (128 - n)) - 1) for n in range(129)]}  # fmt: skip
+_MASKS4, _MASKS6 = _MASKS[32], _MASKS[128]
+# The prefix lengths netip.ParsePrefix accepts, as written: plain decimal, no sign, no leading
+# zero. One dict probe checks the text and converts it.
+_PLEN = {str(n): n for n in range(129)}
+_pton = socket.inet_pton
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+
+
+def parse_prefix(text: str) -> Prefix:
+    """``address/bits`` as Go's netip.ParsePrefix reads it (ValueError if not): an explicit
+    length in plain decimal (no sign, no leading zero), an IPv4 address in four decimal parts
+    without leading zeros or an IPv6 address without a zone; host bits may be set and are
+    cleared. inet_pton checks the address: ipaddress would cost ten times as much."""
+    addr, _, bits = text.partition("/")
+    plen = _PLEN.get(bits)
+    try:
+        if plen is None:
+            pass
+        elif ":" in addr:
+            if plen <= 128:
+                a = int.from_bytes(_pton(_AF_INET6, addr), "big") & _MASKS6[plen]
+                return (a << 8 | plen) << 1 | 1
+        elif plen <= 32:
+            a = int.from_bytes(_pton(_AF_INET, addr), "big") & _MASKS4[plen]
+            return (a << 8 | plen) << 1
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        raise ValueError(f"not an IP address: {addr[:80]!r}") from None
+    raise ValueError(f"expected address/bits (0-32 or 0-128 bits), got {text[:80]!r}")
+
+
+def format_prefix(p: Prefix) -> str:
+    """``address/bits`` as Go's netip.Prefix.String writes it (RFC 5952 for IPv6)."""
+    address, plen = p >> 9, (p >> 1) & 0xFF
+    if not p & 1:
+        return f"{socket.inet_ntop(socket.AF_INET, address.to_bytes(4, 'big'))}/{plen}"
+    if address >> 48:
+        # The C library's RFC 5952 form; only the forms with 80 leading zero bits (where some
+        # libcs print an embedded IPv4 address where Go does not) take the slow path below.
+        return f"{socket.inet_ntop(socket.AF_INET6, address.to_bytes(16, 'big'))}/{plen}"
+    if address >> 32 == 0xFFFF:
+        v4 = socket.inet_ntop(socket.AF_INET, (address & 0xFFFFFFFF).to_bytes(4, "big"))
+        return f"::ffff:{v4}/{plen}"  # Go: an IPv4-mapped address keeps its dotted quad
+    return f"{ipaddress.IPv6Address(address)}/{plen}"
+
+
+def prefix_of_network(network: IPNetwork) -> Prefix:
+    """The packed prefix of an ``ipaddress`` network."""
+    v6 = network.version == 6
+    return (int(network.network_address) << 8 | network.prefixlen) << 1 | v6
+
+
+# --------------------------------------------------------------------------------------------
 # get
 
 
@@ -170,7 +233,7 @@ def _get_lines(s: DeviceSnapshot) -> Iterator[str]:
         yield f"rx_bytes={peer.rx_bytes}"
         yield f"persistent_keepalive_interval={peer.persistent_keepalive}"
         for p in peer.allowed_ips:
-            yield "allowed_ip=" + format_prefix(p if type(p) is int else prefix_of(p))  # type: ignore[arg-type]
+            yield "allowed_ip=" + format_prefix(p if type(p) is int else prefix_of_network(p))  # type: ignore[arg-type]
     yield "errno=0"
 
 

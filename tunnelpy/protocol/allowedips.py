@@ -27,23 +27,23 @@ None, which `lookup` uses for "no route".
 A prefix is remembered per owner as a :data:`Prefix`: one plain int packing the network address,
 the length and the family, not an ``ipaddress`` network. ``wg setconf`` of 10^5 prefixes builds,
 hashes and prints that many; an ``ipaddress`` network costs about ten times as much to parse,
-make and format (``parse_prefix``/``format_prefix`` use inet_pton/inet_ntop), and, like a tuple,
-it is an object the garbage collector tracks: 10^5 of them made at once cost 50-130 ms pauses of
-a full collection, felt by the data path. An int is not tracked at all. ``networks_of`` still
-answers with ``ipaddress`` networks, made on first demand and kept; ``prefixes_of`` with ints.
+make and format (the UAPI codec, io/uapi.py, reads and writes the packed ints with
+inet_pton/inet_ntop), and, like a tuple, it is an object the garbage collector tracks: 10^5 of
+them made at once cost 50-130 ms pauses of a full collection, felt by the data path. An int is
+not tracked at all. ``networks_of`` still answers with ``ipaddress`` networks, made on first
+demand and kept; ``prefixes_of`` with the ints.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Generic, NewType, TypeVar
 
 __all__ = [
-    "AllowedIPs", "Addr", "Network", "NetworkLike", "Prefix", "format_prefix", "make_prefix",
-    "parse_prefix", "prefix_network", "prefix_of", "prefix_parts", "route_packets",
+    "AllowedIPs", "Addr", "Network", "NetworkLike", "Prefix", "make_prefix", "prefix_network",
+    "prefix_of", "prefix_parts", "route_packets",
 ]  # fmt: skip
 
 _MEMO_MAX = 1 << 16
@@ -54,7 +54,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # (address << 8 | length) << 1 | is_ipv6, the address with its host bits cleared: equal prefixes
-# are equal ints. make_prefix / prefix_parts / prefix_of / prefix_network convert.
+# are equal ints. make_prefix / prefix_parts / prefix_of / prefix_network convert. The UAPI
+# codec (io/uapi.py, which may not import this package) packs them the same way; a test of
+# each side's output against the other's pins that.
 Prefix = NewType("Prefix", int)
 
 
@@ -83,55 +85,6 @@ def prefix_network(p: Prefix) -> Network:
 NetworkLike = Prefix | Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface | str
 # Addresses as sliced from a packet: bytes usually, a memoryview or bytearray slice also works.
 Addr = bytes | bytearray | memoryview
-
-_MASKS = {32: [((1 << 32) - 1) ^ ((1 << (32 - n)) - 1) for n in range(33)],
-          128: [((1 << 128) - 1) ^ ((1 << (128 - n)) - 1) for n in range(129)]}  # fmt: skip
-_MASKS4, _MASKS6 = _MASKS[32], _MASKS[128]
-# The prefix lengths netip.ParsePrefix accepts, as written: plain decimal, no sign, no leading
-# zero. One dict probe checks the text and converts it.
-_PLEN = {str(n): n for n in range(129)}
-_pton = socket.inet_pton
-_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
-
-
-def parse_prefix(text: str) -> Prefix:
-    """``address/bits`` as Go's netip.ParsePrefix reads it (ValueError if not): an explicit
-    length in plain decimal (no sign, no leading zero), an IPv4 address in four decimal parts
-    without leading zeros or an IPv6 address without a zone; host bits may be set and are
-    cleared. inet_pton checks the address: ipaddress would cost ten times as much."""
-    addr, _, bits = text.partition("/")
-    plen = _PLEN.get(bits)
-    try:
-        if plen is None:
-            pass
-        elif ":" in addr:
-            if plen <= 128:
-                a = int.from_bytes(_pton(_AF_INET6, addr), "big") & _MASKS6[plen]
-                return (a << 8 | plen) << 1 | 1  # type: ignore[return-value]  # a Prefix
-        elif plen <= 32:
-            a = int.from_bytes(_pton(_AF_INET, addr), "big") & _MASKS4[plen]
-            return (a << 8 | plen) << 1  # type: ignore[return-value]  # a Prefix
-    except (OSError, ValueError):  # ValueError: an embedded NUL
-        raise ValueError(f"not an IP address: {addr[:80]!r}") from None
-    raise ValueError(f"expected address/bits (0-32 or 0-128 bits), got {text[:80]!r}")
-
-
-_V4_MAPPED = 0xFFFF << 32
-
-
-def format_prefix(p: Prefix) -> str:
-    """``address/bits`` as Go's netip.Prefix.String writes it (RFC 5952 for IPv6)."""
-    address, plen = p >> 9, (p >> 1) & 0xFF
-    if not p & 1:
-        return f"{socket.inet_ntop(socket.AF_INET, address.to_bytes(4, 'big'))}/{plen}"
-    if address >> 48:
-        # The C library's RFC 5952 form; only the forms with 80 leading zero bits (where some
-        # libcs print an embedded IPv4 address where Go does not) take the slow path below.
-        return f"{socket.inet_ntop(socket.AF_INET6, address.to_bytes(16, 'big'))}/{plen}"
-    if address >> 32 == 0xFFFF:
-        v4 = socket.inet_ntop(socket.AF_INET, (address & 0xFFFFFFFF).to_bytes(4, "big"))
-        return f"::ffff:{v4}/{plen}"  # Go: an IPv4-mapped address keeps its dotted quad
-    return f"{ipaddress.IPv6Address(address)}/{plen}"
 
 
 def _as_prefix(network: NetworkLike) -> Prefix:
