@@ -233,13 +233,16 @@ class AllowedIPs(Generic[V]):
 
     def _drop(self, prefixes: Iterable[Prefix]) -> None:
         """Delete `prefixes` from the lookup tables (their owner's entry is the caller's)."""
-        touched: set[tuple[int, int]] = set()
-        for width, address, plen in map(prefix_parts, prefixes):
-            fam = self._v4 if width == 32 else self._v6
-            del fam.tables[plen][address >> (width - plen)]
-            touched.add((width, plen))
-        for width, plen in touched:
-            self._family(width).drop_if_empty(plen)
+        tables4, tables6 = self._v4.tables, self._v6.tables
+        for p in prefixes:  # (the bit fields of Prefix, inline: 10^5 of them at a time)
+            plen = (p >> 1) & 0xFF
+            if p & 1:
+                del tables6[plen][p >> (137 - plen)]
+            else:
+                del tables4[plen][p >> (41 - plen)]
+        for fam in (self._v4, self._v6):
+            for plen in [n for n, table in fam.tables.items() if not table]:
+                fam.drop_if_empty(plen)
 
     def replace(self, networks: Iterable[NetworkLike], value: V) -> None:
         """Make `networks` (in this order) exactly the prefixes of `value`.
@@ -262,6 +265,11 @@ class AllowedIPs(Generic[V]):
                 is_network = isinstance(n, ipaddress.IPv4Network | ipaddress.IPv6Network)
                 new.setdefault(prefix, n if is_network else old.get(prefix))  # type: ignore[arg-type]
         removed = old.keys() - new.keys()
+        if len(removed) * 2 > len(old):
+            # mostly a new list: diffing on would cost more than redoing the peer's share
+            self.remove_value(value)
+            self.insert_all(given, value)
+            return
         added = list(new.keys() - old.keys())
         if new:
             self._owners[id(value)] = (value, new)  # the new order, even if nothing moved
