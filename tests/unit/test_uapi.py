@@ -431,6 +431,9 @@ def test_server_malformed_requests_get_errno_and_connection_survives(
         (b"set=1\nlisten_port=" + b"1" * (uapi.MAX_LINE + 10), b"errno=-5\n\n"),
         (b"set=1\nfwmark=1\n" + b"x" * (4 * uapi.MAX_LINE) + b"\n\n", b"errno=-5\n\n"),
         (b"x" * (uapi.MAX_LINE + 10), b""),  # an operation line that long is none we know
+        # much more still coming after the hang-up: drained, so the end is clean, no reset
+        (b"bogus=1\n" + b"x=y\n" * 200_000, b""),
+        (b"get=1\nx=y\n" + b"x=y\n" * 200_000, b"errno=-22\n\n"),
     ],
     ids=lambda v: repr(v[:24]) if isinstance(v, bytes) else None,
 )

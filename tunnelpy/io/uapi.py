@@ -11,8 +11,9 @@ device/uapi.go and ipc/uapi_unix.go, and what wireguard-tools' ipc-uapi.h expect
 * Errors are sent as *negative* errno values, with wireguard-go's codes: EPROTO for a line
   without ``=``, EINVAL for a key or value it does not accept (also ``get=1`` followed by
   anything but the blank line), EADDRINUSE when the listen port cannot be bound or the fwmark
-  set, EIO when the request cannot be read (a line over 64 KiB), 55 for anything else (an
-  exception in the daemon). ``wg set`` does ``errno = -ret``, so a positive value would make it
+  set, EIO when the request cannot be read (a line over 64 KiB; here also a request that
+  stalls), 55 for anything else (an exception in the daemon); ENOMEM, our own, for a request
+  over ``Limits.max_set_bytes``. ``wg set`` does ``errno = -ret``, so a positive value would make it
   print "Unknown error -22" instead of "Invalid argument". An unknown operation (or an empty
   line where the operation belongs) is not answered: the connection is closed, as
   wireguard-go does.
@@ -24,9 +25,9 @@ bad line, or a client that dies half-way, leaves the lines before it applied. He
 line commits the request: :class:`SetParser` checks every line as it arrives (incrementally,
 so a 130 000-line ``wg setconf`` is parsed while it streams in, between the data path's turns
 on the event loop) and only a request that was complete and valid reaches the daemon's ``set``
-callback, which applies a :class:`SetRequest` in order: private key, listen port, fwmark,
-replace_peers, then each :class:`PeerChange`. A request that ends before its blank line (end of
-stream, a client that stalls past ``request_timeout``) changes nothing.
+callback as a :class:`SetRequest`, which the callback applies whole or refuses whole
+(``wgapi.apply_set`` does the steps that can fail first). A request that ends before its blank
+line (end of stream, a client that stalls past ``request_timeout``) changes nothing.
 
 Nobody waits for anybody else. Each connection is its own task; a request holds the lock that
 serialises ``get`` and ``set`` (like wireguard-go's ipcMutex) only while the device is read or
@@ -760,10 +761,10 @@ class _Connection:
         if op == b"get=1\n":
             return await self._serve_get()
         log.warning("UAPI: invalid operation %r", op[:40])
-        return False  # as wireguard-go: an unknown operation is not answered
+        raise _HangUp()  # as wireguard-go: an unknown operation is not answered
 
     async def _op_line(self) -> bytes | None:
-        """The operation line with its newline; None at end of stream (or mid-line)."""
+        """The operation line with its newline; None at end of stream, or when idle too long."""
         timeout = self.limits.request_timeout if self.buf else self.limits.idle_timeout
         while True:
             end = self.buf.find(b"\n")
@@ -772,7 +773,7 @@ class _Connection:
                 return line
             if len(self.buf) > MAX_LINE:
                 log.warning("UAPI: invalid operation %r", self.buf[:40])
-                return None
+                raise _HangUp()
             try:
                 data = await self._read(timeout)
             except TimeoutError:
