@@ -31,6 +31,7 @@ import stat
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from .io.uapi import format_prefix
 from .io.unixsock import bind_private
 from .protocol.fdb import format_mac
 
@@ -96,7 +97,8 @@ def peer_status(engine: Any) -> list[dict[str, Any]]:
                 "name": p.name,
                 "public_key": _b64(p.public_key),
                 "endpoint": _endpoint(p.endpoint),
-                "allowed_ips": [str(n) for n in engine.allowed.networks_of(p)],
+                # the UAPI's formatter: as wg writes them, and no ipaddress object per prefix
+                "allowed_ips": [format_prefix(n) for n in engine.allowed.prefixes_of(p)],
                 "latest_handshake": p.last_handshake_wall or None,
                 "rx_bytes": stats.rx_bytes,
                 "tx_bytes": stats.tx_bytes,

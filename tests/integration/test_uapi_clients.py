@@ -161,3 +161,7 @@ def test_refusals_carry_wireguard_gos_errno_and_change_nothing(lab):
     assert lab.wg_show(ns, name, "peers").strip() == ""  # nothing of the refused sets applied
     assert lab.run(ns, "wg", "set", name, "listen-port", "40405").returncode == 0
     assert lab.wg_show(ns, name, "listen-port").strip() == "40405"
+    key = pubkey(genkey())
+    lab.run(ns, "wg", "set", name, "peer", key, "allowed-ips", "10.74.0.0/16,::ffff:10.0.0.0/104")
+    conf = lab.run(ns, "wg", "showconf", name).stdout
+    assert f"PublicKey = {key}\nAllowedIPs = 10.74.0.0/16, ::ffff:10.0.0.0/104\n" in conf
