@@ -32,6 +32,7 @@ import stat
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from .io.uapi import format_prefix
 from .io.unixsock import bind_private
 from .protocol.fdb import format_mac
 
@@ -120,7 +121,10 @@ def peer_status(engine: Any) -> list[dict[str, Any]]:
             "name": c["name"],
             "public_key": c["public_key"],
             "endpoint": _endpoint(p.endpoint),
-            "allowed_ips": [str(n) for n in engine.allowed.networks_of(p)] if wireguard else [],
+            # the UAPI's formatter: as wg writes them, and no ipaddress object per prefix
+            "allowed_ips": (
+                [format_prefix(n) for n in engine.allowed.prefixes_of(p)] if wireguard else []
+            ),
             "latest_handshake": c["latest_handshake"],
             "rx_bytes": c["rx_bytes"],
             "tx_bytes": c["tx_bytes"],

@@ -44,6 +44,7 @@ from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .netlink.linkwatch import LinkWatch
 from .protocol import events as ev
+from .protocol.allowedips import NetworkLike
 from .protocol.engine import Engine
 from .protocol.packet_engine import UNSET
 from .protocol.peer import Addr, Network
@@ -467,9 +468,10 @@ class Device:
         self.replace_socket(self.open_socket(port))
 
     def set_fwmark(self, mark: int | None) -> None:
-        self.fwmark = mark or None
+        """OSError (nothing changed) if the socket refuses the mark (no CAP_NET_ADMIN)."""
         if self.udp is not None:
             self.udp.set_fwmark(mark or 0)
+        self.fwmark = mark or None
 
     async def set_mtu(self, mtu: int) -> None:
         self.mtu_changed(mtu)
@@ -489,7 +491,7 @@ class Device:
         name: str | None = None,
         preshared_key: bytes | None = None,
         endpoint: Addr | None = None,
-        allowed_ips: Iterable[Network] = (),
+        allowed_ips: Iterable[NetworkLike] = (),
         persistent_keepalive: int = 0,
         hostname: tuple[str, int] | None = None,
     ) -> None:
@@ -525,7 +527,7 @@ class Device:
         preshared_key: Any = UNSET,
         endpoint: Any = UNSET,
         allowed_ips: Any = UNSET,
-        add_allowed_ips: Iterable[Network] = (),
+        add_allowed_ips: Iterable[NetworkLike] = (),
         persistent_keepalive: Any = UNSET,
         hostname: Any = UNSET,
     ) -> bool:

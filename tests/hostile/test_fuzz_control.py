@@ -3,7 +3,8 @@
 Invariants:
 - ``uapi.parse_set(text)`` returns a SetRequest or raises UapiError — nothing else escapes;
 - the UAPI server answers every byte stream with ``errno=N`` lines (or hangs up on a stream that
-  ends mid-request) and still answers a proper ``get=1`` afterwards: no input kills it;
+  ends mid-request or names an unknown operation) and still answers a proper ``get=1``
+  afterwards: no input kills it;
 - ``config.parse(text)`` returns a Config or raises ConfigError, whose message is one line
   naming the file.
 

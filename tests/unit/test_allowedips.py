@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelpy.protocol.allowedips import AllowedIPs, Network
+from tunnelpy.protocol.allowedips import (
+    AllowedIPs,
+    Network,
+    Prefix,
+    make_prefix,
+    prefix_network,
+    prefix_of,
+    prefix_parts,
+)
 
 net = ipaddress.ip_network
 
@@ -338,3 +346,94 @@ def test_hypothesis_lookups_interleaved_with_changes(
         for a in (0x0A000000 | probe, 0x0A000000 | low):
             packed = a.to_bytes(4, "big")
             assert t.lookup(packed) is _brute_force(routes, packed)
+
+
+# --------------------------------------------------------------------------------------------
+# Prefix: the packed int (the UAPI codec's parse_prefix/format_prefix: tests/unit/test_uapi.py)
+
+
+def pp(text: str) -> Prefix:
+    return prefix_of(ipaddress.ip_network(text, strict=False))
+
+
+@pytest.mark.parametrize("text", ["0.0.0.0/0", "10.1.0.0/16", "255.255.255.255/32", "::/0",
+                                  "fd00::/64", "::ffff:1.2.3.4/128", "ffff::1/128"])  # fmt: skip
+def test_prefix_packing(text: str) -> None:
+    network = ipaddress.ip_network(text)
+    p = prefix_of(network)
+    assert type(p) is int  # not tracked by the garbage collector, unlike a tuple
+    assert prefix_parts(p) == (
+        network.max_prefixlen,
+        int(network.network_address),
+        network.prefixlen,
+    )
+    assert make_prefix(*prefix_parts(p)) == p and prefix_network(p) == network
+
+
+def test_insert_all_prefixes_of_and_networks_of() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    given_net = net("10.2.0.0/16")
+    t.insert_all([pp("10.1.0.0/16"), given_net, "fd00::/64"], A)
+    t.insert_all([pp("10.1.0.0/16"), net("10.1.0.0/16")], A)  # duplicates: no change
+    assert len(t) == 3
+    assert t.prefixes_of(A) == [pp(x) for x in ("10.1.0.0/16", "10.2.0.0/16", "fd00::/64")]
+    nets = t.networks_of(A)
+    assert nets == [net("10.1.0.0/16"), net("10.2.0.0/16"), net("fd00::/64")]
+    assert nets[1] is given_net  # the caller's object comes back
+    assert t.networks_of(A)[0] is nets[0]  # made once, then kept
+    version = t.version
+    t.insert_all([], A)
+    assert t.version == version  # nothing inserted, nothing bumped
+    t.insert_all([pp("10.1.0.0/16")], B)  # moves to B
+    assert t.lookup(ip("10.1.2.3")) is B and t.prefixes_of(B) == [pp("10.1.0.0/16")]
+    assert pp("10.1.0.0/16") not in t.prefixes_of(A)
+    assert pp("10.1.0.0/16") in t and "10.1.0.0/16" in t
+    t.remove(pp("10.2.0.0/16"))
+    t.remove_value(A)
+    assert len(t) == 1 and t.prefixes_of(A) == [] and t.lookup(ip("10.2.0.1")) is None
+
+
+def test_replace_touches_only_the_difference() -> None:
+    t: AllowedIPs[Peer] = AllowedIPs()
+    p = [pp(f"10.{i}.0.0/16") for i in range(6)]
+    t.insert_all(p[:4], A)
+    t.insert(p[4], B)
+    version = t.version
+    t.replace(list(reversed(p[:4])), A)  # the same set: the tables do not move
+    assert t.version == version and t.prefixes_of(A) == list(reversed(p[:4]))  # request order
+    t.replace([p[0], p[4], p[5], p[5]], A)  # drop 1-3, take 4 from B, add 5 (once)
+    assert t.version > version and len(t) == 3
+    assert t.prefixes_of(A) == [p[0], p[4], p[5]] and t.prefixes_of(B) == []
+    assert t.lookup(ip("10.4.0.1")) is A and t.lookup(ip("10.2.0.1")) is None
+    given = net("10.7.0.0/16")
+    t.replace([given, "10.0.0.0/16"], A)  # networks and strings too; the caller's object kept
+    assert t.networks_of(A) == [given, net("10.0.0.0/16")] and t.networks_of(A)[0] is given
+    t.replace([], A)
+    assert len(t) == 0 and t.prefixes_of(A) == [] and t.lookup(ip("10.0.0.1")) is None
+    t.replace([p[1]], C)  # a value with nothing yet
+    assert t.lookup(ip("10.1.0.1")) is C
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.lists(st.tuples(st.integers(0, 7), st.integers(14, 16)))),
+        max_size=12,
+    )
+)
+def test_replace_is_remove_value_then_insert_all(
+    ops: list[tuple[int, list[tuple[int, int]]]],
+) -> None:
+    peers = [A, B, C, D]
+    fast: AllowedIPs[Peer] = AllowedIPs()
+    slow: AllowedIPs[Peer] = AllowedIPs()
+    for who, nets in ops:
+        prefixes = [pp(f"10.{i << 4}.0.0/{plen}") for i, plen in nets]
+        fast.replace(prefixes, peers[who])
+        slow.remove_value(peers[who])
+        slow.insert_all(prefixes, peers[who])
+        assert len(fast) == len(slow)
+        for peer in peers:
+            assert fast.prefixes_of(peer) == slow.prefixes_of(peer)
+        for i in range(0, 256, 8):
+            assert fast.lookup(bytes([10, i, 0, 1])) is slow.lookup(bytes([10, i, 0, 1]))

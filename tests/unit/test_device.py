@@ -6,6 +6,7 @@ Sockets are real UDP sockets on an unprivileged port of this host; nothing is se
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ import pytest
 from tunnelpy import config as cfgmod
 from tunnelpy import keys, wgapi
 from tunnelpy.device import Device, DeviceError
-from tunnelpy.io.uapi import PeerChange, SetRequest
-from tunnelpy.io.udp import UdpError, UdpSocket
+from tunnelpy.io.uapi import PeerChange, SetRequest, UapiError
+from tunnelpy.io.udp import UdpSocket
 from tunnelpy.netlink import iface
 
 PRIV = keys.generate_private()
@@ -202,9 +203,17 @@ def test_listen_port_rebinds_and_a_taken_port_changes_nothing(tmp_path):
     busy = UdpSocket(None)
     try:
         old = dev.udp
-        with pytest.raises(UdpError, match="already in use"):
-            wgapi.apply_set(dev, SetRequest(listen_port=busy.port))
+        key = dev.engine.private_key
+        taken = SetRequest(
+            private_key=keys.decode_key(KB), listen_port=busy.port, fwmark=5,
+            peers=[PeerChange(PB, allowed_ips=[net("10.0.0.2/32")])],
+        )  # fmt: skip
+        with pytest.raises(UapiError, match="already in use") as info:
+            wgapi.apply_set(dev, taken)
+        assert info.value.errno == errno.EADDRINUSE  # what wireguard-go answers
+        # all or nothing: the key, the mark and the peer that came with the port are not set
         assert dev.udp is old and old.sock.fileno() >= 0
+        assert dev.engine.private_key == key and dev.fwmark is None and not dev.engine.peers
         free = UdpSocket(None)
         port = free.port
         free.close()
@@ -216,6 +225,42 @@ def test_listen_port_rebinds_and_a_taken_port_changes_nothing(tmp_path):
     finally:
         busy.close()
         dev.close_socket()
+
+
+class MarklessSocket:
+    """A UDP socket that refuses SO_MARK, as the kernel does without CAP_NET_ADMIN."""
+
+    def __init__(self, port: int | None, fwmark: int | None) -> None:
+        self.port = port or 40000
+        self.closed = False
+
+    def set_fwmark(self, mark: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_refused_fwmark_is_eaddrinuse_and_changes_nothing(tmp_path):
+    opened: list[MarklessSocket] = []
+
+    def open_udp(port, fwmark):
+        opened.append(MarklessSocket(port, fwmark))
+        return opened[-1]
+
+    dev, _ = make(tmp_path, "ListenPort = 0\n", open_udp=open_udp)
+    dev.open_udp()
+    key = dev.engine.private_key
+    for req in (
+        SetRequest(private_key=keys.decode_key(KB), fwmark=7, peers=[PeerChange(PB)]),
+        SetRequest(listen_port=40001, fwmark=7, peers=[PeerChange(PB)]),  # on the new socket
+    ):
+        with pytest.raises(UapiError) as info:
+            wgapi.apply_set(dev, req)
+        assert info.value.errno == errno.EADDRINUSE  # wireguard-go's code for BindSetMark
+        assert dev.udp is opened[0] and dev.fwmark is None
+        assert dev.engine.private_key == key and not dev.engine.peers
+    assert opened[1].closed and not opened[0].closed  # the unused new socket was closed
 
 
 def test_endpoint_names_are_remembered_until_a_literal_replaces_them(tmp_path):

@@ -17,18 +17,29 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunnelpy import keys
 from tunnelpy.io import uapi
 from tunnelpy.io.uapi import (
     UNSET,
     DeviceSnapshot,
+    Limits,
     PeerChange,
     PeerSnapshot,
+    SetParser,
     SetRequest,
     UapiError,
     UapiServer,
     UapiSocketError,
+)
+from tunnelpy.protocol.allowedips import (
+    Prefix,
+    make_prefix,
+    prefix_network,
+    prefix_of,
+    prefix_parts,
 )
 
 PRIVATE = keys.decode_key("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=")  # RFC 7748 Alice
@@ -39,8 +50,8 @@ PSK = bytes(range(1, 33))
 ZERO_HEX = "0" * 64
 
 
-def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(text)
+def net(text: str) -> Prefix:
+    return prefix_of(ipaddress.ip_network(text))
 
 
 def snapshot() -> DeviceSnapshot:
@@ -367,15 +378,26 @@ def test_server_several_requests_on_one_connection(tmp_path: Path, run: Runner) 
 def test_server_malformed_requests_get_errno_and_connection_survives(
     tmp_path: Path, run: Runner
 ) -> None:
+    # Each is answered with wireguard-go's errno, and the connection goes on.
     cases = [
         (b"set=1\nlisten_port=99999\n\n", b"errno=-22\n\n"),
-        (b"set=1\nno equals sign\n\n", b"errno=-71\n\n"),
+        (b"set=1\nno equals sign\n\n", b"errno=-71\n\n"),  # EPROTO
         (b"set=1\n" + PEER.encode() + b"endpoint=nowhere\n\n", b"errno=-22\n\n"),
         (b"set=1\nlisten_port=\xff\n\n", b"errno=-22\n\n"),  # not UTF-8
-        (b"get=1\nlisten_port=1\n\n", b"errno=-22\n\n"),  # get takes no keys
-        (b"frobnicate=1\nx=y\n\n", b"errno=-22\n\n"),  # unknown operation
-        (b"get=2\n\n", b"errno=-22\n\n"),
-        (b"\n", b"errno=-22\n\n"),  # an empty request
+        (b"set=1\nprivate_key=" + b"g" * 64 + b"\n\n", b"errno=-22\n\n"),  # bad hex key
+        (b"set=1\nprivate_key=abcd\n\n", b"errno=-22\n\n"),  # short key
+        (b"set=1\npublic_key=xyz\n\n", b"errno=-22\n\n"),
+        (b"set=1\nfrobnicate=1\n\n", b"errno=-22\n\n"),  # unknown device key
+        (b"set=1\n" + PEER.encode() + b"frobnicate=1\n\n", b"errno=-22\n\n"),  # unknown peer key
+        (b"set=1\nendpoint=1.2.3.4:5\n\n", b"errno=-22\n\n"),  # a peer key before public_key
+        (b"set=1\nallowed_ip=10.0.0.0/8\n\n", b"errno=-22\n\n"),  # likewise
+        (b"set=1\n" + PEER.encode() + b"allowed_ip=10.0.0.0/33\n\n", b"errno=-22\n\n"),
+        (b"set=1\n" + PEER.encode() + b"allowed_ip=10.0.0.1\n\n", b"errno=-22\n\n"),
+        (b"set=1\n" + PEER.encode() + b"allowed_ip=010.0.0.0/8\n\n", b"errno=-22\n\n"),
+        (b"set=1\n" + PEER.encode() + b"allowed_ip=fe80::/64%eth0\n\n", b"errno=-22\n\n"),
+        (b"set=1\n" + PEER.encode() + b"protocol_version=2\n\n", b"errno=-22\n\n"),
+        # the first bad line decides, and everything after it up to the blank line is skipped
+        (b"set=1\nlisten_port=1\nx\nlisten_port=-1\n\n", b"errno=-71\n\n"),
     ]
 
     async def body(server: UapiServer, device: Device) -> None:
@@ -389,6 +411,42 @@ def test_server_malformed_requests_get_errno_and_connection_survives(
 
     device = serve(tmp_path, run, body)
     assert device.requests == []  # nothing malformed was applied, not even in part
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+@pytest.mark.parametrize(
+    ("request_", "answer"),
+    [
+        # wireguard-go reads one byte after get=1: not the blank line is EINVAL, and what
+        # follows cannot be an operation, so it hangs up.
+        (b"get=1\nlisten_port=1\n\n", b"errno=-22\n\n"),
+        (b"get=1\nx", b"errno=-22\n\n"),  # answered at once: no blank line is waited for
+        # an unknown operation (or none) is not answered at all
+        (b"frobnicate=1\nx=y\n\n", b""),
+        (b"get=2\n\n", b""),
+        (b"set=1 \n\n", b""),
+        (b"\n", b""),
+        # a line over 64 KiB: bufio.Scanner's ErrTooLong, answered EIO
+        (b"set=1\nlisten_port=" + b"1" * (uapi.MAX_LINE + 10) + b"\n\n", b"errno=-5\n\n"),
+        (b"set=1\nlisten_port=" + b"1" * (uapi.MAX_LINE + 10), b"errno=-5\n\n"),
+        (b"set=1\nfwmark=1\n" + b"x" * (4 * uapi.MAX_LINE) + b"\n\n", b"errno=-5\n\n"),
+        (b"x" * (uapi.MAX_LINE + 10), b""),  # an operation line that long is none we know
+        # much more still coming after the hang-up: drained, so the end is clean, no reset
+        (b"bogus=1\n" + b"x=y\n" * 200_000, b""),
+        (b"get=1\nx=y\n" + b"x=y\n" * 200_000, b"errno=-22\n\n"),
+    ],
+    ids=lambda v: repr(v[:24]) if isinstance(v, bytes) else None,
+)
+def test_server_answers_and_hangs_up_like_wireguard_go(
+    tmp_path: Path, run: Runner, request_: bytes, answer: bytes
+) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        reader, writer = await connect(server)
+        writer.write(request_ + b"get=1\n\n")  # never answered: the connection is over
+        assert await asyncio.wait_for(reader.read(), 5) == answer
+        writer.close()
+
+    assert serve(tmp_path, run, body).requests == []
 
 
 @pytest.mark.parametrize("run", RUNNERS)
@@ -436,32 +494,17 @@ def test_server_async_callbacks(tmp_path: Path, run: Runner) -> None:
 
 
 @pytest.mark.parametrize("run", RUNNERS)
-def test_server_overlong_line(tmp_path: Path, run: Runner) -> None:
+def test_server_set_ended_by_eof_applies_nothing(tmp_path: Path, run: Runner) -> None:
     async def body(server: UapiServer, device: Device) -> None:
-        reader, writer = await connect(server)
-        writer.write(b"set=1\nlisten_port=" + b"1" * (uapi.MAX_LINE + 10) + b"\n\n")
-        assert await read_answer(reader) == b"errno=-22\n\n"
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # and hung up
-        writer.close()
-
-    assert serve(tmp_path, run, body).requests == []
-
-
-@pytest.mark.parametrize("run", RUNNERS)
-def test_server_set_ended_by_eof(tmp_path: Path, run: Runner) -> None:
-    async def body(server: UapiServer, device: Device) -> None:
-        # Complete lines and then end of stream: applied, as wireguard-go does.
-        reader, writer = await connect(server)
-        writer.write(b"set=1\nlisten_port=7\n")
-        writer.write_eof()
-        assert await read_answer(reader) == b"errno=0\n\n"
-        writer.close()
-        # Cut off mid-line: "listen_port=6" might be the start of 65000; never applied.
-        reader, writer = await connect(server)
-        writer.write(b"set=1\nlisten_port=6")
-        writer.write_eof()
-        assert await read_answer(reader) == b"errno=-22\n\n"
-        writer.close()
+        # Complete lines, then the end of the stream: wireguard-go would have applied them as
+        # it read them; here the blank line commits a request, and a client that died
+        # half-way through `wg setconf` must not leave half its peers behind.
+        for cut in (b"set=1\nlisten_port=7\n", b"set=1\nlisten_port=6", b"set=1\n"):
+            reader, writer = await connect(server)
+            writer.write(cut)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 5) == b"errno=-22\n\n"
+            writer.close()
         # get without its blank line: no answer, like wireguard-go.
         reader, writer = await connect(server)
         writer.write(b"get=1\n")
@@ -469,8 +512,29 @@ def test_server_set_ended_by_eof(tmp_path: Path, run: Runner) -> None:
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
 
-    device = serve(tmp_path, run, body)
-    assert [r.listen_port for r in device.requests] == [7]
+    assert serve(tmp_path, run, body).requests == []
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_server_refuses_a_set_over_max_set_bytes(tmp_path: Path, run: Runner) -> None:
+    big = b"set=1\n" + PEER.encode() + b"allowed_ip=10.0.0.0/8\n" * 200 + b"\n"
+    small = b"set=1\n" + PEER.encode() + b"allowed_ip=10.0.0.0/8\n" * 100 + b"\n"
+
+    async def main() -> None:
+        device = Device()
+        limits = Limits(max_set_bytes=len(big) - 10)
+        async with UapiServer("tp2", device.get, device.set, str(tmp_path), limits) as server:
+            reader, writer = await connect(server)
+            writer.write(big)
+            assert await asyncio.wait_for(reader.read(), 5) == b"errno=-12\n\n"  # ENOMEM
+            writer.close()
+            reader, writer = await connect(server)
+            writer.write(small)  # under the limit: fine
+            assert await read_answer(reader) == b"errno=0\n\n"
+            writer.close()
+        assert len(device.requests) == 1
+
+    run(main())
 
 
 @pytest.mark.parametrize("run", RUNNERS)
@@ -488,6 +552,270 @@ def test_server_close_ends_open_connections(tmp_path: Path, run: Runner) -> None
 
     run(main())
     assert not (tmp_path / "tp7.sock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# allowed_ip values: netip.ParsePrefix / Prefix.String, packed as AllowedIPs keeps them
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("10.1.2.3/8", "10.0.0.0/8"),  # host bits cleared
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("255.255.255.255/32", "255.255.255.255/32"),
+        ("fd00::1/64", "fd00::/64"),
+        ("FD00:0:0:0:0:0:0:1/128", "fd00::1/128"),  # lower case, RFC 5952
+        ("::/0", "::/0"),
+        ("::1/128", "::1/128"),
+        ("::2/128", "::2/128"),  # some libcs print ::0.0.0.2
+        ("::1.2.3.4/128", "::102:304/128"),  # IPv4-compatible: Go prints hex
+        ("::ffff:1.2.3.4/128", "::ffff:1.2.3.4/128"),  # IPv4-mapped keeps its dotted quad
+        ("::ffff:0:0/96", "::ffff:0.0.0.0/96"),
+        ("1:0:0:1:0:0:0:1/128", "1:0:0:1::1/128"),  # the longest run of zeros
+        ("1:0:0:2:0:0:3:4/128", "1::2:0:0:3:4/128"),  # the first of two as long
+        ("1:0:2:3:4:5:6:7/128", "1:0:2:3:4:5:6:7/128"),  # one zero field is not compressed
+        ("2001:db8::/32", "2001:db8::/32"),
+    ],
+)
+def test_parse_and_format_prefix(text: str, canonical: str) -> None:
+    p = uapi.parse_prefix(text)
+    assert uapi.format_prefix(p) == canonical
+    assert uapi.parse_prefix(canonical) == p
+    assert prefix_network(p) == ipaddress.ip_network(text, strict=False)
+    # the codec packs prefixes exactly as AllowedIPs keeps them
+    assert prefix_of(prefix_network(p)) == p == uapi.prefix_of_network(prefix_network(p))
+    assert make_prefix(*prefix_parts(p)) == p and type(p) is int  # untracked by the collector
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10.0.0.1", "10.0.0.0/33", "fd00::/129", "10.0.0.0/", "/8", "10.0.0.0/08", "10.0.0.0/+8",
+        "10.0.0.0/ 8", "10.0.0.0/8 ", " 10.0.0.0/8", "010.0.0.0/8", "10.0.0/8", "10.0.0.0.0/8",
+        "1.2.3.256/32", "0x1.2.3.4/32", "fe80::1%eth0/64", "fe80::/64%eth0", "1::2::3/64",
+        "nonsense/8", "10.0.0.0/8/8", "10.0.0.0\x00/8", "١.2.3.4/32", "10.0.0.0/٨", "",
+        "10.0.0.0/" + "9" * 5000, "::ffff:1.2.3.04/128",
+    ],
+)  # fmt: skip
+def test_parse_prefix_refuses_what_netip_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        uapi.parse_prefix(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, (1 << 128) - 1), st.integers(0, 128), st.booleans())
+def test_prefix_round_trips_like_ipaddress(address: int, plen: int, v4: bool) -> None:
+    if v4:
+        address, plen = address >> 96, plen % 33
+    network = ipaddress.ip_network((address, plen), strict=False)
+    p = uapi.parse_prefix(f"{network.network_address}/{plen}")
+    assert p == prefix_of(network) and prefix_network(p) == network
+    text = uapi.format_prefix(p)
+    assert uapi.parse_prefix(text) == p
+    if v4 or address >> 48:  # outside ::/80 Python and Go write IPv6 alike
+        assert text == str(network)
+
+
+# ---------------------------------------------------------------------------------------------
+# SetParser: incremental, nothing kept of a refused request
+
+MANY = f"private_key={PRIVATE.hex()}\nlisten_port=51820\nreplace_peers=true\n" + "".join(
+    f"public_key={(bytes([i + 1]) * 32).hex()}\n"
+    f"endpoint=10.0.0.{i}:{1000 + i}\nreplace_allowed_ips=true\n"
+    + "".join(f"allowed_ip=10.{i}.{j}.0/24\nallowed_ip=fd{i:02x}::{j:x}/128\n" for j in range(50))
+    for i in range(20)
+)
+
+
+def feed_all(chunks: list[bytes]) -> tuple[SetRequest, int]:
+    parser = SetParser()
+    for n, chunk in enumerate(chunks):
+        used = parser.feed(chunk)
+        if parser.done:
+            return parser.result(), sum(map(len, chunks[:n])) + used
+    raise AssertionError("no blank line found")
+
+
+def test_set_parser_is_incremental() -> None:
+    data = MANY.encode() + b"\n" + b"get=1\n\n"  # the next request follows at once
+    whole, used = feed_all([data])
+    assert data[used:] == b"get=1\n\n"
+    assert len(whole.peers) == 20 and len(whole.peers[7].allowed_ips) == 100
+    assert whole == uapi.parse_set(MANY)
+    for size in (1, 2, 3, 7, 64, 1000):
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        assert feed_all(chunks) == (whole, used), size
+    # the blank line right at the start of a chunk, after a chunk that ended a line
+    assert feed_all([b"listen_port=1\n", b"\nrest"]) == (SetRequest(listen_port=1), 15)
+    assert feed_all([b"\n"]) == (SetRequest(), 1)
+
+
+def test_set_parser_keeps_nothing_after_the_first_error() -> None:
+    parser = SetParser()
+    parser.feed(b"listen_port=1\n" + PEER.encode() + b"allowed_ip=10.0.0.0/33\n")
+    assert parser.error is not None and parser.error.errno == errno.EINVAL
+    assert parser._request is None  # noqa: SLF001 - what was parsed is dropped at once
+    for _ in range(1000):
+        assert parser.feed(b"garbage without an equals sign\n") > 0
+    assert not parser.done and parser.feed(b"\nnext") == 1 and parser.done
+    with pytest.raises(UapiError, match="allowed_ip") as info:
+        parser.result()
+    assert info.value.errno == errno.EINVAL  # the first error, not the EPROTO ones after it
+
+
+def test_set_parser_limits_are_fatal() -> None:
+    parser = SetParser(max_bytes=100)
+    parser.feed(b"fwmark=1\n" * 20)
+    assert parser.fatal and parser.error is not None and parser.error.errno == errno.ENOMEM
+    assert parser.feed(b"\n") == 0  # nothing more is taken
+    parser = SetParser()
+    parser.feed(b"fwmark=" + b"1" * uapi.MAX_LINE)
+    assert parser.fatal and parser.error is not None and parser.error.errno == errno.EIO
+    parser = SetParser()
+    parser.end_of_stream()
+    with pytest.raises(UapiError, match="before its blank line"):
+        parser.result()
+
+
+@pytest.mark.parametrize("lines", [1, 2, 3, 13, 10_000])
+def test_format_get_chunks_add_up_to_format_get(lines: int) -> None:
+    s = snapshot()
+    s.peers[1].allowed_ips = [net(f"10.{i}.0.0/16") for i in range(40)]
+    chunks = list(uapi.format_get_chunks(s, lines))
+    assert b"".join(chunks) == uapi.format_get(s)
+    n_lines = uapi.format_get(s).count(b"\n") - 1  # every line, errno=0 too; not the blank
+    assert n_lines == 3 + (9 + 2) + (9 + 40) + 1
+    assert len(chunks) == n_lines // lines + 1  # full chunks, then the rest and the blank line
+
+
+def test_format_get_writes_mapped_addresses_as_go_does() -> None:
+    s = DeviceSnapshot(
+        None, 0, peers=[PeerSnapshot(PEER1, allowed_ips=[net("::ffff:1.2.3.4/128")])]
+    )
+    assert b"\nallowed_ip=::ffff:1.2.3.4/128\n" in uapi.format_get(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients that stall, never read, or come in crowds
+
+
+def serve_with(
+    tmp_path: Path, limits: Limits, body: Callable[[UapiServer, Device], Awaitable[None]]
+) -> Device:
+    device = Device()
+
+    async def main() -> None:
+        server = UapiServer("tp1", device.get, device.set, str(tmp_path / "wg"), limits)
+        await server.start()
+        try:
+            await body(server, device)
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    return device
+
+
+async def timed(coro: Awaitable[bytes]) -> tuple[bytes, float]:
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    out = await coro
+    return out, loop.time() - t
+
+
+def test_a_stalled_set_blocks_nobody_and_is_dropped_unapplied(tmp_path: Path) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        stalled_r, stalled_w = await connect(server)
+        stalled_w.write(f"set=1\nprivate_key={PRIVATE.hex()}\nlisten_port=1\n".encode())
+        stalled_get_r, stalled_get_w = await connect(server)
+        stalled_get_w.write(b"get=1\n")  # and never the blank line
+        half_r, half_w = await connect(server)
+        half_w.write(b"se")  # half an operation line
+        await asyncio.sleep(0.1)
+        reader, writer = await connect(server)
+        for _ in range(3):  # others are served at once meanwhile
+            writer.write(b"get=1\n\n")
+            answer, took = await timed(read_answer(reader))
+            assert answer == uapi.format_get(snapshot()) and took < 0.5
+            writer.write(b"set=1\nfwmark=9\n\n")
+            answer, took = await timed(read_answer(reader))
+            assert answer == b"errno=0\n\n" and took < 0.5
+        # past request_timeout the stalled ones are answered EIO and closed
+        for r in (stalled_r, stalled_get_r, half_r):
+            answer, took = await timed(asyncio.wait_for(r.read(), 5))
+            assert answer == b"errno=-5\n\n"
+        writer.write(b"get=1\n\n")  # the healthy connection is still served
+        assert (await read_answer(reader)).endswith(b"errno=0\n\n")
+        for w in (stalled_w, stalled_get_w, half_w, writer):
+            w.close()
+
+    device = serve_with(tmp_path, Limits(request_timeout=1.0), body)
+    assert [r.fwmark for r in device.requests] == [9, 9, 9]  # the stalled set: never applied
+
+
+def test_an_idle_connection_is_closed_between_requests(tmp_path: Path) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"get=1\n\n")
+        await read_answer(reader)
+        answer, took = await timed(asyncio.wait_for(reader.read(), 5))
+        assert answer == b"" and 0.2 < took < 3  # closed without a word
+        writer.close()
+
+    serve_with(tmp_path, Limits(idle_timeout=0.3), body)
+
+
+def test_a_client_that_never_reads_a_huge_get_is_dropped(tmp_path: Path) -> None:
+    huge = [make_prefix(32, i << 8, 24) for i in range(200_000)]  # a 6 MB answer
+
+    async def body(server: UapiServer, device: Device) -> None:
+        device.snapshot.peers[0].allowed_ips = huge
+        expected = uapi.format_get(device.snapshot)
+        deaf_r, deaf_w = await connect(server)
+        deaf_w.write(b"get=1\n\n")  # and it never reads
+        await asyncio.sleep(0.2)
+        reader, writer = await connect(server)
+        writer.write(b"set=1\nlisten_port=7\n\n")
+        answer, took = await timed(read_answer(reader))
+        assert answer == b"errno=0\n\n" and took < 0.5  # not stuck behind the deaf client
+        writer.write(b"get=1\n\n")
+        got = b""
+        while not got.endswith(b"errno=0\n\n"):
+            got += await asyncio.wait_for(reader.read(1 << 20), 5)
+        assert got == expected.replace(b"listen_port=51820", b"listen_port=7")
+        # write_timeout after it stopped reading, the deaf client is dropped mid-answer
+        await asyncio.sleep(1.0)
+        assert len(server._connections) == 1  # noqa: SLF001 - only the reading client is left
+        data = await asyncio.wait_for(deaf_r.read(), 5)
+        assert 0 < len(data) < len(expected)
+        writer.close()
+        deaf_w.close()
+
+    serve_with(tmp_path, Limits(write_timeout=0.5), body)
+
+
+def test_connections_over_the_limit_are_closed_at_once(tmp_path: Path) -> None:
+    async def body(server: UapiServer, device: Device) -> None:
+        held = [await connect(server) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        reader, writer = await connect(server)
+        writer.write(b"get=1\n\n")
+        try:
+            answer, took = await timed(asyncio.wait_for(reader.read(), 5))
+        except ConnectionResetError:  # (closed with its request unread: the kernel's choice)
+            answer, took = b"", 0.0
+        assert answer == b"" and took < 0.5 and server.refused == 1
+        writer.close()
+        held[0][1].close()  # one leaves: there is room again
+        await asyncio.sleep(0.1)
+        reader, writer = await connect(server)
+        writer.write(b"get=1\n\n")
+        assert (await read_answer(reader)).endswith(b"errno=0\n\n")
+        writer.close()
+        held[1][1].close()
+
+    serve_with(tmp_path, Limits(max_connections=2), body)
 
 
 def stale_socket(path: Path) -> None:

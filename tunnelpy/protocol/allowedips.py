@@ -23,6 +23,15 @@ is simply cleared, which keeps the cost of a flood of distinct addresses at one 
 Prefixes are normalised (10.0.0.1/24 is stored as 10.0.0.0/24). Values are compared by
 identity for `remove_value`/`networks_of` (peer objects need not be hashable), and must not be
 None, which `lookup` uses for "no route".
+
+A prefix is remembered per owner as a :data:`Prefix`: one plain int packing the network address,
+the length and the family, not an ``ipaddress`` network. ``wg setconf`` of 10^5 prefixes builds,
+hashes and prints that many; an ``ipaddress`` network costs about ten times as much to parse,
+make and format (the UAPI codec, io/uapi.py, reads and writes the packed ints with
+inet_pton/inet_ntop), and, like a tuple, it is an object the garbage collector tracks: 10^5 of
+them made at once cost 50-130 ms pauses of a full collection, felt by the data path. An int is
+not tracked at all. ``networks_of`` still answers with ``ipaddress`` networks, made on first
+demand and kept; ``prefixes_of`` with the ints.
 """
 
 from __future__ import annotations
@@ -30,19 +39,66 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, NewType, TypeVar
 
-__all__ = ["AllowedIPs", "Addr", "Network", "NetworkLike", "route_packets"]
+__all__ = [
+    "AllowedIPs", "Addr", "Network", "NetworkLike", "Prefix", "make_prefix", "prefix_network",
+    "prefix_of", "prefix_parts", "route_packets",
+]  # fmt: skip
 
 _MEMO_MAX = 1 << 16
 _MISS = object()
 
 V = TypeVar("V")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# (address << 8 | length) << 1 | is_ipv6, the address with its host bits cleared: equal prefixes
+# are equal ints. make_prefix / prefix_parts / prefix_of / prefix_network convert. The UAPI
+# codec (io/uapi.py, which may not import this package) packs them the same way; a test of
+# each side's output against the other's pins that.
+Prefix = NewType("Prefix", int)
+
+
+def make_prefix(width: int, address: int, plen: int) -> Prefix:
+    """The prefix ``address/plen`` of family ``width`` (32 or 128); host bits must be zero."""
+    return Prefix((address << 8 | plen) << 1 | (width == 128))
+
+
+def prefix_parts(p: Prefix) -> tuple[int, int, int]:
+    """(width, network address, length) of ``p``."""
+    return (128 if p & 1 else 32), p >> 9, (p >> 1) & 0xFF
+
+
+def prefix_of(network: Network) -> Prefix:
+    return make_prefix(network.max_prefixlen, int(network.network_address), network.prefixlen)
+
+
+def prefix_network(p: Prefix) -> Network:
+    width, address, plen = prefix_parts(p)
+    if width == 32:
+        return ipaddress.IPv4Network((address, plen))
+    return ipaddress.IPv6Network((address, plen))
+
+
 # Also accepted on input: "10.0.0.1/24" strings and interfaces (host bits are dropped).
-NetworkLike = Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface | str
+NetworkLike = Prefix | Network | ipaddress.IPv4Interface | ipaddress.IPv6Interface | str
 # Addresses as sliced from a packet: bytes usually, a memoryview or bytearray slice also works.
 Addr = bytes | bytearray | memoryview
+
+
+def _as_prefix(network: NetworkLike) -> Prefix:
+    if type(network) is int:  # a Prefix, from parse_prefix or prefix_of: already normalised
+        return network
+    if isinstance(network, str):
+        # strict=False clears host bits: "10.0.0.1/24" means 10.0.0.0/24, as in wg.
+        network = ipaddress.ip_network(network, strict=False)
+    elif isinstance(network, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        network = network.network
+    # An IPv4Network/IPv6Network can never hold host bits, so it is already normalised.
+    if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return prefix_of(network)
+    raise TypeError(f"expected an IPv4Network or IPv6Network, got {network!r}")
 
 
 class _Family(Generic[V]):
@@ -78,42 +134,28 @@ class _Family(Generic[V]):
 class AllowedIPs(Generic[V]):
     """Longest-prefix-match table from IPv4/IPv6 networks to values (peers)."""
 
-    __slots__ = ("_v4", "_v6", "_owners", "_count", "_memo", "version")
+    __slots__ = ("_v4", "_v6", "_owners", "_memo", "version")
 
     def __init__(self) -> None:
         self._v4: _Family[V] = _Family(32)
         self._v6: _Family[V] = _Family(128)
-        # id(value) → (value, {network: None}) in insertion order; id() because peers may be
-        # unhashable dataclasses, and holding the value keeps its id from being reused.
-        self._owners: dict[int, tuple[V, dict[Network, None]]] = {}
-        self._count = 0
+        # id(value) → (value, {prefix: its ipaddress network once asked for}) in insertion
+        # order; id() because peers may be unhashable dataclasses, and holding the value keeps
+        # its id from being reused.
+        self._owners: dict[int, tuple[V, dict[Prefix, Network | None]]] = {}
         self._memo: dict[object, V | None] = {}
         self.version = 0  # bumped by every change: workers re-copy the table when it moves
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _locate(self, network: NetworkLike) -> tuple[_Family[V], int, int, Network]:
-        """(family, plen, key, normalised network) for a network given in any accepted form."""
-        if isinstance(network, str):
-            # strict=False clears host bits: "10.0.0.1/24" means 10.0.0.0/24, as in wg.
-            network = ipaddress.ip_network(network, strict=False)
-        elif isinstance(network, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
-            network = network.network
-        # An IPv4Network/IPv6Network can never hold host bits, so it is already normalised.
-        if isinstance(network, ipaddress.IPv4Network):
-            fam = self._v4
-        elif isinstance(network, ipaddress.IPv6Network):
-            fam = self._v6
-        else:
-            raise TypeError(f"expected an IPv4Network or IPv6Network, got {network!r}")
-        plen = network.prefixlen
-        return fam, plen, int(network.network_address) >> (fam.bits - plen), network
+    def _family(self, width: int) -> _Family[V]:
+        return self._v4 if width == 32 else self._v6
 
-    def _disown(self, value: V, network: Network) -> None:
+    def _disown(self, value: V, prefix: Prefix) -> None:
         entry = self._owners.get(id(value))
         if entry is not None:
             nets = entry[1]
-            nets.pop(network, None)
+            nets.pop(prefix, None)
             if not nets:
                 del self._owners[id(value)]
 
@@ -121,37 +163,63 @@ class AllowedIPs(Generic[V]):
 
     def insert(self, network: NetworkLike, value: V) -> None:
         """Route `network` to `value`, replacing any previous owner of the identical prefix."""
+        self.insert_all((network,), value)
+
+    def insert_all(self, networks: Iterable[NetworkLike], value: V) -> None:
+        """`insert` each of `networks` (one memo flush and version bump for all of them)."""
         if value is None:
             raise ValueError("AllowedIPs values must not be None")
-        fam, plen, key, network = self._locate(network)
-        self._memo.clear()
-        self.version += 1
-        table = fam.table(plen)
-        old = table.get(key)
-        if old is None:
-            self._count += 1
-        elif old is not value:
-            self._disown(old, network)
-        table[key] = value
         entry = self._owners.get(id(value))
         if entry is None:
-            self._owners[id(value)] = (value, {network: None})
-        else:
-            entry[1][network] = None
+            entry = (value, {})
+        owned = entry[1]
+        mark = owned.setdefault
+        tables4, tables6 = self._v4.tables, self._v6.tables
+        changed = False
+        # (10^5 prefixes in one wg setconf: one dict operation per table in the common case)
+        for network in networks:
+            if type(network) is int:
+                prefix = network
+                mark(prefix, None)
+            else:
+                prefix = _as_prefix(network)
+                if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                    owned[prefix] = network  # keep the caller's object: networks_of returns it
+                else:
+                    mark(prefix, None)
+            plen = (prefix >> 1) & 0xFF
+            if prefix & 1:
+                table = tables6.get(plen)
+                key = prefix >> (137 - plen)  # the address (prefix >> 9) >> (128 - plen)
+            else:
+                table = tables4.get(plen)
+                key = prefix >> (41 - plen)
+            if table is None:
+                table = (self._v6 if prefix & 1 else self._v4).table(plen)
+            old = table.setdefault(key, value)
+            if old is not value:  # it had another owner: it moves
+                table[key] = value
+                self._disown(old, prefix)
+            changed = True
+        if changed:
+            self._memo.clear()
+            self.version += 1
+            self._owners[id(value)] = entry
 
     def remove(self, network: NetworkLike) -> None:
         """Forget `network` (exact prefix); no effect if it is absent."""
-        fam, plen, key, network = self._locate(network)
+        prefix = _as_prefix(network)
+        width, address, plen = prefix_parts(prefix)
+        fam = self._family(width)
         table = fam.tables.get(plen)
         if table is None:
             return
-        old = table.pop(key, None)
+        old = table.pop(address >> (width - plen), None)
         if old is None:
             return
         self._memo.clear()
         self.version += 1
-        self._count -= 1
-        self._disown(old, network)
+        self._disown(old, prefix)
         fam.drop_if_empty(plen)
 
     def remove_value(self, value: V) -> None:
@@ -161,12 +229,58 @@ class AllowedIPs(Generic[V]):
             return
         self._memo.clear()
         self.version += 1
-        for network in entry[1]:
-            fam, plen, key, _ = self._locate(network)
-            table = fam.tables[plen]
-            del table[key]
-            self._count -= 1
-            fam.drop_if_empty(plen)
+        self._drop(entry[1])
+
+    def _drop(self, prefixes: Iterable[Prefix]) -> None:
+        """Delete `prefixes` from the lookup tables (their owner's entry is the caller's)."""
+        tables4, tables6 = self._v4.tables, self._v6.tables
+        for p in prefixes:  # (the bit fields of Prefix, inline: 10^5 of them at a time)
+            plen = (p >> 1) & 0xFF
+            if p & 1:
+                del tables6[plen][p >> (137 - plen)]
+            else:
+                del tables4[plen][p >> (41 - plen)]
+        for fam in (self._v4, self._v6):
+            for plen in [n for n, table in fam.tables.items() if not table]:
+                fam.drop_if_empty(plen)
+
+    def replace(self, networks: Iterable[NetworkLike], value: V) -> None:
+        """Make `networks` (in this order) exactly the prefixes of `value`.
+
+        The same as ``remove_value`` then ``insert_all``, but only the difference touches the
+        tables: ``wg syncconf`` and ``wg set … allowed-ips`` send a peer's whole list every
+        time, and re-setting 10^5 unchanged prefixes is then a few set operations."""
+        entry = self._owners.get(id(value))
+        given = list(networks)
+        if entry is None:
+            self.insert_all(given, value)
+            return
+        old = entry[1]
+        if all(type(n) is int for n in given):
+            new: dict[Prefix, Network | None] = dict.fromkeys(given)  # type: ignore[arg-type]
+        else:
+            new = {}
+            for n in given:
+                prefix = _as_prefix(n)
+                is_network = isinstance(n, ipaddress.IPv4Network | ipaddress.IPv6Network)
+                new.setdefault(prefix, n if is_network else old.get(prefix))  # type: ignore[arg-type]
+        removed = old.keys() - new.keys()
+        if len(removed) * 2 > len(old):
+            # mostly a new list: diffing on would cost more than redoing the peer's share
+            self.remove_value(value)
+            self.insert_all(given, value)
+            return
+        added = list(new.keys() - old.keys())
+        if new:
+            self._owners[id(value)] = (value, new)  # the new order, even if nothing moved
+        else:
+            del self._owners[id(value)]
+        if removed:
+            self._drop(removed)
+            self._memo.clear()
+            self.version += 1
+        if added:
+            self.insert_all(added, value)  # (marks them in `new` again: a no-op)
 
     def lookup(self, addr: Addr) -> V | None:
         """The owner of the longest prefix containing `addr` (4 or 16 raw bytes), or None."""
@@ -200,30 +314,43 @@ class AllowedIPs(Generic[V]):
                 return v
         return None
 
-    def networks_of(self, value: V) -> list[Network]:
+    def prefixes_of(self, value: V) -> list[Prefix]:
         """The prefixes owned by `value`, in the order they were inserted."""
         entry = self._owners.get(id(value))
         return [] if entry is None else list(entry[1])
 
+    def networks_of(self, value: V) -> list[Network]:
+        """`prefixes_of` as ipaddress networks (made once, then kept with the prefix)."""
+        entry = self._owners.get(id(value))
+        if entry is None:
+            return []
+        owned = entry[1]
+        out: list[Network] = []
+        for prefix, network in owned.items():
+            if network is None:
+                network = owned[prefix] = prefix_network(prefix)  # a value change: no resize
+            out.append(network)
+        return out
+
     def items(self) -> Iterator[tuple[Network, V]]:
         """Every (network, owner), grouped by owner."""
-        for value, nets in list(self._owners.values()):
-            for network in nets:
+        for value, _ in list(self._owners.values()):
+            for network in self.networks_of(value):
                 yield network, value
 
     def clear(self) -> None:
         self._v4 = _Family(32)
         self._v6 = _Family(128)
         self._owners.clear()
-        self._count = 0
         self._memo.clear()
         self.version += 1
 
     def __len__(self) -> int:
-        return self._count
+        # at most 33 + 129 tables: cheaper to add up than to count on every insert
+        return sum(map(len, self._v4.tables.values())) + sum(map(len, self._v6.tables.values()))
 
     def __contains__(self, network: object) -> bool:
-        if not isinstance(
+        if type(network) is not int and not isinstance(
             network,
             ipaddress.IPv4Network
             | ipaddress.IPv6Network
@@ -232,9 +359,9 @@ class AllowedIPs(Generic[V]):
             | str,
         ):
             return False
-        fam, plen, key, _ = self._locate(network)
-        table = fam.tables.get(plen)
-        return table is not None and key in table
+        width, address, plen = prefix_parts(_as_prefix(network))  # type: ignore[arg-type]
+        table = self._family(width).tables.get(plen)
+        return table is not None and address >> (width - plen) in table
 
 
 def route_packets(

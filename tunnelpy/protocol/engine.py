@@ -51,7 +51,7 @@ from typing import Protocol
 
 from . import handshake as hs
 from .actions import Dest, Output
-from .allowedips import AllowedIPs, route_packets
+from .allowedips import AllowedIPs, NetworkLike, route_packets
 from .constants import (
     COOKIE_REPLY_SIZE,
     HANDSHAKE_INITIATION_RATE,
@@ -77,7 +77,7 @@ from .drops import Drop
 from .events import HandshakeComplete, HandshakeFailed, HandshakeSent, ResolveEndpoint, Roamed
 from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
 from .packet_engine import UNSET, Unset
-from .peer import Addr, Network, Peer
+from .peer import Addr, Peer
 from .session import Keypair, seal_batch
 from .switch import DEFAULT_MAX_FRAME, Switch
 from .tai64n import tai64n
@@ -179,7 +179,7 @@ class Engine:
         name: str | None = None,
         preshared_key: bytes | None = None,
         endpoint: Addr | None = None,
-        allowed_ips: Iterable[Network] = (),
+        allowed_ips: Iterable[NetworkLike] = (),
         persistent_keepalive: int = 0,
         now: float | None = None,
     ) -> Peer:
@@ -193,8 +193,7 @@ class Engine:
             persistent_keepalive=persistent_keepalive,
         )
         self.peers[public_key] = peer
-        for net in allowed_ips:
-            self.allowed.insert(net, peer)
+        self.allowed.insert_all(allowed_ips, peer)
         if persistent_keepalive and now is not None:
             # wg sends a keepalive at once when a persistent keepalive is configured, so a peer
             # behind NAT becomes reachable without waiting for traffic.
@@ -209,8 +208,8 @@ class Engine:
         name: str | Unset = UNSET,
         preshared_key: bytes | None | Unset = UNSET,
         endpoint: Addr | None | Unset = UNSET,
-        allowed_ips: Iterable[Network] | Unset = UNSET,
-        add_allowed_ips: Iterable[Network] = (),
+        allowed_ips: Iterable[NetworkLike] | Unset = UNSET,
+        add_allowed_ips: Iterable[NetworkLike] = (),
         persistent_keepalive: int | Unset = UNSET,
         now: float,
     ) -> Peer | None:
@@ -230,8 +229,7 @@ class Engine:
             peer.endpoint = endpoint
         if not isinstance(allowed_ips, Unset):
             self.set_allowed_ips(peer, allowed_ips)
-        for net in add_allowed_ips:
-            self.allowed.insert(net, peer)
+        self.allowed.insert_all(add_allowed_ips, peer)
         if not isinstance(persistent_keepalive, Unset):
             self.set_persistent_keepalive(peer, persistent_keepalive, now)
         return peer
@@ -246,10 +244,8 @@ class Engine:
             seg.forget_peer(peer)
         peer.removed = True
 
-    def set_allowed_ips(self, peer: Peer, networks: Iterable[Network]) -> None:
-        self.allowed.remove_value(peer)
-        for net in networks:
-            self.allowed.insert(net, peer)
+    def set_allowed_ips(self, peer: Peer, networks: Iterable[NetworkLike]) -> None:
+        self.allowed.replace(networks, peer)
 
     def set_persistent_keepalive(self, peer: Peer, interval: int, now: float) -> None:
         was = peer.persistent_keepalive
