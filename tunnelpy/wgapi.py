@@ -22,6 +22,7 @@ from .device import Device
 from .io.uapi import UNSET, DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest, UapiError
 from .io.udp import UdpError, UdpSocket
 from .io.vxlan_socket import VxlanSocket
+from .keys import is_low_order
 from .protocol.allowedips import Prefix
 from .protocol.engine import Engine
 from .protocol.packet_engine import UNSET as KEEP
@@ -55,6 +56,11 @@ def snapshot(device: Device) -> DeviceSnapshot:
 
 def apply_set(device: Device, req: SetRequest) -> None:
     """Apply all of ``req`` or, raising UapiError, none of it."""
+    for ch in req.peers:
+        # Refused where keys enter (before anything changes): no handshake with such a key can
+        # ever complete, and WireGuard refuses the all-zero shared secret it gives.
+        if not (ch.remove or ch.update_only) and is_low_order(ch.public_key):
+            raise UapiError(errno.EINVAL, "public_key: a low-order point, which WireGuard refuses")
     new_socket = _open_listen_port(device, req.listen_port)
     try:
         if req.fwmark is not None:
@@ -65,9 +71,11 @@ def apply_set(device: Device, req: SetRequest) -> None:
         raise
     with device.batch():
         if isinstance(req.private_key, bytes):
-            device.set_private_key(req.private_key)
+            _set_private_key(device, req.private_key)
         elif req.private_key is None:
-            log.warning("UAPI: removing the private key is not supported; key kept")
+            # `private_key=` with 64 zeros: as wireguard-go, the interface has no key (and so
+            # sends and answers no handshake) until it gets one.
+            _set_private_key(device, b"")
         if new_socket is not None:
             device.replace_socket(new_socket)
         if req.fwmark is not None and new_socket is not None:
@@ -76,6 +84,13 @@ def apply_set(device: Device, req: SetRequest) -> None:
             device.remove_all_peers()
         for change in req.peers:
             _apply_peer(device, change)
+
+
+def _set_private_key(device: Device, key: bytes) -> None:
+    device.set_private_key(key)
+    e = device.engine
+    if isinstance(e, Engine) and e.public_key and device.has_peer(e.public_key):
+        device.remove_peer(e.public_key)  # wireguard-go: a peer with our own key goes
 
 
 def _open_listen_port(device: Device, port: int | None) -> UdpSocket | VxlanSocket | None:

@@ -526,3 +526,36 @@ def test_plain_vxlan_endpoint_names_must_resolve(tmp_path, monkeypatch):
             await dev.resolve_endpoints(dev.conf.peers, dev.conf.path)
 
     asyncio.run(main())
+
+
+def test_uapi_refuses_a_low_order_peer_key_and_changes_nothing(tmp_path):
+    from tunnelpy.io.uapi import UapiError
+
+    dev, _ = make(tmp_path, "ListenPort = 0\n")
+    dev.open_udp()
+    try:
+        req = SetRequest(peers=[
+            PeerChange(PB, allowed_ips=[net("10.0.0.2/32")]),  # fine, but in the same request
+            PeerChange(bytes(32), allowed_ips=[net("10.0.0.9/32")]),
+        ])  # fmt: skip
+        with pytest.raises(UapiError) as e:
+            wgapi.apply_set(dev, req)
+        assert e.value.errno == 22 and "low-order" in str(e.value)
+        assert dev.engine.peers == {}  # nothing half-applied
+    finally:
+        dev.close_socket()
+
+
+def test_uapi_zero_private_key_removes_the_key_and_a_peer_with_our_key_goes(tmp_path):
+    dev, _ = make(tmp_path, "ListenPort = 0\n")
+    dev.open_udp()
+    try:
+        wgapi.apply_set(dev, SetRequest(private_key=None))
+        assert dev.engine.private_key == b"" and dev.engine.public_key == b""
+        assert wgapi.snapshot(dev).private_key == b""
+        wgapi.apply_set(dev, SetRequest(peers=[PeerChange(PB, allowed_ips=[net("10.0.0.2/32")])]))
+        # now take the key whose public half is that peer's: the peer must go (wireguard-go)
+        wgapi.apply_set(dev, SetRequest(private_key=keys.decode_key(KB)))
+        assert dev.engine.public_key == PB and PB not in dev.engine.peers
+    finally:
+        dev.close_socket()

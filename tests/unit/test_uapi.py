@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import secrets
 import shutil
@@ -1024,3 +1025,21 @@ def test_wg_syncconf(tmp_path: Path) -> None:
     (peer1,) = [p for p in request.peers if p.public_key == PEER1]
     assert peer1.replace_allowed_ips
     assert peer1.allowed_ips == [net("10.9.0.0/16")]
+
+
+@pytest.mark.parametrize("run", RUNNERS)
+def test_what_a_client_sends_is_never_logged(tmp_path: Path, run: Runner, caplog) -> None:
+    secret = "a1" * 32
+
+    async def body(server: UapiServer, device: Device) -> None:
+        for first in (f"private_key={secret}\n", f"set=1\nprivate_key {secret}\n\n"):
+            reader, writer = await connect(server)
+            writer.write(first.encode())
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(reader.readline(), 5)  # errno=…, or the hang-up
+            writer.close()
+
+    with caplog.at_level(logging.DEBUG):
+        serve(tmp_path, run, body)
+    assert secret[:16] not in caplog.text and "invalid operation" in caplog.text

@@ -438,7 +438,8 @@ class SetParser:
                         raise _invalid(f"allowed_ip: {e}") from None
                 elif not eq:
                     # wireguard-go answers a line without '=' with EPROTO rather than EINVAL.
-                    raise UapiError(errno.EPROTO, f"failed to parse line {line[:80]!r}")
+                    # (The line is not repeated: `private_key <hex>` would put the key in logs.)
+                    raise UapiError(errno.EPROTO, "failed to parse a line without '='")
                 elif key == "public_key":
                     peer = PeerChange(public_key=_hex_key(key, value))
                     request.peers.append(peer)
@@ -760,7 +761,8 @@ class _Connection:
             return await self._serve_set()
         if op == b"get=1\n":
             return await self._serve_get()
-        log.warning("UAPI: invalid operation %r", op[:40])
+        # (What the client sent is not logged: it may be anything, a key included.)
+        log.warning("UAPI: invalid operation (expected get=1 or set=1)")
         raise _HangUp()  # as wireguard-go: an unknown operation is not answered
 
     async def _op_line(self) -> bytes | None:
@@ -772,7 +774,7 @@ class _Connection:
                 line, self.buf = self.buf[: end + 1], self.buf[end + 1 :]
                 return line
             if len(self.buf) > MAX_LINE:
-                log.warning("UAPI: invalid operation %r", self.buf[:40])
+                log.warning("UAPI: invalid operation (a first line over %d bytes)", MAX_LINE)
                 raise _HangUp()
             try:
                 data = await self._read(timeout)
