@@ -648,7 +648,7 @@ class Device:
         elif isinstance(event, ev.SourceChanged):
             # An address lost is worth a line; one learned (every new session) is not.
             level = logging.INFO if event.new is None else logging.DEBUG
-            log.log(level, "peer %s: sending from %s", event.peer_name, event)
+            log.log(level, "peer %s: source address %s", event.peer_name, event)
         elif isinstance(event, ev.HandshakeSent):
             log.debug("peer %s: handshake initiation sent %s", event.peer_name, event)
         elif isinstance(event, ev.ResolveEndpoint):
