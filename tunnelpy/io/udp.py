@@ -68,6 +68,7 @@ IP_PKTINFO = 8  # not named in Python 3.11's socket module
 RECV_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
 _V4MAPPED = bytes(10) + b"\xff\xff"
 MAX_CACHED_SOURCES = 256  # distinct local (address, interface) pairs: a host has a few
+MAX_PLANS = 4096  # destinations whose socket address and cmsg are kept (send): ~1 MiB
 RECV_BUFFER = 65535  # a GRO read carries up to 64 KiB
 MAX_READS = 64
 MAX_DATAGRAMS = 1024
@@ -203,7 +204,7 @@ class UdpSocket:
             else (socket.IPPROTO_IP, IP_PKTINFO)
         )
         self._srcs: dict[bytes, Src | None] = {}  # PKTINFO data -> its Src
-        self._src_cmsgs: dict[Src, tuple[int, int, bytes] | None] = {}  # Src -> cmsg (None: bad)
+        self._plans: dict[Destination, tuple[Addr, Src | None, list | None]] = {}  # see send
         # Sources sendmsg refused (see _SRC_REFUSED) since the owner last took them: it tells
         # the engine, which stops naming them; until then sends here skip them.
         self.lost_sources: list[Src] = []
@@ -306,52 +307,50 @@ class UdpSocket:
             return ("::ffff:" + host, port)
         return (host, port)
 
-    def send(self, dest: Destination, datagrams: list[bytes]) -> None:
-        """Send a batch of datagrams to one destination (a Dest; its flow is not used here),
-        from its src when it names one (see the module's docstring)."""
-        sa = self._sockaddr(dest)
-        if len(dest) == 4:
-            src = dest[3]
-            if src is not None and not (self.lost_sources and src in self.lost_sources):
-                cmsg = self._src_cmsg(src, dest[0])
-                if cmsg is not None:
-                    self._send_to(sa, datagrams, src, cmsg)
-                    return
-        self._send_to(sa, datagrams)
-
-    def _src_cmsg(self, src: Src, host: str) -> tuple[int, int, bytes] | None:
-        """The cached PKTINFO cmsg of `src`; None when it cannot serve a send to `host` (the
-        other family, or not an address)."""
-        cmsgs = self._src_cmsgs
-        if src in cmsgs:
-            cmsg = cmsgs[src]
-        else:
-            if len(cmsgs) >= MAX_CACHED_SOURCES:
-                cmsgs.clear()
+    def _plan(self, dest: Destination) -> tuple[Addr, Src | None, list | None]:
+        """How to send to `dest`: its socket address, its source and the ancillary data that
+        sends from it (None: the kernel's choice; also for a source of the other family or
+        one that is no address). Made once per destination (see send)."""
+        plans = self._plans
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        src = dest[3] if len(dest) == 4 else None
+        anc = None
+        if src is not None:
             try:
                 cmsg = pktinfo_cmsg(src)
+                if (cmsg[0] == socket.IPPROTO_IPV6) == (":" in dest[0]):
+                    anc = [cmsg]
             except (ValueError, OSError, TypeError, OverflowError):
-                cmsg = None
-            cmsgs[src] = cmsg
-        if cmsg is None or (cmsg[0] == socket.IPPROTO_IPV6) != (":" in host):
-            return None
-        return cmsg
+                pass
+        plan = plans[dest] = (self._sockaddr(dest), src, anc)
+        return plan
+
+    def send(self, dest: Destination, datagrams: list[bytes]) -> None:
+        """Send a batch of datagrams to one destination (a Dest; its flow is not used here),
+        from its src when it names one (see the module's docstring). What to do for a Dest is
+        looked up, not worked out per call: the engine keeps one Dest object per peer path."""
+        plan = self._plans.get(dest)
+        if plan is None:
+            plan = self._plan(dest)
+        sa, src, anc = plan
+        if anc is None or (self.lost_sources and src in self.lost_sources):
+            self._send_to(sa, datagrams)
+        else:
+            self._send_to(sa, datagrams, src, anc)
 
     def _source_refused(self, src: Src) -> None:
         if src not in self.lost_sources:
             self.lost_sources.append(src)
 
     def _send_to(
-        self,
-        sa: Addr,
-        datagrams: list[bytes],
-        src: Src | None = None,
-        cmsg: tuple[int, int, bytes] | None = None,
+        self, sa: Addr, datagrams: list[bytes], src: Src | None = None, anc: list | None = None
     ) -> None:
+        """Send to `sa`, from `src` when `anc` (its PKTINFO cmsg, in a list) is given."""
         if self.gso and len(datagrams) > 1:
-            self._send_gso(sa, datagrams, src, cmsg)
+            self._send_gso(sa, datagrams, src, anc)
             return
-        if cmsg is None:
+        if anc is None:
             sendto = self.sock.sendto
             for d in datagrams:
                 try:
@@ -362,10 +361,11 @@ class UdpSocket:
             return
         assert src is not None
         sendmsg = self.sock.sendmsg
-        anc = [cmsg]
-        for i, d in enumerate(datagrams):
+        one = len(datagrams) == 1
+        for i in range(len(datagrams)):
             try:
-                sendmsg([d], anc, 0, sa)
+                # (A one-datagram batch is its own buffer list: no list is made per send.)
+                sendmsg(datagrams if one else datagrams[i : i + 1], anc, 0, sa)
             except OSError as e:
                 if e.errno in _SRC_REFUSED:
                     self._source_refused(src)
@@ -374,16 +374,13 @@ class UdpSocket:
                 self.send_errors += 1
 
     def _send_gso(
-        self,
-        dest: Addr,
-        datagrams: list[bytes],
-        src: Src | None = None,
-        cmsg: tuple[int, int, bytes] | None = None,
+        self, dest: Addr, datagrams: list[bytes], src: Src | None = None, anc: list | None = None
     ) -> None:
         """Runs of equal-size datagrams (the last of a run may be shorter) in one sendmsg each,
-        from `src` when its `cmsg` is given."""
+        from `src` when its cmsg `anc` is given."""
         sendmsg = self.sock.sendmsg
         sendto = self.sock.sendto
+        gso_cmsgs = self._gso_cmsgs
         n = len(datagrams)
         i = 0
         while i < n:
@@ -401,21 +398,17 @@ class UdpSocket:
                     break  # a shorter datagram can only end a run
             try:
                 if j - i == 1:
-                    if cmsg is None:
+                    if anc is None:
                         sendto(datagrams[i], dest)
                     else:
-                        sendmsg([datagrams[i]], [cmsg], 0, dest)
+                        sendmsg(datagrams[i:j], anc, 0, dest)
                 else:
-                    seg = self._gso_cmsgs.get(size)
+                    seg = gso_cmsgs.get(size)
                     if seg is None:
-                        seg = self._gso_cmsgs[size] = (
-                            SOL_UDP,
-                            UDP_SEGMENT,
-                            struct.pack("=H", size),
-                        )
-                    sendmsg(datagrams[i:j], [seg] if cmsg is None else [seg, cmsg], 0, dest)
+                        seg = gso_cmsgs[size] = (SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))
+                    sendmsg(datagrams[i:j], [seg] if anc is None else [seg, *anc], 0, dest)
             except OSError as e:
-                if cmsg is not None and e.errno in _SRC_REFUSED:
+                if anc is not None and e.errno in _SRC_REFUSED:
                     # The source first (its EINVAL looks like GSO's): without it, the kernel's
                     # choice; should GSO be the trouble after all, that send finds out.
                     assert src is not None
@@ -428,7 +421,7 @@ class UdpSocket:
                         "UDP GSO refused (%s): sending one datagram per syscall from now on",
                         e.strerror,
                     )
-                    self._send_to(dest, datagrams[i:], src, cmsg)
+                    self._send_to(dest, datagrams[i:], src, anc)
                     return
                 # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
                 self.send_errors += j - i
