@@ -18,7 +18,9 @@ daemon feeds it four kinds of batch and performs what comes back in an :class:`O
     mac2 or a cookie reply), consumed, and answered; transport messages are looked up by receiver
     index, decrypted, checked against the replay window, and their inner source must be routed to
     the sending peer (cryptokey routing inbound) before the packet is handed to the TUN. An
-    authenticated packet from a new address moves the peer's endpoint there (roaming).
+    authenticated packet from a new address moves the peer's endpoint there (roaming), and the
+    local address it arrived at (the third element of its Origin, when the socket tells)
+    becomes the peer's sticky source, which every Dest for the peer names (actions.py).
 
 ``from_segment(vni, frames, now)``
     Ethernet frames read from a segment's TAP, switched by that segment's :class:`Switch`
