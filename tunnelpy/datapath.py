@@ -3,9 +3,10 @@
 This is the only per-packet code outside the engine, so it is kept apart from the daemon's
 life-cycle and control code (and is where TUN offloads, UDP GSO/GRO and worker processes plug in).
 Each readiness callback drains a bounded batch, makes one engine call, and performs the Output:
-datagrams grouped by destination go out in one `send` per destination, packets for the TUN and
-frames for each segment's TAP are written, events go to the daemon, and the single loop timer is
-moved to the engine's next deadline.
+datagrams grouped by destination go out in one `send` per destination (a sticky source the socket
+found gone is forgotten by the engine at once, see io/udp.py), packets for the TUN and frames for
+each segment's TAP are written, events go to the daemon, and the single loop timer is moved to
+the engine's next deadline.
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ class DataPath:
         send = self.udp.send
         for dest, datagrams in out.datagrams.items():
             send(dest, datagrams)
+        if self.udp.lost_sources:
+            self._sources_lost()
         if out.packets and self.tun is not None:
             self.tun.write_batch(out.packets)
         if out.frames:
@@ -176,6 +179,16 @@ class DataPath:
         for ev in out.events:
             self.on_event(ev)
         self._arm_timer()
+
+    def _sources_lost(self) -> None:
+        """The socket could not send from some sticky sources (the address is gone) and sent
+        from the kernel's choice instead: the engine stops naming them, the Device hears of it
+        (the workers must stop too)."""
+        lost = self.udp.lost_sources
+        srcs = lost[:]
+        lost.clear()
+        for ev in self.engine.forget_sources(srcs).events:
+            self.on_event(ev)
 
     def _arm_timer(self) -> None:
         deadline = self.engine.next_deadline()

@@ -692,8 +692,11 @@ class Device:
 
     def on_event(self, event: ev.Event) -> None:
         """What the engine reports: logged, mirrored to the workers, names re-resolved."""
-        if isinstance(event, ev.HandshakeComplete | ev.Roamed) and self.pool is not None:
-            self.pool.sync_soon()  # the workers encrypt on the new session / to the new address
+        if (
+            isinstance(event, ev.HandshakeComplete | ev.Roamed | ev.SourceChanged)
+            and self.pool is not None
+        ):
+            self.pool.sync_soon()  # the workers use the new session / address / source
         if isinstance(event, ev.HandshakeComplete):
             log.info("peer %s: handshake complete (%s)", event.peer_name, event)
         elif isinstance(event, ev.HandshakeFailed):
@@ -702,6 +705,10 @@ class Device:
             # Peer addresses stay out of INFO logs (who talks to whom is not the journal's
             # readers' business); `tunnelpy show` and `wg show` have the endpoint.
             log.debug("peer %s: endpoint moved %s", event.peer_name, event)
+        elif isinstance(event, ev.SourceChanged):
+            # An address lost is worth a line; one learned (every new session) is not.
+            level = logging.INFO if event.new is None else logging.DEBUG
+            log.log(level, "peer %s: source address %s", event.peer_name, event)
         elif isinstance(event, ev.HandshakeSent):
             log.debug("peer %s: handshake initiation sent %s", event.peer_name, event)
         elif isinstance(event, ev.ResolveEndpoint):

@@ -173,11 +173,17 @@ class FakeNetwork:
         return FakeUdp(self, host, port, fwmark)
 
     def factory(self, host: str) -> Callable[..., FakeUdp]:
-        """A callable with UdpSocket's signature ``(port, fwmark=None, *, offload=True)`` that
-        binds on `host`, for code that opens its own sockets."""
+        """A callable with UdpSocket's signature ``(port, fwmark=None, *, offload=True,
+        pktinfo=True)`` that binds on `host`, for code that opens its own sockets."""
 
-        def make(port: int | None, fwmark: int | None = None, *, offload: bool = True) -> FakeUdp:
-            return FakeUdp(self, host, port, fwmark, offload=offload)
+        def make(
+            port: int | None,
+            fwmark: int | None = None,
+            *,
+            offload: bool = True,
+            pktinfo: bool = True,
+        ) -> FakeUdp:
+            return FakeUdp(self, host, port, fwmark, offload=offload, pktinfo=pktinfo)
 
         return make
 
@@ -213,6 +219,7 @@ class FakeUdp:
         fwmark: int | None = None,
         *,
         offload: bool = True,
+        pktinfo: bool = True,
     ) -> None:
         self.network = network
         self.host = _normal_host(host)
@@ -222,6 +229,10 @@ class FakeUdp:
         self.gso = offload
         self.gro = offload
         self.send_errors = 0
+        # Local addresses are not reported (as a kernel without PKTINFO: every source is the
+        # 2-tuple (host, port)), so no Dest names a sticky source and none is ever refused.
+        self.pktinfo = False
+        self.lost_sources: list[tuple[str, int]] = []
         self.sent: list[tuple[Addr, bytes]] = []
         self._queue: deque[tuple[bytes, Addr]] = deque()
         self._ready, self._wake = socket.socketpair()

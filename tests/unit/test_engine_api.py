@@ -102,7 +102,8 @@ def test_every_drop_reason_in_the_code_is_a_member():
 
 def test_dest_defaults_and_keys():
     d = Dest("192.0.2.1", 51820)
-    assert d.flow == 0 and d == ("192.0.2.1", 51820, 0) and d[:2] == ("192.0.2.1", 51820)
+    assert d.flow == 0 and d.src is None and d[:2] == ("192.0.2.1", 51820)
+    assert d == ("192.0.2.1", 51820, 0, None)
     out = Output()
     out.send(d, b"1")
     out.send(Dest("192.0.2.1", 51820), b"2")

@@ -29,6 +29,7 @@ import pytest
 from tests.harness.engine_pair import A_IN, B_ADDR, B_IN, Net
 from tests.harness.packets import ipv4
 from tunnelpy.protocol.actions import Dest
+from tunnelpy.protocol.events import SourceChanged
 from tunnelpy.workers import child as childmod
 from tunnelpy.workers import messages as M
 from tunnelpy.workers import pool as poolmod
@@ -66,10 +67,15 @@ DAEMON_MESSAGES = [
     Peers([
         PeerRoutes(K1, ("192.0.2.1", 51820), [NET("10.0.0.0/8"), NET("fd00::/64"), NET("::/0")]),
         PeerRoutes(K2, None, []),
+        PeerRoutes(K1, ("192.0.2.7", 1), [NET("10.1.0.0/16")], ("2001:db8::2", 7)),
         PeerRoutes(bytes(32), ("fe80::1%eth0", 0), [NET("0.0.0.0/0"), NET("1.2.3.4/32")]),
     ]),
     Endpoint(K1, ("2001:db8::1", 65535)),
     Endpoint(K2, None),
+    Endpoint(K1, ("192.0.2.1", 51820), ("192.0.2.22", 3)),
+    Endpoint(K2, ("2001:db8::1", 1),
+             ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255", M.MAX_IFINDEX)),
+    Endpoint(K2, ("fe80::1%eth0", 1), ("fe80::2", 0)),
     Keypair(K1, KeypairMaterial(K2, 0xFFFFFFFF, 65535, (1 << 64) - 1, 12.5, True)),
     Keypair(K1, KeypairMaterial(K2, 0, 0, 1, 0.0, False)),
     Keypair(K2, None),
@@ -116,6 +122,10 @@ def test_what_does_not_fit_a_field_is_refused_when_encoding():
         encode(Endpoint(K1, ("é", 1)))
     with pytest.raises(struct.error):
         encode(Endpoint(K1, ("192.0.2.1", 65536)))
+    with pytest.raises(ValueError):
+        encode(Endpoint(K1, ("192.0.2.1", 1), ("192.0.2.2", -1)))
+    with pytest.raises(ValueError):
+        encode(Endpoint(K1, ("192.0.2.1", 1), ("x" * 46, 1)))
     with pytest.raises(KeyError):
         encode(Report([], {"bad_auth": 1}))  # not a drop a worker can have
     with pytest.raises(ValueError):
@@ -160,9 +170,9 @@ def test_a_routing_table_of_100k_prefixes_is_compact_and_faster_than_pickle():
     t_dec2 = t_dec
     t_load, _ = best(pickle.loads, pickled)
     assert got == msg
-    # tag, count; per peer key, endpoint (1 + 9 + 2), two counts; 5 bytes per IPv4 prefix
-    # and 17 per IPv6 one.
-    assert len(data) == 5 + 100 * (32 + 12 + 8) + 50_000 * 5 + 50_000 * 17
+    # tag, count; per peer key, endpoint (1 + 9 + 2), no source (1), two counts; 5 bytes per
+    # IPv4 prefix and 17 per IPv6 one.
+    assert len(data) == 5 + 100 * (32 + 12 + 1 + 8) + 50_000 * 5 + 50_000 * 17
     assert len(data) < len(pickled) / 2
     assert t_enc < t_dump / 2, "encoding (in the daemon's loop) slower than half pickle's"
     assert min(t_dec, t_dec2) < t_load, "decoding slower than unpickling"
@@ -239,9 +249,29 @@ def test_every_tag_but_the_three_worker_messages_is_refused():
                 decode_from_worker(bytes([tag]) + bytes(64))
 
 
-def peers_bytes(host: bytes, port: int, n4: int, addrs: bytes, plens: bytes) -> bytes:
+def peers_bytes(
+    host: bytes, port: int, n4: int, addrs: bytes, plens: bytes, src: bytes = b"\x00"
+) -> bytes:
     endpoint = bytes([len(host)]) + host + struct.pack("<H", port) if host else b"\x00"
-    return b"\x01" + u32(1) + K1 + endpoint + struct.pack("<II", n4, 0) + addrs + plens
+    return b"\x01" + u32(1) + K1 + endpoint + src + struct.pack("<II", n4, 0) + addrs + plens
+
+
+def src_bytes(host: bytes, ifindex: int) -> bytes:
+    return bytes([len(host)]) + host + u32(ifindex)
+
+
+def endpoint_bytes(src: bytes) -> bytes:
+    return b"\x02" + K1 + b"\x09192.0.2.1" + struct.pack("<H", 1) + src
+
+
+def test_the_hostile_builders_make_valid_messages_when_given_valid_fields():
+    # (So that each hostile case below fails for the reason it names, not a framing slip.)
+    assert decode_from_daemon(peers_bytes(b"192.0.2.1", 7, 1, u32(0x0A000000), b"\x18")) == Peers(
+        [PeerRoutes(K1, ("192.0.2.1", 7), [NET("10.0.0.0/24")])]
+    )
+    assert decode_from_daemon(endpoint_bytes(src_bytes(b"fd00::1", 4))) == Endpoint(
+        K1, ("192.0.2.1", 1), ("fd00::1", 4)
+    )
 
 
 HOSTILE_FROM_DAEMON = {
@@ -257,6 +287,12 @@ HOSTILE_FROM_DAEMON = {
     "keypair: initiator flag 7": b"\x03" + K1 + b"\x01"
     + struct.pack("<32sIIQdB", K2, 1, 1, 1, 0.0, 7),
     "stop with a payload": b"\x04\x00",
+    "source: a name": endpoint_bytes(src_bytes(b"example.com", 1)),
+    "source: a scope": endpoint_bytes(src_bytes(b"fe80::1%eth0", 1)),
+    "source: interface index 2^31": endpoint_bytes(src_bytes(b"10.0.0.1", 1 << 31)),
+    "source: 46 bytes": endpoint_bytes(src_bytes(b"1" * 46, 1)),
+    "source: index cut": endpoint_bytes(src_bytes(b"10.0.0.1", 1)[:-1]),
+    "source: non-ASCII": peers_bytes(b"", 0, 0, b"", b"", src_bytes(b"\xc3\xa9", 1)),
 }  # fmt: skip
 
 
@@ -536,6 +572,31 @@ def test_pool_sends_full_state_then_only_what_it_is_told_changed(rig):
     assert kp.material.send_key == n.pa.current.send_key and kp.material.age == 0.0
     rig.pool.sync()
     assert rig.received(end) == []  # nothing changed since
+
+
+def test_pool_mirrors_the_sticky_source_with_the_endpoint(rig):
+    n = rig.net
+    (end,) = rig.ends
+    rig.received(end)
+    n.send(n.a, [ipv4(A_IN, B_IN)])
+    rig.pool.sync()
+    rig.received(end)  # (the keypair)
+    # B answers at A's secondary address: an authenticated datagram moves A's source there.
+    src = ("192.0.2.111", 4)
+    out = n.b.from_tunnel([ipv4(B_IN, A_IN)], n.now)
+    got = n.a.from_network([(d, (*B_ADDR, src)) for dgs in out.datagrams.values() for d in dgs],
+                           n.now)  # fmt: skip
+    assert n.pa.src == src and any(isinstance(e, SourceChanged) for e in got.events)
+    rig.pool.sync()
+    assert rig.received(end) == [Endpoint(n.pa.public_key, B_ADDR, src)]
+    # A full peer list (a worker restarted, or routes changed) carries it as well.
+    assert rig.pool._peers_msg().peers[0].src == src
+    # The socket lost it: the engine forgets it, the workers hear of it.
+    n.a.forget_sources([src])
+    rig.pool.sync()
+    assert rig.received(end) == [Endpoint(n.pa.public_key, B_ADDR, None)]
+    rig.pool.sync()
+    assert rig.received(end) == []
 
 
 def test_pool_applies_reports_and_reroutes_staged_packets(rig):

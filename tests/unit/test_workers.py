@@ -140,11 +140,13 @@ def test_worker_encrypts_on_the_daemons_session():
     ]
     out = w.from_tunnel(pkts, n.now)
     assert not out.to_daemon and not out.rekey
-    assert list(out.datagrams) == [B_ADDR] and len(out.datagrams[B_ADDR]) == 21
+    assert list(out.datagrams) == [Dest(*B_ADDR)] and len(out.datagrams[Dest(*B_ADDR)]) == 21
     deliver(n, out)
     assert n.delivered["b"][before:] == pkts
     sent, drops = w.take_report()
-    assert sent == [PeerSent(n.pa.public_key, sum(map(len, out.datagrams[B_ADDR])), 21, True)]
+    assert sent == [
+        PeerSent(n.pa.public_key, sum(map(len, out.datagrams[Dest(*B_ADDR)])), 21, True)
+    ]
     assert drops == {} and w.take_report() == ([], {})
 
 
@@ -243,11 +245,31 @@ def test_peer_list_updates_keep_sessions_and_follow_routes():
     w.set_keypair(n.pa.public_key, material(n.pa.current, n.now), n.now)
     w.set_peers([PeerRoutes(n.pa.public_key, B_ADDR, [ipaddress.ip_network("10.0.0.0/24")])])
     out = w.from_tunnel([ipv4(A_IN, "10.0.0.77")], n.now)
-    assert len(out.datagrams[B_ADDR]) == 1  # new route, same session
+    assert len(out.datagrams[Dest(*B_ADDR)]) == 1  # new route, same session
     w.set_endpoint(n.pa.public_key, ("192.0.2.99", 1))
-    assert list(w.from_tunnel([ipv4(A_IN, B_IN)], n.now).datagrams) == [("192.0.2.99", 1)]
+    assert list(w.from_tunnel([ipv4(A_IN, B_IN)], n.now).datagrams) == [Dest("192.0.2.99", 1)]
     w.set_peers([])
     assert w.from_tunnel([ipv4(A_IN, B_IN)], n.now).datagrams == {}
+
+
+def test_the_worker_sends_from_the_daemons_sticky_source_and_drops_a_lost_one():
+    n, w = shared_net()
+    n.send(n.a, [ipv4(A_IN, B_IN)])
+    w.set_keypair(n.pa.public_key, material(n.pa.current, n.now), n.now)
+    src, other = ("192.0.2.11", 2), ("192.0.2.12", 2)
+    w.set_endpoint(n.pa.public_key, B_ADDR, src)
+    out = w.from_tunnel([ipv4(A_IN, B_IN)], n.now)
+    assert list(out.datagrams) == [Dest(*B_ADDR, 0, src)]
+    deliver(n, out)  # (the session is the daemon's: b accepts it)
+    assert n.delivered["b"][-1] == ipv4(A_IN, B_IN)
+    # The whole peer list carries it too, and keeps the session.
+    w.set_peers([PeerRoutes(n.pa.public_key, B_ADDR, NETS_B, other)])
+    assert list(w.from_tunnel([ipv4(A_IN, B_IN)], n.now).datagrams) == [Dest(*B_ADDR, 0, other)]
+    # The worker's socket found it gone: the kernel's choice from now on.
+    w.forget_sources([src])  # not this peer's
+    assert list(w.from_tunnel([ipv4(A_IN, B_IN)], n.now).datagrams) == [Dest(*B_ADDR, 0, other)]
+    w.forget_sources([other])
+    assert list(w.from_tunnel([ipv4(A_IN, B_IN)], n.now).datagrams) == [Dest(*B_ADDR)]
 
 
 # ---------------------------------------------------------------- control channel

@@ -11,6 +11,21 @@ many coalesced datagrams, which are cut again by the segment size the kernel rep
 The wire carries the same datagrams either way. If the kernel or the path refuses GSO (EIO from a
 NIC without checksum offload, EINVAL when a segment does not fit the route's MTU) the socket falls
 back to one ``sendto`` per datagram for good and says so once in the log.
+
+Sticky source addresses (``pktinfo=True``, the default; protocol/actions.py says why): the socket
+asks for the local address each datagram arrived at (IPV6_RECVPKTINFO; on the dual-stack socket
+IPv4 datagrams carry it too, as an IPv4-mapped address in IPV6_PKTINFO, which Linux 6.x was
+seen to do) and hands it up as the third element of the source address, ``(host, port, src)``
+with ``src = (local address, interface index)``. It shares the one cmsg buffer of a receive with
+UDP_GRO's segment size, and parsing it costs a comparison per receive while the sender and the
+local address stay the same. A destination with a ``src`` (Dest's fourth element) is sent from
+that address with an IP_PKTINFO (IPv4) or IPV6_PKTINFO cmsg, next to UDP_SEGMENT for a GSO send.
+The interface index is not forced (except for a link-local source, which the kernel needs it
+for): routing picks the way out with the source in hand, so source-based policy rules apply,
+while a forced interface without a route to the peer would make the kernel assume the peer
+on-link and lose the datagrams without an error. When the address has gone (the kernel refuses
+it: EINVAL for IPv6, ENETUNREACH for IPv4), the datagrams are sent at once without it, from the
+kernel's choice, and the source is listed in ``lost_sources`` for the owner to tell the engine.
 """
 
 from __future__ import annotations
@@ -20,15 +35,19 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
+from typing import Literal
 
 from . import knobs
 from .offload import forced_off
 
 Addr = tuple[str, int]
-# Where to send: protocol.actions.Dest, a (host, port, flow) named tuple; read by position, so a
-# plain (host, port) serves too (io/ does not import the protocol package).
-Destination = tuple[str, int] | tuple[str, int, int]
-_LE = struct.pack("=H", 1) == b"\x01\x00"  # cmsg ints are in host order
+Src = tuple[str, int]  # a local address and interface index (protocol.actions.Src)
+Origin = tuple[str, int] | tuple[str, int, Src | None]  # a sender, and where it arrived
+# Where to send: protocol.actions.Dest, a (host, port, flow, src) named tuple; read by position,
+# so a plain (host, port) serves too (io/ does not import the protocol package).
+Destination = tuple[str, int] | tuple[str, int, int] | tuple[str, int, int, Src | None]
+_ORDER: Literal["little", "big"] = sys.byteorder  # cmsg ints are in host order
 SO_MARK = 36
 BUFFER_SIZE = 4 << 20  # wireguard-go asks for 7 MiB; 4 MiB absorbs bursts of a 2-core box
 
@@ -44,11 +63,20 @@ UDP_SEGMENT = 103  # not named in Python 3.11's socket module
 UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer ones take 128)
 GSO_MAX_BYTES = 65000  # below IPv4's 65507-byte UDP payload limit
-GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+IP_PKTINFO = 8  # not named in Python 3.11's socket module
+# One receive's ancillary data: UDP_GRO's int and an in6_pktinfo (an in_pktinfo is smaller).
+RECV_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
+_V4MAPPED = bytes(10) + b"\xff\xff"
+MAX_CACHED_SOURCES = 256  # distinct local (address, interface) pairs: a host has a few
+MAX_PLANS = 4096  # destinations whose socket address and cmsg are kept (send): ~1 MiB
 RECV_BUFFER = 65535  # a GRO read carries up to 64 KiB
 MAX_READS = 64
 MAX_DATAGRAMS = 1024
 _GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE)
+# What sendmsg says of a source address that cannot be used (any more): IPv6 EINVAL (not an
+# address of ours), IPv4 ENETUNREACH (no route from it), ENODEV (a link-local source's interface
+# is gone), EADDRNOTAVAIL. Resending without the source settles which it was.
+_SRC_REFUSED = (errno.EINVAL, errno.ENETUNREACH, errno.ENODEV, errno.EADDRNOTAVAIL)
 
 log = logging.getLogger("tunnelpyd")
 
@@ -66,9 +94,54 @@ def _normalise(addr: tuple) -> Addr:
     return (host, addr[1])
 
 
+def parse_pktinfo(info: bytes, v6: bool) -> Src | None:
+    """The local address and interface index in an IPV6_PKTINFO (``v6``: in6_pktinfo) or
+    IP_PKTINFO (in_pktinfo) cmsg a datagram arrived with; None when it is malformed or not a
+    unicast address one can send from (multicast, broadcast: replies go from the kernel's
+    choice then)."""
+    if v6:
+        if len(info) != 20:
+            return None
+        packed = info[:16]
+        ifindex = int.from_bytes(info[16:], _ORDER)
+        if packed[:12] != _V4MAPPED:
+            if packed[0] == 0xFF or packed == bytes(16):  # multicast, unspecified
+                return None
+            return (socket.inet_ntop(socket.AF_INET6, packed), ifindex)
+        packed = packed[12:]
+    else:
+        if len(info) != 12:
+            return None
+        ifindex = int.from_bytes(info[:4], _ORDER)
+        packed = info[4:8]  # ipi_spec_dst: the local address (for a broadcast, the interface's)
+    if packed[0] >= 224 or packed == bytes(4):  # multicast, class E and broadcast, 0.0.0.0
+        return None
+    return (socket.inet_ntop(socket.AF_INET, packed), ifindex)
+
+
+def pktinfo_cmsg(src: Src) -> tuple[int, int, bytes]:
+    """The sendmsg cmsg that sends from ``src``: IP_PKTINFO for an IPv4 address (the dual-stack
+    socket takes it for IPv4-mapped destinations too), IPV6_PKTINFO for IPv6. ValueError or
+    OSError for a src that is not an address literal."""
+    host, ifindex = src
+    if ":" not in host:
+        # in_pktinfo: ipi_ifindex 0 (routing chooses), ipi_spec_dst = the source, ipi_addr unused
+        packed = socket.inet_pton(socket.AF_INET, host)
+        return (socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + packed + bytes(4))
+    packed = socket.inet_pton(socket.AF_INET6, host)
+    link_local = packed[0] == 0xFE and packed[1] & 0xC0 == 0x80
+    index = ifindex if link_local else 0  # (only a link-local address needs its interface)
+    return (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, packed + index.to_bytes(4, _ORDER))
+
+
 class UdpSocket:
     def __init__(
-        self, port: int | None, fwmark: int | None = None, *, offload: bool = True
+        self,
+        port: int | None,
+        fwmark: int | None = None,
+        *,
+        offload: bool = True,
+        pktinfo: bool = True,
     ) -> None:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -99,19 +172,42 @@ class UdpSocket:
         sock.setblocking(False)
         self.sock = sock
         self.port: int = sock.getsockname()[1]
-        self.send_errors = 0
-        offload = offload and not forced_off()
-        self.gso = offload
-        self.gro = False
-        if offload:
+        self._init_state(offload)
+        if self.gso:
             try:
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
                 self.gro = True
             except OSError:
                 log.info("UDP GRO not available on this kernel: one datagram per receive")
-        self._gso_sizes: dict[int, bytes] = {}  # segment size -> packed cmsg data
-        self._peer_raw: tuple | None = None  # last raw source address and its normal form
-        self._peer_norm: Addr = ("", 0)
+        if pktinfo:
+            try:
+                if self.v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                self.pktinfo = True
+            except OSError:
+                log.info("no PKTINFO on this kernel: replies leave from the kernel's choice")
+
+    def _init_state(self, offload: bool) -> None:
+        self.send_errors = 0
+        self.gso = offload and not forced_off()
+        self.gro = False
+        self.pktinfo = False  # receives report the local address (a third address element)
+        self._gso_cmsgs: dict[int, tuple[int, int, bytes]] = {}  # segment size -> its cmsg
+        self._peer_raw: tuple | None = None  # last raw source address and PKTINFO data, and
+        self._info_raw: bytes | None = None  # their Origin
+        self._peer_norm: Origin = ("", 0)
+        self._pk_level, self._pk_kind = (
+            (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
+            if self.v6
+            else (socket.IPPROTO_IP, IP_PKTINFO)
+        )
+        self._srcs: dict[bytes, Src | None] = {}  # PKTINFO data -> its Src
+        self._plans: dict[Destination, tuple[Addr, Src | None, list | None]] = {}  # see send
+        # Sources sendmsg refused (see _SRC_REFUSED) since the owner last took them: it tells
+        # the engine, which stops naming them; until then sends here skip them.
+        self.lost_sources: list[Src] = []
 
     @classmethod
     def adopt(cls, fd: int, *, offload: bool) -> UdpSocket:
@@ -123,12 +219,7 @@ class UdpSocket:
         self.sock = sock
         self.v6 = sock.family == socket.AF_INET6
         self.port = sock.getsockname()[1]
-        self.send_errors = 0
-        self.gso = offload and not forced_off()
-        self.gro = False
-        self._gso_sizes = {}
-        self._peer_raw = None
-        self._peer_norm = ("", 0)
+        self._init_state(offload)
         return self
 
     def fileno(self) -> int:
@@ -137,11 +228,11 @@ class UdpSocket:
     def set_fwmark(self, mark: int) -> None:
         self.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
 
-    def recv_batch(self, max_batch: int = 128) -> list[tuple[bytes, Addr]]:
-        if self.gro:
-            return self._recv_gro()
+    def recv_batch(self, max_batch: int = 128) -> list[tuple[bytes, Origin]]:
+        if self.gro or self.pktinfo:
+            return self._recv_msgs(MAX_READS if self.gro else max_batch)
         recv = self.sock.recvfrom
-        out: list[tuple[bytes, Addr]] = []
+        out: list[tuple[bytes, Origin]] = []
         try:
             for _ in range(max_batch):
                 data, addr = recv(65535)
@@ -154,21 +245,30 @@ class UdpSocket:
             pass
         return out
 
-    def _recv_gro(self) -> list[tuple[bytes, Addr]]:
+    def _recv_msgs(self, reads: int) -> list[tuple[bytes, Origin]]:
+        """Up to `reads` recvmsg calls, each with UDP_GRO's segment size (a coalesced read is
+        cut here) and PKTINFO in one cmsg buffer."""
         recvmsg = self.sock.recvmsg
-        out: list[tuple[bytes, Addr]] = []
+        pk_level, pk_kind = self._pk_level, self._pk_kind
+        out: list[tuple[bytes, Origin]] = []
         append = out.append
         try:
-            for _ in range(MAX_READS):
-                data, anc, _flags, raw = recvmsg(RECV_BUFFER, GRO_CMSG_SPACE)
-                if raw != self._peer_raw:  # one flow per batch is the common case
-                    self._peer_raw = raw
-                    self._peer_norm = _normalise(raw)
-                addr = self._peer_norm
+            for _ in range(reads):
+                data, anc, _flags, raw = recvmsg(RECV_BUFFER, RECV_CMSG_SPACE)
                 size = 0
+                info = None
                 for level, kind, cdata in anc:
-                    if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 4:
-                        size = int.from_bytes(cdata[:4], "little" if _LE else "big")
+                    if kind == pk_kind and level == pk_level:
+                        info = cdata
+                    elif kind == UDP_GRO and level == SOL_UDP and len(cdata) == 4:
+                        size = int.from_bytes(cdata, _ORDER)
+                # One sender at one local address per batch is the common case: the Origin is
+                # made again only when either changes.
+                if raw != self._peer_raw or info != self._info_raw:
+                    self._peer_raw = raw
+                    self._info_raw = info
+                    self._peer_norm = self._origin(raw, info)
+                addr = self._peer_norm
                 n = len(data)
                 if size and n > size:
                     for at in range(0, n, size):
@@ -183,6 +283,20 @@ class UdpSocket:
             pass  # ICMP errors, as in the plain path
         return out
 
+    def _origin(self, raw: tuple, info: bytes | None) -> Origin:
+        host, port = _normalise(raw)
+        if not self.pktinfo:
+            return (host, port)
+        if info is None:
+            return (host, port, None)
+        srcs = self._srcs
+        if info in srcs:
+            return (host, port, srcs[info])
+        if len(srcs) >= MAX_CACHED_SOURCES:
+            srcs.clear()
+        src = srcs[info] = parse_pktinfo(info, self.v6)
+        return (host, port, src)
+
     def _sockaddr(self, dest: Destination) -> Addr:
         """The sendto address of `dest`: always a (host, port) pair, never more. (A third
         element would be read as the IPv6 flowinfo, or refused by an AF_INET socket; the flow
@@ -193,26 +307,80 @@ class UdpSocket:
             return ("::ffff:" + host, port)
         return (host, port)
 
-    def send(self, dest: Destination, datagrams: list[bytes]) -> None:
-        """Send a batch of datagrams to one destination (a Dest; its flow is not used here)."""
-        self._send_to(self._sockaddr(dest), datagrams)
-
-    def _send_to(self, sa: Addr, datagrams: list[bytes]) -> None:
-        if self.gso and len(datagrams) > 1:
-            self._send_gso(sa, datagrams)
-            return
-        sendto = self.sock.sendto
-        for d in datagrams:
+    def _plan(self, dest: Destination) -> tuple[Addr, Src | None, list | None]:
+        """How to send to `dest`: its socket address, its source and the ancillary data that
+        sends from it (None: the kernel's choice; also for a source of the other family or
+        one that is no address). Made once per destination (see send)."""
+        plans = self._plans
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        src = dest[3] if len(dest) == 4 else None
+        anc = None
+        if src is not None:
             try:
-                sendto(d, sa)
-            except OSError:
-                # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
+                cmsg = pktinfo_cmsg(src)
+                if (cmsg[0] == socket.IPPROTO_IPV6) == (":" in dest[0]):
+                    anc = [cmsg]
+            except (ValueError, OSError, TypeError, OverflowError):
+                pass
+        plan = plans[dest] = (self._sockaddr(dest), src, anc)
+        return plan
+
+    def send(self, dest: Destination, datagrams: list[bytes]) -> None:
+        """Send a batch of datagrams to one destination (a Dest; its flow is not used here),
+        from its src when it names one (see the module's docstring). What to do for a Dest is
+        looked up, not worked out per call: the engine keeps one Dest object per peer path."""
+        plan = self._plans.get(dest)
+        if plan is None:
+            plan = self._plan(dest)
+        sa, src, anc = plan
+        if anc is None or (self.lost_sources and src in self.lost_sources):
+            self._send_to(sa, datagrams)
+        else:
+            self._send_to(sa, datagrams, src, anc)
+
+    def _source_refused(self, src: Src) -> None:
+        if src not in self.lost_sources:
+            self.lost_sources.append(src)
+
+    def _send_to(
+        self, sa: Addr, datagrams: list[bytes], src: Src | None = None, anc: list | None = None
+    ) -> None:
+        """Send to `sa`, from `src` when `anc` (its PKTINFO cmsg, in a list) is given."""
+        if self.gso and len(datagrams) > 1:
+            self._send_gso(sa, datagrams, src, anc)
+            return
+        if anc is None:
+            sendto = self.sock.sendto
+            for d in datagrams:
+                try:
+                    sendto(d, sa)
+                except OSError:
+                    # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
+                    self.send_errors += 1
+            return
+        assert src is not None
+        sendmsg = self.sock.sendmsg
+        one = len(datagrams) == 1
+        for i in range(len(datagrams)):
+            try:
+                # (A one-datagram batch is its own buffer list: no list is made per send.)
+                sendmsg(datagrams if one else datagrams[i : i + 1], anc, 0, sa)
+            except OSError as e:
+                if e.errno in _SRC_REFUSED:
+                    self._source_refused(src)
+                    self._send_to(sa, datagrams[i:])  # this one and the rest: the kernel's choice
+                    return
                 self.send_errors += 1
 
-    def _send_gso(self, dest: Addr, datagrams: list[bytes]) -> None:
-        """Runs of equal-size datagrams (the last of a run may be shorter) in one sendmsg each."""
+    def _send_gso(
+        self, dest: Addr, datagrams: list[bytes], src: Src | None = None, anc: list | None = None
+    ) -> None:
+        """Runs of equal-size datagrams (the last of a run may be shorter) in one sendmsg each,
+        from `src` when its cmsg `anc` is given."""
         sendmsg = self.sock.sendmsg
         sendto = self.sock.sendto
+        gso_cmsgs = self._gso_cmsgs
         n = len(datagrams)
         i = 0
         while i < n:
@@ -230,20 +398,30 @@ class UdpSocket:
                     break  # a shorter datagram can only end a run
             try:
                 if j - i == 1:
-                    sendto(datagrams[i], dest)
+                    if anc is None:
+                        sendto(datagrams[i], dest)
+                    else:
+                        sendmsg(datagrams[i:j], anc, 0, dest)
                 else:
-                    cmsg = self._gso_sizes.get(size)
-                    if cmsg is None:
-                        cmsg = self._gso_sizes[size] = struct.pack("=H", size)
-                    sendmsg(datagrams[i:j], [(SOL_UDP, UDP_SEGMENT, cmsg)], 0, dest)
+                    seg = gso_cmsgs.get(size)
+                    if seg is None:
+                        seg = gso_cmsgs[size] = (SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))
+                    sendmsg(datagrams[i:j], [seg] if anc is None else [seg, *anc], 0, dest)
             except OSError as e:
+                if anc is not None and e.errno in _SRC_REFUSED:
+                    # The source first (its EINVAL looks like GSO's): without it, the kernel's
+                    # choice; should GSO be the trouble after all, that send finds out.
+                    assert src is not None
+                    self._source_refused(src)
+                    self._send_to(dest, datagrams[i:])
+                    return
                 if j - i > 1 and e.errno in _GSO_REFUSED:
                     self.gso = False
                     log.warning(
                         "UDP GSO refused (%s): sending one datagram per syscall from now on",
                         e.strerror,
                     )
-                    self._send_to(dest, datagrams[i:])
+                    self._send_to(dest, datagrams[i:], src, anc)
                     return
                 # EAGAIN (buffer full), ENETUNREACH, EPERM from a firewall: counted, not fatal.
                 self.send_errors += j - i

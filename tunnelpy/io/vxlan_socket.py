@@ -9,7 +9,7 @@ stays on the one socket bound to the VXLAN port (4789 by default), where peers s
 
 from __future__ import annotations
 
-from .udp import UdpSocket
+from .udp import Destination, Origin, Src, UdpSocket
 
 POOL_SIZE = 8
 
@@ -23,12 +23,15 @@ class VxlanSocket:
         *,
         offload: bool = True,
     ) -> None:
-        self.listen = UdpSocket(port, fwmark, offload=offload)
+        # No sticky sources (udp.py): the pool's ports differ from the listening one anyway, and
+        # the engine's Dests name none.
+        self.listen = UdpSocket(port, fwmark, offload=offload, pktinfo=False)
         self.port = self.listen.port
+        self.lost_sources: list[Src] = []  # (always empty: see above)
         self.pool: list[UdpSocket] = []
         try:
             for _ in range(pool):
-                self.pool.append(UdpSocket(0, fwmark, offload=offload))
+                self.pool.append(UdpSocket(0, fwmark, offload=offload, pktinfo=False))
         except Exception:
             self.close()
             raise
@@ -36,12 +39,13 @@ class VxlanSocket:
     def fileno(self) -> int:
         return self.listen.fileno()
 
-    def recv_batch(self, max_batch: int = 128) -> list[tuple[bytes, tuple[str, int]]]:
+    def recv_batch(self, max_batch: int = 128) -> list[tuple[bytes, Origin]]:
         return self.listen.recv_batch(max_batch)
 
-    def send(self, dest: tuple[str, int, int], datagrams: list[bytes]) -> None:
+    def send(self, dest: Destination, datagrams: list[bytes]) -> None:
         """Send from the pool socket that the flow hash (a Dest's third element) picks."""
-        self.pool[dest[2] % len(self.pool)].send(dest, datagrams)
+        flow = dest[2] if len(dest) > 2 else 0
+        self.pool[flow % len(self.pool)].send(dest, datagrams)
 
     def set_fwmark(self, mark: int) -> None:
         for s in (self.listen, *self.pool):

@@ -1,4 +1,13 @@
-"""What an engine call returns: the actions the daemon performs, grouped for batching."""
+"""What an engine call returns: the actions the daemon performs, grouped for batching; and the
+address types both directions of the socket share with the engine.
+
+Sticky source addresses: a host may have several local addresses (two on one link, say), and a
+peer that reached us at one of them expects the answer from it, or its NAT and firewall drop
+the answer and its roaming logic moves its endpoint for us. So the socket layer tells the
+engine at which local address (:data:`Src`) each datagram arrived (the third element of an
+:data:`Origin`), the engine keeps that of the peer's last authenticated datagram, and every
+datagram for the peer names it in its :class:`Dest`; the socket layer sends from it (IP_PKTINFO
+/ IPV6_PKTINFO) and falls back to the kernel's choice when the address has gone."""
 
 from __future__ import annotations
 
@@ -7,15 +16,25 @@ from typing import NamedTuple
 
 from .events import Event
 
+Src = tuple[str, int]
+"""A local address of this host that a datagram arrived at: its text form (IPv4 as a dotted
+quad, never IPv4-mapped) and the index of the interface it arrived on."""
+
+Origin = tuple[str, int] | tuple[str, int, Src | None]
+"""Where a received datagram came from: the sender's (host, port), and when the socket knows it,
+the local address it arrived at (None: the socket could not tell)."""
+
 
 class Dest(NamedTuple):
-    """Where a batch of datagrams goes: the peer's address, and for plain VXLAN the flow hash
-    of the inner frames, which the socket layer maps to one of its source ports (RFC 7348 §5).
-    Encrypted sessions leave ``flow`` 0. Not a socket address: the socket builds that."""
+    """Where a batch of datagrams goes: the peer's address, for plain VXLAN the flow hash of the
+    inner frames, which the socket layer maps to one of its source ports (RFC 7348 §5), and the
+    local address to send from (``src``; None: the kernel's choice). Encrypted sessions leave
+    ``flow`` 0. Not a socket address: the socket builds that."""
 
     host: str
     port: int
     flow: int = 0
+    src: Src | None = None
 
 
 @dataclass

@@ -18,7 +18,9 @@ daemon feeds it four kinds of batch and performs what comes back in an :class:`O
     mac2 or a cookie reply), consumed, and answered; transport messages are looked up by receiver
     index, decrypted, checked against the replay window, and their inner source must be routed to
     the sending peer (cryptokey routing inbound) before the packet is handed to the TUN. An
-    authenticated packet from a new address moves the peer's endpoint there (roaming).
+    authenticated packet from a new address moves the peer's endpoint there (roaming), and the
+    local address it arrived at (the third element of its Origin, when the socket tells)
+    becomes the peer's sticky source, which every Dest for the peer names (actions.py).
 
 ``from_segment(vni, frames, now)``
     Ethernet frames read from a segment's TAP, switched by that segment's :class:`Switch`
@@ -50,7 +52,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from . import handshake as hs
-from .actions import Dest, Output
+from .actions import Dest, Origin, Output, Src
 from .allowedips import AllowedIPs, NetworkLike, route_packets
 from .constants import (
     COOKIE_REPLY_SIZE,
@@ -74,7 +76,14 @@ from .constants import (
 from .cookie import CookieChecker
 from .crypto import generate_private_key, public_key
 from .drops import Drop
-from .events import HandshakeComplete, HandshakeFailed, HandshakeSent, ResolveEndpoint, Roamed
+from .events import (
+    HandshakeComplete,
+    HandshakeFailed,
+    HandshakeSent,
+    ResolveEndpoint,
+    Roamed,
+    SourceChanged,
+)
 from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
 from .packet_engine import UNSET, Unset
 from .peer import Addr, Peer
@@ -119,7 +128,7 @@ TRUSTED_FOR = 3 * REJECT_AFTER_TIME
 TRUSTED_MAX = 16384
 
 
-def addr_bytes(addr: Addr) -> bytes:
+def addr_bytes(addr: Origin) -> bytes:
     """The source identity that cookies are bound to: packed IP then big-endian port."""
     try:
         return ipaddress.ip_address(addr[0]).packed + struct.pack(">H", addr[1] & 0xFFFF)
@@ -226,7 +235,12 @@ class Engine:
         if not isinstance(preshared_key, Unset):
             peer.preshared_key = preshared_key or bytes(32)
         if not isinstance(endpoint, Unset):
+            # A configured endpoint starts without a sticky source (wireguard-go: ClearSrc):
+            # the kernel chooses until an authenticated datagram arrives.
             peer.endpoint = endpoint
+            peer.src = None
+            peer.heard = None
+            peer.dest_for = None
         if not isinstance(allowed_ips, Unset):
             self.set_allowed_ips(peer, allowed_ips)
         self.allowed.insert_all(add_allowed_ips, peer)
@@ -473,8 +487,8 @@ class Engine:
         addr = peer.endpoint
         assert addr is not None
         dest = peer.dest
-        if peer.dest_for is not addr:  # (a new endpoint: roamed, resolved or set)
-            dest = peer.dest = Dest(addr[0], addr[1])
+        if peer.dest_for is not addr:  # (a new endpoint or source: roamed, resolved or set)
+            dest = peer.dest = Dest(addr[0], addr[1], 0, peer.src)
             peer.dest_for = addr
         bucket = out.datagrams.get(dest)
         if bucket is None:
@@ -594,7 +608,7 @@ class Engine:
             return
         peer.handshake = state
         msg = peer.cookie_gen.add_macs(msg, now)
-        out.send(Dest(*peer.endpoint), msg)
+        out.send(self._dest(peer), msg)
         peer.stats.tx_bytes += len(msg)
         out.events.append(HandshakeSent(peer.public_key, peer.name, retry))
         self._t_authenticated_sent(peer, now)
@@ -603,7 +617,7 @@ class Engine:
 
     # ---------------------------------------------------------------- inbound
 
-    def from_network(self, datagrams: Iterable[tuple[bytes, Addr]], now: float) -> Output:
+    def from_network(self, datagrams: Iterable[tuple[bytes, Origin]], now: float) -> Output:
         out = Output()
         touched: set[Peer] = set()
         # Fast path for a run of transport messages on one session from one address (a GSO/GRO
@@ -613,7 +627,7 @@ class Engine:
         # handed to _deliver together, as the first one's: before anything else is processed
         # (so the results are those of one message at a time) and at the end.
         run_index = -1
-        run_addr: Addr | None = None
+        run_addr: Origin | None = None
         run_peer: Peer | None = None
         run_decrypt: Callable[[bytes, bytes, bytes | None], bytes] | None = None
         run_accept: Callable[[int], bool] | None = None
@@ -701,7 +715,7 @@ class Engine:
         peer.stats.rx_bytes += nbytes
 
     def _receive_transport(
-        self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
+        self, data: bytes, addr: Origin, now: float, out: Output, touched: set[Peer]
     ) -> tuple[Peer, Keypair, bytes] | None:
         """Receive one transport message: its peer, keypair and plaintext (to deliver), or None
         when it was dropped. More messages on that keypair from `addr` in this batch (same
@@ -739,9 +753,8 @@ class Engine:
             out.events.append(HandshakeComplete(peer.public_key, peer.name, "responder"))
             if peer.staged:
                 self._flush_staged(peer, now, out)
-        if peer.endpoint != addr:
-            out.events.append(Roamed(peer.public_key, peer.name, peer.endpoint, addr))
-            peer.endpoint = addr
+        if addr != peer.heard:
+            self._heard_from(peer, addr, out)
         if peer.last_received != now or peer.new_handshake_at is not None:
             # (Once per peer and batch: repeated with the same `now` it changes nothing.)
             self._t_authenticated_received(peer, now)
@@ -868,7 +881,7 @@ class Engine:
                 del times[: len(times) - self.under_load_threshold]
         return now < self._under_load_until
 
-    def _check_macs(self, data: bytes, addr: Addr, sender: int, now: float, out: Output) -> bool:
+    def _check_macs(self, data: bytes, addr: Origin, sender: int, now: float, out: Output) -> bool:
         """mac1 always; under load, mac2 or answer with a cookie. True = go on."""
         if not self.cookie_checker.check_mac1(data):
             self.drops[Drop.BAD_MAC1] += 1
@@ -877,7 +890,9 @@ class Engine:
             return True
         src = addr_bytes(addr)
         if not self.cookie_checker.check_mac2(data, src, now):
-            out.send(Dest(*addr), self.cookie_checker.create_reply(data, sender, src, now))
+            # (From the local address it was sent to, like every answer: see actions.py.)
+            dest = Dest(addr[0], addr[1], 0, addr[2] if len(addr) == 3 else None)
+            out.send(dest, self.cookie_checker.create_reply(data, sender, src, now))
             self.drops[Drop.COOKIE_SENT] += 1
             return False
         if data[0] == MSG_INITIATION and not self._ratelimit(src, now):
@@ -944,7 +959,7 @@ class Engine:
         return True
 
     def _receive_initiation(
-        self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
+        self, data: bytes, addr: Origin, now: float, out: Output, touched: set[Peer]
     ) -> None:
         if not self.private_key:
             self.drops[Drop.NO_PRIVATE_KEY] += 1
@@ -982,12 +997,10 @@ class Engine:
                 self.indices.pop(old.local_index, None)
         peer.next = kp
         peer.previous = None
-        if peer.endpoint != addr:
-            if peer.endpoint is not None:
-                out.events.append(Roamed(peer.public_key, peer.name, peer.endpoint, addr))
-            peer.endpoint = addr
+        if addr != peer.heard:
+            self._heard_from(peer, addr, out, announce_first=False)
         msg = peer.cookie_gen.add_macs(msg, now)
-        out.send(Dest(*addr), msg)
+        out.send(self._dest(peer), msg)
         peer.stats.rx_bytes += len(data)
         peer.stats.tx_bytes += len(msg)
         touched.add(peer)
@@ -996,7 +1009,7 @@ class Engine:
         self._t_session_derived(peer, now)
 
     def _receive_response(
-        self, data: bytes, addr: Addr, now: float, out: Output, touched: set[Peer]
+        self, data: bytes, addr: Origin, now: float, out: Output, touched: set[Peer]
     ) -> None:
         sender = int.from_bytes(data[4:8], "little")
         if not self._check_macs(data, addr, sender, now, out):
@@ -1033,9 +1046,8 @@ class Engine:
                 self.indices.pop(peer.previous.local_index, None)
             peer.previous = peer.current
         peer.current = kp
-        if peer.endpoint != addr:
-            out.events.append(Roamed(peer.public_key, peer.name, peer.endpoint, addr))
-            peer.endpoint = addr
+        if addr != peer.heard:
+            self._heard_from(peer, addr, out)
         peer.stats.rx_bytes += len(data)
         touched.add(peer)
         self._t_authenticated_received(peer, now)
@@ -1059,6 +1071,56 @@ class Engine:
         self.drops[Drop.COOKIE_RECEIVED] += 1  # counted, not an error: the retry will carry mac2
 
     # ---------------------------------------------------------------- helpers
+
+    def _heard_from(
+        self, peer: Peer, origin: Origin, out: Output, *, announce_first: bool = True
+    ) -> None:
+        """An authenticated datagram from `peer` came from `origin`: roaming moves the endpoint
+        to the sender's address, and the local address it arrived at becomes the peer's sticky
+        source. Only authenticated datagrams get here, so a forged or replayed one moves
+        neither. `announce_first`: a Roamed event also when the peer had no endpoint."""
+        if len(origin) == 3:
+            endpoint: Addr = (origin[0], origin[1])
+            src = origin[2]
+        else:
+            endpoint, src = origin, None
+        old = peer.endpoint
+        if old != endpoint:
+            if old is not None or announce_first:
+                out.events.append(Roamed(peer.public_key, peer.name, old, endpoint))
+            peer.endpoint = endpoint
+        if src != peer.src:
+            out.events.append(SourceChanged(peer.public_key, peer.name, peer.src, src))
+            peer.src = src
+            peer.dest_for = None
+        peer.heard = origin
+
+    def _dest(self, peer: Peer) -> Dest:
+        """The Output.datagrams key for `peer`, which has an endpoint (made once per endpoint
+        and source, see Peer.dest)."""
+        addr = peer.endpoint
+        assert addr is not None
+        if peer.dest_for is not addr:
+            peer.dest = Dest(addr[0], addr[1], 0, peer.src)
+            peer.dest_for = addr
+        return peer.dest
+
+    def forget_sources(self, srcs: Iterable[Src]) -> Output:
+        """The socket could not send from these local addresses (removed from the host, or
+        never usable): the peers that sent from one go back to the kernel's choice until an
+        authenticated datagram arrives at a local address again. The socket already resent
+        what failed without the source; this only stops the next sends from trying it."""
+        lost = set(srcs)
+        out = Output()
+        if not lost:
+            return out
+        for peer in self.peers.values():
+            if peer.src is not None and peer.src in lost:
+                out.events.append(SourceChanged(peer.public_key, peer.name, peer.src, None))
+                peer.src = None
+                peer.heard = None
+                peer.dest_for = None
+        return out
 
     def _clear_sessions(self, peer: Peer) -> None:
         for kp in peer.keypairs():

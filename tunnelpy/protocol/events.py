@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 Addr = tuple[str, int]
+Src = tuple[str, int]  # (local address, interface index), as actions.Src
 
 
 def format_addr(addr: Addr | None) -> str:
@@ -73,6 +74,22 @@ class Roamed(PeerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceChanged(PeerEvent):
+    """The local address we send to the peer from (its sticky source) changed: an authenticated
+    message arrived at another of our addresses (``new``), or the socket found ``old`` gone and
+    the kernel chooses again (``new`` None)."""
+
+    old: Src | None
+    new: Src | None
+
+    def __str__(self) -> str:
+        def text(src: Src | None) -> str:
+            return "(kernel's choice)" if src is None else src[0]
+
+        return f"{text(self.old)} -> {text(self.new)}"
+
+
+@dataclass(frozen=True, slots=True)
 class ResolveEndpoint(PeerEvent):
     """The peer does not answer: an endpoint given as a host name is worth resolving again."""
 
@@ -82,4 +99,6 @@ class ResolveEndpoint(PeerEvent):
         return self.reason
 
 
-Event = HandshakeSent | HandshakeComplete | HandshakeFailed | Roamed | ResolveEndpoint
+Event = (
+    HandshakeSent | HandshakeComplete | HandshakeFailed | Roamed | SourceChanged | ResolveEndpoint
+)

@@ -8,8 +8,10 @@ Both are sans-I/O and are driven the same way, so the data path and the daemon h
 :class:`PacketEngine` and never ask which one it is for the per-packet work:
 
 * batches in, :class:`~.actions.Output` out: ``from_tunnel`` (TUN packets), ``from_segment``
-  (TAP frames of one VNI), ``from_network`` (UDP payloads with their source), ``on_timer``;
-  ``next_deadline`` says when ``on_timer`` is due (None: never);
+  (TAP frames of one VNI), ``from_network`` (UDP payloads with their origin: the sender and
+  the local address they arrived at), ``on_timer``; ``next_deadline`` says when ``on_timer``
+  is due (None: never); ``forget_sources`` is the socket saying it could not send from some
+  local addresses (actions.py, sticky sources);
 * the tables readers show: ``peers`` (keyed by public key, or by name for VXLAN), ``segments``
   (VNI -> :class:`~.switch.Switch`, with its FDB), ``drops`` (reason -> count, see drops.py);
 * the changes every transport has: segments added (replacing one of the same VNI) and removed,
@@ -29,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .actions import Output
+from .actions import Origin, Output, Src
 from .switch import Switch
 
 Addr = tuple[str, int]
@@ -57,7 +59,8 @@ class PacketEngine(Protocol):
 
     def from_tunnel(self, packets: Sequence[bytes], now: float) -> Output: ...
     def from_segment(self, vni: int, frames: Sequence[bytes], now: float) -> Output: ...
-    def from_network(self, datagrams: Iterable[tuple[bytes, Addr]], now: float) -> Output: ...
+    def from_network(self, datagrams: Iterable[tuple[bytes, Origin]], now: float) -> Output: ...
+    def forget_sources(self, srcs: Iterable[Src]) -> Output: ...
     def on_timer(self, now: float) -> Output: ...
     def next_deadline(self) -> float | None: ...
 

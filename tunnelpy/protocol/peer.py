@@ -19,7 +19,7 @@ import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 
-from .actions import Dest
+from .actions import Dest, Origin, Src
 from .constants import MAX_STAGED_PACKETS
 from .cookie import CookieGenerator
 from .handshake import InitiationState
@@ -53,8 +53,16 @@ class Peer:
         self.name = name
         self.preshared_key = preshared_key or bytes(32)
         self.endpoint = endpoint
-        # The Output.datagrams key of `endpoint` (the object in dest_for), made once per
-        # endpoint instead of per batch sent: building a NamedTuple costs about a microsecond.
+        # The sticky source: the local address the last authenticated datagram from the peer
+        # arrived at, which what we send it leaves from (None: the kernel chooses). Whatever
+        # sets `endpoint` from outside (config, UAPI) clears it, as wireguard-go's ClearSrc.
+        self.src: Src | None = None
+        # The Origin (endpoint and src) of the last authenticated datagram, so that a run of
+        # them from the same place costs one comparison (None: compare afresh).
+        self.heard: Origin | None = None
+        # The Output.datagrams key of `endpoint` and `src` (dest_for is that endpoint object;
+        # a change of src resets it), made once per endpoint instead of per batch sent:
+        # building a NamedTuple costs about a microsecond.
         self.dest_for: Addr | None = None
         self.dest = Dest("", 0)
         self.persistent_keepalive = persistent_keepalive

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from .actions import Dest, Output
+from .actions import Dest, Origin, Output, Src
 from .drops import Drop
 from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
 from .packet_engine import UNSET, Unset
@@ -162,7 +162,12 @@ class VxlanEngine:
                 p.tx_packets += len(payloads)
         return out
 
-    def from_network(self, datagrams: Iterable[tuple[bytes, Addr]], now: float) -> Output:
+    def forget_sources(self, srcs: Iterable[Src]) -> Output:
+        """(The common engine interface: VXLAN peers send from the kernel's choice, so no
+        source of theirs can be lost.)"""
+        return Output()
+
+    def from_network(self, datagrams: Iterable[tuple[bytes, Origin]], now: float) -> Output:
         out = Output()
         for data, addr in datagrams:
             vni = parse_header(data)

@@ -72,8 +72,12 @@ class Worker:
             return
         out = self.engine.from_tunnel(packets, self.clock.now())
         send = self.udp.send
-        for addr, datagrams in out.datagrams.items():
-            send(addr, datagrams)
+        for dest, datagrams in out.datagrams.items():
+            send(dest, datagrams)
+        lost = self.udp.lost_sources
+        if lost:  # sent from the kernel's choice instead (io/udp.py): do not try them again
+            self.engine.forget_sources(lost)
+            lost.clear()
         for key, pkts in out.to_daemon.items():
             for chunk in stage_chunks(pkts):
                 self.channel.send(Stage(key, chunk))
@@ -85,7 +89,7 @@ class Worker:
         if type(msg) is Peers:
             self.engine.set_peers(msg.peers)
         elif type(msg) is Endpoint:
-            self.engine.set_endpoint(msg.key, msg.endpoint)
+            self.engine.set_endpoint(msg.key, msg.endpoint, msg.src)
         elif type(msg) is Keypair:
             self.engine.set_keypair(msg.key, msg.material, now)
             self._arm_expiry()

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 The daemon mirrors to each worker what it needs to encrypt (:class:`Peers`, :class:`Endpoint`,
-:class:`Keypair`) and ends it (:class:`Stop`); a worker answers with what it sent and dropped
+:class:`Keypair`; an endpoint travels with the peer's sticky source, the local address to send
+from, see protocol/actions.py) and ends it (:class:`Stop`); a worker answers with what it sent and dropped
 (:class:`Report`), packets it could not send (:class:`Stage`) and sessions due for renewal
 (:class:`Rekey`). The control channel (channel.py) carries each message as one byte string.
 
@@ -35,11 +36,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ..protocol.actions import Src
 from ..protocol.peer import Addr, Network
 
 KEY_LEN = 32
 MAX_PACKET = 65575  # an IPv6 packet of the largest payload length (no jumbograms)
 MAX_HOST = 255  # an endpoint's host: an address literal, perhaps with a %scope
+MAX_SRC = 45  # a source's host: an address literal (the longest IPv6 text form), no scope
+MAX_IFINDEX = (1 << 31) - 1  # interface indexes are positive C ints
 
 # The drop reasons a worker can report, by index on the wire (a worker cannot invent labels
 # for the daemon's metrics). The values are the engine's drop reason names.
@@ -62,6 +66,7 @@ class PeerRoutes:
     key: bytes
     endpoint: Addr | None
     networks: list[Network]
+    src: Src | None = None  # the sticky source: the local address to send from
 
 
 @dataclass(slots=True)
@@ -75,6 +80,7 @@ class Peers:
 class Endpoint:
     key: bytes
     endpoint: Addr | None
+    src: Src | None = None  # as in PeerRoutes
 
 
 @dataclass(slots=True)
@@ -181,12 +187,24 @@ def _put_endpoint(out: list[bytes], endpoint: Addr | None) -> None:
     out += (_U8.pack(len(host)), host, _U16.pack(endpoint[1]))
 
 
+def _put_src(out: list[bytes], src: Src | None) -> None:
+    """A sticky source: host length (0: none), host, 32-bit interface index."""
+    if src is None:
+        out.append(b"\x00")
+        return
+    host = src[0].encode("ascii")
+    if not 0 < len(host) <= MAX_SRC or not 0 <= src[1] <= MAX_IFINDEX:
+        raise ValueError(f"source {src!r}")
+    out += (_U8.pack(len(host)), host, _U32.pack(src[1]))
+
+
 def _encode_peers(m: Peers) -> bytes:
     out = [bytes((_PEERS,)), _U32.pack(len(m.peers))]
     v4type = ipaddress.IPv4Network
     for p in m.peers:
         out.append(_key(p.key))
         _put_endpoint(out, p.endpoint)
+        _put_src(out, p.src)
         a4: list[int] = []
         l4: list[int] = []
         a6: list[int] = []
@@ -208,6 +226,7 @@ def _encode_peers(m: Peers) -> bytes:
 def _encode_endpoint(m: Endpoint) -> bytes:
     out = [bytes((_ENDPOINT,)), _key(m.key)]
     _put_endpoint(out, m.endpoint)
+    _put_src(out, m.src)
     return b"".join(out)
 
 
@@ -284,6 +303,28 @@ def _get_endpoint(data: bytes, at: int) -> tuple[Addr | None, int]:
     return (host, port), at + n + 2
 
 
+def _get_src(data: bytes, at: int) -> tuple[Src | None, int]:
+    _need(data, at, 1)
+    n = data[at]
+    at += 1
+    if n == 0:
+        return None, at
+    if n > MAX_SRC:
+        raise MessageError(f"source host of {n} bytes")
+    _need(data, at, n + 4)
+    try:
+        host = data[at : at + n].decode("ascii")
+        if "%" in host:
+            raise ValueError("a scope in a source address")
+        ipaddress.ip_address(host)
+    except ValueError as e:
+        raise MessageError(f"source host: {e}") from None
+    (ifindex,) = _U32.unpack_from(data, at + n)
+    if ifindex > MAX_IFINDEX:
+        raise MessageError(f"interface index {ifindex}")
+    return (host, ifindex), at + n + 4
+
+
 def _get_networks(data: bytes, at: int) -> tuple[list[Network], int]:
     _need(data, at, _COUNTS.size)
     n4, n6 = _COUNTS.unpack_from(data, at)
@@ -309,14 +350,15 @@ def _decode_peers(data: bytes) -> Peers:
     _need(data, 1, 4)
     (n,) = _U32.unpack_from(data, 1)
     at = 5
-    _need(data, at, n * (KEY_LEN + 1 + _COUNTS.size))  # the smallest peer entry
+    _need(data, at, n * (KEY_LEN + 2 + _COUNTS.size))  # the smallest peer entry
     peers = []
     for _ in range(n):
         _need(data, at, KEY_LEN)
         key = data[at : at + KEY_LEN]
         endpoint, at = _get_endpoint(data, at + KEY_LEN)
+        src, at = _get_src(data, at)
         nets, at = _get_networks(data, at)
-        peers.append(PeerRoutes(key, endpoint, nets))
+        peers.append(PeerRoutes(key, endpoint, nets, src))
     _end(data, at)
     return Peers(peers)
 
@@ -324,8 +366,9 @@ def _decode_peers(data: bytes) -> Peers:
 def _decode_endpoint(data: bytes) -> Endpoint:
     _need(data, 1, KEY_LEN)
     endpoint, at = _get_endpoint(data, 1 + KEY_LEN)
+    src, at = _get_src(data, at)
     _end(data, at)
-    return Endpoint(data[1 : 1 + KEY_LEN], endpoint)
+    return Endpoint(data[1 : 1 + KEY_LEN], endpoint, src)
 
 
 def _decode_keypair(data: bytes) -> Keypair:

@@ -9,8 +9,8 @@ the UDP socket; workers 1…N-1 each read one more queue and encrypt (sender.py)
   counter memfd; then closes its own copy of the queue (so a dead worker's queue detaches and
   its flows move to the live queues);
 - mirrors the engine's state to the workers (messages.py): the peer list with AllowedIPs when
-  either changes (AllowedIPs.version), each peer's endpoint, and the sending half of its current
-  keypair. It does not poll: whoever changes that state calls ``sync()`` (``wg set``, reload,
+  either changes (AllowedIPs.version), each peer's endpoint with its sticky source (the local
+  address to send from), and the sending half of its current keypair. It does not poll: whoever changes that state calls ``sync()`` (``wg set``, reload,
   name resolution) or ``sync_soon()`` (a handshake or roam, from the engine's events). A worker
   drops a keypair by itself once it has expired, so expiry needs no message;
 - applies reports: sent bytes and send-side timers (``Engine.note_worker_sent``), drops, packets
@@ -148,7 +148,8 @@ class WorkerPool:
         self.stopping = False
         self._restarts: list[float] = []
         self._sig: tuple | None = None
-        self._sent: dict[bytes, tuple] = {}  # peer key -> (endpoint, keypair identity) sent
+        # peer key -> ((endpoint, source), keypair identity) as last sent to the workers
+        self._sent: dict[bytes, tuple] = {}
         self._sync_pending = False
         self.malformed = 0  # workers failed for breaking the control protocol (channel.error)
 
@@ -304,7 +305,9 @@ class WorkerPool:
     def _peers_msg(self) -> Peers:
         e = self.engine
         networks_of = e.allowed.networks_of
-        return Peers([PeerRoutes(key, p.endpoint, networks_of(p)) for key, p in e.peers.items()])
+        return Peers([
+            PeerRoutes(key, p.endpoint, networks_of(p), p.src) for key, p in e.peers.items()
+        ])  # fmt: skip
 
     def _keypair_msg(self, key: bytes, now: float) -> Keypair:
         kp = self.engine.peers[key].current
@@ -316,7 +319,7 @@ class WorkerPool:
 
     def _state_of(self, peer: Peer) -> tuple:
         kp = peer.current
-        return (peer.endpoint, kp.ident if kp is not None else 0)
+        return ((peer.endpoint, peer.src), kp.ident if kp is not None else 0)
 
     def _full_state(self) -> list[DaemonMessage]:
         now = self.now()
@@ -345,14 +348,16 @@ class WorkerPool:
             # A worker keeps the sending key of a peer it already had (and a new peer has
             # none, as for identity 0): only keypairs that changed follow.
             old = self._sent
-            self._sent = {k: (p.endpoint, old.get(k, (None, 0))[1]) for k, p in e.peers.items()}
+            self._sent = {
+                k: ((p.endpoint, p.src), old.get(k, (None, 0))[1]) for k, p in e.peers.items()
+            }
         for key, peer in e.peers.items():
             state = self._state_of(peer)
             sent = self._sent.get(key)
             if sent == state:
                 continue
             if sent is None or sent[0] != state[0]:
-                self._broadcast(Endpoint(key, state[0]))
+                self._broadcast(Endpoint(key, peer.endpoint, peer.src))
             if sent is None or sent[1] != state[1]:
                 self._broadcast(self._keypair_msg(key, now))
             self._sent[key] = state

@@ -6,8 +6,11 @@ With ``Workers = N`` the TUN has N queues; the kernel spreads outgoing flows ove
 hash, and each worker process reads one queue. A worker runs no handshakes and holds no receive
 state: the daemon (the main process) owns the static key, every handshake, every receive path
 (replay windows, keypair rotation, roaming) and every timer, and tells the workers what they need
-to encrypt: per peer its endpoint, its AllowedIPs, and the sending half of its current keypair
-(key, remote index, the keypair's age and its shared counter slot).
+to encrypt: per peer its endpoint and sticky source (the local address to send from, which only
+the daemon learns: it receives), its AllowedIPs, and the sending half of its current keypair
+(key, remote index, the keypair's age and its shared counter slot). A source the worker's socket
+finds gone is forgotten here at once (``forget_sources``), as the daemon's engine does for its
+own sends, until the daemon sends the peer's endpoint and source again.
 
 ``from_tunnel(packets, now)`` routes each packet through AllowedIPs exactly as the engine does
 and, when the peer's sending state is usable (young enough, counters left, an endpoint, and the
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from ..protocol.actions import Dest, Src
 from ..protocol.allowedips import AllowedIPs, route_packets
 from ..protocol.constants import (
     REJECT_AFTER_MESSAGES,
@@ -66,21 +70,29 @@ class SendKey:
 
 
 class WorkerPeer:
-    __slots__ = ("key", "endpoint", "send", "tx_bytes", "tx_packets", "data_sent", "any_sent",
-                 "rekey_asked")  # fmt: skip
+    __slots__ = ("key", "endpoint", "src", "dest", "send", "tx_bytes", "tx_packets",
+                 "data_sent", "any_sent", "rekey_asked")  # fmt: skip
 
-    def __init__(self, key: bytes, endpoint: Addr | None) -> None:
+    def __init__(self, key: bytes, endpoint: Addr | None, src: Src | None = None) -> None:
         self.key = key
         self.endpoint = endpoint
+        self.src = src
+        self.dest: Dest | None = None  # the datagrams' key: endpoint and src (None: no endpoint)
+        self.set_path(endpoint, src)
         self.send: SendKey | None = None
         self.tx_bytes = self.tx_packets = 0
         self.data_sent = self.any_sent = False
         self.rekey_asked = float("-inf")
 
+    def set_path(self, endpoint: Addr | None, src: Src | None) -> None:
+        self.endpoint = endpoint
+        self.src = src
+        self.dest = None if endpoint is None else Dest(endpoint[0], endpoint[1], 0, src)
+
 
 @dataclass
 class SendOutput:
-    datagrams: dict[Addr, list[bytes]] = field(default_factory=dict)  # grouped by destination
+    datagrams: dict[Dest, list[bytes]] = field(default_factory=dict)  # grouped by destination
     to_daemon: dict[bytes, list[bytes]] = field(default_factory=dict)  # peer key -> packets
     rekey: list[bytes] = field(default_factory=list)  # peer keys
 
@@ -104,16 +116,25 @@ class SendEngine:
         for p in peers:
             wp = old.get(p.key)
             if wp is None:
-                wp = WorkerPeer(p.key, p.endpoint)
-            wp.endpoint = p.endpoint
+                wp = WorkerPeer(p.key, p.endpoint, p.src)
+            else:
+                wp.set_path(p.endpoint, p.src)
             self.peers[p.key] = wp
             for net in p.networks:
                 insert(net, wp)
 
-    def set_endpoint(self, key: bytes, endpoint: Addr | None) -> None:
+    def set_endpoint(self, key: bytes, endpoint: Addr | None, src: Src | None = None) -> None:
         wp = self.peers.get(key)
         if wp is not None:
-            wp.endpoint = endpoint
+            wp.set_path(endpoint, src)
+
+    def forget_sources(self, srcs: Iterable[Src]) -> None:
+        """The socket could not send from these local addresses (and sent from the kernel's
+        choice instead): stop naming them."""
+        lost = set(srcs)
+        for wp in self.peers.values():
+            if wp.src is not None and wp.src in lost:
+                wp.set_path(wp.endpoint, None)
 
     def set_keypair(self, key: bytes, material: KeypairMaterial | None, now: float) -> None:
         """The sending half of the peer's current keypair, or None when it has no session to
@@ -148,7 +169,8 @@ class SendEngine:
     def _send(self, peer: WorkerPeer, payloads: list[bytes], now: float, out: SendOutput) -> None:
         sk = peer.send
         n = len(payloads)
-        if sk is None or peer.endpoint is None or now - sk.created >= REJECT_AFTER_TIME:
+        dest = peer.dest
+        if sk is None or dest is None or now - sk.created >= REJECT_AFTER_TIME:
             out.to_daemon.setdefault(peer.key, []).extend(payloads)
             return
         counter = self.counters.reserve(sk.slot, sk.ident, n)
@@ -157,12 +179,12 @@ class SendEngine:
         if counter is None or counter + n >= REJECT_AFTER_MESSAGES:
             out.to_daemon.setdefault(peer.key, []).extend(payloads)
             return
-        assert sk is not None and peer.endpoint is not None
+        assert sk is not None
         datagrams, sent = seal_batch(sk.encrypt, sk.remote_index, counter, payloads, self.mtu)
         sk.counter = counter + n
-        bucket = out.datagrams.get(peer.endpoint)
+        bucket = out.datagrams.get(dest)
         if bucket is None:
-            out.datagrams[peer.endpoint] = datagrams
+            out.datagrams[dest] = datagrams
         else:
             bucket.extend(datagrams)
         peer.tx_bytes += sent
