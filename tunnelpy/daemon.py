@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Callable
 
 from . import config as cfgmod
-from . import wgapi
+from . import dns, wgapi
 from .datapath import ProtocolClock
 from .device import Device, DeviceError, workers_for
 from .io import knobs
@@ -74,6 +74,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._watch: asyncio.TimerHandle | None = None
         self.lost: str | None = None  # why the interface went away under us, if it did
+        self.dns: dns.Applied | None = None  # DNS = as set, to be undone exactly
 
     # ------------------------------------------------------------------ life cycle
 
@@ -157,10 +158,6 @@ class Daemon:
         dev.now = clock.now
         for w in conf.warnings:
             log.warning("%s", w)
-        if ic.dns:
-            log.warning(
-                "DNS = %s is not applied by tunnelpyd (configure your resolver)", ", ".join(ic.dns)
-            )
         try:
             # 1. Everything that can fail without side effects.
             workers = workers_for(conf)
@@ -201,8 +198,13 @@ class Daemon:
             dev.start(loop, clock)
             dev.start_workers(time_scale=clock.scale, user=self.user or ic.user)
             await dev.install_routes()
+            if ic.dns and dev.tun is not None:
+                # As wg-quick: after addresses and routes, before PostUp (tunnelpy/dns.py).
+                self.dns = await dev.blocking(dns.apply, self.name, list(ic.dns))
+                log.info("DNS: %d entr(ies) set through %s", len(ic.dns), self.dns.tool)
         except (
             DeviceError,
+            dns.DnsError,
             TopologyError,
             iface.NetlinkSetupError,
             TunError,
@@ -233,6 +235,12 @@ class Daemon:
         devices_up = dev.devices_open
         if devices_up:
             self._run_hooks("PreDown", self.conf.interface.pre_down)
+        if self.dns is not None:
+            try:
+                await dev.blocking(dns.undo, self.dns)
+            except dns.DnsError as e:
+                log.warning("DNS: could not remove the resolvers: %s", e)
+            self.dns = None
         await dev.remove_rules()
         if self.topology is not None:
             # Before the TUN/TAPs go: restore foreign ports, delete what we created, in reverse.
