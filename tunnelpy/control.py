@@ -207,6 +207,7 @@ def device_status(
         "fwmark": fwmark,
         "peers": peer_status(engine),
         "drops": _drops(engine.drops),
+        "unrouted": _drops(getattr(engine, "unrouted", {})),  # kernel multicast, not drops
         "segments": segment_status(engine, segments, now),
         "topology": [],
     }
@@ -233,6 +234,7 @@ def metrics_status(
         "public_key": _b64(getattr(engine, "public_key", None)),
         "peers": LazyPeers(engine),
         "drops": _drops(engine.drops),
+        "unrouted": _drops(getattr(engine, "unrouted", {})),
         "segments": segment_status(engine, segments, now, with_fdb=False),
     }
     if extra:

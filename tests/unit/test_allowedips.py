@@ -437,3 +437,18 @@ def test_replace_is_remove_value_then_insert_all(
             assert fast.prefixes_of(peer) == slow.prefixes_of(peer)
         for i in range(0, 256, 8):
             assert fast.lookup(bytes([10, i, 0, 1])) is slow.lookup(bytes([10, i, 0, 1]))
+
+
+def test_kernel_multicast_without_a_route_is_not_a_drop():
+    from collections import Counter
+
+    from tests.harness.packets import ipv4, ipv6
+    from tunnelpy.protocol.allowedips import AllowedIPs, route_packets
+
+    table: AllowedIPs[str] = AllowedIPs()
+    drops: Counter[str] = Counter()
+    quiet: Counter[str] = Counter()
+    pkts = [ipv6("fe80::1", "ff02::2"), ipv6("fe80::1", "ff02::16"), ipv4("10.0.0.1", "224.0.0.22"),
+            ipv4("10.0.0.1", "10.9.9.9")]  # fmt: skip
+    assert route_packets(pkts, table, drops, quiet) == {}
+    assert quiet == {"tun_multicast": 3} and drops == {"tun_no_route": 1}

@@ -1,4 +1,4 @@
-"""Prometheus metrics over HTTP, for ``[Interface] MetricsListen = 127.0.0.1:9586`` or
+"""Prometheus metrics over HTTP, for ``[Interface] MetricsListen = 127.0.0.1:9587`` or
 ``MetricsListen = unix:/run/tunnelpy/NAME.metrics``.
 
 Off by default. The endpoint is open to every local user who can connect (any user, for a TCP
@@ -46,7 +46,9 @@ tunnelpy_peer_receive_packets_total             counter
 tunnelpy_peer_transmit_packets_total            counter
 tunnelpy_peer_handshakes_total                  counter  completed handshakes
 tunnelpy_peer_last_handshake_timestamp_seconds  gauge    unix time, 0 = never
-tunnelpy_peer_last_handshake_age_seconds        gauge    absent until the first handshake
+tunnelpy_tun_unrouted_total{reason}             counter  kernel multicast on the TUN, not drops
+tunnelpy_build_info{version}                    gauge    1
+wireguard_* (mdlayher's and MindFlavor's exporter names: device/interface, public_key labels)
 tunnelpy_peer_drops_total{reason}               counter  drops attributed to a peer
 tunnelpy_drops_total{reason}                    counter  all drops of the interface
 tunnelpy_segment_fdb_entries{segment,vni}       gauge    learnt + static MACs
@@ -75,9 +77,21 @@ from typing import Any
 
 from .unixsock import bind_private
 
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunnelpy")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version()  # tunnelpy_build_info{version}
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9586
+DEFAULT_PORT = 9587  # not 9586: the WireGuard exporters' own, so both can run side by side
 MAX_REQUEST = 8192  # bytes of request head (request line + headers)
 MAX_CONNECTIONS = 8  # served at once; more are closed as they arrive
 READ_TIMEOUT = 5.0  # for the whole request head
@@ -155,11 +169,11 @@ class Renderer:
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self.wall = wall
-        self._labels: dict[tuple[str, str, str], str] = {}
+        # (interface, peer, key) -> its label strings: ours, mdlayher's, MindFlavor's
+        self._labels: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 
     def steps(self, docs: Iterable[dict[str, Any]]) -> Generator[None, None, str]:
         """Yields after every peer; returns the text (the server drives it in time slices)."""
-        now = self.wall()
         old, labels = self._labels, {}
         fams = {
             "info": _Family("tunnelpy_info", "gauge", "tunnelpyd interface"),
@@ -173,9 +187,34 @@ class Renderer:
                 "tunnelpy_peer_last_handshake_timestamp_seconds", "gauge",
                 "Unix time of the latest handshake (0: never)",
             ),
-            "hs_age": _Family(
-                "tunnelpy_peer_last_handshake_age_seconds", "gauge",
-                "Seconds since the latest handshake (absent: never)",
+            "build": _Family("tunnelpy_build_info", "gauge", "tunnelpy version (always 1)"),
+            "unrouted": _Family(
+                "tunnelpy_tun_unrouted_total", "counter",
+                "Multicast the kernel sent on the TUN by itself, with no peer for it (not drops)",
+            ),
+            # The WireGuard exporters' names, so existing dashboards work unchanged:
+            # mdlayher/wireguard_exporter (device, public_key) ...
+            "wg_dev": _Family("wireguard_device_info", "gauge", "Metadata about a device."),
+            "wg_rx": _Family(
+                "wireguard_peer_receive_bytes_total", "counter",
+                "Number of bytes received from a given peer.",
+            ),
+            "wg_tx": _Family(
+                "wireguard_peer_transmit_bytes_total", "counter",
+                "Number of bytes transmitted to a given peer.",
+            ),
+            "wg_hs": _Family(
+                "wireguard_peer_last_handshake_seconds", "gauge",
+                "UNIX timestamp for the last handshake with a given peer.",
+            ),
+            # ... and MindFlavor/prometheus_wireguard_exporter (interface, public_key)
+            "mf_tx": _Family("wireguard_sent_bytes_total", "counter", "Bytes sent to the peer"),
+            "mf_rx": _Family(
+                "wireguard_received_bytes_total", "counter", "Bytes received from the peer"
+            ),
+            "mf_hs": _Family(
+                "wireguard_latest_handshake_seconds", "gauge",
+                "UNIX timestamp seconds of the last handshake",
             ),
             "pdrops": _Family(
                 "tunnelpy_peer_drops_total", "counter",
@@ -201,7 +240,10 @@ class Renderer:
         }  # fmt: skip
         f = fams
         rxb, txb, rxp, txp = f["rxb"].lines, f["txb"].lines, f["rxp"].lines, f["txp"].lines
-        hs, hs_ts, hs_age = f["hs"].lines, f["hs_ts"].lines, f["hs_age"].lines
+        hs, hs_ts = f["hs"].lines, f["hs_ts"].lines
+        wg_rx, wg_tx, wg_hs = f["wg_rx"].lines, f["wg_tx"].lines, f["wg_hs"].lines
+        mf_rx, mf_tx, mf_hs = f["mf_rx"].lines, f["mf_tx"].lines, f["mf_hs"].lines
+        f["build"].add(f'version="{_escape(VERSION)}"', 1)
         for d in docs:
             ifn = _escape(d["name"])
             il = f'interface="{ifn}"'
@@ -210,32 +252,43 @@ class Renderer:
                 f'{il},public_key="{pub}",transport="{_escape(d.get("transport", ""))}"', 1
             )
             f["peers"].add(il, len(d["peers"]))
+            wireguard = d.get("transport", "wireguard") == "wireguard"
+            if wireguard:
+                f["wg_dev"].add(f'device="{ifn}",public_key="{pub}"', 1)
             for p in d["peers"]:
                 key = (ifn, p["name"], p.get("public_key") or "")
-                lv = old.get(key)
-                if lv is None:
-                    lv = f'{il},peer="{_escape(key[1])}",public_key="{_escape(key[2])}"'
-                labels[key] = lv
+                cached = old.get(key)
+                if cached is None:
+                    pk = _escape(key[2])
+                    cached = (
+                        f'{il},peer="{_escape(key[1])}",public_key="{pk}"',
+                        f'device="{ifn}",public_key="{pk}"',
+                        f'{il},public_key="{pk}",friendly_name="{_escape(key[1])}"',
+                    )
+                labels[key] = cached
+                lv, dv, mv = cached
                 # The hot loop: eight lines per peer, formatted directly.
                 rxb.append(f"tunnelpy_peer_receive_bytes_total{{{lv}}} {p['rx_bytes']}\n")
                 txb.append(f"tunnelpy_peer_transmit_bytes_total{{{lv}}} {p['tx_bytes']}\n")
                 rxp.append(f"tunnelpy_peer_receive_packets_total{{{lv}}} {p['rx_packets']}\n")
                 txp.append(f"tunnelpy_peer_transmit_packets_total{{{lv}}} {p['tx_packets']}\n")
                 hs.append(f"tunnelpy_peer_handshakes_total{{{lv}}} {p['handshakes']}\n")
-                last = p.get("latest_handshake") or 0
-                hs_ts.append(
-                    f"tunnelpy_peer_last_handshake_timestamp_seconds{{{lv}}} {_num(last)}\n"
-                )
-                if last:
-                    hs_age.append(
-                        f"tunnelpy_peer_last_handshake_age_seconds{{{lv}}} "
-                        f"{_num(max(0.0, now - last))}\n"
-                    )
+                last = _num(p.get("latest_handshake") or 0)
+                hs_ts.append(f"tunnelpy_peer_last_handshake_timestamp_seconds{{{lv}}} {last}\n")
+                if wireguard:
+                    wg_rx.append(f"wireguard_peer_receive_bytes_total{{{dv}}} {p['rx_bytes']}\n")
+                    wg_tx.append(f"wireguard_peer_transmit_bytes_total{{{dv}}} {p['tx_bytes']}\n")
+                    wg_hs.append(f"wireguard_peer_last_handshake_seconds{{{dv}}} {last}\n")
+                    mf_rx.append(f"wireguard_received_bytes_total{{{mv}}} {p['rx_bytes']}\n")
+                    mf_tx.append(f"wireguard_sent_bytes_total{{{mv}}} {p['tx_bytes']}\n")
+                    mf_hs.append(f"wireguard_latest_handshake_seconds{{{mv}}} {last}\n")
                 for reason, n in p.get("drops", {}).items():
                     f["pdrops"].add(f'{lv},reason="{_escape(reason)}"', n)
                 yield
             for reason, n in d.get("drops", {}).items():
                 f["drops"].add(f'{il},reason="{_escape(reason)}"', n)
+            for reason, n in d.get("unrouted", {}).items():
+                f["unrouted"].add(f'{il},reason="{_escape(reason)}"', n)
             for s in d.get("segments", []):
                 sl = f'{il},segment="{_escape(s["name"])}",vni="{s["vni"]}"'
                 f["fdb"].add(sl, s["fdb_size"])

@@ -364,14 +364,25 @@ class AllowedIPs(Generic[V]):
         return table is not None and address >> (width - plen) in table
 
 
+def _multicast(dst: bytes) -> bool:
+    """A multicast or limited-broadcast destination (IPv6 ff00::/8, IPv4 224/4 and
+    255.255.255.255): what the kernel itself sends on any new link (MLD reports, router
+    solicitations), never routed by AllowedIPs unless a peer claims it."""
+    return dst[0] == 0xFF if len(dst) == 16 else (dst[0] & 0xF0) == 0xE0 or dst == b"\xff" * 4
+
+
 def route_packets(
-    packets: Iterable[bytes], table: AllowedIPs[V], drops: Counter[str]
-) -> dict[V, list[bytes]]:
+    packets: Iterable[bytes], table: AllowedIPs[V], drops: Counter[str],
+    multicast: Counter[str] | None = None,
+) -> dict[V, list[bytes]]:  # fmt: skip
     """Outgoing IP packets grouped by the owner of their destination (cryptokey routing out).
 
-    What is not IPv4/IPv6 counts as ``tun_not_ip``, what has no route as ``tun_no_route``. The
-    table is consulted once per run of one destination: the segments of a TSO super-packet
-    share it. (The engine and the worker processes route with this same loop.)
+    What is not IPv4/IPv6 counts as ``tun_not_ip``, what has no route as ``tun_no_route`` —
+    except multicast without a route, which a fresh interface sends by itself (IPv6 router
+    solicitations, MLD): that is no fault, so it counts in ``multicast`` (``tun_multicast``)
+    and not among the drops alerts watch. The table is consulted once per run of one
+    destination: the segments of a TSO super-packet share it. (The engine and the worker
+    processes route with this same loop.)
     """
     by_owner: dict[V, list[bytes]] = {}
     lookup = table.lookup
@@ -396,7 +407,11 @@ def route_packets(
                     found = by_owner[owner] = []
                 bucket = found
         if owner is None:
-            drops["tun_no_route"] += 1
+            if _multicast(dst):
+                if multicast is not None:
+                    multicast["tun_multicast"] += 1
+            else:
+                drops["tun_no_route"] += 1
             continue
         bucket.append(pkt)
     return by_owner

@@ -155,6 +155,8 @@ class Engine:
         # local index -> (peer, keypair); keypair None = our pending initiation.
         self.indices: dict[int, tuple[Peer, Keypair | None]] = {}
         self.drops: Counter[str] = Counter()
+        # Not drops: multicast the kernel sends on the TUN by itself (allowedips.route_packets)
+        self.unrouted: Counter[str] = Counter()
         self.segments: dict[int, Switch[Peer]] = {}
         self._heap: list[tuple[float, int, Peer]] = []
         self._seq = itertools.count()
@@ -415,7 +417,7 @@ class Engine:
 
     def from_tunnel(self, packets: Iterable[bytes], now: float) -> Output:
         out = Output()
-        by_peer = route_packets(packets, self.allowed, self.drops)
+        by_peer = route_packets(packets, self.allowed, self.drops, self.unrouted)
         for peer, pkts in by_peer.items():
             self.send_to_peer(peer, pkts, now, out)
         for peer in by_peer:
@@ -532,7 +534,7 @@ class Engine:
         plaintext encrypted to a peer of its choosing. What does not route there is dropped
         as tun_no_route."""
         peer = self.peers.get(public_key)
-        routed = route_packets(packets, self.allowed, self.drops)
+        routed = route_packets(packets, self.allowed, self.drops, self.unrouted)
         mine = routed.pop(peer, None) if peer is not None else None
         if routed:
             self.drops[Drop.TUN_NO_ROUTE] += sum(map(len, routed.values()))
