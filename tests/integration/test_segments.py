@@ -234,11 +234,12 @@ def timed_transfer(lab, src: str, dst: str, addr: str, nbytes: int) -> float:
     return time.monotonic() - t
 
 
-def test_mac_flood_from_one_spoke_leaves_the_others_at_full_speed(make_lab):
+def test_mac_flood_from_one_spoke_does_not_stall_the_others(make_lab):
     """A hub with three spokes; a host behind spoke 3 sprays random source MACs at 7 000
     frames/s (the rate at which the old FDB, scanning its full table for every new MAC,
     saturated a daemon). The hub's per-peer quota (4096 / 3 members) stops learning them
-    after 1 365 and drops the rest cheaply; TCP between the honest spokes keeps its speed."""
+    after 1 365 and drops the rest cheaply, so TCP between the honest spokes keeps going at
+    nearly its speed (the old FDB: the transfer did not complete in 60 s)."""
     lab = make_lab(7)
     hub_ns, s1, s2, s3, h1, h2, h3 = lab.ns
     spokes = ((s1, "10.57.1"), (s2, "10.57.2"), (s3, "10.57.3"))
@@ -296,4 +297,5 @@ def test_mac_flood_from_one_spoke_leaves_the_others_at_full_speed(make_lab):
     assert drops.get("mac_quota", 0) > 10_000
     assert by_peer["sp3"] <= 4096 // 3 and by_peer["sp1"] >= 1 and by_peer["sp2"] >= 1
     assert quiet < 30, lab.notes
-    assert flooded < 2 * quiet + 1, lab.notes  # full speed, within this machine's noise
+    # nearly full speed: the flood's own decryption shares these 2 cores (64-121 % measured)
+    assert flooded < 2 * quiet + 1, lab.notes
