@@ -914,7 +914,7 @@ class Engine:
             if claimed is not None:
                 kp.slot, kp.ident = claimed
 
-    def _trust(self, addr: Addr, now: float) -> None:
+    def _trust(self, addr: Addr | Origin, now: float) -> None:
         """A handshake completed with ``addr``: its next initiations skip the rate limit."""
         if len(self._trusted) >= TRUSTED_MAX:
             cutoff = now - TRUSTED_FOR
