@@ -52,6 +52,7 @@ from tunnelpy.netlink.kinds import (  # noqa: F401 - the topology dataclasses, r
     VLANConfig,
     VXLANConfig,
 )
+from tunnelpy.protocol.fdb import MacFilter
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,6 +70,12 @@ MAX_WORKERS = knobs.MAX_WORKERS  # Workers = 1..64 (tunnelpy/io/knobs.py shares 
 VNI_MAX = (1 << 24) - 1
 DEFAULT_AGING = 300.0
 DEFAULT_MAX_FDB = 4096
+DEFAULT_MOVE_HOLD = 5.0  # protocol/fdb.py: seconds a learnt MAC is quiet before it may move
+VXLAN_UNAUTHENTICATED_WARNING = (
+    "Transport = vxlan is unauthenticated and unencrypted: anyone who can send UDP to this "
+    "host with a peer's source address can inject frames into its segments; use it only on a "
+    "network you trust (Transport = wireguard authenticates every frame)"
+)
 SAVE_CONFIG_WARNING = "SaveConfig is not supported; the file is never rewritten"
 METRICS_PUBLIC_WARNING = (
     "{} is not a loopback address: whoever reaches it reads peer names, public keys and "
@@ -120,6 +127,7 @@ class InterfaceConfig:
     user: str | None = None  # tunnelpy extension: drop to this user after start-up
     offload: str = OFFLOAD_AUTO  # tunnelpy extension: "auto" or "off" (docs/performance.md)
     workers: int | None = None  # tunnelpy extension: data-path processes; None = auto
+    listen_address: str | None = None  # tunnelpy extension, Transport = vxlan: bind here only
 
     @property
     def public_key(self) -> bytes:
@@ -158,6 +166,10 @@ class SegmentConfig:
     aging: float  # seconds a learnt MAC stays in the FDB
     max_fdb: int  # learnt FDB entries at most
     line: int = 0  # line of the [Segment NAME] header
+    # (MAC masked to its prefix, prefix length 0-48, peer name): AllowedMACs = prefix@peer
+    allowed_macs: tuple[tuple[bytes, int, str], ...] = ()
+    max_per_peer: int | None = None  # learnt MACs per peer; None: max_fdb / members
+    move_hold: float = DEFAULT_MOVE_HOLD  # seconds quiet before a learnt MAC may move
 
 
 @dataclass(frozen=True)
@@ -807,6 +819,32 @@ def _unicast_mac(value: str, ctx: _Context) -> bytes:
     return mac
 
 
+def _mac_prefix_at_peer(value: str, ctx: _Context) -> tuple[bytes, int, str]:
+    # aa:bb:cc:00:00:00/24@peer (an OUI), or a whole MAC (/48) without the length.
+    expected = "expected aa:bb:cc:dd:ee:ff[/LEN]@peername (LEN 0-48)"
+    text, at, peer = value.partition("@")
+    if not at or not peer.strip():
+        raise _BadValue(f"{_show(value)}: {expected}")
+    mac_text, slash, len_text = text.strip().partition("/")
+    try:
+        mac = mac_bytes(mac_text.strip())
+    except ValueError:
+        raise _BadValue(f"{_show(mac_text)} is not a MAC address, {expected}") from None
+    length = 48
+    if slash:
+        if not _DIGITS.fullmatch(len_text.strip()):
+            raise _BadValue(f"{_show(len_text)} is not a prefix length, {expected}")
+        length = _int(len_text.strip(), 0, 48, "a prefix length")
+    # Host bits are cleared, as AllowedIPs = 10.0.0.1/24 means 10.0.0.0/24.
+    bits = int.from_bytes(mac, "big") >> (48 - length) << (48 - length)
+    mac = bits.to_bytes(6, "big")
+    if length >= 8 and mac[0] & 1:
+        raise _BadValue(
+            f"{value.strip()}: a group (multicast) prefix is never a source, {expected}"
+        )
+    return mac, length, _peer_name(peer.strip(), ctx)
+
+
 def _mac_at_peer(value: str, ctx: _Context) -> tuple[bytes, str]:
     mac_text, at, peer = value.partition("@")
     if not at or not peer.strip():
@@ -922,6 +960,14 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
             ctx.warn(
                 metrics_item[0], section.where("MetricsListen"), METRICS_PUBLIC_WARNING.format(host)
             )
+    listen_address = section.get("ListenAddress")
+    if listen_address is not None and transport != TRANSPORT_VXLAN:
+        raise ctx.error(
+            listen_address[0],
+            section.where("ListenAddress"),
+            "is only for Transport = vxlan (a WireGuard socket listens on every address, as "
+            "wg's does), expected no ListenAddress line",
+        )
     save_item = section.get("SaveConfig")
     save_config = bool(save_item and save_item[1])
     if save_item and save_config:
@@ -947,6 +993,7 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
         user=section.value("User"),
         offload=section.value("Offload", OFFLOAD_AUTO),
         workers=section.value("Workers"),
+        listen_address=None if listen_address is None else str(listen_address[1]),
     )
 
 
@@ -1085,6 +1132,9 @@ def _build_segment(section: RawSection, ctx: _Context) -> SegmentConfig:
         aging=section.value("AgingTime", DEFAULT_AGING),
         max_fdb=section.value("MaxFDBEntries", DEFAULT_MAX_FDB),
         line=section.line,
+        allowed_macs=tuple(m for _, m in section.all("AllowedMACs")),
+        max_per_peer=section.value("MaxMACsPerPeer"),
+        move_hold=section.value("MoveHoldTime", DEFAULT_MOVE_HOLD),
     )
 
 
@@ -1168,6 +1218,86 @@ def _check_segments(
                     f"{mac.hex(':')} is already given on line {seen[mac]}, expected each MAC once",
                 )
             seen[mac] = line
+        _check_allowed_macs(section, seg, members, ctx)
+    _check_plain_vxlan(interface, peers, segments, ctx)
+
+
+def _check_allowed_macs(
+    section: RawSection, seg: SegmentConfig, members: set[str], ctx: _Context
+) -> None:
+    """AllowedMACs name members, give each prefix to one peer, and agree with the MAC lines."""
+    given: dict[tuple[bytes, int], tuple[str, int]] = {}
+    for line, (mac, length, name) in section.all("AllowedMACs"):
+        where = section.where("AllowedMACs")
+        if name not in members:
+            raise ctx.error(
+                line, where,
+                f"peer {_show(name)} is not in segment {seg.name!r}, expected one of: "
+                f"{', '.join(sorted(members)) or 'none'}",
+            )  # fmt: skip
+        other = given.get((mac, length))
+        if other is not None:
+            whose = "" if other[0] == name else f" for peer {other[0]!r}"
+            raise ctx.error(
+                line, where,
+                f"{mac.hex(':')}/{length} is already given{whose} on line {other[1]}, "
+                "expected each prefix once",
+            )  # fmt: skip
+        given[(mac, length)] = (name, line)
+    owners = MacFilter([(mac, length, name) for (mac, length), (name, _) in given.items()])
+    for line, (mac, name) in section.all("MAC"):
+        owner = owners.owner(mac)
+        if owner is not None and owner != name:
+            raise ctx.error(
+                line, section.where("MAC"),
+                f"{mac.hex(':')}@{name} is inside the AllowedMACs of peer {owner!r}, expected "
+                f"a MAC {name!r} may send",
+            )  # fmt: skip
+
+
+def _check_plain_vxlan(
+    interface: InterfaceConfig,
+    peers: list[tuple[RawSection, PeerConfig]],
+    segments: list[tuple[RawSection, SegmentConfig]],
+    ctx: _Context,
+) -> None:
+    """Plain VXLAN: say it is unauthenticated (at start and in `tunnelpy check`), what a hub
+    does not relay, and that a bound ListenAddress can reach the peers."""
+    if interface.transport != TRANSPORT_VXLAN:
+        return
+    ctx.warn(interface.line, "Interface", VXLAN_UNAUTHENTICATED_WARNING)
+    for section, seg in segments:
+        if seg.hub:
+            hub_item = section.get("Hub")
+            ctx.warn(
+                hub_item[0] if hub_item else section.line,
+                section.where("Hub"),
+                "over Transport = vxlan a hub relays known unicast only: broadcast, multicast "
+                "and unknown unicast from a peer are written to the TAP but not sent to the "
+                "other peers (an unauthenticated datagram is never multiplied)",
+            )
+    if interface.listen_address is None:
+        return
+    bound = ipaddress.ip_address(interface.listen_address)
+    for section, peer in peers:
+        if peer.endpoint is None or not _is_ip_literal(peer.endpoint[0]):
+            continue
+        if ipaddress.ip_address(peer.endpoint[0]).version != bound.version:
+            item = section.get("Endpoint")
+            raise ctx.error(
+                item[0] if item else section.line,
+                "Peer.Endpoint",
+                f"{peer.endpoint[0]} cannot be reached from ListenAddress = {bound} (line "
+                f"{interface.line}), expected an IPv{bound.version} endpoint",
+            )
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _link_common(section: RawSection, ctx: _Context) -> dict[str, Any]:
@@ -1400,6 +1530,7 @@ _INTERFACE = SectionSpec(
         KeySpec("User", _user),
         KeySpec("Offload", _offload),
         KeySpec("Workers", _workers),
+        KeySpec("ListenAddress", _ip),
     ),
     build=_build_interface,
     required=True,
@@ -1433,6 +1564,9 @@ _SEGMENT = SectionSpec(
         KeySpec("Address", _address, multi=True),
         KeySpec("Hub", _yes_no),
         KeySpec("MAC", _mac_at_peer, multi=True),
+        KeySpec("AllowedMACs", _mac_prefix_at_peer, multi=True),
+        KeySpec("MaxMACsPerPeer", _fdb_size),
+        KeySpec("MoveHoldTime", _seconds),
         KeySpec("AgingTime", _seconds),
         KeySpec("MaxFDBEntries", _fdb_size),
     ),

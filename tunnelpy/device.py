@@ -154,7 +154,10 @@ class Device:
 
     def _default_udp(self, port: int | None, fwmark: int | None) -> UdpSocket | VxlanSocket:
         if self.plain_vxlan:
-            return VxlanSocket(port, fwmark, offload=self.offload)
+            # ListenAddress: bound to that address only, so datagrams to any other address of
+            # this host (unauthenticated as they are) never reach the segments.
+            host = self.conf.interface.listen_address
+            return VxlanSocket(port, fwmark, offload=self.offload, host=host)
         return UdpSocket(port, fwmark, offload=self.offload)
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -621,7 +624,7 @@ class Device:
 
     def _segment_members(
         self, seg: cfgmod.SegmentConfig
-    ) -> tuple[list[Any] | None, list[tuple[bytes, Any]]]:
+    ) -> tuple[list[Any] | None, list[tuple[bytes, Any]], list[tuple[bytes, int, Any]]]:
         e = self.engine
         by_name: dict[str, Any] = (
             dict(e.peers) if isinstance(e, VxlanEngine) else {p.name: p for p in e.peers.values()}
@@ -629,19 +632,22 @@ class Device:
         # None: every peer, also those added later (both engines)
         members = None if seg.peers is None else [by_name[n] for n in seg.peers if n in by_name]
         static = [(mac, by_name[n]) for mac, n in seg.static_macs if n in by_name]
-        return members, static
+        allowed = [(mac, n, by_name[p]) for mac, n, p in seg.allowed_macs if p in by_name]
+        return members, static, allowed
 
     def bind_segment(self, seg: cfgmod.SegmentConfig, *, keep_fdb: bool = False) -> None:
-        """(Re)create the engine's segment from its section; keep_fdb: only rebind members."""
-        members, static = self._segment_members(seg)
+        """(Re)create the engine's segment from its section; keep_fdb: only rebind members
+        (when no static MAC or AllowedMACs names a peer object that may have changed)."""
+        members, static, allowed = self._segment_members(seg)
         current = self.engine.segments.get(seg.vni)
-        if keep_fdb and current is not None and not seg.static_macs:
+        if keep_fdb and current is not None and not seg.static_macs and not seg.allowed_macs:
             current.set_members(members)
         else:
             self.engine.add_segment(
                 seg.vni, members, hub=seg.hub, aging=seg.aging, max_fdb=seg.max_fdb,
                 # the TAP MTU plus the Ethernet header and one 802.1Q tag
                 max_frame=self.segment_mtu(seg) + ETH_HLEN + 4, static=static,
+                allowed_macs=allowed, max_per_peer=seg.max_per_peer, move_hold=seg.move_hold,
             )  # fmt: skip
         self._changed()
 

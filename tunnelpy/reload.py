@@ -48,9 +48,14 @@ LIVE_INTERFACE_FIELDS = (
     "private_key", "listen_port", "fwmark", "mtu", "addresses", "log_level", "metrics_listen",
     "dns", "pre_up", "post_up", "pre_down", "post_down", "save_config",
 )  # fmt: skip
-RESTART_INTERFACE_FIELDS = ("name", "transport", "table", "user", "offload", "workers")
+RESTART_INTERFACE_FIELDS = (
+    "name", "transport", "table", "user", "offload", "workers", "listen_address",
+)  # fmt: skip
 PEER_FIELDS = ("name", "preshared_key", "endpoint", "allowed_ips", "persistent_keepalive")
-SEGMENT_LIVE_FIELDS = ("peers", "hub", "static_macs", "aging", "max_fdb")
+SEGMENT_LIVE_FIELDS = (
+    "peers", "hub", "static_macs", "aging", "max_fdb", "allowed_macs", "max_per_peer",
+    "move_hold",
+)  # fmt: skip
 SEGMENT_REPLACE_FIELDS = ("vni", "device", "bridge", "mtu", "addresses")
 _SECRET_FIELDS = ("private_key", "preshared_key")
 _IGNORED = ("line",)  # moving a section in the file changes nothing
@@ -345,7 +350,11 @@ async def apply(plan: ReloadPlan, device: Device, new: Config, prepared: Prepare
             if seg.vni in added:
                 continue
             changed = any(op.new.name == seg.name for op in plan.of(UpdateSegment))
-            names = set(seg.peers or ()) | {n for _, n in seg.static_macs}
+            names = (
+                set(seg.peers or ())
+                | {n for _, n in seg.static_macs}
+                | {n for _, _, n in seg.allowed_macs}
+            )
             if changed or (peer_changes or renamed) and (names or seg.peers is None):
                 device.bind_segment(seg, keep_fdb=not changed)
     if routes_dirty:

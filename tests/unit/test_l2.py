@@ -90,18 +90,21 @@ def test_mac_text():
 
 
 def test_fdb_learn_move_age_static_and_limit():
-    f: Fdb[str] = Fdb(aging=300, max_entries=3)
-    assert f.learn(mac(1), "p", 0) and f.lookup(mac(1), 10) == "p"
-    assert f.learn(mac(1), "q", 20) and f.lookup(mac(1), 20) == "q" and f.moves == 1
+    f: Fdb[str] = Fdb(aging=300, max_entries=3, move_hold=5)
+    assert f.learn(mac(1), "p", 0) is None and f.lookup(mac(1), 10) == "p"
+    assert f.learn(mac(1), "q", 20) is None and f.lookup(mac(1), 20) == "q" and f.moves == 1
     assert f.lookup(mac(1), 320.5) is None  # aged out 300 s after last seen
     f.add_static(mac(9), "s")
-    assert not f.learn(mac(9), "p", 1) and f.lookup(mac(9), 10**6) == "s"
+    assert f.learn(mac(9), "p", 1) == "mac_not_allowed" and f.lookup(mac(9), 10**6) == "s"
+    assert f.learn(mac(9), "s", 1) is None  # its own peer may send it: nothing to learn
     f.learn(mac(2), "p", 400)
     f.learn(mac(3), "p", 400)
-    assert not f.learn(mac(4), "p", 400) and f.refused == 1  # full: new MACs refused
-    assert f.learn(mac(4), "p", 800)  # after aging there is room again
+    f.learn(mac(5), "p", 400)  # the static entry does not count against MaxFDBEntries
+    assert f.learn(mac(4), "p", 400) == "mac_quota" and f.refused == 1  # p holds its share
+    assert f.learn(mac(4), "q", 400) == "fdb_full" and f.refused == 2  # and the table is full
+    assert f.learn(mac(4), "p", 800) is None  # after aging there is room again
     ages = {format_mac(m): age for m, _, age in f.entries(800)}
-    assert ages["02:00:00:00:00:09"] is None and ages["02:00:00:00:00:04"] == 0
+    assert ages == {"02:00:00:00:00:09": None, "02:00:00:00:00:04": 0}
 
 
 def test_two_sites_broadcast_then_learned_unicast():

@@ -101,11 +101,13 @@ def test_topology_svg_without_graphviz(
 ) -> None:
     monkeypatch.setattr(tc.shutil, "which", lambda _name: None)
     assert cli.main(["topology", "-c", EXAMPLE, "--format", "svg"]) == 1
-    err = capsys.readouterr().err
+    *warnings, err = capsys.readouterr().err.splitlines(keepends=True)
     assert err == (
         "tunnelpy: --format svg needs Graphviz's dot (Debian: apt-get install graphviz); "
         "--format dot prints the source to render elsewhere\n"
     )
+    # the example is plain VXLAN: `Transport = vxlan is unauthenticated`, said before anything
+    assert len(warnings) == 1 and "Transport = vxlan is unauthenticated" in warnings[0]
 
 
 def test_committed_picture_is_current() -> None:

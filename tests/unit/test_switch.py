@@ -84,7 +84,7 @@ def test_group_destination_is_never_looked_up():
 
 def test_ingress_split_horizon_and_group_source():
     sw, p = switch("ab")
-    assert sw.ingress(p["a"], frame(BCAST, b"\x01" + mac(1)[1:]), 0) is None
+    assert sw.ingress(p["a"], frame(BCAST, b"\x01" + mac(1)[1:]), 0) == "bad_src_mac"
     assert sw.ingress(p["a"], frame(BCAST, mac(1)), 0) == ([], True)
     assert sw.fdb.lookup(mac(1), 0) is p["a"]
     assert sw.ingress(p["b"], frame(mac(1), mac(2)), 0) == ([], True)  # no relay without hub
@@ -118,11 +118,12 @@ def test_members_and_forget_peer():
 
 
 def test_static_entries_and_limit():
-    sw, p = switch("ab", max_fdb=2, static=[(mac(5), Port("s"))])
+    sw, p = switch("ab", max_fdb=2, max_per_peer=2, static=[(mac(5), Port("s"))])
     sw.ingress(p["a"], frame(BCAST, mac(1)), 0)
-    sw.ingress(p["b"], frame(BCAST, mac(2)), 0)  # full (the static entry counts): refused
-    assert sw.fdb.refused == 1 and sw.fdb.lookup(mac(2), 0) is None
-    sw.ingress(p["a"], frame(BCAST, mac(5)), 0)
+    sw.ingress(p["b"], frame(BCAST, mac(2)), 0)  # (the static entry does not count)
+    assert sw.ingress(p["b"], frame(BCAST, mac(3)), 0) == "fdb_full"
+    assert sw.fdb.refused == 1 and sw.fdb.lookup(mac(3), 0) is None
+    assert sw.ingress(p["a"], frame(BCAST, mac(5)), 0) == "mac_not_allowed"  # pinned to s
     assert sw.fdb.lookup(mac(5), 10**6).name == "s"  # a static MAC never moves or ages
 
 
@@ -148,10 +149,12 @@ class WireGuardSide:
             n: self.e.add_peer(public_key(generate_private_key(rng)), name=n) for n in names
         }
         static = [(m, self.peer[n]) for m, n in seg.pop("static", ())]
+        allowed = [(m, n, self.peer[p]) for m, n, p in seg.pop("allowed_macs", ())]
         members = seg.pop("members", None)
         self.seg = self.e.add_segment(
-            7, None if members is None else [self.peer[n] for n in members], static=static, **seg
-        )
+            7, None if members is None else [self.peer[n] for n in members], static=static,
+            allowed_macs=allowed, **seg,
+        )  # fmt: skip
 
     def tap(self, frames: list[bytes], now: float) -> list[list[str]]:
         self.e.sent = []
@@ -172,10 +175,12 @@ class VxlanSide:
         self.name_of = {a[0]: n for n, a in self.addr.items()}
         self.peer = {n: self.e.add_peer(n, self.addr[n]) for n in names}
         static = [(m, self.peer[n]) for m, n in seg.pop("static", ())]
+        allowed = [(m, n, self.peer[p]) for m, n, p in seg.pop("allowed_macs", ())]
         members = seg.pop("members", None)
         self.seg = self.e.add_segment(
-            7, None if members is None else [self.peer[n] for n in members], static=static, **seg
-        )
+            7, None if members is None else [self.peer[n] for n in members], static=static,
+            allowed_macs=allowed, **seg,
+        )  # fmt: skip
 
     def _sent(self, out: Output) -> list[tuple[str, bytes]]:
         return [(self.name_of[d.host], x) for d, xs in out.datagrams.items() for x in xs]
@@ -220,30 +225,57 @@ def scenario(side, rng: random.Random) -> list:
     return [log, dict(side.e.drops), entries]
 
 
+SCENARIOS = [
+    {},
+    {"hub": True},
+    {"hub": True, "members": "abc"},
+    {"members": "abd", "static": [(mac(6), "c")]},
+    {"hub": True, "aging": 3.0, "max_fdb": 3, "max_frame": 100},
+    # quotas, pinning and slow moves: mac(1) is a's, 02:00:00:00:00:04-07 are d's (d may send
+    # nothing else), two MACs per peer, a MAC moves once quiet for 2 s
+    {"hub": True, "max_per_peer": 2, "move_hold": 2.0,
+     "allowed_macs": [(mac(1), 48, "a"), (mac(4), 46, "d")]},
+    {"move_hold": 0.0, "max_fdb": 4},  # moves at once (the old rule), an equal share each
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize(
-    "seg",
-    [
-        {},
-        {"hub": True},
-        {"hub": True, "members": "abc"},
-        {"members": "abd", "static": [(mac(6), "c")]},
-        {"hub": True, "aging": 3.0, "max_fdb": 3, "max_frame": 100},
-    ],
-)
+@pytest.mark.parametrize("seg", SCENARIOS)
 def test_both_engines_switch_alike(seed, seg):
     results = []
+    kw = {k: list(v) if k in ("static", "allowed_macs") else v for k, v in seg.items()}
     for side in (WireGuardSide, VxlanSide):
-        s = side("abcd", **{k: list(v) if k == "static" else v for k, v in seg.items()})
+        s = side("abcd", **kw)
+        if side is WireGuardSide:
+            s.seg.relay_floods = False  # as a plain VXLAN hub: compared without flood relays
         results.append(scenario(s, random.Random(seed)))
     assert results[0] == results[1]
     log, drops, _ = results[0]
     assert any(kind == "tap" and any(len(t) == 1 for t in d) for kind, d, *_ in log)
     if seg.get("hub"):
-        assert any(kind == "in" and rest[0][0] for kind, *rest in log)  # relays happened
+        assert any(relayed for _, _, (relayed, _) in _arrivals(log))  # relays happened
     if "members" in seg:
         assert drops.get("peer_not_in_segment")
     assert drops.get("bad_src_mac")
+    if "allowed_macs" in seg or "static" in seg:
+        assert drops.get("mac_not_allowed")
+    if "max_per_peer" in seg or "max_fdb" in seg:
+        assert drops.get("mac_quota") or drops.get("fdb_full")
+
+
+@pytest.mark.parametrize("seg", [s for s in SCENARIOS if s.get("hub")])
+def test_only_an_authenticated_hub_multiplies_floods(seg):
+    """The same scenarios: a WireGuard hub relays floods to every other member; a plain VXLAN
+    hub sends at most one datagram for each one it receives, whatever arrives."""
+    kw = {k: list(v) if k in ("static", "allowed_macs") else v for k, v in seg.items()}
+    wg_log, _, _ = scenario(WireGuardSide("abcd", **kw), random.Random(3))
+    vx_log, _, _ = scenario(VxlanSide("abcd", **kw), random.Random(3))
+    assert max(len(relayed) for kind, _, (relayed, _) in _arrivals(wg_log)) > 1
+    assert max(len(relayed) for kind, _, (relayed, _) in _arrivals(vx_log)) == 1
+
+
+def _arrivals(log: list) -> list:
+    return [entry for entry in log if entry[0] == "in"]
 
 
 def test_engines_flood_head_end_and_unicast_learned():

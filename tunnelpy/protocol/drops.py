@@ -55,6 +55,9 @@ class Drop(StrEnum):
     UNKNOWN_VNI = "unknown_vni"
     PEER_NOT_IN_SEGMENT = "peer_not_in_segment"
     BAD_SRC_MAC = "bad_src_mac"  # a group address as source
+    MAC_NOT_ALLOWED = "mac_not_allowed"  # outside the peer's AllowedMACs, or pinned to another
+    MAC_QUOTA = "mac_quota"  # a new source MAC from a peer holding its MaxMACsPerPeer
+    FDB_FULL = "fdb_full"  # a new source MAC while MaxFDBEntries are learnt
     FRAME_TOO_SHORT = "frame_too_short"
     FRAME_TOO_BIG = "frame_too_big"
     # -- plain VXLAN (vxlan.py)

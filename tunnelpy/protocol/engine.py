@@ -84,7 +84,7 @@ from .events import (
     Roamed,
     SourceChanged,
 )
-from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
+from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, DEFAULT_MOVE_HOLD
 from .packet_engine import UNSET, Unset
 from .peer import Addr, Peer
 from .session import Keypair, seal_batch
@@ -291,12 +291,17 @@ class Engine:
         max_fdb: int = DEFAULT_MAX_ENTRIES,
         max_frame: int = DEFAULT_MAX_FRAME,
         static: Iterable[tuple[bytes, Peer]] = (),
+        allowed_macs: Iterable[tuple[bytes, int, Peer]] = (),
+        max_per_peer: int | None = None,
+        move_hold: float = DEFAULT_MOVE_HOLD,
     ) -> Switch[Peer]:
         """An L2 segment over the sessions of `peers` (None: every peer, also those added
-        later), replacing any segment of that VNI."""
+        later), replacing any segment of that VNI. A hub relays floods too: its members are
+        authenticated, so a flood it multiplies came from a peer holding a key."""
         seg = Switch(
             vni, peers, self.peers, hub=hub, aging=aging, max_fdb=max_fdb, max_frame=max_frame,
-            static=static,
+            static=static, allowed_macs=allowed_macs, max_per_peer=max_per_peer,
+            move_hold=move_hold,
         )  # fmt: skip
         self.segments[vni] = seg
         return seg
@@ -851,8 +856,8 @@ class Engine:
             return None
         frame = plain[HEADER_LEN:]
         forward = seg.ingress(peer, frame, now)
-        if forward is None:
-            self._drop(peer, Drop.BAD_SRC_MAC)
+        if isinstance(forward, Drop):
+            self._drop(peer, forward)
             return None
         self._t_data_received(peer, now)
         relay, local = forward

@@ -74,6 +74,9 @@ class PacketEngine(Protocol):
         max_fdb: int = ...,
         max_frame: int = ...,
         static: Iterable[tuple[bytes, Any]] = ...,
+        allowed_macs: Iterable[tuple[bytes, int, Any]] = ...,
+        max_per_peer: int | None = ...,
+        move_hold: float = ...,
     ) -> Switch[Any]: ...
     def remove_segment(self, vni: int) -> None: ...
     def remove_peer(self, key: Any, /) -> None: ...

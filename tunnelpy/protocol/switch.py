@@ -15,16 +15,20 @@ in how a frame reaches a peer. The rules are a bridge's:
     groups its sends per peer with one list operation per run.
 
 ``ingress`` — a frame that arrived from a member peer
-    A group source MAC is refused; otherwise the source is learned behind that peer. Without
-    ``hub`` the frame is only written to the TAP: split horizon, a frame from a peer never goes
-    back out to peers, so a full mesh cannot loop. A hub relays between its spokes: known unicast
-    to its one peer (not written locally), everything else flooded to the other members and
-    written locally; a frame for the peer it came from goes nowhere.
+    A group source MAC is refused; otherwise the FDB learns the source behind that peer, and may
+    refuse it (outside the peer's AllowedMACs or pinned to another peer, the peer at its MAC
+    quota, the table full: fdb.py) — the frame is then dropped with that reason. Without ``hub``
+    the frame is only written to the TAP: split horizon, a frame from a peer never goes back out
+    to peers, so a full mesh cannot loop. A hub relays between its spokes: known unicast to its
+    one peer (not written locally), everything else flooded to the other members and written
+    locally; a frame for the peer it came from goes nowhere. With ``relay_floods`` off (plain
+    VXLAN, whose senders are not authenticated) a hub relays known unicast only: one datagram
+    in, at most one out, so a spoofed datagram is never multiplied; floods are written locally.
 
 Members are a list, or None for "every peer of the interface" (the engine's peer table, read
 when needed, so peers added later are members too). A removed peer is never a member and
 ``forget_peer`` takes it out of the list and the FDB. Static MACs (``MAC = aa:…@peer``) never age
-or move.
+or move. The per-peer MAC quota defaults to an equal share of ``max_fdb`` among the members.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from .drops import Drop
-from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, Fdb
+from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, DEFAULT_MOVE_HOLD, Fdb, MacFilter
 from .vxlan_header import ETH_HLEN, pack_header
 
 DEFAULT_MAX_FRAME = 1514 + 4  # an untagged 1500-byte MTU frame plus one 802.1Q tag
@@ -63,12 +67,20 @@ class Switch(Generic[P]):
         max_fdb: int = DEFAULT_MAX_ENTRIES,
         max_frame: int = DEFAULT_MAX_FRAME,
         static: Iterable[tuple[bytes, P]] = (),
+        allowed_macs: Iterable[tuple[bytes, int, P]] = (),
+        max_per_peer: int | None = None,
+        move_hold: float = DEFAULT_MOVE_HOLD,
+        relay_floods: bool = True,
     ) -> None:
         self.vni = vni
         self.header = pack_header(vni)
         self.peers: list[P] | None = None if peers is None else list(peers)  # None: everyone
         self.hub = hub
-        self.fdb: Fdb[P] = Fdb(aging, max_fdb)
+        self.relay_floods = relay_floods
+        self.fdb: Fdb[P] = Fdb(
+            aging, max_fdb, per_peer=max_per_peer, move_hold=move_hold,
+            allowed=MacFilter(allowed_macs), members=self._member_count,
+        )  # fmt: skip
         self.max_frame = max_frame
         self._everyone = everyone
         for mac, p in static:
@@ -76,6 +88,9 @@ class Switch(Generic[P]):
 
     def has(self, peer: P) -> bool:
         return self.peers is None or peer in self.peers
+
+    def _member_count(self) -> int:
+        return len(self._everyone) if self.peers is None else len(self.peers)
 
     def members(self) -> list[P]:
         if self.peers is None:
@@ -126,13 +141,15 @@ class Switch(Generic[P]):
             payloads.append(header + f)
         return runs
 
-    def ingress(self, peer: P, frame: bytes, now: float) -> tuple[list[P], bool] | None:
+    def ingress(self, peer: P, frame: bytes, now: float) -> tuple[list[P], bool] | Drop:
         """A frame (at least an Ethernet header) from member `peer`: learn its source; the peers
-        to relay it to and whether to write it to the TAP. None: a group source MAC."""
+        to relay it to and whether to write it to the TAP, or why it is dropped."""
         if frame[6] & 1:
-            return None  # a group address is never a source
+            return Drop.BAD_SRC_MAC  # a group address is never a source
         fdb = self.fdb
-        fdb.learn(frame[6:12], peer, now)
+        refused = fdb.learn(frame[6:12], peer, now)
+        if refused is not None:
+            return refused
         if not self.hub:
             return _NOWHERE, True
         target = None if frame[0] & 1 else fdb.lookup(frame[:6], now)
@@ -140,4 +157,6 @@ class Switch(Generic[P]):
             return _NOWHERE, False  # it came from where it is going: nothing to do
         if target is not None:
             return [target], False
+        if not self.relay_floods:
+            return _NOWHERE, True
         return [p for p in self.members() if p is not peer], True

@@ -7,7 +7,11 @@ learning FDB, split horizon, hubs). It has the Engine's batch interface (packet_
 daemon drives both alike; ``from_tunnel`` only counts: there is no L3 in this mode.
 
 Peers are keyed by name. A datagram is attributed to a peer by its source IP alone (kernel VTEPs
-vary the source port per flow), so ``by_addr`` follows every endpoint change.
+vary the source port per flow), so ``by_addr`` follows every endpoint change. Nothing here is
+authenticated: anyone who can send a datagram with a peer's source address is that peer. So a
+hub segment never relays a flood received from the network (Switch ``relay_floods`` off): a
+datagram yields at most one datagram, and the rest of the L2 checks (MAC quota, AllowedMACs)
+limit what a spoofer does to the FDB; docs/layer2.md has the trust model.
 
 The outer UDP source port is chosen from the flow hash of the inner frame (vxlan_header.py): the
 engine returns it as ``Dest.flow`` and the socket layer maps it to one of its source ports.
@@ -20,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 from .actions import Dest, Origin, Output, Src
 from .drops import Drop
-from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES
+from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, DEFAULT_MOVE_HOLD
 from .packet_engine import UNSET, Unset
 from .switch import DEFAULT_MAX_FRAME, Switch
 from .vxlan_header import ETH_HLEN, FLAG_I, HEADER_LEN, flow_hash, pack_header, parse_header
@@ -106,12 +110,18 @@ class VxlanEngine:
         max_fdb: int = DEFAULT_MAX_ENTRIES,
         max_frame: int = DEFAULT_MAX_FRAME,
         static: Iterable[tuple[bytes, VxlanPeer]] = (),
+        allowed_macs: Iterable[tuple[bytes, int, VxlanPeer]] = (),
+        max_per_peer: int | None = None,
+        move_hold: float = DEFAULT_MOVE_HOLD,
     ) -> Switch[VxlanPeer]:
         """A segment of `peers` (None: every peer, also those added later), replacing any
-        segment of that VNI."""
+        segment of that VNI. A hub relays known unicast only (relay_floods off): anyone can
+        send a datagram with a peer's source address, and a flood relayed to every other
+        member would turn each such datagram into one per member."""
         seg = Switch(
             vni, peers, self.peers, hub=hub, aging=aging, max_fdb=max_fdb, max_frame=max_frame,
-            static=static,
+            static=static, allowed_macs=allowed_macs, max_per_peer=max_per_peer,
+            move_hold=move_hold, relay_floods=False,
         )  # fmt: skip
         self.segments[vni] = seg
         return seg
@@ -190,8 +200,8 @@ class VxlanEngine:
                 self.drops[Drop.FRAME_TOO_SHORT] += 1
                 continue
             forward = seg.ingress(peer, frame, now)
-            if forward is None:
-                self.drops[Drop.BAD_SRC_MAC] += 1
+            if isinstance(forward, Drop):
+                self.drops[forward] += 1
                 continue
             peer.rx_bytes += len(data)
             peer.rx_packets += 1
