@@ -1043,3 +1043,10 @@ def test_what_a_client_sends_is_never_logged(tmp_path: Path, run: Runner, caplog
     with caplog.at_level(logging.DEBUG):
         serve(tmp_path, run, body)
     assert secret[:16] not in caplog.text and "invalid operation" in caplog.text
+
+
+@pytest.mark.parametrize("key", ["listen_port", "fwmark"])
+def test_absurdly_long_numbers_are_einval_not_a_traceback(key: str) -> None:
+    with pytest.raises(UapiError) as e:
+        uapi.parse_set(f"{key}={'9' * 5000}\n")
+    assert e.value.errno == errno.EINVAL and len(str(e.value)) < 100
