@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .io.tun import Tun
 from .io.udp import UdpSocket
 from .io.vxlan_socket import VxlanSocket
-from .protocol.actions import Output
+from .protocol.actions import Output, Src
 from .protocol.events import Event
 from .protocol.packet_engine import PacketEngine
 
@@ -179,6 +179,11 @@ class DataPath:
         for ev in out.events:
             self.on_event(ev)
         self._arm_timer()
+
+    def forget_sources(self, srcs: Iterable[Src]) -> None:
+        """Sticky sources that must not be used any more (an address removed from the host)."""
+        for ev in self.engine.forget_sources(srcs).events:
+            self.on_event(ev)
 
     def _sources_lost(self) -> None:
         """The socket could not send from some sticky sources (the address is gone) and sent

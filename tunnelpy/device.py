@@ -42,6 +42,7 @@ from .io.tun import Tun, TunError
 from .io.udp import UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
+from .netlink.addrwatch import AddressWatch
 from .netlink.linkwatch import LinkWatch
 from .protocol import events as ev
 from .protocol.allowedips import NetworkLike
@@ -141,6 +142,7 @@ class Device:
         self.datapath: DataPath | None = None
         self.pool: WorkerPool | None = None
         self.linkwatch: LinkWatch | None = None  # follows the TUN's MTU (netlink/linkwatch.py)
+        self.addrwatch: AddressWatch | None = None  # removed addresses (netlink/addrwatch.py)
         self.workers = 1
         self.hostnames: dict[bytes | str, tuple[str, int]] = {}  # peer -> configured host:port
         self._resolving: set[bytes | str] = set()
@@ -324,6 +326,8 @@ class Device:
         self._start_retries()
         if self.tun is not None and isinstance(self.engine, Engine):
             self._watch_link()
+        if isinstance(self.engine, Engine):
+            self._watch_addresses()
 
     # ------------------------------------------------------------------ following the TUN
 
@@ -341,6 +345,27 @@ class Device:
         self.linkwatch = watch
         self.loop.add_reader(sock.fileno(), watch.on_readable)
 
+    def _watch_addresses(self) -> None:
+        """Sticky sources whose address is removed are forgotten at once (netlink/addrwatch)."""
+        assert self.loop is not None
+        watch = AddressWatch(self.address_removed)
+        try:
+            sock = watch.open()
+        except OSError as e:
+            log.info("%s: cannot watch local addresses (%s)", self.name, e.strerror)
+            return
+        self.addrwatch = watch
+        self.loop.add_reader(sock.fileno(), watch.on_readable)
+
+    def address_removed(self, address: str) -> None:
+        """A local address is gone: peers answered from it go back to the kernel's choice."""
+        e = self.engine
+        if not isinstance(e, Engine) or self.datapath is None:
+            return
+        srcs = {p.src for p in e.peers.values() if p.src is not None and p.src[0] == address}
+        if srcs:
+            self.datapath.forget_sources(srcs)
+
     def mtu_changed(self, mtu: int) -> None:
         """The kernel says the TUN's MTU is ``mtu`` now: pad to it, workers too."""
         if not isinstance(self.engine, Engine) or mtu == self.engine.mtu:
@@ -351,6 +376,12 @@ class Device:
             self.pool.restart()  # workers pad to the MTU they were started with
 
     def _unwatch_link(self) -> None:
+        aw, self.addrwatch = self.addrwatch, None
+        if aw is not None:
+            if aw.sock is not None and self.loop is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(aw.sock.fileno())
+            aw.close()
         watch, self.linkwatch = self.linkwatch, None
         if watch is None:
             return
