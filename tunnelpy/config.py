@@ -59,6 +59,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MTU = 1420
 IFNAMSIZ = 16  # Linux: names hold at most IFNAMSIZ - 1 bytes plus the terminating NUL
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("plain", "json")  # tunnelpy/logsetup.py: one line of text, or one JSON object
 TRANSPORT_WIREGUARD = "wireguard"
 TRANSPORT_VXLAN = "vxlan"
 TRANSPORTS = (TRANSPORT_WIREGUARD, TRANSPORT_VXLAN)
@@ -120,6 +121,7 @@ class InterfaceConfig:
     user: str | None = None  # tunnelpy extension: drop to this user after start-up
     offload: str = OFFLOAD_AUTO  # tunnelpy extension: "auto" or "off" (docs/performance.md)
     workers: int | None = None  # tunnelpy extension: data-path processes; None = auto
+    log_format: str | None = None  # tunnelpy extension: "plain" or "json"; None = plain
 
     @property
     def public_key(self) -> bytes:
@@ -947,6 +949,7 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
         user=section.value("User"),
         offload=section.value("Offload", OFFLOAD_AUTO),
         workers=section.value("Workers"),
+        log_format=section.value("LogFormat"),
     )
 
 
@@ -1395,6 +1398,7 @@ _INTERFACE = SectionSpec(
         KeySpec("PostDown", _command, multi=True, split=False),
         KeySpec("SaveConfig", _bool),
         KeySpec("LogLevel", _log_level),
+        KeySpec("LogFormat", _choice(LOG_FORMATS, "a log format")),
         KeySpec("Transport", _transport),
         KeySpec("MetricsListen", _listen),
         KeySpec("User", _user),
