@@ -267,13 +267,17 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("genpsk", help="print a new pre-shared key").set_defaults(fn=_cmd_genpsk)
     sub.add_parser("pubkey", help="private key on stdin -> public key").set_defaults(fn=_cmd_pubkey)
     p = sub.add_parser("check", help="validate a config file")
-    p.add_argument("-c", "--config", metavar="FILE", required=True)
+    p.add_argument("-c", "--config", metavar="FILE", required=True, help="the config file")
     p.set_defaults(fn=_cmd_check)
     p = sub.add_parser("show", help="status of running tunnelpyd (and WireGuard) interfaces")
     p.add_argument("name", nargs="?", help="one interface (default: all)")
     p.add_argument("--json", action="store_true", help="the stable JSON document")
-    p.add_argument("--uapi-dir", metavar="DIR", default="/var/run/wireguard")
-    p.add_argument("--control-dir", metavar="DIR", default=CONTROL_DIR)
+    p.add_argument(
+        "--uapi-dir", metavar="DIR", default="/var/run/wireguard", help="the UAPI sockets"
+    )
+    p.add_argument(
+        "--control-dir", metavar="DIR", default=CONTROL_DIR, help="the control sockets"
+    )
     p.set_defaults(fn=_cmd_show)
     p = sub.add_parser(
         "reload",
@@ -281,7 +285,9 @@ def parser() -> argparse.ArgumentParser:
         "when the file is refused",
     )
     p.add_argument("name", help="the interface")
-    p.add_argument("--control-dir", metavar="DIR", default=CONTROL_DIR)
+    p.add_argument(
+        "--control-dir", metavar="DIR", default=CONTROL_DIR, help="the control sockets"
+    )
     p.set_defaults(fn=_cmd_reload)
     p = sub.add_parser(
         "strip",

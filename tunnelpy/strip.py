@@ -22,6 +22,13 @@ from __future__ import annotations
 from . import config as cfgmod
 from . import keys
 
+# What `wg setconf` knows of each section (wg(8), CONFIGURATION FILE FORMAT); the man page
+# tunnelpy.conf(5) marks these keys "as in wg(8)".
+WG_KEYS: dict[str, tuple[str, ...]] = {
+    "Interface": ("PrivateKey", "ListenPort", "FwMark"),
+    "Peer": ("PublicKey", "PresharedKey", "Endpoint", "AllowedIPs", "PersistentKeepalive"),
+}
+
 
 class StripError(Exception):
     """The config has nothing `wg` could take (plain VXLAN has no WireGuard keys)."""

@@ -57,3 +57,18 @@ def test_daemon_refuses_bad_config_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import sys; from tunnelpy.cli import daemon_main; sys.exit(daemon_main())",
                         "-c", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_version_of_both_commands():
+    from tunnelpy.version import version
+
+    v = version()
+    assert v != "unknown"  # the test environment has the package installed (pip install -e .)
+    res = tp("--version")
+    assert res.returncode == 0 and res.stdout == f"tunnelpy v{v}\n"
+    daemon = subprocess.run(
+        [sys.executable, "-c", "import sys; from tunnelpy.cli import daemon_main; "
+         "sys.exit(daemon_main())", "--version"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert daemon.returncode == 0 and daemon.stdout.splitlines()[0] == f"tunnelpyd v{v}"
