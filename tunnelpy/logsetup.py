@@ -46,6 +46,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from .io import knobs
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -327,6 +329,9 @@ def setup_logging(
     the stream instead. ``burst``/``interval``: the rate limit.
     """
     global _rate_limit, _format_pinned, _stream, _journal, _journal_socket
+    override = knobs.journal_socket()  # tests: their own listener, or "none"
+    if override and journal_socket == JOURNAL_SOCKET:
+        journal_socket = None if override == "none" else override
     _stream = sys.stderr if stream is None else stream
     _journal = stderr_is_journal(_stream) if journal is None else journal
     _journal_socket = journal_socket

@@ -81,6 +81,9 @@ class Service:
         self.reader: ConfigReader | None = None  # after a drop to User (confreader.py)
         self.metrics: MetricsServer | None = None
         self.started = time.time()
+        # Read now: after a drop to User the interpreter's files (importlib.metadata, the
+        # dist-info) may be unreadable.
+        self.version = version()
         self.reloads = {"ok": 0, "error": 0}
         self.last_reload: dict[str, Any] | None = None
         self.user: str | None = None
@@ -216,7 +219,7 @@ class Service:
         d = self.device
         ic = d.conf.interface
         extra: dict[str, Any] = {
-            "version": version(),
+            "version": self.version,
             "config": d.conf.path,
             "started": self.started,
             "reloads": dict(self.reloads),

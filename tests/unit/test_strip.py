@@ -1,5 +1,5 @@
 """`tunnelpy strip`: only the keys `wg setconf` knows, key files resolved (the real `wg` takes
-the output in tests/integration/test_strip.py)."""
+the output in tests/integration/test_strip_wg.py)."""
 
 from __future__ import annotations
 
