@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.journal import parse_journal
 from tests.harness.sites import linked_pair, start
-from tests.unit.test_logsetup import parse_journal
 
 pytestmark = pytest.mark.root
 

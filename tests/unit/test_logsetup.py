@@ -9,11 +9,11 @@ import logging
 import os
 import re
 import socket
-import struct
 import sys
 
 import pytest
 
+from tests.harness.journal import parse_journal
 from tunnelpy import logsetup
 from tunnelpy.logsetup import JournalFormatter, PlainFormatter, RateLimitFilter
 
@@ -115,23 +115,6 @@ def test_json_one_object_per_line_with_peer_and_exception():
         r = logging.LogRecord("tunnelpyd", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     text = f.format(r)
     assert "\n" not in text and "ValueError: boom" in json.loads(text)["exception"]
-
-
-def parse_journal(data: bytes) -> dict[str, str]:
-    """journald's native format, as journald reads it (both field encodings)."""
-    out: dict[str, str] = {}
-    while data:
-        nl = data.index(b"\n")
-        line, data = data[:nl], data[nl + 1 :]
-        if b"=" in line:
-            key, value = line.split(b"=", 1)
-        else:
-            (size,) = struct.unpack("<Q", data[:8])
-            key, value, data = line, data[8 : 8 + size], data[8 + size :]
-            assert data[:1] == b"\n"
-            data = data[1:]
-        out[key.decode()] = value.decode()
-    return out
 
 
 @pytest.fixture
