@@ -259,3 +259,33 @@ def test_refused_reload_stays_in_status_until_one_succeeds(tmp_path):
     assert refused.startswith("tpu0: 0 peer(s), 0 with a live session; reload refused: ")
     assert "tpu0.conf:" in refused and "Peer.PublicKey" in refused
     assert ok == line_ok == "tpu0: 1 peer(s), 0 with a live session"  # C added
+
+
+def test_reload_applies_logformat(tmp_path):
+    import io
+    import json
+    import logging
+
+    from tunnelpy import logsetup
+
+    conf = tmp_path / "tpu0.conf"
+    conf.write_text(text(B))
+    conf.chmod(0o600)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = io.StringIO()
+    logsetup.setup_logging("info", stream=out, journal=False)
+    try:
+
+        async def steps(d: Device, svc: Service):
+            conf.write_text(text(B).replace("PrivateKey", "LogFormat = json\nPrivateKey"))
+            result = await svc.reload()
+            assert result["operations"] == ["interface log_format -> json"]
+            logging.getLogger("tunnelpyd").info("after")
+
+        run(conf, steps)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert last["event"] == "after" and last["level"] == "info"
