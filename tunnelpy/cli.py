@@ -94,7 +94,11 @@ def daemon_main(argv: list[str] | None = None) -> int:
     ap = daemon_parser()
     args = ap.parse_args(argv)
     if args.version:
-        print(version_text())
+        try:
+            print(version_text(), flush=True)
+        except BrokenPipeError:  # `tunnelpyd --version | head -1`: the reader left
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     ready = launcher.Readiness.from_env()  # set when we are the background child
 

@@ -72,3 +72,24 @@ def test_version_of_both_commands():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert daemon.returncode == 0 and daemon.stdout.splitlines()[0] == f"tunnelpyd v{v}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-c", "import sys; from tunnelpy.cli import daemon_main; sys.exit(daemon_main())"],
+        ["-m", "tunnelpy"],
+    ],
+)
+def test_version_into_a_closed_pipe_is_no_traceback(argv):
+    """`tunnelpyd --version | head -1`: a reader that left is not an error of ours."""
+    r, w = os.pipe()
+    os.close(r)  # every write now fails with EPIPE
+    try:
+        res = subprocess.run(
+            [sys.executable, *argv, "--version"], stdout=w, stderr=subprocess.PIPE, text=True,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(w)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
