@@ -1,4 +1,5 @@
-"""Build of tunnelpy's one optional compiled helper; all metadata lives in pyproject.toml.
+"""Build of tunnelpy's one optional compiled helper and its data files; all metadata lives in
+pyproject.toml.
 
 `tunnelpy/io/_segments.pyx` (Cython) holds the TSO split and GRO coalescing loops in C
 (docs/performance.md, "Compiled segment loops"). It is an accelerator, not a dependency: where it
@@ -6,8 +7,30 @@ cannot be built (no C compiler, no Cython) the install goes on without it and th
 the pure-Python path, which gives the same bytes (tests/unit/test_offload.py compares them).
 """
 
+from glob import glob
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+# Data files, installed under the prefix (a venv's root, /usr/local for Debian's pip as root, ~/.local
+# for --user): man finds share/man beside a bin/ on $PATH, bash-completion (>= 2.8) finds
+# share/bash-completion/completions beside the command. The units go to share/tunnelpy/systemd,
+# not lib/systemd/system: inside a venv that path means nothing to systemd, and under /usr/local
+# it would enable a unit whose bare ExecStart= may name another installation's tunnelpyd. They
+# are templates for `tunnelpy install-unit` (tunnelpy/unitinstall.py), which writes the unit
+# with this installation's absolute paths. docs/operations.md, "Install", lists every path.
+DATA_FILES = [
+    ("share/man/man8", ["man/tunnelpyd.8", "man/tunnelpy.8"]),
+    ("share/man/man5", ["man/tunnelpy.conf.5"]),
+    ("share/bash-completion/completions", ["completions/tunnelpyd", "completions/tunnelpy"]),
+    ("share/tunnelpy/systemd", ["systemd/tunnelpyd@.service"]),
+    ("share/tunnelpy/systemd/wg-quick@.service.d", ["systemd/wg-quick@.service.d/tunnelpyd.conf"]),
+    (
+        "share/doc/tunnelpy",
+        ["README.md", "LICENSE", *sorted(glob("docs/*.md")), "docs/lab-overlay.svg"],
+    ),
+    ("share/doc/tunnelpy/examples", sorted(glob("conf/*.conf"))),
+]
 
 
 class OptionalBuildExt(build_ext):
@@ -38,4 +61,8 @@ def extensions() -> list[Extension]:
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+    data_files=DATA_FILES,
+)

@@ -1,6 +1,10 @@
 """Command-line entry points: `tunnelpyd` (the daemon) and `tunnelpy` (keys, checks, status, demo).
 
 User mistakes end here as one line on stderr and exit status 1 — never a traceback.
+
+The two argument parsers are built by :func:`daemon_parser` and :func:`parser` so that the man
+pages and the bash completion (tunnelpy/manpages.py, tunnelpy/completion.py) are generated from
+the very definitions the commands parse with; a test compares the committed pages with them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import sys
 
 from . import config as cfgmod
 from . import keys
-from .logsetup import LEVELS, setup_logging
+from .logsetup import FORMATS, LEVELS, setup_logging
+from .version import version
 
 CONTROL_DIR = "/run/tunnelpy"  # control.DEFAULT_DIRECTORY (not imported: cli stays light)
 
@@ -37,16 +42,48 @@ def load_config(path: str) -> cfgmod.Config:
 
 
 def version_text() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("tunnelpy")
-    except PackageNotFoundError:
-        v = "unknown"
+    # wireguard-go's shape (first line "NAME vVERSION"): tools that quote it keep working.
     return (
-        f"tunnelpyd v{v}\n\nUserspace WireGuard daemon (and L2 overlay) in Python, for linux.\n"
-        "Speaks the WireGuard protocol and UAPI: wg, wg-quick and wireguard-go peers work with it."
+        f"tunnelpyd v{version()}\n\nUserspace WireGuard daemon (and L2 overlay) in Python, for "
+        "linux.\nSpeaks the WireGuard protocol and UAPI: wg, wg-quick and wireguard-go peers "
+        "work with it."
     )
+
+
+def daemon_parser() -> argparse.ArgumentParser:
+    """tunnelpyd's command line (also the source of tunnelpyd(8) and its completion)."""
+    ap = argparse.ArgumentParser(
+        prog="tunnelpyd",
+        description="tunnelpy VPN daemon: one interface from its config file, or an empty "
+        "interface for wg, as wireguard-go",
+        usage="tunnelpyd -c FILE [options]\n       tunnelpyd [-f|--foreground] IFNAME",
+    )
+    ap.add_argument("ifname", nargs="?", help="start IFNAME empty, as wireguard-go does")
+    ap.add_argument("-c", "--config", metavar="FILE", help="site.conf (wg-quick syntax)")
+    ap.add_argument(
+        "-f", "--foreground", action="store_true",
+        help="with IFNAME: stay in the foreground (default: return once ready)",
+    )  # fmt: skip
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    ap.add_argument(
+        "--log-level", choices=sorted(LEVELS), default=None,
+        help="tunnelpy's own log level (overrides LogLevel =; default info, or LOG_LEVEL "
+        "with IFNAME)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--log-format", choices=FORMATS, default=None,
+        help="plain lines (RFC 3339 times) or one JSON object per line (overrides LogFormat =)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--uapi-dir", metavar="DIR", default="/var/run/wireguard",
+        help="where the WireGuard UAPI socket goes",
+    )  # fmt: skip
+    ap.add_argument(
+        "--control-dir", metavar="DIR", default=CONTROL_DIR,
+        help="where the tunnelpy control socket goes",
+    )  # fmt: skip
+    ap.add_argument("--user", help="drop to this user after start-up (overrides User =)")
+    return ap
 
 
 def daemon_main(argv: list[str] | None = None) -> int:
@@ -54,29 +91,14 @@ def daemon_main(argv: list[str] | None = None) -> int:
     command line: an empty interface configured with wg; tunnelpy/launcher.py)."""
     from . import launcher
 
-    ap = argparse.ArgumentParser(
-        prog="tunnelpyd",
-        description="tunnelpy VPN daemon",
-        usage="tunnelpyd -c FILE [options]\n       tunnelpyd [-f|--foreground] IFNAME",
-    )
-    ap.add_argument("ifname", nargs="?", help="start IFNAME empty, as wireguard-go does")
-    ap.add_argument("-c", "--config", help="site.conf (wg-quick syntax)")
-    ap.add_argument(
-        "-f", "--foreground", action="store_true",
-        help="with IFNAME: stay in the foreground (default: return once ready)",
-    )  # fmt: skip
-    ap.add_argument("--version", action="store_true", help="print the version and exit")
-    ap.add_argument("--log-level", choices=sorted(LEVELS), default=None)
-    ap.add_argument(
-        "--uapi-dir", default="/var/run/wireguard", help="where the WireGuard UAPI socket goes"
-    )
-    ap.add_argument(
-        "--control-dir", default=CONTROL_DIR, help="where the tunnelpy control socket goes"
-    )
-    ap.add_argument("--user", help="drop to this user after start-up (overrides User =)")
+    ap = daemon_parser()
     args = ap.parse_args(argv)
     if args.version:
-        print(version_text())
+        try:
+            print(version_text(), flush=True)
+        except BrokenPipeError:  # `tunnelpyd --version | head -1`: the reader left
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     ready = launcher.Readiness.from_env()  # set when we are the background child
 
@@ -97,23 +119,26 @@ def daemon_main(argv: list[str] | None = None) -> int:
         except _UserError as e:
             return fail(str(e))
         level = args.log_level or conf.interface.log_level or "info"
+        log_format = args.log_format or conf.interface.log_format
     else:
         try:
             conf = launcher.interface_config(args.ifname)
         except launcher.LaunchError as e:
             return fail(str(e))
         level = args.log_level or launcher.log_level()
+        log_format = args.log_format
         if not (args.foreground or launcher.foreground_from_env()):
             passed = [f"--{k.replace('_', '-')}={v}" for k, v in (
-                ("log_level", args.log_level), ("uapi_dir", args.uapi_dir),
-                ("control_dir", args.control_dir), ("user", args.user),
+                ("log_level", args.log_level), ("log_format", args.log_format),
+                ("uapi_dir", args.uapi_dir), ("control_dir", args.control_dir),
+                ("user", args.user),
             ) if v is not None]  # fmt: skip
             try:
                 launcher.start_in_background(args.ifname, passed)
             except launcher.LaunchError as e:
                 return _fail("tunnelpyd", str(e))
             return 0
-    setup_logging(level)
+    setup_logging(level, fmt=log_format, pinned=args.log_format is not None)
     if os.geteuid() == 0:
         # Before any thread exists, so every thread inherits it: nothing the daemon executes
         # (hooks) gains privileges through setuid or file capabilities (privileges.py).
@@ -237,32 +262,103 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep_going=args.keep)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _cmd_strip(args: argparse.Namespace) -> int:
+    from .strip import StripError, strip
+
+    try:
+        conf = load_config(args.file)
+        text = strip(conf)
+    except (_UserError, StripError) as e:
+        return _fail("tunnelpy strip", str(e))
+    sys.stdout.write(text)
+    return 0
+
+
+def _cmd_install_unit(args: argparse.Namespace) -> int:
+    from .unitinstall import InstallError, install
+
+    try:
+        written = install(args.dir, wg_quick=args.wg_quick, to_stdout=args.stdout)
+    except InstallError as e:
+        return _fail("tunnelpy install-unit", str(e))
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    if written:
+        print(
+            "next: systemctl daemon-reload && systemctl enable --now tunnelpyd@NAME "
+            "(for /etc/tunnelpy/NAME.conf)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """tunnelpy's command line (also the source of tunnelpy(8) and its completion)."""
     ap = argparse.ArgumentParser(prog="tunnelpy", description="tunnelpy tools")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap.add_argument(
+        "--version", action="version", version=f"tunnelpy v{version()}",
+        help="print the version and exit",
+    )  # fmt: skip
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("genkey", help="print a new private key").set_defaults(fn=_cmd_genkey)
     sub.add_parser("genpsk", help="print a new pre-shared key").set_defaults(fn=_cmd_genpsk)
     sub.add_parser("pubkey", help="private key on stdin -> public key").set_defaults(fn=_cmd_pubkey)
     p = sub.add_parser("check", help="validate a config file")
-    p.add_argument("-c", "--config", required=True)
+    p.add_argument("-c", "--config", metavar="FILE", required=True, help="the config file")
     p.set_defaults(fn=_cmd_check)
     p = sub.add_parser("show", help="status of running tunnelpyd (and WireGuard) interfaces")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--uapi-dir", default="/var/run/wireguard")
-    p.add_argument("--control-dir", default=CONTROL_DIR)
+    p.add_argument("name", nargs="?", help="one interface (default: all)")
+    p.add_argument("--json", action="store_true", help="the stable JSON document")
+    p.add_argument(
+        "--uapi-dir", metavar="DIR", default="/var/run/wireguard", help="the UAPI sockets"
+    )
+    p.add_argument(
+        "--control-dir", metavar="DIR", default=CONTROL_DIR, help="the control sockets"
+    )
     p.set_defaults(fn=_cmd_show)
-    p = sub.add_parser("reload", help="make a running tunnelpyd re-read its config (as SIGHUP)")
-    p.add_argument("name")
-    p.add_argument("--control-dir", default=CONTROL_DIR)
+    p = sub.add_parser(
+        "reload",
+        help="make a running tunnelpyd re-read its config (as SIGHUP); waits, and exits 1 "
+        "when the file is refused",
+    )
+    p.add_argument("name", help="the interface")
+    p.add_argument(
+        "--control-dir", metavar="DIR", default=CONTROL_DIR, help="the control sockets"
+    )
     p.set_defaults(fn=_cmd_reload)
+    p = sub.add_parser(
+        "strip",
+        help="print the part of a config that wg setconf and wg syncconf accept "
+        "(key files resolved, tunnelpy and wg-quick keys dropped)",
+    )
+    p.add_argument("file", metavar="FILE", help="a tunnelpy or wg-quick config")
+    p.set_defaults(fn=_cmd_strip)
+    p = sub.add_parser(
+        "install-unit",
+        help="write tunnelpyd@.service naming this installation's tunnelpyd by its absolute "
+        "path (venv, pyenv, /usr/local)",
+    )
+    p.add_argument(
+        "--dir", metavar="DIR", default="/etc/systemd/system",
+        help="where to write it (default /etc/systemd/system)",
+    )  # fmt: skip
+    p.add_argument(
+        "--wg-quick", action="store_true",
+        help="also the wg-quick@.service drop-in that runs this tunnelpyd",
+    )  # fmt: skip
+    p.add_argument("--stdout", action="store_true", help="print the unit instead of writing it")
+    p.set_defaults(fn=_cmd_install_unit)
     p = sub.add_parser("demo", help="two sites in network namespaces, ping across, tear down")
     p.add_argument("--keep", action="store_true", help="keep the lab up until Ctrl-C")
     p.set_defaults(fn=_cmd_demo)
     from .topology_cli import add_parsers  # `tunnelpy plan` and `tunnelpy topology`
 
     add_parsers(sub)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return args.fn(args)
     except BrokenPipeError:  # `tunnelpy show | head`: the reader left; not an error of ours

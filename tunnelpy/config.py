@@ -60,6 +60,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MTU = 1420
 IFNAMSIZ = 16  # Linux: names hold at most IFNAMSIZ - 1 bytes plus the terminating NUL
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("plain", "json")  # tunnelpy/logsetup.py: one line of text, or one JSON object
 TRANSPORT_WIREGUARD = "wireguard"
 TRANSPORT_VXLAN = "vxlan"
 TRANSPORTS = (TRANSPORT_WIREGUARD, TRANSPORT_VXLAN)
@@ -128,6 +129,7 @@ class InterfaceConfig:
     offload: str = OFFLOAD_AUTO  # tunnelpy extension: "auto" or "off" (docs/performance.md)
     workers: int | None = None  # tunnelpy extension: data-path processes; None = auto
     listen_address: str | None = None  # tunnelpy extension, Transport = vxlan: bind here only
+    log_format: str | None = None  # tunnelpy extension: "plain" or "json"; None = plain
 
     @property
     def public_key(self) -> bytes:
@@ -994,6 +996,7 @@ def _build_interface(section: RawSection, ctx: _Context) -> InterfaceConfig:
         offload=section.value("Offload", OFFLOAD_AUTO),
         workers=section.value("Workers"),
         listen_address=None if listen_address is None else str(listen_address[1]),
+        log_format=section.value("LogFormat"),
     )
 
 
@@ -1525,6 +1528,7 @@ _INTERFACE = SectionSpec(
         KeySpec("PostDown", _command, multi=True, split=False),
         KeySpec("SaveConfig", _bool),
         KeySpec("LogLevel", _log_level),
+        KeySpec("LogFormat", _choice(LOG_FORMATS, "a log format")),
         KeySpec("Transport", _transport),
         KeySpec("MetricsListen", _listen),
         KeySpec("User", _user),

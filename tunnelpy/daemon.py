@@ -32,6 +32,7 @@ from .io.udp import UdpError
 from .netlink import iface
 from .netlink.topology import Topology, TopologyError
 from .service import Service
+from .version import version
 
 log = logging.getLogger("tunnelpyd")
 
@@ -112,8 +113,8 @@ class Daemon:
             await self._teardown()
             raise
         log.info(
-            "%s up: listening on UDP %d, %d peer(s)",
-            self.name, self.device.listen_port, len(self.device.engine.peers),
+            "%s up: listening on UDP %d, %d peer(s) (tunnelpyd v%s)",
+            self.name, self.device.listen_port, len(self.device.engine.peers), version(),
         )  # fmt: skip
         if self.uapi is not None:
             self._watch = loop.call_later(UAPI_WATCH_EVERY, self._watch_uapi)

@@ -56,7 +56,11 @@ def _daemon_cmd(conf: str) -> list[str]:
 
 def run_demo(keep_going: bool = False) -> int:
     if os.geteuid() != 0:
-        print("tunnelpy demo: needs root (it creates network namespaces)", file=sys.stderr)
+        print(
+            "tunnelpy demo: needs root (it creates network namespaces): "
+            "sudo python3 -m tunnelpy demo, or a root shell",
+            file=sys.stderr,
+        )
         return 1
     sfx = secrets.token_hex(2)
     ns = {"a": f"tpdemo-a-{sfx}", "b": f"tpdemo-b-{sfx}"}

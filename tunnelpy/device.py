@@ -729,25 +729,26 @@ class Device:
 
     def on_event(self, event: ev.Event) -> None:
         """What the engine reports: logged, mirrored to the workers, names re-resolved."""
+        tag = {"peer": getattr(event, "peer_name", None)}  # the log record's peer field
         if (
             isinstance(event, ev.HandshakeComplete | ev.Roamed | ev.SourceChanged)
             and self.pool is not None
         ):
             self.pool.sync_soon()  # the workers use the new session / address / source
         if isinstance(event, ev.HandshakeComplete):
-            log.info("peer %s: handshake complete (%s)", event.peer_name, event)
+            log.info("peer %s: handshake complete (%s)", event.peer_name, event, extra=tag)
         elif isinstance(event, ev.HandshakeFailed):
-            log.warning("peer %s: handshake did not complete after %s", event.peer_name, event)
+            log.warning("peer %s: handshake did not complete after %s", event.peer_name, event, extra=tag)
         elif isinstance(event, ev.Roamed):
             # Peer addresses stay out of INFO logs (who talks to whom is not the journal's
             # readers' business); `tunnelpy show` and `wg show` have the endpoint.
-            log.debug("peer %s: endpoint moved %s", event.peer_name, event)
+            log.debug("peer %s: endpoint moved %s", event.peer_name, event, extra=tag)
         elif isinstance(event, ev.SourceChanged):
             # An address lost is worth a line; one learned (every new session) is not.
             level = logging.INFO if event.new is None else logging.DEBUG
             log.log(level, "peer %s: source address %s", event.peer_name, event)
         elif isinstance(event, ev.HandshakeSent):
-            log.debug("peer %s: handshake initiation sent %s", event.peer_name, event)
+            log.debug("peer %s: handshake initiation sent %s", event.peer_name, event, extra=tag)
         elif isinstance(event, ev.ResolveEndpoint):
             self._re_resolve(event.peer_key)
 
@@ -803,11 +804,12 @@ class Device:
         try:
             addr = await self.blocking(resolve, host, port)
         except OSError as e:
-            log.warning("peer %s: cannot resolve %s: %s", name, host, e)
+            log.warning("peer %s: cannot resolve %s: %s", name, host, e, extra={"peer": name})
         else:
             peer = self._peer(ident)
             if peer is not None and addr != peer.endpoint and ident in self.hostnames:
-                log.info("peer %s: its endpoint name resolves to a new address", name)
+                log.info("peer %s: its endpoint name resolves to a new address", name,
+                         extra={"peer": name})  # fmt: skip
                 log.debug("peer %s: %s now resolves to %s", name, host, addr[0])
                 self.update_peer(ident, endpoint=addr)
         finally:

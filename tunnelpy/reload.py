@@ -45,7 +45,8 @@ log = logging.getLogger("tunnelpyd")
 
 # [Interface] fields a reload can apply to a running daemon, and those needing a restart.
 LIVE_INTERFACE_FIELDS = (
-    "private_key", "listen_port", "fwmark", "mtu", "addresses", "log_level", "metrics_listen",
+    "private_key", "listen_port", "fwmark", "mtu", "addresses", "log_level", "log_format",
+    "metrics_listen",
     "dns", "pre_up", "post_up", "pre_down", "post_down", "save_config",
 )  # fmt: skip
 RESTART_INTERFACE_FIELDS = (

@@ -47,6 +47,7 @@ from .io.metrics import Listen, MetricsServer, MetricsUnavailable
 from .protocol.constants import REJECT_AFTER_TIME
 from .protocol.vxlan import VxlanEngine
 from .reload import ReloadRefused
+from .version import version
 
 __all__ = ["ReloadRefused", "Service"]
 
@@ -80,6 +81,9 @@ class Service:
         self.reader: ConfigReader | None = None  # after a drop to User (confreader.py)
         self.metrics: MetricsServer | None = None
         self.started = time.time()
+        # Read now: after a drop to User the interpreter's files (importlib.metadata, the
+        # dist-info) may be unreadable.
+        self.version = version()
         self.reloads = {"ok": 0, "error": 0}
         self.last_reload: dict[str, Any] | None = None
         self.user: str | None = None
@@ -215,6 +219,7 @@ class Service:
         d = self.device
         ic = d.conf.interface
         extra: dict[str, Any] = {
+            "version": self.version,
             "config": d.conf.path,
             "started": self.started,
             "reloads": dict(self.reloads),
@@ -261,11 +266,14 @@ class Service:
     def status_line(self) -> str:
         e = self.device.engine
         n = len(e.peers)
+        # `systemctl status` keeps the last refusal in sight until a reload succeeds.
+        last = self.last_reload
+        refused = f"; reload refused: {last['error']}" if last and not last["ok"] else ""
         if isinstance(e, VxlanEngine):
-            return f"{self.device.name}: {n} VXLAN peer(s), {len(e.segments)} segment(s)"
+            return f"{self.device.name}: {n} VXLAN peer(s), {len(e.segments)} segment(s){refused}"
         up = sum(1 for p in e.peers.values() if self._is_up(p))
         segs = f", {len(e.segments)} segment(s)" if e.segments else ""
-        return f"{self.device.name}: {n} peer(s), {up} with a live session{segs}"
+        return f"{self.device.name}: {n} peer(s), {up} with a live session{segs}{refused}"
 
     def _is_up(self, peer: Any) -> bool:
         wall = getattr(peer, "last_handshake_wall", 0.0)
@@ -277,12 +285,17 @@ class Service:
             for key, p in e.peers.items():
                 up = self._is_up(p)
                 was = self._up.get(key)
+                peer = {"peer": p.name}  # logsetup: JSON "peer", journald PEER=
                 if up and not was:
-                    log.info("peer %s: up", p.name)
-                    log.debug("peer %s: endpoint %s", p.name, control._endpoint(p.endpoint))
+                    log.info("peer %s: up", p.name, extra=peer)
+                    ep = control._endpoint(p.endpoint)
+                    log.debug("peer %s: endpoint %s", p.name, ep, extra=peer)
                 elif was and not up:
                     log.warning(
-                        "peer %s: down (no handshake for %d s)", p.name, int(REJECT_AFTER_TIME)
+                        "peer %s: down (no handshake for %d s)",
+                        p.name,
+                        int(REJECT_AFTER_TIME),
+                        extra=peer,
                     )
                 self._up[key] = up
             for gone in [k for k in self._up if not self.device.has_peer(k)]:
@@ -324,10 +337,11 @@ class Service:
                 self.last_reload = {"time": time.time(), "ok": False, "error": repr(e)}
                 log.exception("reload failed part-way")
                 raise ReloadRefused(f"reload failed part-way: {e}") from e
+            else:  # before the STATUS= below, which must no longer name an old refusal
+                self.reloads["ok"] += 1
+                self.last_reload = {"time": time.time(), "ok": True, **result}
             finally:
                 self.notifier.ready(self.status_line())
-            self.reloads["ok"] += 1
-            self.last_reload = {"time": time.time(), "ok": True, **result}
             return result
 
     def _load(self, path: str) -> cfgmod.Config:
@@ -409,6 +423,8 @@ class Service:
         for op in plan.of(rl.SetInterface):
             if op.field == "log_level" and not self.log_level_override:
                 logsetup.set_level(op.value or "info")
+            elif op.field == "log_format":
+                logsetup.set_format(op.value)  # a no-op when --log-format pinned one
             elif op.field == "metrics_listen":
                 old_srv, self.metrics = self.metrics, None
                 if old_srv is not None:

@@ -210,6 +210,8 @@ def render(dev: dict[str, Any], now: float | None = None) -> str:
     """A readable block for one interface: header, peer table, drops, segments with FDB."""
     src = "tunnelpyd" if dev.get("source") == "tunnelpyd" else "UAPI"
     head = f"interface: {dev['name']}  ({src}"
+    if dev.get("version"):
+        head += f" {dev['version']}"
     if dev.get("pid"):
         head += f", pid {dev['pid']}"
     if dev.get("transport") and dev["transport"] != "wireguard":

@@ -320,9 +320,9 @@ def cmd_topology(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``plan`` and ``topology`` on the ``tunnelpy`` subcommand parser."""
     p = sub.add_parser("plan", help="the topology steps a config builds, as ip commands")
-    p.add_argument("-c", "--config", required=True)
+    p.add_argument("-c", "--config", metavar="FILE", required=True, help="the config file")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("topology", help="draw what a config builds (text, dot or svg)")
-    p.add_argument("-c", "--config", required=True)
-    p.add_argument("--format", choices=("text", "dot", "svg"), default="text")
+    p.add_argument("-c", "--config", metavar="FILE", required=True, help="the config file")
+    p.add_argument("--format", choices=("text", "dot", "svg"), default="text", help="the output")
     p.set_defaults(fn=cmd_topology)

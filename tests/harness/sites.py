@@ -88,11 +88,14 @@ def linked_pair(
     return a, b
 
 
-def start(lab: Lab, site: Site, *, log_level: str = "debug", wait: bool = True) -> Proc:
+def start(
+    lab: Lab, site: Site, *, log_level: str = "debug", wait: bool = True,
+    env: dict[str, str] | None = None,
+) -> Proc:  # fmt: skip
     site.conf = lab.write_file(f"{site.ifname}.conf", site.text())
     site.proc = lab.popen(
         site.ns, *TUNNELPYD, "-c", str(site.conf), "--log-level", log_level,
-        log_path=lab.workdir / f"tunnelpyd-{site.ifname}.log",
+        log_path=lab.workdir / f"tunnelpyd-{site.ifname}.log", env=env,
     )  # fmt: skip
     if wait:
         sock = WG_RUN_DIR / f"{site.ifname}.sock"

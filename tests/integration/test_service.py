@@ -109,6 +109,9 @@ def test_sd_notify_ready_status_watchdog_reload_stopping(lab):
             "NOTIFY_SOCKET": str(path),
             "WATCHDOG_USEC": "400000",
             "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+            # the prefixed lines, not journald's native socket, even where journald runs
+            # (the native protocol: tests/integration/test_logformat.py)
+            "TUNNELPY_TEST_JOURNAL_SOCKET": "none",
         }
         start(lab, a, env=env)
 

@@ -83,3 +83,39 @@ def test_check_warns_about_endpoint_names_that_do_not_resolve(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert f"{conf}:3: Peer.Endpoint: later.example does not resolve now" in err
     assert "fine.example" not in err
+
+
+def test_version_of_both_commands():
+    from tunnelpy.version import version
+
+    v = version()
+    assert v != "unknown"  # the test environment has the package installed (pip install -e .)
+    res = tp("--version")
+    assert res.returncode == 0 and res.stdout == f"tunnelpy v{v}\n"
+    daemon = subprocess.run(
+        [sys.executable, "-c", "import sys; from tunnelpy.cli import daemon_main; "
+         "sys.exit(daemon_main())", "--version"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert daemon.returncode == 0 and daemon.stdout.splitlines()[0] == f"tunnelpyd v{v}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-c", "import sys; from tunnelpy.cli import daemon_main; sys.exit(daemon_main())"],
+        ["-m", "tunnelpy"],
+    ],
+)
+def test_version_into_a_closed_pipe_is_no_traceback(argv):
+    """`tunnelpyd --version | head -1`: a reader that left is not an error of ours."""
+    r, w = os.pipe()
+    os.close(r)  # every write now fails with EPIPE
+    try:
+        res = subprocess.run(
+            [sys.executable, *argv, "--version"], stdout=w, stderr=subprocess.PIPE, text=True,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(w)
+    assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -1,13 +1,19 @@
-"""Logging: journald format, one line per event, levels, and the flood rate limit."""
+"""Logging: plain (RFC 3339 times), JSON and journald (native protocol, and the prefixed lines
+it falls back to), one record per event, levels, and the flood rate limit."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import re
+import socket
+import sys
 
 import pytest
 
+from tests.harness.journal import parse_journal
 from tunnelpy import logsetup
 from tunnelpy.logsetup import JournalFormatter, PlainFormatter, RateLimitFilter
 
@@ -20,8 +26,15 @@ class Clock:
         return self.t
 
 
-def record(msg: str, *args: object, level: int = logging.WARNING, name: str = "tunnelpyd"):
-    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+def record(
+    msg: str, *args: object, level: int = logging.WARNING, name: str = "tunnelpyd", **extra: object
+):
+    r = logging.LogRecord(name, level, __file__, 1, msg, args, None)
+    r.__dict__.update(extra)
+    return r
+
+
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +43,9 @@ def restore_logging():
     handlers, level = root.handlers[:], root.level
     levels = {n: logging.getLogger(n).level for n in logsetup.OUR_LOGGERS}
     yield
+    for h in root.handlers:
+        if h not in handlers:
+            h.close()
     root.handlers[:] = handlers
     root.setLevel(level)
     for n, lv in levels.items():
@@ -67,6 +83,108 @@ def test_plain_formatter_has_timestamp_and_one_line():
     assert text[:4].isdigit()
 
 
+def test_plain_time_is_rfc3339_with_milliseconds_and_zone(monkeypatch):
+    import time
+
+    r = record("x", level=logging.INFO)
+    r.created = 1767225600.25  # 2026-01-01T00:00:00.250Z
+    stamp = PlainFormatter().format(r).split(" ")[0]
+    assert RFC3339_MS.fullmatch(stamp), stamp
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30: the offset is the zone's, not a guess
+    time.tzset()
+    try:
+        assert PlainFormatter().format(r).startswith("2026-01-01T05:30:00.250+05:30 INFO x")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_json_one_object_per_line_with_peer_and_exception():
+    f = logsetup.JsonFormatter()
+    r = record("peer %s: up", "site-b", level=logging.INFO, peer="site-b")
+    doc = json.loads(f.format(r))
+    assert set(doc) == {"time", "level", "event", "peer", "logger"}
+    assert RFC3339_MS.fullmatch(doc["time"])
+    assert doc["level"] == "info" and doc["event"] == "peer site-b: up" and doc["peer"] == "site-b"
+    assert doc["logger"] == "tunnelpyd"
+    no_peer = json.loads(f.format(record('two\nlines "quoted"')))
+    assert "peer" not in no_peer and no_peer["event"] == 'two lines "quoted"'
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        r = logging.LogRecord("tunnelpyd", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = f.format(r)
+    assert "\n" not in text and "ValueError: boom" in json.loads(text)["exception"]
+
+
+@pytest.fixture
+def journal(tmp_path):
+    path = str(tmp_path / "journal.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(2)
+    yield path, s
+    s.close()
+
+
+def test_journald_native_fields(journal):
+    path, s = journal
+    out = io.StringIO()
+    handler = logsetup.setup_logging("debug", stream=out, journal=True, journal_socket=path)
+    assert isinstance(handler, logsetup.JournalHandler)
+    log = logging.getLogger("tunnelpyd")
+    log.info("peer %s: up", "site-b", extra={"peer": "site-b"})
+    f = parse_journal(s.recv(65536))
+    assert f["MESSAGE"] == "peer site-b: up" and f["PRIORITY"] == "6"
+    assert f["PEER"] == "site-b" and f["EVENT"] == "peer %s: up"
+    assert f["SYSLOG_IDENTIFIER"] == "tunnelpyd" and f["CODE_FILE"] == __file__
+    assert int(f["CODE_LINE"]) > 0 and f["CODE_FUNC"] == "test_journald_native_fields"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("reload failed part-way")
+    f = parse_journal(s.recv(65536))
+    assert f["PRIORITY"] == "3" and "PEER" not in f
+    lines = f["MESSAGE"].split("\n")  # the binary encoding carries the traceback's newlines
+    assert lines[0] == "reload failed part-way" and lines[-1] == "ValueError: boom"
+    assert out.getvalue() == ""
+
+
+def test_journald_refusal_falls_back_to_prefixed_stderr(journal, tmp_path):
+    path, s = journal
+    out = io.StringIO()
+    handler = logsetup.setup_logging("info", stream=out, journal=True, journal_socket=path)
+    s.close()
+    os.unlink(path)  # journald went away
+    logging.getLogger("tunnelpyd").warning("peer %s: down", "b", extra={"peer": "b"})
+    assert out.getvalue() == "<4>peer b: down\n"
+    assert isinstance(handler, logsetup.JournalHandler) and handler.fallbacks == 1
+    # no socket at start-up: prefixed lines from the start
+    gone = logsetup.setup_logging(
+        "info", stream=out, journal=True, journal_socket=str(tmp_path / "none")
+    )
+    assert not isinstance(gone, logsetup.JournalHandler)
+
+
+def test_set_format_switches_unless_pinned():
+    out = io.StringIO()
+    logsetup.setup_logging("info", stream=out, journal=False)
+    log = logging.getLogger("tunnelpyd")
+    log.info("one")
+    logsetup.set_format("json")
+    log.info("two")
+    logsetup.set_format(None)
+    log.info("three")
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(" INFO one") and json.loads(lines[1])["event"] == "two"
+    assert lines[2].endswith(" INFO three")
+    out2 = io.StringIO()
+    logsetup.setup_logging("info", fmt="json", pinned=True, stream=out2, journal=False)
+    logsetup.set_format("plain")  # a reload's LogFormat: the command line wins
+    log.info("four")
+    assert json.loads(out2.getvalue())["event"] == "four"
+
+
 def test_journal_detection_compares_device_and_inode(tmp_path):
     f = open(tmp_path / "log", "w")  # noqa: SIM115
     try:
@@ -81,7 +199,7 @@ def test_journal_detection_compares_device_and_inode(tmp_path):
 
 def test_setup_logging_levels_and_format():
     out = io.StringIO()
-    logsetup.setup_logging("warning", stream=out, journal=True)
+    logsetup.setup_logging("warning", stream=out, journal=True, journal_socket=None)
     log = logging.getLogger("tunnelpyd")
     log.info("hidden")
     log.warning("shown %d", 1)
@@ -146,3 +264,18 @@ def test_end_to_end_flood_costs_few_lines():
     assert len(out.getvalue().splitlines()) == 5
     assert logsetup.rate_limiter() is not None
     assert logsetup.rate_limiter().suppressed_total == 9995
+
+
+def test_logformat_key_in_interface():
+    from tunnelpy import config as cfgmod
+    from tunnelpy import keys
+
+    head = f"[Interface]\nPrivateKey = {keys.generate_private()}\n"
+    assert cfgmod.parse(head).interface.log_format is None
+    assert cfgmod.parse(head + "LogFormat = JSON\n").interface.log_format == "json"
+    with pytest.raises(cfgmod.ConfigError) as e:
+        cfgmod.parse(head + "LogFormat = jsno\n")
+    assert str(e.value) == (
+        "<string>:3: Interface.LogFormat: 'jsno' is not a log format (did you mean json?), "
+        "expected one of plain, json"
+    )

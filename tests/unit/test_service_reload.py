@@ -213,3 +213,79 @@ def test_reload_moves_metrics_between_tcp_unix_and_off(tmp_path):
     assert tcp.startswith(b"HTTP/1.1 200 OK") and lbl in tcp
     assert unix.startswith(b"HTTP/1.1 200 OK") and lbl in unix
     assert mode == 0o660 and after is None and not Path(path).exists()
+
+
+def test_refused_reload_stays_in_status_until_one_succeeds(tmp_path):
+    """STATUS= (what `systemctl status` shows) names the last refusal; the next good reload
+    clears it. Read from a real notify socket, as systemd would."""
+    import socket
+
+    from tunnelpy.version import version
+
+    conf = tmp_path / "tpu0.conf"
+    conf.write_text(text(B))
+    conf.chmod(0o600)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(5)
+
+    def status_sent() -> str:
+        while True:
+            fields = sock.recv(4096).decode().split("\n")
+            status = [f for f in fields if f.startswith("STATUS=")]
+            if "READY=1" in fields and status:
+                return status[0].removeprefix("STATUS=")
+
+    async def main():
+        d = Device(cfgmod.load(str(conf)))
+        d.open_udp()
+        svc = Service(d, notifier=Notifier(str(tmp_path / "notify")))
+        try:
+            assert svc.status()["version"] == version() != ""
+            conf.write_text(text(B + "[Peer]\nPublicKey = nope\n"))
+            with pytest.raises(ReloadRefused):
+                await svc.reload()
+            refused = status_sent()
+            line = svc.status_line()
+            conf.write_text(text(B + C))
+            await svc.reload()
+            return refused, line, status_sent(), svc.status_line()
+        finally:
+            d.close_socket()
+            sock.close()
+
+    refused, line, ok, line_ok = asyncio.run(main())
+    assert refused == line
+    assert refused.startswith("tpu0: 0 peer(s), 0 with a live session; reload refused: ")
+    assert "tpu0.conf:" in refused and "Peer.PublicKey" in refused
+    assert ok == line_ok == "tpu0: 1 peer(s), 0 with a live session"  # C added
+
+
+def test_reload_applies_logformat(tmp_path):
+    import io
+    import json
+    import logging
+
+    from tunnelpy import logsetup
+
+    conf = tmp_path / "tpu0.conf"
+    conf.write_text(text(B))
+    conf.chmod(0o600)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = io.StringIO()
+    logsetup.setup_logging("info", stream=out, journal=False)
+    try:
+
+        async def steps(d: Device, svc: Service):
+            conf.write_text(text(B).replace("PrivateKey", "LogFormat = json\nPrivateKey"))
+            result = await svc.reload()
+            assert result["operations"] == ["interface log_format -> json"]
+            logging.getLogger("tunnelpyd").info("after")
+
+        run(conf, steps)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert last["event"] == "after" and last["level"] == "info"

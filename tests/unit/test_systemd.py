@@ -132,7 +132,9 @@ def test_unit_file_contents():
     s = unit_settings()
     assert s["Type"] == ["notify"]
     assert s["ExecStart"][0].split()[1:] == ["-c", "/etc/tunnelpy/%i.conf"]
-    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # tunnelpy reload waits for the answer and exits 1 when the file is refused (SIGHUP can't)
+    assert s["ExecReload"] == ["tunnelpy reload %i"]
+    assert s["Documentation"] == ["man:tunnelpyd(8) man:tunnelpy.conf(5) man:tunnelpy(8)"]
     assert s["WatchdogSec"]
     assert set(s["RestrictAddressFamilies"][0].split()) == {
         "AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK",
@@ -158,26 +160,38 @@ def test_unit_file_contents():
     )
 
 
-def test_systemd_analyze_verify(tmp_path):
+def _systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("CI=true and systemd-analyze is missing (apt-get install systemd)")
         pytest.skip("systemd-analyze not installed (Debian package systemd)")
-    # verify checks that ExecStart's program exists on systemd's fixed search path; a pip
-    # install may live elsewhere (a venv, pyenv), so the copy names the installed tunnelpyd.
-    # Every other line is verified as shipped.
-    exe = shutil.which("tunnelpyd") or str(Path(sys.executable).with_name("tunnelpyd"))
-    if not os.access(exe, os.X_OK):
-        pytest.fail(f"tunnelpyd is not installed next to {sys.executable} (pip install -e .)")
-    text = re.sub(r"^ExecStart=tunnelpyd ", f"ExecStart={exe} ", UNIT.read_text(), flags=re.M)
-    assert exe in text
-    copy = tmp_path / UNIT.name
-    copy.write_text(text)
+    return tool
+
+
+def verify(unit: Path, cwd: Path | None = None) -> None:
     res = subprocess.run(
-        [tool, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60
-    )
+        [_systemd_analyze(), "verify", "--man=no", str(unit)],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+    )  # fmt: skip
     assert res.returncode == 0 and not res.stderr.strip(), res.stdout + res.stderr
+
+
+def test_systemd_analyze_verify_of_the_installed_unit(tmp_path):
+    # verify checks that ExecStart's and ExecReload's programs exist; as shipped they are bare
+    # names on systemd's fixed search path, which a venv or pyenv install is not on:
+    # `tunnelpy install-unit` writes them as absolute paths (tests/integration/test_packaging.py
+    # does the same against a fresh venv). Every other line is verified as shipped.
+    _systemd_analyze()
+    res = subprocess.run(
+        [sys.executable, "-m", "tunnelpy", "install-unit", "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / UNIT.name).read_text()
+    exe = re.search(r"^ExecStart=(\S+) ", text, re.M)
+    assert exe and os.path.isabs(exe[1]) and os.access(exe[1], os.X_OK)
+    verify(tmp_path / UNIT.name)
 
 
 DROPIN = UNIT.parent / "wg-quick@.service.d" / "tunnelpyd.conf"
@@ -194,17 +208,25 @@ def test_wg_quick_dropin_names_tunnelpyd():
 
 
 def test_wg_quick_dropin_verifies_with_the_unit(tmp_path):
-    tool = shutil.which("systemd-analyze")
+    _systemd_analyze()
     unit = Path("/lib/systemd/system/wg-quick@.service")
-    if tool is None or not unit.exists():
+    if not unit.exists():
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI=true and systemd-analyze or wireguard-tools' wg-quick@.service missing")
-        pytest.skip("systemd-analyze or wg-quick@.service not installed")
+            pytest.fail("CI=true and wireguard-tools' wg-quick@.service is missing")
+        pytest.skip("wg-quick@.service not installed")
     (tmp_path / "wg-quick@.service.d").mkdir()
     (tmp_path / "wg-quick@.service.d" / DROPIN.name).write_text(DROPIN.read_text())
     (tmp_path / unit.name).write_text(unit.read_text())
+    verify(tmp_path / "wg-quick@wg0.service", cwd=tmp_path)
+    # and the drop-in `tunnelpy install-unit --wg-quick` writes, with tunnelpyd's full path
+    out = tmp_path / "installed"
     res = subprocess.run(
-        [tool, "verify", "--man=no", str(tmp_path / "wg-quick@wg0.service")],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        [sys.executable, "-m", "tunnelpy", "install-unit", "--wg-quick", "--dir", str(out)],
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert res.returncode == 0 and not res.stderr.strip(), res.stdout + res.stderr
+    assert res.returncode == 0, res.stderr
+    written = (out / "wg-quick@.service.d" / DROPIN.name).read_text()
+    impl = re.search(r"^Environment=WG_QUICK_USERSPACE_IMPLEMENTATION=(\S+)$", written, re.M)
+    assert impl and os.path.isabs(impl[1]) and os.access(impl[1], os.X_OK)
+    (out / unit.name).write_text(unit.read_text())
+    verify(out / "wg-quick@wg0.service", cwd=out)

@@ -51,3 +51,10 @@ def socket_buffer(default: int) -> int:
     which exists so bench/ can measure both ways."""
     value = _get("TUNNELPY_SOCKET_BUFFER")
     return int(value) if value.isdigit() else default
+
+
+def journal_socket() -> str | None:
+    """``TUNNELPY_TEST_JOURNAL_SOCKET=PATH``: under systemd, log to a journald native socket at
+    PATH (a test's own listener) instead of /run/systemd/journal/socket; ``none``: never the
+    native protocol (prefixed lines on stderr, whatever the host runs). Unset: None."""
+    return _get("TUNNELPY_TEST_JOURNAL_SOCKET") or None
