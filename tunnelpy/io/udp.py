@@ -85,6 +85,21 @@ class UdpError(Exception):
     pass
 
 
+def prepare(sock: socket.socket, fwmark: int | None) -> None:
+    """Buffers (BUFFER_SIZE, or the bench knob) and the fwmark of an underlay socket, before it
+    is bound (OSError if the mark is refused)."""
+    size = _buffer_size()
+    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
+        if not size:
+            break
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)  # *BUFFORCE as root
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+    if fwmark:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+
+
 def _normalise(addr: tuple) -> Addr:
     host = addr[0]
     if host.startswith("::ffff:") and "." in host:
@@ -153,16 +168,7 @@ class UdpSocket:
             bind = ("0.0.0.0", port or 0)
             self.v6 = False
         try:
-            size = _buffer_size()
-            for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
-                if not size:
-                    break
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, size)  # *BUFFORCE as root
-                except OSError:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
-            if fwmark:
-                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+            prepare(sock, fwmark)
             sock.bind(bind)
         except OSError as e:
             sock.close()

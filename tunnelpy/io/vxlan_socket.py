@@ -20,7 +20,6 @@ import ipaddress
 import socket
 
 from .udp import (
-    SO_MARK,
     SOL_UDP,
     UDP_GRO,
     Destination,
@@ -28,7 +27,7 @@ from .udp import (
     Src,
     UdpError,
     UdpSocket,
-    _buffer_size,
+    prepare,
 )
 
 POOL_SIZE = 8
@@ -41,16 +40,7 @@ def _bound(host: str, port: int, fwmark: int | None, *, offload: bool, gro: bool
     try:
         if v6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        size = _buffer_size()
-        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
-            if not size:
-                break
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, size)  # *BUFFORCE as root
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, opt, size)
-        if fwmark:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+        prepare(sock, fwmark)
         sock.bind((host, port))
     except OSError as e:
         sock.close()

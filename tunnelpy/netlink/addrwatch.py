@@ -22,40 +22,32 @@ import socket
 import struct
 from collections.abc import Callable
 
+from . import rtnl
+
 RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x10, 0x100
 RTM_DELADDR = 21
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-_NLMSG = struct.Struct("=IHHII")
 _IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-_RTA = struct.Struct("=HH")
 
 
 def parse_deleted(data: bytes) -> list[str]:
     """The addresses (inet_ntop text) of every RTM_DELADDR in a netlink read."""
     out: list[str] = []
-    off, n = 0, len(data)
-    while off + _NLMSG.size <= n:
-        length, kind = _NLMSG.unpack_from(data, off)[:2]
-        if length < _NLMSG.size or off + length > n:
-            break
-        body = off + _NLMSG.size
-        if kind == RTM_DELADDR and length >= _NLMSG.size + _IFADDR.size:
-            family = data[body]
-            width = 4 if family == socket.AF_INET else 16 if family == socket.AF_INET6 else 0
-            found: dict[int, bytes] = {}
-            a, end = body + _IFADDR.size, off + length
-            while width and a + _RTA.size <= end:
-                alen, atype = _RTA.unpack_from(data, a)
-                if alen < _RTA.size or a + alen > end:
-                    break
-                if atype in (IFA_ADDRESS, IFA_LOCAL) and alen == _RTA.size + width:
-                    found[atype] = data[a + _RTA.size : a + alen]
-                a += (alen + 3) & ~3
-            # IPv4 point-to-point: IFA_ADDRESS is the peer's, IFA_LOCAL ours.
-            packed = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
-            if packed is not None:
-                out.append(socket.inet_ntop(family, packed))
-        off += (length + 3) & ~3
+    for kind, body, end in rtnl.messages(data):
+        if kind != RTM_DELADDR or end - body < _IFADDR.size:
+            continue
+        family = data[body]
+        width = 4 if family == socket.AF_INET else 16 if family == socket.AF_INET6 else 0
+        if not width:
+            continue
+        found: dict[int, bytes] = {}
+        for atype, v, vend in rtnl.attributes(data, body + _IFADDR.size, end):
+            if atype in (IFA_ADDRESS, IFA_LOCAL) and vend - v == width:
+                found[atype] = data[v:vend]
+        # IPv4 point-to-point: IFA_ADDRESS is the peer's, IFA_LOCAL ours.
+        packed = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
+        if packed is not None:
+            out.append(socket.inet_ntop(family, packed))
     return out
 
 
@@ -67,15 +59,7 @@ class AddressWatch:
         self.sock: socket.socket | None = None
 
     def open(self) -> socket.socket:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        )  # fmt: skip
-        try:
-            sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
-        except OSError:
-            sock.close()
-            raise
+        sock = rtnl.event_socket(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
         self.sock = sock
         return sock
 

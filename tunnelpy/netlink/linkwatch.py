@@ -40,6 +40,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import rtnl
+
 log = logging.getLogger("tunnelpyd")
 
 RTMGRP_LINK = 1
@@ -52,9 +54,8 @@ NETNSA_NSID, NETNSA_FD = 1, 3
 TUNGETDEVNETNS = 0x54E3  # _IO('T', 227), Linux 5.2+
 SOL_NETLINK = 270
 NETLINK_LISTEN_ALL_NSID = 8
-_NLMSG = struct.Struct("=IHHII")
+_NLMSG = rtnl.NLMSG
 _IFINFO = struct.Struct("=BxHiII")
-_RTA = struct.Struct("=HH")
 _I32 = struct.Struct("=i")
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 
@@ -75,57 +76,41 @@ class LinkMsg:
 def parse_links(data: bytes) -> list[LinkMsg]:
     """Every RTM_NEWLINK/RTM_DELLINK in a netlink read; anything malformed ends the parse."""
     out: list[LinkMsg] = []
-    off, n = 0, len(data)
-    while off + _NLMSG.size <= n:
-        length, kind = _NLMSG.unpack_from(data, off)[:2]
-        if length < _NLMSG.size or off + length > n:
-            break
-        body = off + _NLMSG.size
-        if kind in (RTM_NEWLINK, RTM_DELLINK) and length >= _NLMSG.size + _IFINFO.size:
-            index = _IFINFO.unpack_from(data, body)[2]
-            ints: dict[int, int] = {}
-            name: str | None = None
-            a, end = body + _IFINFO.size, off + length
-            while a + _RTA.size <= end:
-                alen, atype = _RTA.unpack_from(data, a)
-                if alen < _RTA.size or a + alen > end:
-                    break
-                if atype == IFLA_IFNAME:
-                    raw = data[a + _RTA.size : a + alen]
-                    name = raw.split(b"\0", 1)[0].decode(errors="replace")
-                elif atype in (IFLA_MTU, IFLA_NEW_NETNSID, IFLA_NEW_IFINDEX, IFLA_TARGET_NETNSID):
-                    if alen >= _RTA.size + 4:
-                        ints[atype] = _I32.unpack_from(data, a + _RTA.size)[0]
-                a += (alen + 3) & ~3
-            mtu = ints.get(IFLA_MTU)
-            out.append(LinkMsg(
-                kind, index, name, mtu & 0xFFFFFFFF if mtu is not None else None,
-                ints.get(IFLA_NEW_NETNSID), ints.get(IFLA_NEW_IFINDEX),
-                ints.get(IFLA_TARGET_NETNSID),
-            ))  # fmt: skip
-        off += (length + 3) & ~3
+    for kind, body, end in rtnl.messages(data):
+        if kind not in (RTM_NEWLINK, RTM_DELLINK) or end - body < _IFINFO.size:
+            continue
+        index = _IFINFO.unpack_from(data, body)[2]
+        ints: dict[int, int] = {}
+        name: str | None = None
+        for atype, v, vend in rtnl.attributes(data, body + _IFINFO.size, end):
+            if atype == IFLA_IFNAME:
+                name = data[v:vend].split(b"\0", 1)[0].decode(errors="replace")
+            elif atype in (IFLA_MTU, IFLA_NEW_NETNSID, IFLA_NEW_IFINDEX, IFLA_TARGET_NETNSID):
+                if vend - v >= 4:
+                    ints[atype] = _I32.unpack_from(data, v)[0]
+        mtu = ints.get(IFLA_MTU)
+        out.append(LinkMsg(
+            kind, index, name, mtu & 0xFFFFFFFF if mtu is not None else None,
+            ints.get(IFLA_NEW_NETNSID), ints.get(IFLA_NEW_IFINDEX),
+            ints.get(IFLA_TARGET_NETNSID),
+        ))  # fmt: skip
     return out
-
-
-def _rta(kind: int, value: bytes) -> bytes:
-    raw = _RTA.pack(_RTA.size + len(value), kind) + value
-    return raw + b"\0" * (-len(raw) % 4)
 
 
 def getlink_request(name: str, seq: int = 1, nsid: int | None = None) -> bytes:
     """RTM_GETLINK for one link by name, in our namespace or the one with id ``nsid`` (the
     answer is an RTM_NEWLINK like any event, tagged IFLA_TARGET_NETNSID for another one)."""
-    attrs = _rta(IFLA_IFNAME, name.encode() + b"\0")
+    attrs = rtnl.attribute(IFLA_IFNAME, name.encode() + b"\0")
     if nsid is not None:
-        attrs += _rta(IFLA_TARGET_NETNSID, _I32.pack(nsid))
+        attrs += rtnl.attribute(IFLA_TARGET_NETNSID, _I32.pack(nsid))
     body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
     return _NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST, seq, 0) + body
 
 
 def _nsid_request(kind: int, netns_fd: int, seq: int) -> bytes:
-    attrs = _rta(NETNSA_FD, struct.pack("=I", netns_fd))
+    attrs = rtnl.attribute(NETNSA_FD, struct.pack("=I", netns_fd))
     if kind == RTM_NEWNSID:
-        attrs += _rta(NETNSA_NSID, _I32.pack(-1))  # -1: the kernel picks a free id
+        attrs += rtnl.attribute(NETNSA_NSID, _I32.pack(-1))  # -1: the kernel picks a free id
     body = struct.pack("=B3x", socket.AF_UNSPEC) + attrs
     flags = NLM_F_REQUEST | (NLM_F_ACK if kind == RTM_NEWNSID else 0)
     return _NLMSG.pack(_NLMSG.size + len(body), kind, flags, seq, 0) + body
@@ -133,20 +118,14 @@ def _nsid_request(kind: int, netns_fd: int, seq: int) -> bytes:
 
 def _parse_nsid(data: bytes) -> int | None:
     """NETNSA_NSID of an RTM_NEWNSID answer (None: none, or an error)."""
-    if len(data) < _NLMSG.size + 4:
-        return None
-    length, kind = _NLMSG.unpack_from(data)[:2]
-    if kind != RTM_NEWNSID:
-        return None
-    a, end = _NLMSG.size + 4, min(length, len(data))
-    while a + _RTA.size <= end:
-        alen, atype = _RTA.unpack_from(data, a)
-        if alen < _RTA.size or a + alen > end:
+    for kind, body, end in rtnl.messages(data):
+        if kind != RTM_NEWNSID:
             return None
-        if atype == NETNSA_NSID and alen >= _RTA.size + 4:
-            nsid: int = _I32.unpack_from(data, a + _RTA.size)[0]
-            return nsid if nsid >= 0 else None
-        a += (alen + 3) & ~3
+        for atype, v, vend in rtnl.attributes(data, body + 4, end):  # after struct rtgenmsg
+            if atype == NETNSA_NSID and vend - v >= 4:
+                nsid: int = _I32.unpack_from(data, v)[0]
+                return nsid if nsid >= 0 else None
+        return None
     return None
 
 
@@ -208,12 +187,8 @@ class LinkWatch:
 
     def open(self) -> socket.socket:
         """Start watching (OSError if netlink is unavailable)."""
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        )  # fmt: skip
+        sock = rtnl.event_socket(RTMGRP_LINK)
         try:
-            sock.bind((0, RTMGRP_LINK))
             try:
                 sock.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
                 self.all_nsid = True
