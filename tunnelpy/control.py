@@ -28,12 +28,11 @@ import json
 import logging
 import os
 import socket
-import stat
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .io.uapi import format_prefix
-from .io.unixsock import bind_private
+from .io.unixsock import NotASocket, SocketInUse, bind_private, remove_stale
 from .protocol.fdb import format_mac
 
 log = logging.getLogger(__name__)
@@ -290,27 +289,14 @@ class ControlServer:
 
     def _remove_stale(self) -> None:
         try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ControlSocketError(
-                f"{self.path} exists and is not a socket; refusing to remove it"
-            )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(2.0)
-        try:
-            probe.connect(self.path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            log.info("removing stale control socket %s", self.path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            return
+            if remove_stale(self.path):
+                log.info("removing stale control socket %s", self.path)
+        except SocketInUse:
+            raise ControlSocketError(self._in_use()) from None
+        except NotASocket as e:
+            raise ControlSocketError(str(e)) from None
         except OSError as e:
             raise ControlSocketError(f"cannot check the existing socket {self.path}: {e}") from e
-        finally:
-            probe.close()
-        raise ControlSocketError(self._in_use())
 
     async def close(self) -> None:
         server, self._server = self._server, None

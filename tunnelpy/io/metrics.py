@@ -69,13 +69,12 @@ import contextlib
 import logging
 import os
 import socket
-import stat
 import struct
 import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from .unixsock import bind_private
+from .unixsock import bind_private, remove_stale
 
 
 def _version() -> str:
@@ -379,21 +378,7 @@ class MetricsServer:
     def _bind_unix(self, path: str) -> socket.socket:
         """A 0660 socket at `path`; a stale one (nobody listening) is replaced, a live one or
         any other file is refused (OSError)."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise OSError(f"{path} exists and is not a socket; refusing to remove it")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(2.0)
-                try:
-                    probe.connect(path)
-                except ConnectionRefusedError:
-                    os.unlink(path)
-                else:
-                    raise OSError(f"{path} is in use by another process")
+        remove_stale(path)
         sock, self._identity = bind_private(path, os.path.dirname(path), mode=UNIX_MODE)
         if self.group is not None:
             try:

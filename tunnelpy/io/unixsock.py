@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import stat
 
 
 def bind_private(
@@ -33,3 +35,32 @@ def bind_private(
         sock.close()
         raise
     return sock, (st.st_dev, st.st_ino)
+
+
+class SocketInUse(OSError):
+    """Another process listens on the path."""
+
+
+class NotASocket(OSError):
+    """The path is some other file: it is never removed."""
+
+
+def remove_stale(path: str, timeout: float = 2.0) -> bool:
+    """Make way for a new listener at ``path``: True when a stale socket (nothing listening: its
+    daemon was killed) was removed, False when there was nothing. SocketInUse when something
+    listens, NotASocket for any other file (never removed), OSError when it cannot be checked."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        raise NotASocket(f"{path} exists and is not a socket; refusing to remove it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+    raise SocketInUse(f"{path} is in use by another process")
