@@ -242,6 +242,8 @@ class _Context:
     warnings: list[str] = field(default_factory=list)
     transport: str = TRANSPORT_WIREGUARD  # read from [Interface] before any section is built
     opener: Opener = read_trusted
+    # False for `tunnelpy plan` / `topology`: key files are not opened (drawing needs no keys)
+    read_secrets: bool = True
 
     def error(self, line: int | None, where: str, message: str) -> ConfigError:
         return ConfigError(self.path, line, where, message)
@@ -503,6 +505,8 @@ KEY_FILE_LIMIT = 4096  # a key file is 45 bytes; anything much longer is not one
 def _key_file(value: str, ctx: _Context) -> bytes:
     if not value:
         raise _BadValue("empty path, expected the path of a file holding one base64 key")
+    if not ctx.read_secrets:
+        return b""  # not read: a CI job drawing the lab has the config but not its keys
     path = os.path.join(ctx.base_dir, os.path.expanduser(value))
     try:
         data, mode = ctx.opener(path, KEY_FILE_LIMIT)
@@ -1505,10 +1509,12 @@ def parse(text: str, path: str = "<string>", default_name: str = "tp0") -> Confi
 MAX_CONFIG_BYTES = 64 << 20
 
 
-def load(path: str, opener: Opener | None = None) -> Config:
+def load(path: str, opener: Opener | None = None, *, secrets: bool = True) -> Config:
     """Read and parse a config file; the interface name defaults to the file's stem.
 
-    ``opener`` reads the config and its key files (default: :func:`read_trusted`)."""
+    ``opener`` reads the config and its key files (default: :func:`read_trusted`).
+    ``secrets=False`` leaves key files unopened (their keys are b""): for what only describes
+    the file (``tunnelpy plan`` and ``topology``), never for what runs it."""
     opener = opener or read_trusted
     try:
         data, mode = opener(path, MAX_CONFIG_BYTES)
@@ -1523,15 +1529,16 @@ def load(path: str, opener: Opener | None = None) -> Config:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise ConfigError(path, line, "", "not valid UTF-8 text") from None
-    return _parse(text, path, Path(path).stem, file_mode=mode, opener=opener)
+    return _parse(text, path, Path(path).stem, file_mode=mode, opener=opener, secrets=secrets)
 
 
 def _parse(
     text: str, path: str, default_name: str, file_mode: int | None,
-    opener: Opener = read_trusted,
+    opener: Opener = read_trusted, secrets: bool = True,
 ) -> Config:  # fmt: skip
     base_dir = "" if path.startswith("<") else os.path.dirname(path)
-    ctx = _Context(path=path, base_dir=base_dir, default_name=default_name, opener=opener)
+    ctx = _Context(path=path, base_dir=base_dir, default_name=default_name, opener=opener,
+                   read_secrets=secrets)  # fmt: skip
     sections = _read_sections(text, ctx)
     # Peers are built differently per transport, and [Interface] may come after them.
     for section in sections:

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-Both commands only read the file: nothing here touches the host. ``plan`` prints
+Both commands only read the file, and not the key files it names: nothing here touches the
+host, and drawing a lab needs none of its secrets. ``plan`` prints
 ``netlink.plan.render`` (numbered steps, each with the ``ip``/``bridge``/``teamd`` commands a
 person would type and its file:line, then the undo order). ``topology`` draws the same config
 as the hand-drawn diagrams people keep next to their ``ip`` commands:
@@ -288,7 +289,9 @@ def render_svg(pic: Picture) -> str:
 
 
 def _load(path: str) -> Config:
-    conf = cfgmod.load(path)
+    # Drawing needs no keys: a PrivateKeyFile that is missing here (a CI job, a laptop) is not
+    # opened. `tunnelpy check` and the daemon still read it.
+    conf = cfgmod.load(path, secrets=False)
     for warning in conf.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return conf

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnelpy import cli, config
+from tunnelpy import cli, config, keys
 from tunnelpy import topology_cli as tc
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "conf" / "lab-overlay.conf")
@@ -115,3 +115,25 @@ def test_committed_picture_is_current() -> None:
     pic = tc.build_picture(config.load(EXAMPLE))
     for name in pic.nodes:
         assert f">{name}</text>" in svg, name
+
+
+def test_plan_and_topology_need_no_keys_but_check_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CI job drawing the lab has the config, not its keys (issue 20, item 5)."""
+    path = tmp_path / "wg.conf"
+    missing = tmp_path / "keys" / "site.key"
+    path.write_text(
+        f"[Interface]\nName = wg7\nPrivateKeyFile = {missing}\nListenPort = 51820\n"
+        "[Peer]\nPublicKey = " + keys.public_from_private(keys.generate_private()) + "\n"
+        f"PresharedKeyFile = {tmp_path / 'keys' / 'b.psk'}\nAllowedIPs = 10.0.0.2/32\n"
+        "[Bridge br7]\nAddress = 10.7.0.1/24\n"
+    )
+    assert cli.main(["plan", "-c", str(path)]) == 0
+    assert "ip link add br7 type bridge" in capsys.readouterr().out
+    assert cli.main(["topology", "-c", str(path)]) == 0
+    assert "br7  bridge  10.7.0.1/24" in capsys.readouterr().out
+    assert cli.main(["check", "-c", str(path)]) == 1
+    assert f"cannot open {missing}" in capsys.readouterr().err
+    with pytest.raises(config.ConfigError, match="cannot open"):
+        config.load(str(path))  # what the daemon does: the key is read
