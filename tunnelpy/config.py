@@ -1200,6 +1200,7 @@ def _check_topology(
     segments: list[tuple[RawSection, SegmentConfig]],
     links: list[tuple[RawSection, LinkConfig]],
     ctx: _Context,
+    listen_line: int | None = None,
 ) -> None:
     """Names, references and placement across topology sections (what needs no kernel)."""
 
@@ -1359,6 +1360,7 @@ def _check_topology(
                 f"{parent!r} is a port of {master_of[parent][0]!r}, expected a parent that "
                 f"is not enslaved (the kernel allows a {link.kind} or a master, not both)",
             )
+    _check_udp_ports(interface, listen_line, links, home, ctx)
     # Addresses on ports are silently useless: say so (the seed note's classic mistake).
     for section, link in links:
         if link.addresses and link.name in master_of:
@@ -1376,6 +1378,65 @@ def _check_topology(
                 f"{link.pair!r} is a port of {master_of[link.pair][0]!r}: an address on a port "
                 "is not used, put it on the master",
             )
+
+
+def _check_udp_ports(
+    interface: InterfaceConfig,
+    listen_line: int | None,
+    links: list[tuple[RawSection, LinkConfig]],
+    home: Callable[[str], str | None],
+    ctx: _Context,
+) -> None:
+    """UDP ports the file makes two listeners for in one namespace (found before anything
+    changes: the kernel would refuse the second only when it comes up, half-way through).
+
+    tunnelpyd's own socket (ListenPort; Transport = vxlan binds 4789 when none is given) lives in
+    its namespace, on the wildcard address of both families. A kernel [VXLAN] device binds its
+    DstPort, also on the wildcard address, in the namespace it is *created* in: beside its Link
+    (the underlay), else in its Namespace; moving it later leaves the socket behind. Two [VXLAN]
+    devices may share a port, but not a VNI on it (per address family: the kernel's EEXIST).
+    The metrics listener is TCP and so never collides with these.
+    """
+    own = interface.listen_port  # None: a port the kernel picks, which cannot collide
+    if interface.transport == TRANSPORT_VXLAN:
+        own_what = (
+            f"[Interface] ListenPort (line {listen_line})"
+            if listen_line
+            else f"the port Transport = vxlan binds by default (line {interface.line})"
+        )
+    else:
+        own_what = f"[Interface] ListenPort (line {listen_line or interface.line})"
+    first: dict[tuple[str | None, int, int, bool], tuple[str, int]] = {}
+    for section, link in links:
+        if not isinstance(link, VXLANConfig):
+            continue
+        made_in = home(link.link) if link.link is not None else link.namespace
+        item = section.get("DstPort")
+        line = item[0] if item else section.line
+        where = section.where("DstPort")
+        if made_in is None and own is not None and link.dst_port == own:
+            shown = "" if item else " (DstPort's default)"
+            raise ctx.error(
+                line,
+                where,
+                f"UDP port {link.dst_port}{shown} is already tunnelpyd's own, {own_what}, in "
+                f"the same namespace: the kernel vxlan device {link.name!r} could not bind it "
+                "(Address already in use when it comes up); expected another DstPort (the "
+                "Linux default is 8472) or another ListenPort",
+            )
+        v6 = any(a is not None and a.version == 6 for a in (link.remote, link.group, link.local))
+        key = (made_in, link.dst_port, link.vni, v6)
+        if key in first:
+            other, other_line = first[key]
+            ns = f"namespace {made_in!r}" if made_in else "tunnelpyd's namespace"
+            raise ctx.error(
+                line,
+                where,
+                f"VNI {link.vni} on UDP port {link.dst_port} is already taken by [VXLAN "
+                f"{other}] (line {other_line}) in {ns}: the kernel allows one device per VNI "
+                "and port; expected another VNI or DstPort",
+            )
+        first[key] = (link.name, section.line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1561,7 +1622,8 @@ def _parse(
         for section, link in built_in_order
         if section.spec.name in TOPOLOGY_SECTIONS
     ]
-    _check_topology(interface, segments, links, ctx)
+    listen_item = built["interface"][0][0].get("ListenPort")
+    _check_topology(interface, segments, links, ctx, listen_item[0] if listen_item else None)
     if file_mode is not None and file_mode & 0o077:
         if any(s.get(k.name) for s in sections for k in s.spec.keys if k.secret):
             # wg-quick only warns here, and existing wg0.conf files must keep working.

@@ -26,7 +26,7 @@ FULL = {
     "veth": "[Veth v0]\nPeer = v0p\nPeerAddress = 10.0.0.2/24\n",
     "vlan": "[VLAN v.5]\nLink = eth0\nId = 5\nProtocol = 802.1ad\n",
     "vxlan": "[VXLAN vx0]\nVNI = 7\nRemote = 192.0.2.1\nLocal = 192.0.2.2\nDstPort = 8472\n"
-    "Link = eth0\n[VXLAN vx1]\nVNI = 8\nGroup = 239.0.0.1\n",
+    "Link = eth0\n[VXLAN vx1]\nVNI = 8\nGroup = 239.0.0.1\nDstPort = 4790\n",
     "macvlan": "[MACVLAN mv0]\nLink = eth0\nMode = source\nSourceMACs = 02:00:00:00:00:01\n"
     "MACAddress = 02:00:00:00:00:02\n",
     "ipvlan": "[IPVLAN ipv0]\nLink = eth0\nMode = l2\n",

@@ -140,7 +140,9 @@ def test_segment_bridge_pre_existing() -> None:
         ("[VLAN eth0.2]\nLink = eth0\nId = 2\n", ["ip link add eth0.2 link eth0 type vlan id 2"]),
         ("[VLAN q]\nLink = eth0\nId = 3\nProtocol = 802.1ad\n",
          ["ip link add q link eth0 type vlan protocol 802.1ad id 3"]),
-        ("[VXLAN vx]\nVNI = 42\nRemote = 192.0.2.2\nLocal = 192.0.2.1\nLink = eth0\n",
+        # (tunnelpyd's own socket off 4789, or the config refuses the default DstPort)
+        ("ListenPort = 4790\n[VXLAN vx]\nVNI = 42\nRemote = 192.0.2.2\nLocal = 192.0.2.1\n"
+         "Link = eth0\n",
          ["ip link add vx type vxlan id 42 remote 192.0.2.2 local 192.0.2.1 dstport 4789 dev eth0"]),
         ("[VXLAN vx]\nVNI = 42\nGroup = 239.1.1.1\nDstPort = 8472\n",
          ["ip link add vx type vxlan id 42 group 239.1.1.1 dstport 8472"]),

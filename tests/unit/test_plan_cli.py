@@ -28,7 +28,7 @@ def test_plan_command_prints_commands(capsys: pytest.CaptureFixture[str]) -> Non
         "ip link add br-lab type bridge",
         "ip link add v-web type veth peer name web0 netns web",
         "ip -n db link add db-mon link db0 type macvlan mode bridge",
-        "ip link add vx200 type vxlan id 200 remote 192.0.2.3 dstport 4789",
+        "ip link add vx200 type vxlan id 200 remote 192.0.2.3 dstport 8472",
         "ip link set lab0 master br-lab",
         "ip -n web addr add 10.100.0.10/24 dev web0",
         "ip link del br-lab",
@@ -54,7 +54,7 @@ def test_topology_text_of_the_example(capsys: pytest.CaptureFixture[str]) -> Non
     assert "namespace db (created and removed by tunnelpyd):" in out
     assert "   └─ db-mon  macvlan on db0  mode bridge  10.100.0.12/24" in out
     assert any(
-        "vx200  vxlan  VNI 200, port 4789" in line and "VTEP 192.0.2.3" in line for line in out
+        "vx200  vxlan  VNI 200, port 8472" in line and "VTEP 192.0.2.3" in line for line in out
     )
 
 
