@@ -39,7 +39,7 @@ from typing import Any
 
 from tunnelpy import keys
 from tunnelpy.io import knobs
-from tunnelpy.netlink import kinds
+from tunnelpy.netlink import kinds, labkeys
 from tunnelpy.netlink.kinds import (  # noqa: F401 - the topology dataclasses, re-exported here
     VXLAN_PORT,
     BondConfig,
@@ -52,6 +52,7 @@ from tunnelpy.netlink.kinds import (  # noqa: F401 - the topology dataclasses, r
     VLANConfig,
     VXLANConfig,
 )
+from tunnelpy.netlink.labkeys import NamespaceConfig, NetemConfig, RouteConfig  # noqa: F401
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -170,6 +171,8 @@ class Config:
     warnings: tuple[str, ...] = ()
     segments: tuple[SegmentConfig, ...] = ()
     topology: tuple[LinkConfig, ...] = ()  # [Bridge], [Veth], [VLAN]... in file order
+    namespaces: tuple[NamespaceConfig, ...] = ()  # [Namespace NAME]: routes, forwarding
+    netem: tuple[NetemConfig, ...] = ()  # [Netem LINK]: delay, jitter, loss, rate
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,6 +867,79 @@ def _namespace(value: str, _ctx: _Context) -> str:
     return value
 
 
+def _route(
+    value: str, _ctx: _Context
+) -> tuple[IPNetwork, ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    words = value.split()
+    if len(words) != 3 or words[1].lower() != "via":
+        raise _BadValue(
+            f"{_show(value)} is not a route, expected PREFIX via ADDRESS (or default via ADDRESS)"
+        )
+    try:
+        via = ipaddress.ip_address(words[2])
+    except ValueError:
+        raise _BadValue(f"{_show(words[2])} is not an IP address, expected the gateway") from None
+    if words[0].lower() == "default":
+        dst: IPNetwork = ipaddress.ip_network("::/0" if via.version == 6 else "0.0.0.0/0")
+    else:
+        try:
+            dst = ipaddress.ip_network(words[0])
+        except ValueError:
+            raise _BadValue(
+                f"{_show(words[0])} is not a prefix with its host bits zero, expected e.g. "
+                "10.20.0.0/16 or default"
+            ) from None
+    if dst.version != via.version:
+        raise _BadValue(f"{dst} and {via} are of different IP versions, expected the same")
+    return dst, via
+
+
+_TIME = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s)", re.IGNORECASE)
+_TIME_UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
+MAX_NETEM_TIME = 60_000_000  # 60 s: netem's 32-bit tick fields hold a few minutes at most
+
+
+def _duration(value: str, _ctx: _Context) -> int:
+    """A time as tc writes it (500us, 20ms, 1.5s) in microseconds."""
+    m = _TIME.fullmatch(value)
+    if m is None:
+        raise _BadValue(f"{_show(value)} is not a time, expected e.g. 20ms, 500us or 1s")
+    us = round(float(m.group(1)) * _TIME_UNITS[m.group(2).lower()])
+    if not 1 <= us <= MAX_NETEM_TIME:
+        raise _BadValue(f"{_show(value)} is out of range, expected 1us to 60s")
+    return us
+
+
+def _percent(value: str, _ctx: _Context) -> float:
+    text = value.removesuffix("%").strip()
+    try:
+        pct = float(text)
+    except ValueError:
+        raise _BadValue(f"{_show(value)} is not a percentage, expected e.g. 1% or 0.5%") from None
+    if not 0 < pct <= 100:
+        raise _BadValue(f"{_show(value)} is out of range, expected more than 0% and up to 100%")
+    return pct
+
+
+_RATE = re.compile(r"([0-9]+)\s*(bit|kbit|mbit|gbit)", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+
+
+def _rate(value: str, _ctx: _Context) -> int:
+    """A rate in bits per second, as tc writes it (10mbit, 512kbit)."""
+    m = _RATE.fullmatch(value)
+    if m is None:
+        raise _BadValue(f"{_show(value)} is not a rate, expected e.g. 10mbit, 512kbit or 1gbit")
+    bits = int(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
+    if not 8 <= bits <= 32 * 10**9:  # netem holds bytes per second in 32 bits
+        raise _BadValue(f"{_show(value)} is out of range, expected 8bit to 32gbit")
+    return bits
+
+
+def _packets(value: str, _ctx: _Context) -> int:
+    return _int(value, 1, 2**31 - 1, "packets")
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 2: raw sections -> dataclasses
 
@@ -1195,6 +1271,109 @@ def _link_common(section: RawSection, ctx: _Context) -> dict[str, Any]:
     }
 
 
+def _build_namespace(section: RawSection, ctx: _Context) -> NamespaceConfig:
+    assert section.name is not None  # named=True
+    try:
+        name = _namespace(section.name, ctx)
+    except _BadValue as e:
+        raise ctx.error(section.line, section.spec.name, str(e)) from None
+    routes: list[RouteConfig] = []
+    seen: dict[IPNetwork, int] = {}
+    for line, (dst, via) in section.all("Route"):
+        if dst in seen:
+            raise ctx.error(
+                line,
+                section.where("Route"),
+                f"a route to {labkeys.show_prefix(dst)} is already given on line {seen[dst]}, "
+                "expected one route per prefix",
+            )
+        seen[dst] = line
+        routes.append(RouteConfig(dst, via, line))
+    return NamespaceConfig(
+        name=name,
+        routes=tuple(routes),
+        forwarding=section.value("Forwarding", False),
+        line=section.line,
+    )
+
+
+def _build_netem(section: RawSection, ctx: _Context) -> NetemConfig:
+    assert section.name is not None  # named=True
+    reason = valid_ifname(section.name)
+    if reason:
+        raise ctx.error(
+            section.line,
+            section.spec.name,
+            f"{_show(section.name)} is not a valid interface name ({reason}), expected "
+            "[Netem LINK] naming a link this file makes",
+        )
+    if not any(section.get(k) for k in ("Delay", "Loss", "Rate")):
+        raise ctx.error(
+            section.line,
+            section.spec.name,
+            "shapes nothing, expected at least one of Delay, Loss and Rate",
+        )
+    jitter = section.get("Jitter")
+    if jitter is not None and section.get("Delay") is None:
+        raise ctx.error(
+            jitter[0], section.where("Jitter"), "varies no delay, expected a Delay = line too"
+        )
+    return NetemConfig(
+        link=section.name,
+        delay=section.value("Delay", 0),
+        jitter=section.value("Jitter", 0),
+        loss=section.value("Loss", 0.0),
+        rate=section.value("Rate"),
+        limit=section.value("Limit"),
+        line=section.line,
+    )
+
+
+def _check_lab(
+    interface: InterfaceConfig,
+    segments: list[tuple[RawSection, SegmentConfig]],
+    links: list[tuple[RawSection, LinkConfig]],
+    namespaces: list[tuple[RawSection, NamespaceConfig]],
+    netems: list[tuple[RawSection, NetemConfig]],
+    ctx: _Context,
+) -> None:
+    """[Namespace] once per name; [Netem] once per link, on a link the file makes."""
+    first_ns: dict[str, int] = {}
+    for section, ns in namespaces:
+        if ns.name in first_ns:
+            raise ctx.error(
+                section.line,
+                section.spec.name,
+                f"[Namespace {ns.name}] is already given on line {first_ns[ns.name]}, expected "
+                "one section per namespace",
+            )
+        first_ns[ns.name] = section.line
+    made = {link.name for _, link in links} | {
+        link.pair for _, link in links if link.pair is not None
+    }
+    made |= {seg.device for _, seg in segments}
+    if interface.transport != TRANSPORT_VXLAN:
+        made.add(interface.name)  # the TUN (plain VXLAN has none)
+    first_netem: dict[str, int] = {}
+    for section, netem in netems:
+        if netem.link not in made:
+            raise ctx.error(
+                section.line,
+                section.spec.name,
+                f"{netem.link!r} is not a link this file makes, expected one of its links, veth "
+                "ends, segment devices or the TUN (a qdisc replaced on someone else's link "
+                "could not be given back as it was)",
+            )
+        if netem.link in first_netem:
+            raise ctx.error(
+                section.line,
+                section.spec.name,
+                f"[Netem {netem.link}] is already given on line {first_netem[netem.link]}, "
+                "expected one section per link",
+            )
+        first_netem[netem.link] = section.line
+
+
 def _check_topology(
     interface: InterfaceConfig,
     segments: list[tuple[RawSection, SegmentConfig]],
@@ -1238,7 +1417,7 @@ def _check_topology(
             seen.add(name)
             link = by_name[name][1]
             if link.pair is not None:
-                return None  # the local end stays
+                return link.pair_home  # this end of a pair (the other is in peer_ends)
             if link.namespace is not None or link.parent is None:
                 return link.namespace
             name = link.parent
@@ -1506,6 +1685,28 @@ _SEGMENT = SectionSpec(
     repeatable=True,
 )
 
+_NAMESPACE = SectionSpec(
+    name="Namespace",
+    keys=(KeySpec("Route", _route, multi=True), KeySpec("Forwarding", _yes_no)),
+    build=_build_namespace,
+    named=True,
+    repeatable=True,
+)
+
+_NETEM = SectionSpec(
+    name="Netem",
+    keys=(
+        KeySpec("Delay", _duration),
+        KeySpec("Jitter", _duration),
+        KeySpec("Loss", _percent),
+        KeySpec("Rate", _rate),
+        KeySpec("Limit", _packets),
+    ),
+    build=_build_netem,
+    named=True,
+    repeatable=True,
+)
+
 
 # The value parsers a topology kind's keys name (``kinds.Key.value``).
 LINK_VALUES: dict[str, Callable[[str, _Context], Any]] = {
@@ -1518,6 +1719,7 @@ LINK_VALUES: dict[str, Callable[[str, _Context], Any]] = {
     "port": _dst_port,
     "unicast_mac": _unicast_mac,
     "miimon": _miimon,
+    "namespace": _namespace,
 }
 
 
@@ -1553,7 +1755,8 @@ _TOPOLOGY = tuple(_topology_spec(kind) for kind in kinds.KINDS.values())
 TOPOLOGY_SECTIONS = tuple(spec.name for spec in _TOPOLOGY)
 
 SECTIONS: dict[str, SectionSpec] = {
-    spec.name.lower(): spec for spec in (_INTERFACE, _PEER, _SEGMENT, *_TOPOLOGY)
+    spec.name.lower(): spec
+    for spec in (_INTERFACE, _PEER, _SEGMENT, *_TOPOLOGY, _NAMESPACE, _NETEM)
 }
 
 
@@ -1624,6 +1827,9 @@ def _parse(
     ]
     listen_item = built["interface"][0][0].get("ListenPort")
     _check_topology(interface, segments, links, ctx, listen_item[0] if listen_item else None)
+    namespaces: list[tuple[RawSection, NamespaceConfig]] = built["namespace"]
+    netems: list[tuple[RawSection, NetemConfig]] = built["netem"]
+    _check_lab(interface, segments, links, namespaces, netems, ctx)
     if file_mode is not None and file_mode & 0o077:
         if any(s.get(k.name) for s in sections for k in s.spec.keys if k.secret):
             # wg-quick only warns here, and existing wg0.conf files must keep working.
@@ -1640,4 +1846,6 @@ def _parse(
         warnings=tuple(ctx.warnings),
         segments=tuple(s for _, s in segments),
         topology=tuple(link for _, link in links),
+        namespaces=tuple(ns for _, ns in namespaces),
+        netem=tuple(n for _, n in netems),
     )

@@ -51,7 +51,8 @@ def test_topology_text_of_the_example(capsys: pytest.CaptureFixture[str]) -> Non
     assert "├─ br-lab  bridge  10.100.0.1/24" in out
     assert "│  ├─ lab0  tap  segment lab, VNI 100  -> site-b (VNI 100)" in out
     assert "│  ├─ v-web  veth  <=> web0 [namespace web]" in out
-    assert "namespace db (created and removed by tunnelpyd):" in out
+    assert "namespace db (created and removed by tunnelpyd; lo up):" in out
+    assert "   route default via 10.100.0.1" in out
     assert "   └─ db-mon  macvlan on db0  mode bridge  10.100.0.12/24" in out
     assert any(
         "vx200  vxlan  VNI 200, port 8472" in line and "VTEP 192.0.2.3" in line for line in out
@@ -68,8 +69,8 @@ def test_picture_places_links_where_the_plan_does(tmp_path: Path) -> None:
     )
     pic = tc.build_picture(conf)
     where = {n.name: n.ns for n in pic.nodes.values()}
-    assert where == {"tp0": "", "v": "", "vp": "a", "m": "b", "i": "b", "bo": "", "eth1": "",
-                     "br": ""}  # fmt: skip
+    # (no "tp0": plain VXLAN has no TUN, only segment TAPs)
+    assert where == {"v": "", "vp": "a", "m": "b", "i": "b", "bo": "", "eth1": "", "br": ""}
     assert pic.nodes["eth1"].kind == "existing" and pic.nodes["eth1"].master == "bo"
     assert pic.nodes["bo"].master == "br"
     text = tc.render_text(pic)
@@ -81,7 +82,7 @@ def test_topology_dot(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["topology", "-c", EXAMPLE, "--format", "dot"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("digraph topology {") and out.rstrip().endswith("}")
-    assert 'label="namespace web"' in out
+    assert 'label="namespace web\\nroute default via 10.100.0.1"' in out
     assert '"v-web" -> "br-lab" [label=port];' in out
     assert '"db-mon" -> "db0" [label=on, style=dashed];' in out
     assert '"db0" -> "v-db" [dir=both, style=bold, label=veth];' in out  # once per pair

@@ -10,15 +10,22 @@ executes the same steps through pyroute2, and ``tunnelpy plan`` prints them as t
 
 The order is fixed by phases, and inside a phase by file order:
 
-1. ``netns``   namespaces named by any ``Namespace =`` (created only if missing);
+1. ``netns``   namespaces named by any ``Namespace =``, ``PeerNamespace =`` or ``[Namespace]``
+               (created only if missing);
 2. ``link``    links, parents before children (a stable topological sort over ``Link =``); a
                child is created beside its parent and, when its ``Namespace`` differs, followed
                at once by a ``move`` (so grandchildren find it where they expect it); a team is a
                ``teamd`` step instead (teamd creates the device);
 3. ``master``  ports enslaved to their bridge, bond or team (teamd notices ports added by
                netlink); every master exists by now; bond ``primary`` after its ports;
-4. ``up``      every link created here, then pre-existing ports (their old state is restored);
-5. ``address`` addresses last, when the links they go on are in place.
+4. ``up``      ``lo`` in every namespace named here (only namespaces tunnelpyd creates keep no
+               record: ``lo`` of a pre-existing one gets its state back), every link created
+               here, then pre-existing ports (their old state is restored);
+5. ``address`` addresses, when the links they go on are in place;
+6. ``qdisc``   ``[Netem]`` shaping on its link, wherever the link ended up;
+7. ``sysctl``  ``Forwarding = yes`` of a ``[Namespace]``;
+8. ``route``   ``Route =`` of a ``[Namespace]``, last: a gateway is reachable only once the
+               addresses are there.
 
 A step names the namespace it runs in (``ns``; None is tunnelpyd's own) and the config line it
 comes from, so an error while applying it points back into the file.
@@ -38,10 +45,24 @@ from dataclasses import dataclass
 from tunnelpy import config as cfgmod
 from tunnelpy.config import Config, LinkConfig
 
-from . import kinds
+from . import kinds, labkeys
 from .kinds import ip_argv as _ip
 from .kinds import teamd_config as teamd_config
-from .step import ADDRESS, LINK, MASTER, MOVE, NETNS, OPS, PRIMARY, TEAMD, UP, Step  # noqa: F401
+from .step import (  # noqa: F401
+    ADDRESS,
+    LINK,
+    MASTER,
+    MOVE,
+    NETNS,
+    OPS,
+    PRIMARY,
+    QDISC,
+    ROUTE,
+    SYSCTL,
+    TEAMD,
+    UP,
+    Step,
+)
 from .step import attrs as _attrs
 
 
@@ -60,16 +81,23 @@ class Plan:
         return len(self.steps)
 
     def kinds(self) -> set[tuple[str, str | None]]:
-        """(kind, mode) pairs the kernel must support: what ``validate`` probes."""
-        found: set[tuple[str, str | None]] = set()
-        for step in self.steps:
-            if step.op in (LINK, TEAMD):
-                found.add((step.get("kind"), step.get("mode")))
-        return found
+        """(kind, mode) pairs the kernel must support: what ``validate`` probes. A qdisc is
+        ("qdisc:KIND", None)."""
+        return kinds_of(self.steps)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps if s.op == NETNS)
+
+
+def kinds_of(steps: Iterable[Step]) -> set[tuple[str, str | None]]:
+    found: set[tuple[str, str | None]] = set()
+    for step in steps:
+        if step.op in (LINK, TEAMD):
+            found.add((step.get("kind"), step.get("mode")))
+        elif step.op == QDISC:
+            found.add((f"qdisc:{step.get('kind')}", None))
+    return found
 
 
 def _sorted_links(links: Iterable[LinkConfig]) -> list[LinkConfig]:
@@ -111,13 +139,14 @@ def build(conf: Config) -> Plan:
     existing: dict[tuple[str | None, str], int] = {}
 
     # 1. namespaces, in order of first mention
-    seen_ns: list[str] = []
-    for link in links:
-        if link.namespace is not None and link.namespace not in seen_ns:
-            seen_ns.append(link.namespace)
-            steps.append(
-                Step(NETNS, link.namespace, line=link.line, what=f"namespace {link.namespace}")
-            )
+    mentions = [(link.line, ns) for link in links for ns in (link.pair_home, link.namespace)]
+    mentions += [(ns.line, ns.name) for ns in conf.namespaces]
+    seen_ns: dict[str, int] = {}
+    for line, ns in sorted((m for m in mentions if m[1] is not None), key=lambda m: m[0]):
+        assert ns is not None
+        if ns not in seen_ns:
+            seen_ns[ns] = line
+            steps.append(Step(NETNS, ns, line=line, what=f"namespace {ns}"))
 
     # 2. links, parents first
     created: list[tuple[str | None, str]] = []
@@ -128,7 +157,7 @@ def build(conf: Config) -> Plan:
                 existing.setdefault((None, parent), link.line)
         home = where(parent) if parent is not None else link.namespace
         if link.pair is not None:
-            home = None  # the local end stays; the other end is made in link.namespace
+            home = link.pair_home  # this end's namespace; the other end is made in namespace
         steps.append(kinds.of(link.kind).create_step(link, home))
         final[link.name] = home
         created.append((home, link.name))
@@ -182,7 +211,9 @@ def build(conf: Config) -> Plan:
     for link in links:
         steps += kinds.of(link.kind).port_steps(link, final[link.name])
 
-    # 4. up: what was made here, then the pre-existing ports it uses
+    # 4. up: lo in every namespace, what was made here, then the pre-existing ports it uses
+    for ns, line in seen_ns.items():
+        steps.append(Step(UP, "lo", ns, _attrs(loopback=True), line, f"lo up in namespace {ns}"))
     for ns, name in created:
         steps.append(Step(UP, name, ns, line=_line_of(links, name), what=f"{name} up"))
     for port, master, line in enslave:
@@ -197,6 +228,15 @@ def build(conf: Config) -> Plan:
         if link.pair is not None:
             for address in link.pair_addresses:
                 steps.append(_address_step(link.pair, link.namespace, address, link.line))
+
+    # 6.-8. shaping, forwarding, routes
+    for netem in conf.netem:
+        steps.append(labkeys.netem_step(netem, where(netem.link)))
+    for ns_conf in conf.namespaces:
+        if ns_conf.forwarding:
+            steps.append(labkeys.forwarding_step(ns_conf))
+    for ns_conf in conf.namespaces:
+        steps += [labkeys.route_step(ns_conf.name, route) for route in ns_conf.routes]
 
     return Plan(
         path=conf.path,
@@ -247,6 +287,8 @@ def commands(step: Step) -> list[str]:
         return [_join([*ip, "link", "set", name, "up"])]
     if step.op == ADDRESS:
         return [_join([*ip, "addr", "add", step.get("address"), "dev", name])]
+    if step.op in (QDISC, SYSCTL, ROUTE):
+        return labkeys.commands(step)
     raise ValueError(f"unknown step op {step.op!r}")
 
 
@@ -266,6 +308,8 @@ def undo_commands(step: Step, made_here: bool = True, final_ns: str | None = Non
         return [_join([*ip, "link", "set", name, "nomaster"]) + "   # its old master, if any, back"]
     if step.op == UP and not made_here:
         return ["# " + _join([*ip, "link", "set", name, "down"]) + "   # only if it was down"]
+    if step.op in (QDISC, SYSCTL, ROUTE):
+        return labkeys.undo_commands(step)
     return []
 
 

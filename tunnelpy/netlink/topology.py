@@ -29,8 +29,13 @@ The life cycle the daemon drives:
 
 Undo records (JSON objects in the state file's ``undo`` list):
 ``netns-del`` {name}; ``link-del`` {name, ns: [candidates], ifindex}; ``teamd-kill`` {name, ns};
-``restore-port`` {name, ns, ifindex, master, up}; ``restore-up`` {name, ns, ifindex, up}.
-A namespace value of null means tunnelpyd's own namespace (``netns=`` of the Topology).
+``restore-port`` {name, ns, ifindex, master, up}; ``restore-up`` {name, ns, ifindex, up};
+``unslave`` {name, ns, ifindex} (a port made here); ``addr-del`` {name, ns, ifindex, address};
+``qdisc-del`` {name, ns, ifindex}; ``route-del`` {name: prefix, ns, via};
+``sysctl-restore`` {name: namespace, values: {key: old value}}.
+A namespace value of null means tunnelpyd's own namespace (``netns=`` of the Topology). Every
+record also names the step it undoes (``step``: ``step_key``), so a reload can undo exactly the
+steps that left the file.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnelpy.config import Config
 
-from . import kinds
+from . import kinds, labkeys
 from . import plan as planmod
 from .plan import Plan, Step
 
@@ -73,7 +78,15 @@ CLONE_NEWNET = 0x40000000
 
 # The module a kind lives in, for "the kernel lacks it" messages.
 KIND_MODULES = {name: kind.module for name, kind in kinds.KINDS.items()}
+KIND_MODULES["qdisc:netem"] = labkeys.NETEM_MODULE
 PROBE_PARENT = "tpprobe-a"  # an Ethernet link in the probe's namespace, for kinds with a parent
+TC_H_ROOT = 0xFFFFFFFF
+
+
+def step_key(step: Step) -> str:
+    """What identifies a step across two plans: everything but its line and sentence (moving a
+    section in the file changes nothing)."""
+    return json.dumps([step.op, step.ns, step.name, step.attrs])
 
 
 class TopologyError(Exception):
@@ -167,6 +180,11 @@ def _link_kwargs(step: Step, ipr: IPRoute) -> dict[str, Any]:
 
 
 def _probe_one(ipr: IPRoute, kind: str, mode: str | None, i: int) -> None:
+    if kind.startswith("qdisc:"):  # a qdisc (netem) as the probe parent's root qdisc
+        index = ipr.link_lookup(ifname=PROBE_PARENT)[0]
+        ipr.tc("add", kind.removeprefix("qdisc:"), index=index, handle="1:", delay=1000)
+        ipr.tc("del", index=index, handle="1:", parent=TC_H_ROOT)
+        return
     name = f"tpprobe{i}"
     attrs = kinds.of(kind).probe_attrs(mode, name, PROBE_PARENT)
     step = Step(planmod.LINK, name, attrs=tuple(sorted(attrs.items())))
@@ -317,6 +335,7 @@ class Topology:
         self.state = StateFile(Path(state_dir) / f"{self.plan.interface}.state")
         self._ipr: dict[str | None, IPRoute] = {}
         self.applied = False
+        self._step: Step | None = None  # the step being applied (its records name it)
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -364,9 +383,18 @@ class Topology:
                 for s in where.values()
                 if s.get("kind") == kind and (mode is None or s.get("mode") == mode)
             ]
+            module = KIND_MODULES.get(kind, kind)
+            if kind.startswith("qdisc:"):
+                qdisc = kind.removeprefix("qdisc:")
+                users = [s for s in plan.steps if s.op == planmod.QDISC and s.get("kind") == qdisc]
+                at = f"{plan.path}:{users[0].line}: " if users else ""
+                problems.append(
+                    f"{at}this kernel has no {qdisc} qdisc ({reason}; is the {module} module "
+                    f"available?), used by [Netem {'], ['.join(s.name for s in users)}]"
+                )
+                continue
             at = f"{plan.path}:{users[0].line}: " if users else ""
             label = f"{kind} mode {mode}" if mode else kind
-            module = KIND_MODULES.get(kind, kind)
             problems.append(
                 f"{at}this kernel cannot create {label} links ({reason}; is the {module} "
                 f"module available?), used by {', '.join(s.name for s in users)}"
@@ -513,6 +541,8 @@ class Topology:
     def _record(self, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Write-ahead: the record is in the state file (pending) before the change is made,
         completed after it, and dropped if the change failed."""
+        if self._step is not None:
+            record["step"] = step_key(self._step)
         record["pending"] = True
         self.state.undo.append(record)
         self.state.write()
@@ -526,6 +556,19 @@ class Topology:
         self.state.write()
 
     def _do(self, step: Step) -> None:
+        self._step = step
+        try:
+            self._do_step(step)
+        finally:
+            self._step = None
+
+    def _made_ns(self, ns: str | None) -> bool:
+        """Whether this run created namespace ``ns`` (its records say so)."""
+        return ns is not None and any(
+            r["op"] == "netns-del" and r["name"] == ns for r in self.state.undo
+        )
+
+    def _do_step(self, step: Step) -> None:
         op = step.op
         if op == planmod.NETNS:
             if step.name in list_netns():
@@ -536,7 +579,20 @@ class Topology:
         if op == planmod.TEAMD:
             self._do_teamd(step)
             return
+        if op == planmod.SYSCTL:
+            self._do_sysctl(step)
+            return
         ipr = self._sock(step.ns)
+        if op == planmod.ROUTE:
+            dst, via = step.name, step.get("via")
+            rec = {"op": "route-del", "name": dst, "ns": step.ns, "via": via}
+            try:
+                with self._record(rec):
+                    ipr.route("add", dst=dst, gateway=via)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:  # there already (a pre-existing namespace's): kept
+                    raise
+            return
         if op == planmod.LINK:
             with (
                 self._record({"op": "link-del", "name": step.name, "ns": [step.ns]}) as rec,
@@ -573,7 +629,12 @@ class Topology:
             assert info is not None
             ours = self._created(step.ns, step.name) or step.name in self.plan.provided
             with contextlib.ExitStack() as stack:
-                if not ours:
+                if ours:
+                    # Deleting the port (or the daemon closing its TAP) undoes this too; the
+                    # record is for a reload that keeps the port but drops the Master line.
+                    rec = {"op": "unslave", "name": step.name, "ns": step.ns, "ifindex": index}
+                    stack.enter_context(self._record(rec))
+                else:
                     previous = ""
                     if info["master"]:
                         previous = ipr.get_links(info["master"])[0].get_attr("IFLA_IFNAME")
@@ -602,7 +663,8 @@ class Topology:
             ipr.link("set", index=index, kind="bond", bond_primary=port[0])
             return
         if op == planmod.UP:
-            if self._created(step.ns, step.name) or step.name in self.plan.provided:
+            made = self._created(step.ns, step.name) or step.name in self.plan.provided
+            if made or (step.get("loopback") and self._made_ns(step.ns)):
                 ipr.link("set", index=index, state="up")
                 return
             info = _link_info(ipr, step.name)
@@ -616,11 +678,21 @@ class Topology:
         if op == planmod.ADDRESS:
             address = step.get("address")
             ip, _, prefix = address.partition("/")
+            rec = {"op": "addr-del", "name": step.name, "ns": step.ns, "ifindex": index,
+                   "address": address}  # fmt: skip
             try:
-                ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
+                with self._record(rec):
+                    ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
             except NetlinkError as e:
-                if e.code != errno.EEXIST:
+                if e.code != errno.EEXIST:  # there already: not ours to remove
                     raise
+            return
+        if op == planmod.QDISC:
+            with self._record(
+                {"op": "qdisc-del", "name": step.name, "ns": step.ns, "ifindex": index}
+            ):
+                ipr.tc("add", step.get("kind"), index=index, handle="1:",
+                       **labkeys.pyroute2_netem(step))  # fmt: skip
             return
         raise TopologyError(f"unknown step {op!r}")
 
@@ -640,6 +712,24 @@ class Topology:
             where = f" in namespace {step.ns}" if step.ns else ""
             raise TopologyError(f"{step.name} does not exist{where}")
         return int(found[0])
+
+    def _sysctl(self, ns: str | None, *argv: str) -> str:
+        res = subprocess.run([*self._nsenter(ns), "sysctl", *argv], capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+        if res.returncode != 0:
+            raise TopologyError(f"sysctl {' '.join(argv)}: {res.stderr.strip()[-300:]}")
+        return res.stdout
+
+    def _do_sysctl(self, step: Step) -> None:
+        keys = list(step.get("keys"))
+        old = self._sysctl(step.ns, "-n", *keys).split()
+        if len(old) != len(keys):
+            raise TopologyError(f"sysctl -n {' '.join(keys)}: unexpected answer {old!r}")
+        values = dict(zip(keys, old, strict=True))
+        with self._record(
+            {"op": "sysctl-restore", "name": step.ns, "ns": step.ns, "values": values}
+        ):
+            self._sysctl(step.ns, "-qw", *(f"{k}={step.get('value')}" for k in keys))
 
     def _do_teamd(self, step: Step) -> None:
         prefix = self._nsenter(step.ns)
@@ -718,9 +808,33 @@ class Topology:
         ns = rec.get("ns")
         if not self._reachable(ns):
             return None
+        if op == "sysctl-restore":
+            self._sysctl(name, "-qw", *(f"{k}={v}" for k, v in rec["values"].items()))
+            return f"{', '.join(rec['values'])} back in {name}"
         ipr = self._sock(ns)
+        if op == "route-del":
+            try:
+                ipr.route("del", dst=name, gateway=rec["via"])
+            except NetlinkError as e:
+                if e.code != errno.ESRCH:  # gone with its link or address: nothing to do
+                    raise
+                return None
+            return f"route {name} via {rec['via']} removed"
         info = _link_info(ipr, name)
         if info is None or (rec.get("ifindex") and info["ifindex"] != rec["ifindex"]):
+            return None
+        if op == "unslave":
+            if info["master"]:
+                ipr.link("set", index=info["ifindex"], master=0)
+            return None
+        if op == "addr-del":
+            ip, _, prefix = rec["address"].partition("/")
+            with contextlib.suppress(NetlinkError):  # EADDRNOTAVAIL: removed already
+                ipr.addr("del", index=info["ifindex"], address=ip, prefixlen=int(prefix))
+            return None
+        if op == "qdisc-del":
+            with contextlib.suppress(NetlinkError):  # replaced or removed by someone else
+                ipr.tc("del", index=info["ifindex"], handle="1:", parent=TC_H_ROOT)
             return None
         if op == "restore-up":
             if not rec["up"] and info["up"]:
