@@ -44,6 +44,7 @@ from .device import Device, DeviceError
 from .io import metrics as metricsmod
 from .io import systemd
 from .io.metrics import Listen, MetricsServer, MetricsUnavailable
+from .netlink import topology as topomod
 from .protocol.constants import REJECT_AFTER_TIME
 from .protocol.vxlan import VxlanEngine
 from .reload import ReloadRefused
@@ -148,8 +149,11 @@ class Service:
         if os.geteuid() != 0:
             return
         keep = [privileges.CAP_NET_ADMIN, privileges.CAP_NET_BIND_SERVICE]
-        if any(getattr(link, "namespace", None) for link in self.device.conf.topology):
+        conf = self.device.conf
+        if conf.namespaces or any(getattr(link, "namespace", None) for link in conf.topology):
             keep.append(privileges.CAP_SYS_ADMIN)  # undoing a namespace is a umount
+            if topomod.private_mounts():  # ...in the starter's mount namespace: setns
+                keep.append(privileges.CAP_SYS_CHROOT)
         try:
             privileges.limit_root(tuple(keep))
         except (privileges.PrivilegeError, OSError) as e:

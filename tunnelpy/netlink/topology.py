@@ -50,6 +50,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,110 @@ def _err(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def list_netns() -> set[str]:
+# Named namespaces are bind mounts on /run/netns/NAME, and a mount lives in a mount namespace.
+# A tunnelpyd started by `ip netns exec` (which gives it a private mount namespace whose mounts
+# are slaves of the caller's) or by systemd with ProtectSystem= & co. (the same, /run read-only)
+# would make its namespaces where nobody else sees them. So when the daemon's mount namespace is
+# not the one it was started from -- its nearest ancestor's in another mount namespace: the shell
+# that ran `ip netns exec`, or systemd -- `ip netns add/del` runs in that one (nsenter --mount),
+# and the namespace is visible and usable there (`ip netns exec NAME`). The daemon itself reaches
+# it through propagation (its /run/netns is a slave of the host's) or else through that mount
+# namespace's root. Both are opened once, at start-up while the ancestor is surely alive
+# (CAP_SYS_PTRACE to open another process's /proc/PID/ns when it holds more capabilities),
+# and entered later with the held descriptors (setns: CAP_SYS_ADMIN and CAP_SYS_CHROOT).
+
+
+@dataclass
+class HostMounts:
+    """The mount namespace tunnelpyd was started from, when it is not its own."""
+
+    pid: int  # the ancestor it was found in (for messages)
+    ns_fd: int  # its mount namespace
+    root_fd: int  # its root directory (O_PATH): paths in that mount namespace
+
+    @property
+    def nsenter(self) -> list[str]:
+        # the child gets the descriptor (pass_fds) under the same number
+        return ["nsenter", f"--mount=/proc/self/fd/{self.ns_fd}", "--"]
+
+    def path(self, inside: str) -> str:
+        """``inside`` (absolute) as seen from that mount namespace, for us and our children."""
+        return f"/proc/{os.getpid()}/fd/{self.root_fd}{inside}"
+
+
+_HOST: list[HostMounts | None] = []  # found once per process: [] = not looked for yet
+
+
+def _ppid(pid: int) -> int:
     try:
-        return set(os.listdir(NETNS_DIR))
-    except FileNotFoundError:
-        return set()
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def host_mounts() -> HostMounts | None:
+    """The mount namespace we were started from if it is not ours, else None (also when no
+    ancestor's can be opened: then ours is all there is, as before)."""
+    if _HOST:
+        return _HOST[0]
+    found: HostMounts | None = None
+    try:
+        ours = os.stat("/proc/self/ns/mnt")
+        pid = os.getppid()
+        for _ in range(256):  # ancestors, up to PID 1
+            if pid <= 0:
+                break
+            theirs = os.stat(f"/proc/{pid}/ns/mnt")
+            if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+                ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+                root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                found = HostMounts(pid, ns_fd, root_fd)
+                break
+            if pid == 1:
+                break
+            pid = _ppid(pid)
+    except OSError:
+        found = None  # an ancestor we may not look at: stay in our own mount namespace
+    _HOST.append(found)
+    return found
+
+
+def private_mounts() -> bool:
+    """Whether namespaces are made in another mount namespace than ours (see above)."""
+    return host_mounts() is not None
+
+
+def _is_netns(path: str) -> bool:
+    """Whether ``path`` is a namespace's bind mount (nsfs), not just the file it is mounted on
+    (which a mount namespace that missed the mount still sees: the directory is shared)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def netns_path(name: str) -> str:
+    """Where this process opens namespace ``name``: /run/netns/NAME, or the host's through its
+    root when the mount did not propagate into our mount namespace."""
+    path = f"{NETNS_DIR}/{name}"
+    host = host_mounts()
+    if host is None or _is_netns(path):
+        return path
+    theirs = host.path(f"{NETNS_DIR}/{name}")
+    return theirs if _is_netns(theirs) else path
+
+
+def list_netns() -> set[str]:
+    """Named namespaces: ours and, from a private mount namespace, the host's."""
+    host = host_mounts()
+    found: set[str] = set()
+    for directory in (NETNS_DIR, *((host.path(NETNS_DIR),) if host else ())):
+        try:
+            found.update(os.listdir(directory))
+        except OSError:  # none yet
+            continue
+    return found
 
 
 def _link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
@@ -134,19 +234,37 @@ def _link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
     }
 
 
+def _run_on_host(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` in the mount namespace namespaces are made in (ours, or the host's)."""
+    host = host_mounts()
+    if host is None:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [*host.nsenter, *argv], capture_output=True, text=True, timeout=30,
+        pass_fds=(host.ns_fd,),
+    )  # fmt: skip
+
+
 def _ip_netns(verb: str, name: str) -> None:
     """``ip netns add|del NAME``: exactly the command ``tunnelpy plan`` shows, with iproute2's
-    own handling of the /run/netns mount (shared with anything started by ``ip netns exec``)."""
-    res = subprocess.run(["ip", "netns", verb, name], capture_output=True, text=True, timeout=30)
+    own handling of the /run/netns mount, in the host's mount namespace (see above)."""
+    host = host_mounts()
+    res = _run_on_host(["ip", "netns", verb, name])
     if res.returncode != 0:
-        raise TopologyError(f"ip netns {verb} {name}: {res.stderr.strip()}")
+        where = f" (in the mount namespace of pid {host.pid}, tunnelpyd's starter)" if host else ""
+        raise TopologyError(f"ip netns {verb} {name}{where}: {res.stderr.strip()}")
+    if verb == "add" and host is not None and not _is_netns(netns_path(name)):
+        raise TopologyError(
+            f"ip netns add {name}: made in the mount namespace of pid {host.pid}, but this "
+            f"process cannot open it there nor in its own {NETNS_DIR}"
+        )
 
 
 @contextlib.contextmanager
 def _ns_fd(name: str) -> Iterator[int]:
     """An open fd of namespace ``name`` for IFLA_NET_NS_FD, held until the call returns (pyroute2
     would also take the name; owning the fd keeps its lifetime plain to see)."""
-    fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         yield fd
     finally:
@@ -336,6 +454,7 @@ class Topology:
         self._ipr: dict[str | None, IPRoute] = {}
         self.applied = False
         self._step: Step | None = None  # the step being applied (its records name it)
+        host_mounts()  # found now, while the process that started us surely still runs
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -343,7 +462,9 @@ class Topology:
         """The IPRoute for namespace ``ns`` (None: tunnelpyd's own), opened once."""
         if ns not in self._ipr:
             target = ns if ns is not None else self.netns
-            self._ipr[ns] = IPRoute() if target is None else IPRoute(netns=target, flags=0)
+            self._ipr[ns] = (
+                IPRoute() if target is None else IPRoute(netns=netns_path(target), flags=0)
+            )
         return self._ipr[ns]
 
     def _close_sock(self, ns: str | None) -> None:
@@ -364,7 +485,7 @@ class Topology:
 
     def _nsenter(self, ns: str | None) -> list[str]:
         target = ns if ns is not None else self.netns
-        return [] if target is None else ["nsenter", f"--net={NETNS_DIR}/{target}", "--"]
+        return [] if target is None else ["nsenter", f"--net={netns_path(target)}", "--"]
 
     # -- validation ----------------------------------------------------------------------
 
@@ -714,8 +835,12 @@ class Topology:
         return int(found[0])
 
     def _sysctl(self, ns: str | None, *argv: str) -> str:
-        res = subprocess.run([*self._nsenter(ns), "sysctl", *argv], capture_output=True,
-                             text=True, timeout=30)  # fmt: skip
+        argv2 = [*self._nsenter(ns), "sysctl", *argv]
+        # systemd's ProtectKernelTunables= makes our /proc/sys read-only; the host's /proc shows
+        # the same per-namespace net.* values (nsenter opens the --net file before entering)
+        res = _run_on_host(argv2) if private_mounts() else subprocess.run(
+            argv2, capture_output=True, text=True, timeout=30
+        )  # fmt: skip
         if res.returncode != 0:
             raise TopologyError(f"sysctl {' '.join(argv)}: {res.stderr.strip()[-300:]}")
         return res.stdout
