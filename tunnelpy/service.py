@@ -62,6 +62,7 @@ class Service:
         device: Device,
         *,
         topology: Callable[[], list[dict[str, object]]] | None = None,
+        links: topomod.Topology | None = None,
         control_dir: str = control.DEFAULT_DIRECTORY,
         user: str | None = None,
         log_level_override: str | None = None,
@@ -69,6 +70,7 @@ class Service:
     ) -> None:
         self.device = device
         self.topology = topology  # the daemon's topology_status (the "topology" field)
+        self.links = links  # the daemon's running topology: a reload changes it as a diff
         self.control_dir = control_dir
         self.user_override = user
         self.log_level_override = log_level_override
@@ -365,7 +367,7 @@ class Service:
                 "reload: %s changed; that needs a restart (the running value stays)",
                 ", ".join(plan.restart_needed),
             )
-        prepared = await rl.prepare(plan, d, new)
+        prepared = await rl.prepare(plan, d, new, self.links)
         try:
             metrics = await self._prepare_metrics(plan, old, new)
         except BaseException:

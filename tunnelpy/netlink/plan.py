@@ -34,10 +34,18 @@ Devices tunnelpyd makes itself (the TUN and the segment TAPs) are ``provided``: 
 ports or parents, they exist before ``apply`` runs, and the plan never creates or deletes them.
 Names that are neither made here nor provided are pre-existing links: they are looked up in the
 kernel by ``topology.validate`` and are only enslaved and brought up, never deleted.
+
+A reload compares two plans (``diff``): a step is the same in both when everything but its line
+and sentence is (``step_key``), so only what changed is undone and applied. A link whose own
+making changed (kind, attributes, namespace, bond primary) is deleted and made again, and with it
+everything that hangs on it: its children (the kernel deletes them with their parent), its
+ports' enslaving, its addresses, up and netem; the routes of every namespace whose links or
+addresses change are set again (a route goes with the address that made its gateway on-link).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -245,6 +253,86 @@ def build(conf: Config) -> Plan:
         provided=provided,
         created=tuple(created),
         existing=tuple((ns, name, line) for (ns, name), line in existing.items()),
+    )
+
+
+def step_key(step: Step) -> str:
+    """What identifies a step across two plans: everything but its line and sentence (moving a
+    section in the file changes nothing)."""
+    return json.dumps([step.op, step.ns, step.name, step.attrs])
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    """What turns the running plan ``old`` into ``new``: the old steps to undo (by key, undone
+    in reverse order of application) and the new steps to apply (in the new plan's order)."""
+
+    old: Plan
+    new: Plan
+    undo: frozenset[str]
+    apply: tuple[Step, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.undo or self.apply)
+
+    @property
+    def undone(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.old.steps if step_key(s) in self.undo)
+
+    def __str__(self) -> str:
+        return f"topology: {len(self.undo)} step(s) undone, {len(self.apply)} applied"
+
+
+_MAKES = (LINK, TEAMD, MOVE, PRIMARY)  # the steps that make a link what it is
+
+
+def _refers(step: Step, names: set[str]) -> bool:
+    """Whether ``step`` acts on or depends on one of the links ``names``."""
+    if step.op not in (NETNS, SYSCTL, ROUTE) and step.name in names:
+        return True
+    return any(step.get(k) in names for k in ("master", "link", "primary", "peer"))
+
+
+def diff(old: Plan, new: Plan, recreated: frozenset[str] = frozenset()) -> PlanDiff:
+    """The steps a reload from ``old`` to ``new`` undoes and applies (see the module doc).
+    ``recreated``: devices tunnelpyd itself makes again (a replaced segment's TAP): what the
+    plan does to them is done again too."""
+    old_keys = {step_key(s) for s in old.steps}
+    new_keys = {step_key(s) for s in new.steps}
+    removed = [s for s in old.steps if step_key(s) not in new_keys]
+    # Links that are deleted (and maybe made again): their own making changed or went...
+    dead: set[str] = set(recreated)
+    for s in removed:
+        if s.op in _MAKES:
+            dead.add(s.name)
+            if s.get("peer"):
+                dead.add(s.get("peer"))
+    # ...or they sit on such a link (the kernel deletes children with their parent).
+    grew = True
+    while grew:
+        grew = False
+        for s in old.steps:
+            if s.op in (LINK, TEAMD) and s.name not in dead and s.get("link") in dead:
+                dead.add(s.name)
+                if s.get("peer"):
+                    dead.add(s.get("peer"))
+                grew = True
+    undo = {step_key(s) for s in removed} | {step_key(s) for s in old.steps if _refers(s, dead)}
+    apply = [s for s in new.steps if step_key(s) not in old_keys or _refers(s, dead)]
+    # A route goes when the link or address that made its gateway on-link goes: set the routes
+    # of every namespace something is undone in again (additions take no route away).
+    moved: set[str | None] = set()
+    for s in old.steps:
+        if step_key(s) in undo and s.op not in (ROUTE, SYSCTL):
+            moved.update((s.ns, s.get("to"), s.get("peer_ns")))
+    undo |= {step_key(s) for s in old.steps if s.op == ROUTE and s.ns in moved}
+    applied = {step_key(s) for s in apply}
+    apply += [
+        s for s in new.steps if s.op == ROUTE and s.ns in moved and step_key(s) not in applied
+    ]
+    order = {step_key(s): i for i, s in enumerate(new.steps)}
+    return PlanDiff(
+        old, new, frozenset(undo), tuple(sorted(apply, key=lambda s: order[step_key(s)]))
     )
 
 

@@ -62,7 +62,7 @@ from tunnelpy.config import Config
 
 from . import kinds, labkeys
 from . import plan as planmod
-from .plan import Plan, Step
+from .plan import Plan, Step, step_key
 
 # IPRoute(netns=...) forks a helper that makes the socket inside the namespace, and stops it
 # with SIGTERM if it lingers. A helper that inherited a Python SIGTERM handler (the daemon's, or a
@@ -82,12 +82,6 @@ KIND_MODULES = {name: kind.module for name, kind in kinds.KINDS.items()}
 KIND_MODULES["qdisc:netem"] = labkeys.NETEM_MODULE
 PROBE_PARENT = "tpprobe-a"  # an Ethernet link in the probe's namespace, for kinds with a parent
 TC_H_ROOT = 0xFFFFFFFF
-
-
-def step_key(step: Step) -> str:
-    """What identifies a step across two plans: everything but its line and sentence (moving a
-    section in the file changes nothing)."""
-    return json.dumps([step.op, step.ns, step.name, step.attrs])
 
 
 class TopologyError(Exception):
@@ -269,6 +263,22 @@ def _ns_fd(name: str) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+CAP_SYS_ADMIN = 21
+_ON_DEVICE = (planmod.MASTER, planmod.UP, planmod.QDISC)  # steps that act on an existing device
+
+
+def _has_capability(cap: int) -> bool:
+    """Whether capability ``cap`` is in this process's effective set."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError):
+        pass
+    return True  # cannot tell: let the step itself fail, with its own message
 
 
 def _pid_starttime(pid: int) -> int | None:
@@ -491,10 +501,18 @@ class Topology:
 
     def validate(self) -> None:
         """Raise TopologyError (one line, every problem) unless the plan can be applied."""
-        plan = self.plan
+        self._check(self.plan, self.plan.steps, frozenset())
+
+    def _check(
+        self, plan: Plan, steps: tuple[Step, ...], freed: frozenset[str], probe: bool = True
+    ) -> None:
+        """Validate ``steps`` of ``plan`` (all of them at start-up; a reload's new ones), with
+        the links ``freed`` counted as free (a reload deletes them first). ``probe=False``: no
+        kind probe (it needs CAP_SYS_ADMIN for its throw-away namespace; a kind the kernel
+        lacks then fails at its step, and the reload is rolled back and refused)."""
         problems: list[str] = []
-        where = {step.name: step for step in plan.steps if step.op in (planmod.LINK, planmod.TEAMD)}
-        missing = probe_kinds(plan.kinds())
+        where = {step.name: step for step in steps if step.op in (planmod.LINK, planmod.TEAMD)}
+        missing = probe_kinds(planmod.kinds_of(steps)) if probe else {}
         for (kind, mode), reason in sorted(missing.items(), key=lambda x: (x[0][0], x[0][1] or "")):
             if kind == "*":
                 problems.append(reason)
@@ -507,7 +525,7 @@ class Topology:
             module = KIND_MODULES.get(kind, kind)
             if kind.startswith("qdisc:"):
                 qdisc = kind.removeprefix("qdisc:")
-                users = [s for s in plan.steps if s.op == planmod.QDISC and s.get("kind") == qdisc]
+                users = [s for s in steps if s.op == planmod.QDISC and s.get("kind") == qdisc]
                 at = f"{plan.path}:{users[0].line}: " if users else ""
                 problems.append(
                     f"{at}this kernel has no {qdisc} qdisc ({reason}; is the {module} module "
@@ -520,10 +538,10 @@ class Topology:
                 f"{at}this kernel cannot create {label} links ({reason}; is the {module} "
                 f"module available?), used by {', '.join(s.name for s in users)}"
             )
-        if any(step.op == planmod.TEAMD for step in plan.steps):
+        if any(step.op == planmod.TEAMD for step in steps):
             for tool in ("teamd",):
                 if shutil.which(tool) is None:
-                    line = next(s.line for s in plan.steps if s.op == planmod.TEAMD)
+                    line = next(s.line for s in steps if s.op == planmod.TEAMD)
                     problems.append(
                         f"{plan.path}:{line}: [Team] needs {tool} (Debian: apt-get install "
                         "libteam-utils), and it is not installed"
@@ -531,24 +549,38 @@ class Topology:
         existing_ns = list_netns()
         if self.netns is not None and self.netns not in existing_ns:
             problems.append(f"namespace {self.netns} (tunnelpyd's own) does not exist")
-        new_ns = {ns for ns in plan.namespaces if ns not in existing_ns}
+        new_ns = {s.name for s in steps if s.op == planmod.NETNS and s.name not in existing_ns}
+        if new_ns and os.geteuid() == 0 and not _has_capability(CAP_SYS_ADMIN):
+            problems.append(
+                f"{plan.path}:{min(s.line for s in steps if s.name in new_ns)}: making "
+                f"namespace {', '.join(sorted(new_ns))} needs CAP_SYS_ADMIN, which this tunnelpyd "
+                "gave up at start-up (its config named no namespace then): restart it"
+            )
         try:
-            self._validate_links(new_ns, problems)
+            self._validate_links(plan, steps, new_ns, freed, problems)
         finally:
             self.close()
         if problems:
             raise TopologyError("; ".join(problems) + "; nothing was changed")
 
-    def _validate_links(self, new_ns: set[str], problems: list[str]) -> None:
-        plan = self.plan
+    def _validate_links(
+        self,
+        plan: Plan,
+        steps: tuple[Step, ...],
+        new_ns: set[str],
+        freed: frozenset[str],
+        problems: list[str],
+    ) -> None:
         lines = {s.name: s.line for s in plan.steps}
+        made = {s.name for s in steps if s.op in (planmod.LINK, planmod.TEAMD)}
+        made |= {s.get("peer") for s in steps if s.op == planmod.LINK and s.get("peer")}
         # Links to be made: their names must be free where they are made and where they end up.
-        places: list[tuple[str | None, str]] = list(plan.created)
-        for step in plan.steps:
+        places: list[tuple[str | None, str]] = [(ns, n) for ns, n in plan.created if n in made]
+        for step in steps:
             if step.op == planmod.LINK:
                 places.append((step.ns, step.name))
         for ns, name in dict.fromkeys(places):
-            if ns in new_ns:
+            if ns in new_ns or name in freed:
                 continue
             if _link_info(self._sock(ns), name) is not None:
                 where = f" in namespace {ns}" if ns else ""
@@ -557,8 +589,12 @@ class Topology:
                     "did not create it; rename the section or delete that link"
                 )
         # Links it only uses must exist; masters must be masters.
-        masters = {s.get("master") for s in plan.steps if s.op == planmod.MASTER}
+        masters = {s.get("master") for s in steps if s.op == planmod.MASTER}
+        used = {s.name for s in steps if s.op in (planmod.MASTER, planmod.UP)}
+        used |= masters | {s.get("link") for s in steps if s.op == planmod.LINK}
         for ns, name, line in plan.existing:
+            if name not in used:
+                continue
             where = f" in namespace {ns}" if ns else ""
             if ns in new_ns:
                 problems.append(
@@ -578,7 +614,7 @@ class Topology:
                     "bridge, bond or team as master"
                 )
         # A sole child (macvlan passthru): the kernel refuses a parent that has rivals already.
-        for step in plan.steps:
+        for step in steps:
             sole = kinds.of(step.kind).sole_child(step) if step.op == planmod.LINK else None
             if sole is None:
                 continue
@@ -649,6 +685,114 @@ class Topology:
             ) from None
         finally:
             self.close()
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def prepare_change(
+        self, conf: Config, recreated: frozenset[str] = frozenset()
+    ) -> planmod.PlanDiff:
+        """What a reload to ``conf`` changes (``plan.diff``), validated like a start-up but only
+        for the steps it applies: raises TopologyError (nothing changed) if they cannot be.
+        ``recreated``: segment TAPs the reload makes (again)."""
+        diff = planmod.diff(self.plan, planmod.build(conf), recreated)
+        if diff.apply:
+            freed = frozenset(
+                name
+                for s in diff.undone
+                if s.op in (planmod.LINK, planmod.TEAMD)
+                for name in (s.name, s.get("peer"))
+                if name
+            )
+            probe = os.geteuid() != 0 or _has_capability(CAP_SYS_ADMIN)
+            self._check(diff.new, diff.apply, freed, probe)
+        return diff
+
+    def change(
+        self, diff: planmod.PlanDiff, later: frozenset[str] = frozenset()
+    ) -> tuple[Step, ...]:
+        """Apply a prepared reload: undo the steps that went (their journal records, newest
+        first), apply the new ones. If one fails, what it applied is undone and the old steps
+        are applied again, and TopologyError says which step failed: the reload is refused.
+
+        Steps on the devices ``later`` (segment TAPs the reload has yet to open) are returned
+        instead of applied: ``finish`` applies them once the TAPs exist."""
+        if not diff:
+            self.plan = diff.new
+            return ()
+        deferred = tuple(s for s in diff.apply if s.name in later and s.op in _ON_DEVICE)
+        now = tuple(s for s in diff.apply if s not in deferred)
+        if not self.state.data:  # started without topology sections: no journal yet
+            self.state.begin(self.plan.interface, self.netns)
+        self.applied = True
+        step: Step | None = None
+        try:
+            problems = self._undo_steps(diff.undo)
+            if problems:
+                self._reapply(diff.undone)
+                raise TopologyError(
+                    f"{diff.new.path}: the reload could not remove what it replaces "
+                    f"({'; '.join(problems)}); the old topology is back in place"
+                )
+            mark = len(self.state.undo)
+            self.plan = diff.new
+            try:
+                for step in now:
+                    self._do(step)
+            except Exception as e:
+                assert step is not None
+                failed, cmd = step, " && ".join(planmod.commands(step))
+                undone = self._undo_records(self.state.undo[mark:])
+                self.plan = diff.old
+                undone += self._reapply(diff.undone)
+                also = f" (and restoring: {'; '.join(undone)})" if undone else ""
+                raise TopologyError(
+                    f"{diff.new.path}:{failed.line}: {failed.what or failed.op} failed: {_err(e)} "
+                    f"[{cmd}]; the reload was refused and the old topology restored{also}"
+                ) from None
+        finally:
+            self.close()
+        return deferred
+
+    def finish(self, steps: tuple[Step, ...]) -> None:
+        """The steps ``change`` left for the segment TAPs, now that they exist."""
+        step: Step | None = None
+        try:
+            for step in steps:
+                self._do(step)
+        except Exception as e:
+            assert step is not None
+            cmd = " && ".join(planmod.commands(step))
+            raise TopologyError(
+                f"{self.plan.path}:{step.line}: {step.what or step.op} failed: {_err(e)} [{cmd}]"
+            ) from None
+        finally:
+            self.close()
+
+    def _undo_records(self, records: list[dict[str, Any]]) -> list[str]:
+        """Undo ``records`` (journal entries), newest first, and drop them; the problems."""
+        problems: list[str] = []
+        for record in reversed(list(records)):
+            try:
+                self._undo_one(record)
+            except Exception as e:  # keep going: the rest must still be undone
+                problems.append(f"{record.get('op')} {record.get('name')}: {_err(e)}")
+            self.state.undo.remove(record)
+            with contextlib.suppress(OSError):
+                self.state.write()
+        return problems
+
+    def _undo_steps(self, keys: frozenset[str]) -> list[str]:
+        return self._undo_records([r for r in self.state.undo if r.get("step") in keys])
+
+    def _reapply(self, steps: tuple[Step, ...]) -> list[str]:
+        """Apply ``steps`` again (the old ones a failed reload undid); the problems."""
+        problems: list[str] = []
+        for old in steps:
+            try:
+                self._do(old)
+            except Exception as e:  # keep going: as much of the old topology as can be
+                problems.append(f"{old.what or old.op}: {_err(e)}")
+        return problems
 
     def undo(self) -> list[str]:
         """Undo everything applied, in reverse; never raises. Returns the problems met."""
