@@ -550,11 +550,12 @@ class Topology:
         if self.netns is not None and self.netns not in existing_ns:
             problems.append(f"namespace {self.netns} (tunnelpyd's own) does not exist")
         new_ns = {s.name for s in steps if s.op == planmod.NETNS and s.name not in existing_ns}
-        if new_ns and os.geteuid() == 0 and not _has_capability(CAP_SYS_ADMIN):
+        if new_ns and not _has_capability(CAP_SYS_ADMIN):
             problems.append(
                 f"{plan.path}:{min(s.line for s in steps if s.name in new_ns)}: making "
                 f"namespace {', '.join(sorted(new_ns))} needs CAP_SYS_ADMIN, which this tunnelpyd "
-                "gave up at start-up (its config named no namespace then): restart it"
+                "does not hold (once up it keeps it only if its config named a namespace, and "
+                "never as User): restart it"
             )
         try:
             self._validate_links(plan, steps, new_ns, freed, problems)
@@ -703,8 +704,7 @@ class Topology:
                 for name in (s.name, s.get("peer"))
                 if name
             )
-            probe = os.geteuid() != 0 or _has_capability(CAP_SYS_ADMIN)
-            self._check(diff.new, diff.apply, freed, probe)
+            self._check(diff.new, diff.apply, freed, _has_capability(CAP_SYS_ADMIN))
         return diff
 
     def change(
