@@ -174,6 +174,13 @@ def private_mounts() -> bool:
     return host_mounts() is not None
 
 
+def _known_host() -> HostMounts | None:
+    """``host_mounts()`` if it was looked for already, else None: only a daemon whose config
+    names namespaces holds the other mount namespace open (its root is writable there, past
+    the unit's ProtectSystem=, so nothing else should hold it)."""
+    return _HOST[0] if _HOST else None
+
+
 def _is_netns(path: str) -> bool:
     """Whether ``path`` is a namespace's bind mount (nsfs), not just the file it is mounted on
     (which a mount namespace that missed the mount still sees: the directory is shared)."""
@@ -187,7 +194,7 @@ def netns_path(name: str) -> str:
     """Where this process opens namespace ``name``: /run/netns/NAME, or the host's through its
     root when the mount did not propagate into our mount namespace."""
     path = f"{NETNS_DIR}/{name}"
-    host = host_mounts()
+    host = _known_host()
     if host is None or _is_netns(path):
         return path
     theirs = host.path(f"{NETNS_DIR}/{name}")
@@ -196,7 +203,7 @@ def netns_path(name: str) -> str:
 
 def list_netns() -> set[str]:
     """Named namespaces: ours and, from a private mount namespace, the host's."""
-    host = host_mounts()
+    host = _known_host()
     found: set[str] = set()
     for directory in (NETNS_DIR, *((host.path(NETNS_DIR),) if host else ())):
         try:
@@ -464,7 +471,8 @@ class Topology:
         self._ipr: dict[str | None, IPRoute] = {}
         self.applied = False
         self._step: Step | None = None  # the step being applied (its records name it)
-        host_mounts()  # found now, while the process that started us surely still runs
+        if self.plan.namespaces:
+            host_mounts()  # found now, while the process that started us surely still runs
 
     # -- sockets -------------------------------------------------------------------------
 
