@@ -158,8 +158,8 @@ def netem_step(netem: NetemConfig, ns: str | None) -> Step:
 
 
 def pyroute2_netem(step: Step) -> dict[str, Any]:
-    """``IPRoute.tc("add", "netem", ...)`` keyword arguments (pyroute2's units: microseconds,
-    percent, a rate string)."""
+    """pyroute2's netem parameters (``sched_netem.get_parameters``: microseconds, percent,
+    bytes per second)."""
     kw: dict[str, Any] = {}
     if step.get("delay"):
         kw["delay"] = step.get("delay")
@@ -168,7 +168,7 @@ def pyroute2_netem(step: Step) -> dict[str, Any]:
     if step.get("loss"):
         kw["loss"] = step.get("loss")
     if step.get("rate"):
-        kw["rate"] = f"{step.get('rate')}bit"
+        kw["rate"] = step.get("rate") // 8  # bytes per second, as the kernel holds it
     if step.get("limit"):
         kw["limit"] = step.get("limit")
     return kw

@@ -56,7 +56,10 @@ from typing import Any
 
 import pyroute2.config
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWQDISC
+from pyroute2.netlink.rtnl.tcmsg import sched_netem, tcmsg
 
 from tunnelpy.config import Config
 
@@ -286,6 +289,20 @@ def _has_capability(cap: int) -> bool:
     except (OSError, ValueError):
         pass
     return True  # cannot tell: let the step itself fail, with its own message
+
+
+def _add_netem(ipr: IPRoute, index: int, step: Step) -> None:
+    """``tc qdisc add dev INDEX root handle 1: netem ...``, the message built here: pyroute2's
+    ``tc()`` also turns a ``rate`` argument into a top-level TCA_RATE (the rate estimator's
+    attribute), which the kernel refuses (ERANGE)."""
+    msg = tcmsg()
+    msg["index"], msg["handle"], msg["parent"] = index, 0x10000, TC_H_ROOT
+    options = sched_netem.get_parameters(labkeys.pyroute2_netem(step))
+    msg["attrs"] = [["TCA_KIND", "netem"], ["TCA_OPTIONS", options]]
+    msg["header"]["type"] = RTM_NEWQDISC
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    # (the batch call: 0.9.7's synchronous nlm_request() fails on a status key of its own)
+    ipr.nlm_request_batch([msg])
 
 
 def _pid_starttime(pid: int) -> int | None:
@@ -964,8 +981,7 @@ class Topology:
             with self._record(
                 {"op": "qdisc-del", "name": step.name, "ns": step.ns, "ifindex": index}
             ):
-                ipr.tc("add", step.get("kind"), index=index, handle="1:",
-                       **labkeys.pyroute2_netem(step))  # fmt: skip
+                _add_netem(ipr, index, step)
             return
         raise TopologyError(f"unknown step {op!r}")
 
