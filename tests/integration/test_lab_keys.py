@@ -80,7 +80,12 @@ def test_routes_and_forwarding_make_a_routed_lab(tl: TopoLab) -> None:
     assert "1" == lab.run(r, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
     # a -> r -> b and back: only with the routes and the router's forwarding
     assert lab.ping(a, "10.82.2.2"), lab.notes
-    lab.run(b, "ip", "-6", "addr", "show")  # (DAD may take a moment on the new addresses)
+    # the new IPv6 addresses are tentative until duplicate address detection is done
+    lab.wait_for(
+        lambda: not any(lab.run(ns, "ip", "-6", "addr", "show", "tentative").stdout.strip()
+                        for ns in (a, r, b)),
+        15, "IPv6 addresses past DAD",
+    )  # fmt: skip
     assert lab.ping(a, "fd82:2::2", timeout=15), lab.notes
     assert "10.82.9.0/24 via 10.82.3.1" in tl.ip(other, "route")
     assert topo.undo() == []
