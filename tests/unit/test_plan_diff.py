@@ -53,13 +53,17 @@ def test_a_changed_link_takes_what_hangs_on_it() -> None:
 
 
 def test_a_parent_that_changes_takes_its_children_and_their_routes() -> None:
-    diff = d(BASE, BASE.replace("PeerAddress = 10.1.0.2/24\n", "PeerAddress = 10.1.0.2/24\nMTU = 1400\n"))
+    diff = d(
+        BASE, BASE.replace("PeerAddress = 10.1.0.2/24\n", "PeerAddress = 10.1.0.2/24\nMTU = 1400\n")
+    )
     gone = undone(diff)
     assert ("link", "v0") in gone and ("link", "m0") in gone  # macvlan goes with its parent
     assert ("route", "0.0.0.0/0") in gone  # in n1, where links went
     again = applied(diff)
-    assert again.index(("link", "v0")) < again.index(("link", "m0")) < again.index(
-        ("route", "0.0.0.0/0")
+    assert (
+        again.index(("link", "v0"))
+        < again.index(("link", "m0"))
+        < again.index(("route", "0.0.0.0/0"))
     )
     assert ("netns", "n1") not in gone  # the namespace stays
 
@@ -89,7 +93,8 @@ def test_a_recreated_tap_gets_its_steps_again() -> None:
 def test_reload_diff_names_sections_and_the_reshape() -> None:
     old = config.parse(HEAD + BASE, "t.conf")
     new = config.parse(
-        HEAD + BASE.replace("default via 10.1.0.1", "default via 10.1.0.254")
+        HEAD
+        + BASE.replace("default via 10.1.0.1", "default via 10.1.0.254")
         + "[Netem v0]\nLoss = 1%\n",
         "t.conf",
     )
