@@ -39,7 +39,7 @@ from typing import Any
 
 from tunnelpy import keys
 from tunnelpy.io import knobs
-from tunnelpy.netlink import kinds
+from tunnelpy.netlink import kinds, labkeys
 from tunnelpy.netlink.kinds import (  # noqa: F401 - the topology dataclasses, re-exported here
     VXLAN_PORT,
     BondConfig,
@@ -52,6 +52,7 @@ from tunnelpy.netlink.kinds import (  # noqa: F401 - the topology dataclasses, r
     VLANConfig,
     VXLANConfig,
 )
+from tunnelpy.netlink.labkeys import NamespaceConfig, NetemConfig, RouteConfig  # noqa: F401
 from tunnelpy.protocol.fdb import MacFilter
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -184,6 +185,8 @@ class Config:
     warnings: tuple[str, ...] = ()
     segments: tuple[SegmentConfig, ...] = ()
     topology: tuple[LinkConfig, ...] = ()  # [Bridge], [Veth], [VLAN]... in file order
+    namespaces: tuple[NamespaceConfig, ...] = ()  # [Namespace NAME]: routes, forwarding
+    netem: tuple[NetemConfig, ...] = ()  # [Netem LINK]: delay, jitter, loss, rate
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,6 +259,8 @@ class _Context:
     warnings: list[str] = field(default_factory=list)
     transport: str = TRANSPORT_WIREGUARD  # read from [Interface] before any section is built
     opener: Opener = read_trusted
+    # False for `tunnelpy plan` / `topology`: key files are not opened (drawing needs no keys)
+    read_secrets: bool = True
 
     def error(self, line: int | None, where: str, message: str) -> ConfigError:
         return ConfigError(self.path, line, where, message)
@@ -517,6 +522,8 @@ KEY_FILE_LIMIT = 4096  # a key file is 45 bytes; anything much longer is not one
 def _key_file(value: str, ctx: _Context) -> bytes:
     if not value:
         raise _BadValue("empty path, expected the path of a file holding one base64 key")
+    if not ctx.read_secrets:
+        return b""  # not read: a CI job drawing the lab has the config but not its keys
     path = os.path.join(ctx.base_dir, os.path.expanduser(value))
     try:
         data, mode = ctx.opener(path, KEY_FILE_LIMIT)
@@ -898,6 +905,79 @@ def _namespace(value: str, _ctx: _Context) -> str:
             "'_', '.' or '-' (as for ip netns add)"
         )
     return value
+
+
+def _route(
+    value: str, _ctx: _Context
+) -> tuple[IPNetwork, ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    words = value.split()
+    if len(words) != 3 or words[1].lower() != "via":
+        raise _BadValue(
+            f"{_show(value)} is not a route, expected PREFIX via ADDRESS (or default via ADDRESS)"
+        )
+    try:
+        via = ipaddress.ip_address(words[2])
+    except ValueError:
+        raise _BadValue(f"{_show(words[2])} is not an IP address, expected the gateway") from None
+    if words[0].lower() == "default":
+        dst: IPNetwork = ipaddress.ip_network("::/0" if via.version == 6 else "0.0.0.0/0")
+    else:
+        try:
+            dst = ipaddress.ip_network(words[0])
+        except ValueError:
+            raise _BadValue(
+                f"{_show(words[0])} is not a prefix with its host bits zero, expected e.g. "
+                "10.20.0.0/16 or default"
+            ) from None
+    if dst.version != via.version:
+        raise _BadValue(f"{dst} and {via} are of different IP versions, expected the same")
+    return dst, via
+
+
+_TIME = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s)", re.IGNORECASE)
+_TIME_UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
+MAX_NETEM_TIME = 60_000_000  # 60 s: netem's 32-bit tick fields hold a few minutes at most
+
+
+def _duration(value: str, _ctx: _Context) -> int:
+    """A time as tc writes it (500us, 20ms, 1.5s) in microseconds."""
+    m = _TIME.fullmatch(value)
+    if m is None:
+        raise _BadValue(f"{_show(value)} is not a time, expected e.g. 20ms, 500us or 1s")
+    us = round(float(m.group(1)) * _TIME_UNITS[m.group(2).lower()])
+    if not 1 <= us <= MAX_NETEM_TIME:
+        raise _BadValue(f"{_show(value)} is out of range, expected 1us to 60s")
+    return us
+
+
+def _percent(value: str, _ctx: _Context) -> float:
+    text = value.removesuffix("%").strip()
+    try:
+        pct = float(text)
+    except ValueError:
+        raise _BadValue(f"{_show(value)} is not a percentage, expected e.g. 1% or 0.5%") from None
+    if not 0 < pct <= 100:
+        raise _BadValue(f"{_show(value)} is out of range, expected more than 0% and up to 100%")
+    return pct
+
+
+_RATE = re.compile(r"([0-9]+)\s*(bit|kbit|mbit|gbit)", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+
+
+def _rate(value: str, _ctx: _Context) -> int:
+    """A rate in bits per second, as tc writes it (10mbit, 512kbit)."""
+    m = _RATE.fullmatch(value)
+    if m is None:
+        raise _BadValue(f"{_show(value)} is not a rate, expected e.g. 10mbit, 512kbit or 1gbit")
+    bits = int(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
+    if not 8 <= bits <= 32 * 10**9:  # netem holds bytes per second in 32 bits
+        raise _BadValue(f"{_show(value)} is out of range, expected 8bit to 32gbit")
+    return bits
+
+
+def _packets(value: str, _ctx: _Context) -> int:
+    return _int(value, 1, 2**31 - 1, "packets")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1324,11 +1404,115 @@ def _link_common(section: RawSection, ctx: _Context) -> dict[str, Any]:
     }
 
 
+def _build_namespace(section: RawSection, ctx: _Context) -> NamespaceConfig:
+    assert section.name is not None  # named=True
+    try:
+        name = _namespace(section.name, ctx)
+    except _BadValue as e:
+        raise ctx.error(section.line, section.spec.name, str(e)) from None
+    routes: list[RouteConfig] = []
+    seen: dict[IPNetwork, int] = {}
+    for line, (dst, via) in section.all("Route"):
+        if dst in seen:
+            raise ctx.error(
+                line,
+                section.where("Route"),
+                f"a route to {labkeys.show_prefix(dst)} is already given on line {seen[dst]}, "
+                "expected one route per prefix",
+            )
+        seen[dst] = line
+        routes.append(RouteConfig(dst, via, line))
+    return NamespaceConfig(
+        name=name,
+        routes=tuple(routes),
+        forwarding=section.value("Forwarding", False),
+        line=section.line,
+    )
+
+
+def _build_netem(section: RawSection, ctx: _Context) -> NetemConfig:
+    assert section.name is not None  # named=True
+    reason = valid_ifname(section.name)
+    if reason:
+        raise ctx.error(
+            section.line,
+            section.spec.name,
+            f"{_show(section.name)} is not a valid interface name ({reason}), expected "
+            "[Netem LINK] naming a link this file makes",
+        )
+    if not any(section.get(k) for k in ("Delay", "Loss", "Rate")):
+        raise ctx.error(
+            section.line,
+            section.spec.name,
+            "shapes nothing, expected at least one of Delay, Loss and Rate",
+        )
+    jitter = section.get("Jitter")
+    if jitter is not None and section.get("Delay") is None:
+        raise ctx.error(
+            jitter[0], section.where("Jitter"), "varies no delay, expected a Delay = line too"
+        )
+    return NetemConfig(
+        link=section.name,
+        delay=section.value("Delay", 0),
+        jitter=section.value("Jitter", 0),
+        loss=section.value("Loss", 0.0),
+        rate=section.value("Rate"),
+        limit=section.value("Limit"),
+        line=section.line,
+    )
+
+
+def _check_lab(
+    interface: InterfaceConfig,
+    segments: list[tuple[RawSection, SegmentConfig]],
+    links: list[tuple[RawSection, LinkConfig]],
+    namespaces: list[tuple[RawSection, NamespaceConfig]],
+    netems: list[tuple[RawSection, NetemConfig]],
+    ctx: _Context,
+) -> None:
+    """[Namespace] once per name; [Netem] once per link, on a link the file makes."""
+    first_ns: dict[str, int] = {}
+    for section, ns in namespaces:
+        if ns.name in first_ns:
+            raise ctx.error(
+                section.line,
+                section.spec.name,
+                f"[Namespace {ns.name}] is already given on line {first_ns[ns.name]}, expected "
+                "one section per namespace",
+            )
+        first_ns[ns.name] = section.line
+    made = {link.name for _, link in links} | {
+        link.pair for _, link in links if link.pair is not None
+    }
+    made |= {seg.device for _, seg in segments}
+    if interface.transport != TRANSPORT_VXLAN:
+        made.add(interface.name)  # the TUN (plain VXLAN has none)
+    first_netem: dict[str, int] = {}
+    for section, netem in netems:
+        if netem.link not in made:
+            raise ctx.error(
+                section.line,
+                section.spec.name,
+                f"{netem.link!r} is not a link this file makes, expected one of its links, veth "
+                "ends, segment devices or the TUN (a qdisc replaced on someone else's link "
+                "could not be given back as it was)",
+            )
+        if netem.link in first_netem:
+            raise ctx.error(
+                section.line,
+                section.spec.name,
+                f"[Netem {netem.link}] is already given on line {first_netem[netem.link]}, "
+                "expected one section per link",
+            )
+        first_netem[netem.link] = section.line
+
+
 def _check_topology(
     interface: InterfaceConfig,
     segments: list[tuple[RawSection, SegmentConfig]],
     links: list[tuple[RawSection, LinkConfig]],
     ctx: _Context,
+    listen_line: int | None = None,
 ) -> None:
     """Names, references and placement across topology sections (what needs no kernel)."""
 
@@ -1366,7 +1550,7 @@ def _check_topology(
             seen.add(name)
             link = by_name[name][1]
             if link.pair is not None:
-                return None  # the local end stays
+                return link.pair_home  # this end of a pair (the other is in peer_ends)
             if link.namespace is not None or link.parent is None:
                 return link.namespace
             name = link.parent
@@ -1488,6 +1672,7 @@ def _check_topology(
                 f"{parent!r} is a port of {master_of[parent][0]!r}, expected a parent that "
                 f"is not enslaved (the kernel allows a {link.kind} or a master, not both)",
             )
+    _check_udp_ports(interface, listen_line, links, home, ctx)
     # Addresses on ports are silently useless: say so (the seed note's classic mistake).
     for section, link in links:
         if link.addresses and link.name in master_of:
@@ -1505,6 +1690,65 @@ def _check_topology(
                 f"{link.pair!r} is a port of {master_of[link.pair][0]!r}: an address on a port "
                 "is not used, put it on the master",
             )
+
+
+def _check_udp_ports(
+    interface: InterfaceConfig,
+    listen_line: int | None,
+    links: list[tuple[RawSection, LinkConfig]],
+    home: Callable[[str], str | None],
+    ctx: _Context,
+) -> None:
+    """UDP ports the file makes two listeners for in one namespace (found before anything
+    changes: the kernel would refuse the second only when it comes up, half-way through).
+
+    tunnelpyd's own socket (ListenPort; Transport = vxlan binds 4789 when none is given) lives in
+    its namespace, on the wildcard address of both families. A kernel [VXLAN] device binds its
+    DstPort, also on the wildcard address, in the namespace it is *created* in: beside its Link
+    (the underlay), else in its Namespace; moving it later leaves the socket behind. Two [VXLAN]
+    devices may share a port, but not a VNI on it (per address family: the kernel's EEXIST).
+    The metrics listener is TCP and so never collides with these.
+    """
+    own = interface.listen_port  # None: a port the kernel picks, which cannot collide
+    if interface.transport == TRANSPORT_VXLAN:
+        own_what = (
+            f"[Interface] ListenPort (line {listen_line})"
+            if listen_line
+            else f"the port Transport = vxlan binds by default (line {interface.line})"
+        )
+    else:
+        own_what = f"[Interface] ListenPort (line {listen_line or interface.line})"
+    first: dict[tuple[str | None, int, int, bool], tuple[str, int]] = {}
+    for section, link in links:
+        if not isinstance(link, VXLANConfig):
+            continue
+        made_in = home(link.link) if link.link is not None else link.namespace
+        item = section.get("DstPort")
+        line = item[0] if item else section.line
+        where = section.where("DstPort")
+        if made_in is None and own is not None and link.dst_port == own:
+            shown = "" if item else " (DstPort's default)"
+            raise ctx.error(
+                line,
+                where,
+                f"UDP port {link.dst_port}{shown} is already tunnelpyd's own, {own_what}, in "
+                f"the same namespace: the kernel vxlan device {link.name!r} could not bind it "
+                "(Address already in use when it comes up); expected another DstPort (the "
+                "Linux default is 8472) or another ListenPort",
+            )
+        v6 = any(a is not None and a.version == 6 for a in (link.remote, link.group, link.local))
+        key = (made_in, link.dst_port, link.vni, v6)
+        if key in first:
+            other, other_line = first[key]
+            ns = f"namespace {made_in!r}" if made_in else "tunnelpyd's namespace"
+            raise ctx.error(
+                line,
+                where,
+                f"VNI {link.vni} on UDP port {link.dst_port} is already taken by [VXLAN "
+                f"{other}] (line {other_line}) in {ns}: the kernel allows one device per VNI "
+                "and port; expected another VNI or DstPort",
+            )
+        first[key] = (link.name, section.line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1579,6 +1823,28 @@ _SEGMENT = SectionSpec(
     repeatable=True,
 )
 
+_NAMESPACE = SectionSpec(
+    name="Namespace",
+    keys=(KeySpec("Route", _route, multi=True), KeySpec("Forwarding", _yes_no)),
+    build=_build_namespace,
+    named=True,
+    repeatable=True,
+)
+
+_NETEM = SectionSpec(
+    name="Netem",
+    keys=(
+        KeySpec("Delay", _duration),
+        KeySpec("Jitter", _duration),
+        KeySpec("Loss", _percent),
+        KeySpec("Rate", _rate),
+        KeySpec("Limit", _packets),
+    ),
+    build=_build_netem,
+    named=True,
+    repeatable=True,
+)
+
 
 # The value parsers a topology kind's keys name (``kinds.Key.value``).
 LINK_VALUES: dict[str, Callable[[str, _Context], Any]] = {
@@ -1591,6 +1857,7 @@ LINK_VALUES: dict[str, Callable[[str, _Context], Any]] = {
     "port": _dst_port,
     "unicast_mac": _unicast_mac,
     "miimon": _miimon,
+    "namespace": _namespace,
 }
 
 
@@ -1626,7 +1893,8 @@ _TOPOLOGY = tuple(_topology_spec(kind) for kind in kinds.KINDS.values())
 TOPOLOGY_SECTIONS = tuple(spec.name for spec in _TOPOLOGY)
 
 SECTIONS: dict[str, SectionSpec] = {
-    spec.name.lower(): spec for spec in (_INTERFACE, _PEER, _SEGMENT, *_TOPOLOGY)
+    spec.name.lower(): spec
+    for spec in (_INTERFACE, _PEER, _SEGMENT, *_TOPOLOGY, _NAMESPACE, _NETEM)
 }
 
 
@@ -1643,10 +1911,12 @@ def parse(text: str, path: str = "<string>", default_name: str = "tp0") -> Confi
 MAX_CONFIG_BYTES = 64 << 20
 
 
-def load(path: str, opener: Opener | None = None) -> Config:
+def load(path: str, opener: Opener | None = None, *, secrets: bool = True) -> Config:
     """Read and parse a config file; the interface name defaults to the file's stem.
 
-    ``opener`` reads the config and its key files (default: :func:`read_trusted`)."""
+    ``opener`` reads the config and its key files (default: :func:`read_trusted`).
+    ``secrets=False`` leaves key files unopened (their keys are b""): for what only describes
+    the file (``tunnelpy plan`` and ``topology``), never for what runs it."""
     opener = opener or read_trusted
     try:
         data, mode = opener(path, MAX_CONFIG_BYTES)
@@ -1661,15 +1931,16 @@ def load(path: str, opener: Opener | None = None) -> Config:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise ConfigError(path, line, "", "not valid UTF-8 text") from None
-    return _parse(text, path, Path(path).stem, file_mode=mode, opener=opener)
+    return _parse(text, path, Path(path).stem, file_mode=mode, opener=opener, secrets=secrets)
 
 
 def _parse(
     text: str, path: str, default_name: str, file_mode: int | None,
-    opener: Opener = read_trusted,
+    opener: Opener = read_trusted, secrets: bool = True,
 ) -> Config:  # fmt: skip
     base_dir = "" if path.startswith("<") else os.path.dirname(path)
-    ctx = _Context(path=path, base_dir=base_dir, default_name=default_name, opener=opener)
+    ctx = _Context(path=path, base_dir=base_dir, default_name=default_name, opener=opener,
+                   read_secrets=secrets)  # fmt: skip
     sections = _read_sections(text, ctx)
     # Peers are built differently per transport, and [Interface] may come after them.
     for section in sections:
@@ -1692,7 +1963,11 @@ def _parse(
         for section, link in built_in_order
         if section.spec.name in TOPOLOGY_SECTIONS
     ]
-    _check_topology(interface, segments, links, ctx)
+    listen_item = built["interface"][0][0].get("ListenPort")
+    _check_topology(interface, segments, links, ctx, listen_item[0] if listen_item else None)
+    namespaces: list[tuple[RawSection, NamespaceConfig]] = built["namespace"]
+    netems: list[tuple[RawSection, NetemConfig]] = built["netem"]
+    _check_lab(interface, segments, links, namespaces, netems, ctx)
     if file_mode is not None and file_mode & 0o077:
         if any(s.get(k.name) for s in sections for k in s.spec.keys if k.secret):
             # wg-quick only warns here, and existing wg0.conf files must keep working.
@@ -1709,4 +1984,6 @@ def _parse(
         warnings=tuple(ctx.warnings),
         segments=tuple(s for _, s in segments),
         topology=tuple(link for _, link in links),
+        namespaces=tuple(ns for _, ns in namespaces),
+        netem=tuple(n for _, n in netems),
     )

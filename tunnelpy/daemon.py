@@ -100,8 +100,9 @@ class Daemon:
             await self._start(loop, clock)
             # Devices, addresses, routes and topology are up: READY=1 comes from here.
             self.service = Service(
-                self.device, topology=self.topology_status, control_dir=self.control_dir,
-                user=self.user, log_level_override=self.log_level_override,
+                self.device, topology=self.topology_status, links=self.topology,
+                control_dir=self.control_dir, user=self.user,
+                log_level_override=self.log_level_override,
             )  # fmt: skip
             await self.service.start()
             if self.on_ready is not None:
@@ -164,11 +165,12 @@ class Daemon:
             workers = workers_for(conf)
             endpoints = await dev.resolve_endpoints(conf.peers, conf.path)
             await dev.check_free(conf.segments, own_links=self._topology_names, path=conf.path)
-            if conf.topology:
+            # Always a Topology, also with no sections yet: a reload may add some (as a diff).
+            self.topology = Topology(conf)
+            if self.topology.plan.steps:
                 # A SIGKILLed predecessor's links go first; then the whole plan is checked
                 # against the kernel (kinds it lacks, names taken, parents missing) before
                 # anything changes.
-                self.topology = Topology(conf)
                 for line in await dev.blocking(self.topology.cleanup_leftovers):
                     log.info("topology: %s", line)
                 await dev.blocking(self.topology.validate)
@@ -189,7 +191,7 @@ class Daemon:
             self._run_hooks("PreUp", ic.pre_up)
             dev.open_devices(workers)
             await dev.configure_devices(own_links=self._topology_names)
-            if self.topology is not None:
+            if self.topology.plan.steps:
                 # After the TUN and TAPs exist: they can be ports of the topology's bridges.
                 # On failure apply() has already undone its own steps.
                 await dev.blocking(self.topology.apply)
@@ -221,7 +223,7 @@ class Daemon:
             {"name": link.name, "kind": type(link).__name__.removesuffix("Config").lower(),
              "namespace": getattr(link, "namespace", None),
              "built": self.topology is not None and self.topology.applied}
-            for link in self.conf.topology
+            for link in self.device.conf.topology  # the running config: reloads change it
         ]  # fmt: skip
 
     async def _teardown(self) -> None:

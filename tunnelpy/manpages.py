@@ -449,6 +449,11 @@ KEY_DOCS: dict[str, dict[str, tuple[str, str]]] = {
     "Veth": {
         "Peer": ("IFNAME", "The other end's name (required)."),
         "PeerAddress": ("ADDRESS/PREFIX", "An address on the other end."),
+        "PeerNamespace": (
+            "NETNS",
+            "The namespace of the other end (with Namespace =: a veth straight between two "
+            "namespaces; created if missing).",
+        ),
     },
     "VLAN": {
         "Link": ("IFNAME", "The parent device."),
@@ -482,6 +487,21 @@ KEY_DOCS: dict[str, dict[str, tuple[str, str]]] = {
     "Team": {
         "Runner": ("RUNNER", "The teamd runner (default activebackup)."),
         "Ports": ("IFNAME", "Interfaces to enslave."),
+    },
+    "Namespace": {
+        "Route": (
+            "PREFIX via ADDR",
+            "A route in the namespace (default via ADDR for a default route; the family "
+            "from ADDR).",
+        ),
+        "Forwarding": ("yes|no", "IPv4 and IPv6 forwarding in the namespace (a router)."),
+    },
+    "Netem": {
+        "Delay": ("TIME", "Added delay (20ms, 1s, 500us)."),
+        "Jitter": ("TIME", "Random variation of the delay (with Delay)."),
+        "Loss": ("PERCENT", "Random loss (1%, 0.5%)."),
+        "Rate": ("RATE", "Rate limit (10mbit, 1gbit, 512kbit)."),
+        "Limit": ("PACKETS", "The qdisc's queue length in packets (netem's default 1000)."),
     },
     TOPOLOGY_COMMON: {
         "Namespace": (
@@ -573,6 +593,12 @@ def conf_page() -> str:
         own = {k.name for k in kinds.KINDS[_kind_of(spec.name)].keys}
         topo.append(f".SS [{spec.name} NAME]")
         topo += [key_entry(spec.name, k, None) for k in spec.keys if k.name in own]
+    topo.append(".SS [Namespace NAME]")
+    topo.append(para("A network namespace (created if missing, its `lo` up): routes and forwarding."))
+    topo += [key_entry("Namespace", k, None) for k in cfgmod.SECTIONS["namespace"].keys]
+    topo.append(".SS [Netem LINK]")
+    topo.append(para("The netem qdisc as the root qdisc of a link the file makes (tc netem)."))
+    topo += [key_entry("Netem", k, None) for k in cfgmod.SECTIONS["netem"].keys]
     first = next(s for s in cfgmod.SECTIONS.values() if s.name in topology)
     topo.append(".SS Common keys")
     own = {k.name for k in kinds.KINDS[_kind_of(first.name)].keys}

@@ -43,7 +43,9 @@ clears the permitted set of every thread that did not ask to keep it.
 Without ``User =`` the daemon stays root but :func:`limit_root` still takes away, after
 start-up, every capability running does not need (the bounding set too, so hooks inherit no
 more): CAP_NET_ADMIN and CAP_NET_BIND_SERVICE, plus CAP_SYS_ADMIN only while topology sections
-name network namespaces (deleting one is a umount). Worker processes keep nothing in any mode
+name network namespaces (deleting one is a umount), and CAP_SYS_CHROOT when that umount
+happens in the mount namespace the daemon was started from (a daemon in a private one enters it
+with setns; netlink/topology.py). Worker processes keep nothing in any mode
 (:func:`drop_all_capabilities`, or ``User`` with no capabilities).
 """
 
@@ -60,6 +62,7 @@ CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_SETPCAP = 8
 
+CAP_SYS_CHROOT = 18
 CAP_SYS_ADMIN = 21
 
 PR_SET_KEEPCAPS = 8

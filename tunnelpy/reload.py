@@ -13,16 +13,22 @@ the way ``wg syncconf`` applies a file:
 3. segments removed, then added, then changed in place (member peers, hub, aging, FDB size,
    static MACs); a segment whose VNI, device, bridge, MTU or addresses changed is removed and
    added again (its TAP is recreated);
-4. topology links removed (in reverse file order), then added (in file order).
+4. topology sections removed (in reverse file order), added and changed (in file order), for the
+   log; what the kernel sees is the plan's difference (``netlink.plan.diff``, the ``Reshape``
+   operation): only the steps that changed are undone and applied, through the same undo
+   journal as at start-up, so a link whose section did not change is not touched.
 
 Removals come before additions so a key, VNI or device name moved from one entry to another
 never collides. The plan's ``str()`` lines are what the daemon logs as the reload result.
 
 Applying a plan is two steps, both through the running :class:`~tunnelpy.device.Device`:
 :func:`prepare` does everything that can fail without side effects (resolve new endpoints,
-bind a new listen port, check that new segment devices are free) and raises
-:class:`ReloadRefused` with one line if anything does; :func:`apply` then makes the changes.
-What the service layer owns (log level, metrics listener) it applies itself.
+bind a new listen port, check that new segment devices are free, validate the topology steps
+against the kernel) and raises :class:`ReloadRefused` with one line if anything does;
+:func:`apply` then makes the changes, the topology first: a topology step that fails anyway
+(what no validation can foresee) is rolled back with everything the reload did to the
+topology, and the whole reload is refused before the device changes at all. What the service
+layer owns (log level, metrics listener) it applies itself.
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ from typing import TYPE_CHECKING, Any
 from .config import Config, InterfaceConfig, LinkConfig, PeerConfig, SegmentConfig
 from .device import DeviceError
 from .io.udp import UdpError
+from .netlink import plan as planmod
 
 if TYPE_CHECKING:
     from .device import Device
     from .io.udp import UdpSocket
     from .io.vxlan_socket import VxlanSocket
+    from .netlink.step import Step
+    from .netlink.topology import Topology
     from .protocol.peer import Addr
 
 log = logging.getLogger("tunnelpyd")
@@ -152,9 +161,41 @@ class RemoveLink:
         return f"remove {self.link.kind} {self.link.name}"
 
 
+@dataclass(frozen=True)
+class ChangeLink:
+    old: LinkConfig
+    new: LinkConfig
+    fields: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"change {self.new.kind} {self.new.name}: {', '.join(self.fields)}"
+
+
+@dataclass(frozen=True)
+class ChangeSection:
+    """A [Namespace] or [Netem] section added, removed or changed (for the log)."""
+
+    verb: str  # add, remove, change
+    label: str  # "namespace web", "netem web0"
+    fields: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.label}" + (f": {', '.join(self.fields)}" if self.fields else "")
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """What the kernel's topology goes through: the plan's difference."""
+
+    diff: planmod.PlanDiff
+
+    def __str__(self) -> str:
+        return str(self.diff)
+
+
 Operation = (
     SetInterface | AddPeer | RemovePeer | UpdatePeer | AddSegment | RemoveSegment | UpdateSegment
-    | AddLink | RemoveLink
+    | AddLink | RemoveLink | ChangeLink | ChangeSection | Reshape
 )  # fmt: skip
 
 
@@ -246,16 +287,31 @@ def diff(old: Config, new: Config) -> ReloadPlan:
 
     old_links = {link.name: link for link in old.topology}
     new_links = {link.name: link for link in new.topology}
-    changed_links = {
-        name for name, link in new_links.items()
-        if name in old_links and not _same_link(old_links[name], link)
-    }  # fmt: skip
     for link in reversed(old.topology):
-        if link.name not in new_links or link.name in changed_links:
+        if link.name not in new_links:
             plan.operations.append(RemoveLink(link))
     for link in new.topology:
-        if link.name not in old_links or link.name in changed_links:
+        was = old_links.get(link.name)
+        if was is None:
             plan.operations.append(AddLink(link))
+        elif not _same_link(was, link):
+            plan.operations.append(ChangeLink(was, link, _link_fields(was, link)))
+    for label, olds, news in (
+        ("namespace", {n.name: n for n in old.namespaces}, {n.name: n for n in new.namespaces}),
+        ("netem", {n.link: n for n in old.netem}, {n.link: n for n in new.netem}),
+    ):
+        for name in olds.keys() - news.keys():
+            plan.operations.append(ChangeSection("remove", f"{label} {name}"))
+        for name, section in news.items():
+            if name not in olds:
+                plan.operations.append(ChangeSection("add", f"{label} {name}"))
+            elif _link_fields(olds[name], section):
+                fields_ = _link_fields(olds[name], section)
+                plan.operations.append(ChangeSection("change", f"{label} {name}", fields_))
+    recreated = frozenset(op.segment.device for op in plan.of(AddSegment))
+    reshape = planmod.diff(planmod.build(old), planmod.build(new), recreated)
+    if reshape:
+        plan.operations.append(Reshape(reshape))
     return plan
 
 
@@ -273,6 +329,21 @@ def _same_link(a: LinkConfig, b: LinkConfig) -> bool:
     )
 
 
+def _link_fields(a: Any, b: Any) -> tuple[str, ...]:
+    """The fields of two sections of one name that differ (all of them for another kind)."""
+    if type(a) is not type(b):
+        return ("kind",)
+    ignored = (*_IGNORED, "routes") if hasattr(a, "routes") else _IGNORED
+    out = [
+        f.name
+        for f in fields(a)
+        if f.name not in ignored and getattr(a, f.name) != getattr(b, f.name)
+    ]
+    if "routes" in ignored and [str(r) for r in a.routes] != [str(r) for r in b.routes]:
+        out.append("routes")  # compared without their lines
+    return tuple(out)
+
+
 # ------------------------------------------------------------------------------ applying
 
 
@@ -286,6 +357,9 @@ class Prepared:
 
     endpoints: dict[bytes | str, Addr] = field(default_factory=dict)
     socket: UdpSocket | VxlanSocket | None = None
+    topology: Topology | None = None  # the running one, when the reload changes it
+    reshape: planmod.PlanDiff | None = None  # validated against the kernel
+    later: tuple[Step, ...] = ()  # topology steps on segment TAPs the reload opens
 
     def discard(self) -> None:
         """The plan was not applied after all: nothing prepared may stay behind."""
@@ -294,8 +368,13 @@ class Prepared:
             self.socket = None
 
 
-async def prepare(plan: ReloadPlan, device: Device, new: Config) -> Prepared:
-    """Everything that can fail, before anything changes. Raises ReloadRefused."""
+async def prepare(
+    plan: ReloadPlan, device: Device, new: Config, topology: Topology | None = None
+) -> Prepared:
+    """Everything that can fail, before anything changes. Raises ReloadRefused.
+    ``topology``: the daemon's running topology (needed when the reload changes it)."""
+    from .netlink.topology import TopologyError
+
     prepared = Prepared()
     resolve_now = [op.peer for op in plan.of(AddPeer)]
     resolve_now += [op.new for op in plan.of(UpdatePeer) if "endpoint" in op.fields]
@@ -303,11 +382,22 @@ async def prepare(plan: ReloadPlan, device: Device, new: Config) -> Prepared:
         prepared.endpoints = await device.resolve_endpoints(resolve_now, new.path)
         removed_devices = {op.segment.device for op in plan.of(RemoveSegment)}
         await device.check_free(
-            [op.segment for op in plan.of(AddSegment)], own_links=set(), path=new.path,
+            [op.segment for op in plan.of(AddSegment)],
+            own_links={link.name for link in new.topology}, path=new.path,
             interface=False, removed=removed_devices,
         )  # fmt: skip
     except DeviceError as e:
         raise ReloadRefused(str(e)) from None
+    if plan.of(Reshape):
+        if topology is None:
+            raise ReloadRefused(f"{new.path}: topology sections changed, and this tunnelpyd "
+                                "keeps no topology (a restart applies them)")  # fmt: skip
+        recreated = frozenset(op.segment.device for op in plan.of(AddSegment))
+        try:
+            prepared.reshape = await device.blocking(topology.prepare_change, new, recreated)
+        except TopologyError as e:
+            raise ReloadRefused(str(e)) from None
+        prepared.topology = topology
     for op in plan.of(SetInterface):
         if op.field == "listen_port" and device.udp is not None and op.value != device.udp.port:
             try:
@@ -319,7 +409,20 @@ async def prepare(plan: ReloadPlan, device: Device, new: Config) -> Prepared:
 
 async def apply(plan: ReloadPlan, device: Device, new: Config, prepared: Prepared) -> None:
     """Make the running device match ``new`` (prepare() has already done what can fail)."""
+    from .netlink.topology import TopologyError
+
     old = device.conf
+    if prepared.topology is not None and prepared.reshape is not None:
+        # First: a step that fails is rolled back with the rest of the topology change, and
+        # the reload is refused before anything else changed.
+        later = frozenset(op.segment.device for op in plan.of(AddSegment))
+        try:
+            prepared.later = await device.blocking(
+                prepared.topology.change, prepared.reshape, later
+            )
+        except TopologyError as e:
+            raise ReloadRefused(str(e)) from None
+        prepared.reshape = None
     routes_dirty = False
     with device.batch():
         for op in plan.of(SetInterface):
@@ -358,10 +461,12 @@ async def apply(plan: ReloadPlan, device: Device, new: Config, prepared: Prepare
             )
             if changed or (peer_changes or renamed) and (names or seg.peers is None):
                 device.bind_segment(seg, keep_fdb=not changed)
+    if prepared.topology is not None and prepared.later:
+        # the new TAPs exist now: their ports, up and netem (a failure here is part-way)
+        steps, prepared.later = prepared.later, ()
+        await device.blocking(prepared.topology.finish, steps)
     if routes_dirty:
         await device.sync_routes()
-    if plan.of(AddLink) or plan.of(RemoveLink):
-        log.warning("reload: topology section changes are applied on the next restart")
 
 
 async def _set_interface(op: SetInterface, device: Device, old: Config, prepared: Prepared) -> bool:

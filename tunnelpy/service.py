@@ -44,6 +44,7 @@ from .device import Device, DeviceError
 from .io import metrics as metricsmod
 from .io import systemd
 from .io.metrics import Listen, MetricsServer, MetricsUnavailable
+from .netlink import topology as topomod
 from .protocol.constants import REJECT_AFTER_TIME
 from .protocol.vxlan import VxlanEngine
 from .reload import ReloadRefused
@@ -62,6 +63,7 @@ class Service:
         device: Device,
         *,
         topology: Callable[[], list[dict[str, object]]] | None = None,
+        links: topomod.Topology | None = None,
         control_dir: str = control.DEFAULT_DIRECTORY,
         user: str | None = None,
         log_level_override: str | None = None,
@@ -69,6 +71,7 @@ class Service:
     ) -> None:
         self.device = device
         self.topology = topology  # the daemon's topology_status (the "topology" field)
+        self.links = links  # the daemon's running topology: a reload changes it as a diff
         self.control_dir = control_dir
         self.user_override = user
         self.log_level_override = log_level_override
@@ -152,8 +155,11 @@ class Service:
         if os.geteuid() != 0:
             return
         keep = [privileges.CAP_NET_ADMIN, privileges.CAP_NET_BIND_SERVICE]
-        if any(getattr(link, "namespace", None) for link in self.device.conf.topology):
+        conf = self.device.conf
+        if conf.namespaces or any(getattr(link, "namespace", None) for link in conf.topology):
             keep.append(privileges.CAP_SYS_ADMIN)  # undoing a namespace is a umount
+            if topomod.private_mounts():  # ...in the starter's mount namespace: setns
+                keep.append(privileges.CAP_SYS_CHROOT)
         try:
             privileges.limit_root(tuple(keep))
         except (privileges.PrivilegeError, OSError) as e:
@@ -375,7 +381,7 @@ class Service:
                 "reload: %s changed; that needs a restart (the running value stays)",
                 ", ".join(plan.restart_needed),
             )
-        prepared = await rl.prepare(plan, d, new)
+        prepared = await rl.prepare(plan, d, new, self.links)
         try:
             metrics = await self._prepare_metrics(plan, old, new)
         except BaseException:

@@ -2,14 +2,17 @@
 
 Theory of operation
 -------------------
-Both commands only read the file: nothing here touches the host. ``plan`` prints
+Both commands only read the file, and not the key files it names: nothing here touches the
+host, and drawing a lab needs none of its secrets. ``plan`` prints
 ``netlink.plan.render`` (numbered steps, each with the ``ip``/``bridge``/``teamd`` commands a
 person would type and its file:line, then the undo order). ``topology`` draws the same config
 as the hand-drawn diagrams people keep next to their ``ip`` commands:
 
 * ``--format text`` (default): one block per namespace; inside it a tree in which a master's
   ports and a parent's children (macvlan, ipvlan, vlan, vxlan on ``Link``) hang below it, and a
-  veth end names its other end and where that lives. Peers and far VTEPs are listed on top.
+  veth end names its other end and where that lives. Peers and far VTEPs are listed on top. A
+  namespace's routes and forwarding (``[Namespace]``) are listed under its heading, a link's
+  shaping (``[Netem]``) after its addresses.
 * ``--format dot``: Graphviz source with one cluster per namespace; edges: port -> master
   ("port"), child -> parent (dashed, "on"), veth pairs (bold, both ways), segment TAP -> peer
   and kernel vxlan -> remote (dotted, with the VNI).
@@ -47,12 +50,15 @@ class Node:
     parent: str | None = None
     pair: str | None = None  # the other end of a veth
     far: list[tuple[str, str]] = field(default_factory=list)  # (far end, label): peers, VTEPs
+    shaping: str = ""  # "netem delay 20ms loss 1%"
 
     def label(self) -> str:
         parts = [self.name, self.kind]
         if self.detail:
             parts.append(self.detail)
         parts += self.addresses
+        if self.shaping:
+            parts.append(self.shaping)
         return "  ".join(parts)
 
 
@@ -63,6 +69,7 @@ class Picture:
     namespaces: list[str]  # OWN first, then file order
     created_ns: set[str]
     peers: list[str]  # "site-b 192.0.2.2:4789"
+    notes: dict[str, list[str]] = field(default_factory=dict)  # ns -> "route default via ..."
 
     def in_ns(self, ns: str) -> list[Node]:
         return [n for n in self.nodes.values() if n.ns == ns]
@@ -81,8 +88,9 @@ def build_picture(conf: Config) -> Picture:
     final = {name: (ns or OWN) for ns, name in plan.created}
     nodes: dict[str, Node] = {}
     i = conf.interface
-    nodes[i.name] = Node(i.name, OWN, "tun", addresses=[str(a) for a in i.addresses])
-    nodes[i.name].far = [(p.name, "") for p in conf.peers]
+    if i.transport != cfgmod.TRANSPORT_VXLAN:  # plain VXLAN has no TUN: only segment TAPs
+        nodes[i.name] = Node(i.name, OWN, "tun", addresses=[str(a) for a in i.addresses])
+        nodes[i.name].far = [(p.name, "") for p in conf.peers]
     for seg in conf.segments:
         members = seg.peers if seg.peers is not None else tuple(p.name for p in conf.peers)
         nodes[seg.device] = Node(
@@ -121,10 +129,19 @@ def build_picture(conf: Config) -> Picture:
     for node in list(nodes.values()):
         if node.parent is not None and node.parent not in nodes:
             nodes[node.parent] = Node(node.parent, OWN, "existing")
-    namespaces = [OWN]
-    for node in nodes.values():
-        if node.ns not in namespaces:
-            namespaces.append(node.ns)
+    for netem in conf.netem:
+        if netem.link in nodes:
+            nodes[netem.link].shaping = f"netem {netem.describe()}"
+    notes: dict[str, list[str]] = {}
+    for ns_conf in conf.namespaces:
+        lines = notes.setdefault(ns_conf.name, [])
+        if ns_conf.forwarding:
+            lines.append("forwarding on")
+        lines += [f"route {route}" for route in ns_conf.routes]
+    namespaces = [OWN]  # then in the plan's order (the file's)
+    for ns in [*plan.namespaces, *(node.ns for node in nodes.values()), *notes]:
+        if ns not in namespaces:
+            namespaces.append(ns)
     peers = []
     for p in conf.peers:
         where = f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else "(no endpoint)"
@@ -135,6 +152,7 @@ def build_picture(conf: Config) -> Picture:
         namespaces=namespaces,
         created_ns=set(plan.namespaces),
         peers=peers,
+        notes=notes,
     )
 
 
@@ -191,13 +209,14 @@ def render_text(pic: Picture) -> str:
         out += [f"  {p}" for p in pic.peers]
     for ns in pic.namespaces:
         nodes = pic.in_ns(ns)
-        if not nodes:
+        if not nodes and not pic.notes.get(ns):
             continue
         if ns == OWN:
             out.append("namespace of tunnelpyd:")
         else:
             made = "created and removed by tunnelpyd" if ns in pic.created_ns else "pre-existing"
-            out.append(f"namespace {ns} ({made}):")
+            out.append(f"namespace {ns} ({made}; lo up):")
+        out += [f"   {note}" for note in pic.notes.get(ns, [])]
         roots = [
             n for n in nodes
             if not (n.master in pic.nodes and pic.nodes[n.master].ns == ns)
@@ -233,16 +252,19 @@ def render_dot(pic: Picture) -> str:
     ]
     for index, ns in enumerate(pic.namespaces):
         nodes = pic.in_ns(ns)
-        if not nodes:
+        if not nodes and not pic.notes.get(ns):
             continue
         label = "tunnelpyd's namespace" if ns == OWN else f"namespace {ns}"
         if ns and ns not in pic.created_ns:
             label += " (pre-existing)"
+        label = "\n".join([label, *pic.notes.get(ns, [])])
         lines.append(f"  subgraph cluster_{index} {{")
         lines.append(f"    label={_q(label)}; style=dashed;")
         for node in nodes:
             text = "\n".join(
-                x for x in (f"{node.name}", node.kind, node.detail, *node.addresses) if x
+                x
+                for x in (f"{node.name}", node.kind, node.detail, *node.addresses, node.shaping)
+                if x
             )
             shape = _shape(node.kind)
             style = ', style="rounded,dashed"' if node.kind == "existing" else ""
@@ -288,7 +310,9 @@ def render_svg(pic: Picture) -> str:
 
 
 def _load(path: str) -> Config:
-    conf = cfgmod.load(path)
+    # Drawing needs no keys: a PrivateKeyFile that is missing here (a CI job, a laptop) is not
+    # opened. `tunnelpy check` and the daemon still read it.
+    conf = cfgmod.load(path, secrets=False)
     for warning in conf.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return conf

@@ -535,7 +535,8 @@ class Lab:
         """Start a daemon in `ns`, stdout+stderr to `log_path` (default workdir/<cmd>-<n>.log).
 
         `nsenter=True` enters only the network namespace (``nsenter --net``) instead of
-        ``ip netns exec``, whose private mount namespace hides namespaces the daemon creates.
+        ``ip netns exec`` (which adds a private mount namespace; tunnelpyd makes the namespaces
+        it creates in its starter's mount namespace either way: docs/topology.md).
         The process is stopped and reaped when the lab closes.
         """
         if log_path is None:

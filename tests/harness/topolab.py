@@ -37,7 +37,9 @@ class TopoLab:
 
     def conf(self, body: str, name: str | None = None) -> config.Config:
         ifname = name or self.lab.ifname("tp")
-        text = f"[Interface]\nName = {ifname}\nTransport = vxlan\n{body}"
+        # ListenPort off 4789: there is no tunnelpyd here, and the kernel vxlan devices the
+        # tests build want the port (the config refuses two listeners on one port).
+        text = f"[Interface]\nName = {ifname}\nTransport = vxlan\nListenPort = 4790\n{body}"
         return config.parse(text, f"{ifname}.conf")
 
     def topology(self, body: str, *, base: str | None = None, name: str | None = None) -> Topology:

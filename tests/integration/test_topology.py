@@ -268,7 +268,7 @@ def test_failure_half_way_undoes_what_was_done(tl: TopoLab) -> None:
     with pytest.raises(TopologyError) as info:
         topo.apply()
     message = str(info.value)
-    assert ":9: macvlan mh on vh, mode bridge failed" in message
+    assert ":10: macvlan mh on vh, mode bridge failed" in message
     assert "ip link add mh link vh mtu 9000 type macvlan mode bridge" in message
     assert "every step before it was undone" in message
     assert tl.links(tl.base) == before

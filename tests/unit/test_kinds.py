@@ -23,10 +23,10 @@ HEAD = "[Interface]\nName = tp0\nTransport = vxlan\n"
 # Sections per kind that give every key of the kind a value other than its default.
 FULL = {
     "bridge": "[Bridge br0]\nPorts = eth1\nSTP = yes\nVLANFiltering = yes\n",
-    "veth": "[Veth v0]\nPeer = v0p\nPeerAddress = 10.0.0.2/24\n",
+    "veth": "[Veth v0]\nPeer = v0p\nPeerAddress = 10.0.0.2/24\nNamespace = a\nPeerNamespace = b\n",
     "vlan": "[VLAN v.5]\nLink = eth0\nId = 5\nProtocol = 802.1ad\n",
     "vxlan": "[VXLAN vx0]\nVNI = 7\nRemote = 192.0.2.1\nLocal = 192.0.2.2\nDstPort = 8472\n"
-    "Link = eth0\n[VXLAN vx1]\nVNI = 8\nGroup = 239.0.0.1\n",
+    "Link = eth0\n[VXLAN vx1]\nVNI = 8\nGroup = 239.0.0.1\nDstPort = 4790\n",
     "macvlan": "[MACVLAN mv0]\nLink = eth0\nMode = source\nSourceMACs = 02:00:00:00:00:01\n"
     "MACAddress = 02:00:00:00:00:02\n",
     "ipvlan": "[IPVLAN ipv0]\nLink = eth0\nMode = l2\n",
@@ -35,6 +35,7 @@ FULL = {
 }
 # The dataclass field each key fills (where the name differs from the key's).
 FIELD = {"Ports": "port_names", "PeerAddress": "peer_addresses", "Id": "vlan_id",
+         "PeerNamespace": "namespace",
          "DstPort": "dst_port", "SourceMACs": "source_macs", "MACAddress": "mac",
          "VLANFiltering": "vlan_filtering"}  # fmt: skip
 

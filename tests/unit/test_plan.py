@@ -37,6 +37,7 @@ def test_bridge_and_veth_into_namespace() -> None:
         (LINK, "br0", None),
         (LINK, "v0", None),
         (MASTER, "v0", None),
+        (UP, "lo", "ns1"),  # every namespace named here gets its loopback up
         (UP, "br0", None),
         (UP, "v0", None),
         (UP, "v0p", "ns1"),
@@ -49,6 +50,7 @@ def test_bridge_and_veth_into_namespace() -> None:
         "ip link add br0 type bridge",
         "ip link add v0 type veth peer name v0p netns ns1",
         "ip link set v0 master br0",
+        "ip -n ns1 link set lo up",
         "ip link set br0 up",
         "ip link set v0 up",
         "ip -n ns1 link set v0p up",
@@ -140,7 +142,9 @@ def test_segment_bridge_pre_existing() -> None:
         ("[VLAN eth0.2]\nLink = eth0\nId = 2\n", ["ip link add eth0.2 link eth0 type vlan id 2"]),
         ("[VLAN q]\nLink = eth0\nId = 3\nProtocol = 802.1ad\n",
          ["ip link add q link eth0 type vlan protocol 802.1ad id 3"]),
-        ("[VXLAN vx]\nVNI = 42\nRemote = 192.0.2.2\nLocal = 192.0.2.1\nLink = eth0\n",
+        # (tunnelpyd's own socket off 4789, or the config refuses the default DstPort)
+        ("ListenPort = 4790\n[VXLAN vx]\nVNI = 42\nRemote = 192.0.2.2\nLocal = 192.0.2.1\n"
+         "Link = eth0\n",
          ["ip link add vx type vxlan id 42 remote 192.0.2.2 local 192.0.2.1 dstport 4789 dev eth0"]),
         ("[VXLAN vx]\nVNI = 42\nGroup = 239.1.1.1\nDstPort = 8472\n",
          ["ip link add vx type vxlan id 42 group 239.1.1.1 dstport 8472"]),
@@ -205,8 +209,10 @@ def test_render_lists_steps_and_undo_in_reverse() -> None:
         lines.index("# on exit (and on a failed start), in reverse; links it did not create stay:")
         + 1 :
     ]
-    assert undo[:6] == [
+    assert undo[:8] == [
         "# ip link set eth9 down   # only if it was down",
+        "# ip -n n2 link set lo down   # only if it was down",
+        "# ip -n n1 link set lo down   # only if it was down",
         "ip link set eth9 nomaster   # its old master, if any, back",
         "ip -n n2 link del m",  # deleted where it ended up, not where it was made
         "ip link del v",

@@ -12,6 +12,10 @@ TUNSETOFFLOAD (checksum, TSO4/6 and, on kernels that have it, USO4/6), so a read
 the engine expects, and coalesces the packets we write back into GRO super-packets. The engine
 sees ordinary packets either way. If the kernel refuses the offload ioctl the device still works
 (with a virtio_net_hdr that never announces GSO).
+
+``TUN_PATH`` is the clone device every TUN/TAP is made through. A host without it (a container
+without the node, a kernel without the tun driver) gets one line naming the node and the two
+fixes, instead of the bare ``No such file or directory`` of the failed open.
 """
 
 from __future__ import annotations
@@ -45,6 +49,28 @@ TUNSETQUEUE = 0x400454D9
 IFF_TUN, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE = 0x0001, 0x1000, 0x4000, 0x0100
 IFF_DETACH_QUEUE = 0x0400
 
+TUN_PATH = "/dev/net/tun"  # the clone device (character device 10:200); tests point it elsewhere
+
+
+def _no_node(name: str, code: int) -> str | None:
+    """The message for a failure to open the clone device itself, or None if it is another."""
+    if code == errno.ENOENT:
+        return (
+            f"cannot create {name}: {TUN_PATH} does not exist (the TUN/TAP clone device): load "
+            f"the driver with `modprobe tun`, or create the node with `mknod {TUN_PATH} c 10 200`"
+        )
+    if code in (errno.ENODEV, errno.ENXIO):
+        return (
+            f"cannot create {name}: {TUN_PATH} exists but no driver answers it: load the tun "
+            "driver with `modprobe tun`"
+        )
+    if code == errno.EACCES:
+        return (
+            f"cannot create {name}: {TUN_PATH}: permission denied (a device cgroup or "
+            "DeviceAllow= that does not list it, or a node that is not character device 10:200)"
+        )
+    return None
+
 
 class Tun:
     def __init__(
@@ -59,9 +85,12 @@ class Tun:
         self.multi_queue = multi_queue
         self._writer = -1  # a detached queue for writes (multi-queue only), see detach_writes
         try:
-            self._dev = pytun.TunTapDevice(name=name, flags=flags)
+            self._dev = pytun.TunTapDevice(name=name, flags=flags, dev=TUN_PATH)
         except pytun.Error as e:
             code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+            reason = _no_node(name, code)  # the open of the node (TUNSETIFF says EPERM etc.)
+            if reason:
+                raise TunError(reason) from None
             if code == errno.EBUSY:
                 raise TunError(f"interface {name} is already in use by another process") from None
             if code == errno.EINVAL:
@@ -95,7 +124,12 @@ class Tun:
         if not self.multi_queue or self.tap:
             raise TunError(f"{self.name} was not opened as a multi-queue TUN")
         flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (IFF_VNET_HDR if self.vnet_hdr else 0)
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise TunError(
+                _no_node(self.name, e.errno or 0) or f"cannot open {TUN_PATH}: {e.strerror}"
+            ) from None
         try:
             fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", self.name.encode(), flags))
             if self.vnet_hdr:

@@ -109,6 +109,11 @@ class LinkConfig:
     def pair_addresses(self) -> tuple[IPInterface, ...]:
         return ()
 
+    @property
+    def pair_home(self) -> str | None:
+        """For a pair: where this end goes (None: tunnelpyd's namespace)."""
+        return None
+
 
 @dataclass(frozen=True, kw_only=True)
 class OnLinkConfig(LinkConfig):
@@ -356,13 +361,22 @@ class BridgeConfig(ListsPorts, LinkConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class VethConfig(LinkConfig):
+    """A veth pair. ``namespace`` is where the peer end goes; ``local_namespace`` where this end
+    goes (None: tunnelpyd's). The file says ``Namespace = B`` for the first (the local end stays),
+    or ``Namespace = A`` and ``PeerNamespace = B`` for a veth straight between A and B."""
+
     KIND: ClassVar[str] = "veth"
     peer: str = ""  # the other end's name; it goes to ``namespace``
     peer_addresses: tuple[IPInterface, ...] = ()
+    local_namespace: str | None = None
 
     @property
     def pair(self) -> str | None:
         return self.peer
+
+    @property
+    def pair_home(self) -> str | None:
+        return self.local_namespace
 
     @property
     def pair_addresses(self) -> tuple[IPInterface, ...]:
@@ -468,25 +482,37 @@ class Bridge(LinkKind[BridgeConfig]):
 class Veth(LinkKind[VethConfig]):
     config = VethConfig
     section = "Veth"
-    keys = (Key("Peer", "ifname"), Key("PeerAddress", "address", multi=True))
+    keys = (
+        Key("Peer", "ifname"),
+        Key("PeerAddress", "address", multi=True),
+        Key("PeerNamespace", "namespace"),
+    )
     module = "veth"
     shape = "ellipse"
     pair_key = "Peer"
     pair_address_key = "PeerAddress"
 
     def build(self, section: RawSection, ctx: _Context, common: Common) -> VethConfig:
+        shared = common()
+        peer_ns = section.value("PeerNamespace")
+        local = None
+        if peer_ns is not None:
+            # Both ends named: Namespace is this end's, as for every other kind.
+            local, shared["namespace"] = shared["namespace"], peer_ns
         return VethConfig(
-            **common(),
+            **shared,
             peer=_required(section, ctx, "Peer", "NAME of the other end"),
             peer_addresses=tuple(a for _, a in section.all("PeerAddress")),
+            local_namespace=local,
         )
 
     def step_attrs(self, link: VethConfig) -> dict[str, Any]:
         return {"peer": link.peer, "peer_ns": link.namespace}
 
     def describe(self, link: VethConfig) -> str:
+        here = f" in {link.local_namespace}" if link.local_namespace else ""
         where = f" (in {link.namespace})" if link.namespace else ""
-        return f"{super().describe(link)} <-> {link.peer}{where}"
+        return f"{super().describe(link)}{here} <-> {link.peer}{where}"
 
     def ip_type_args(self, step: Step) -> list[str]:
         argv = ["peer", "name", step.get("peer")]

@@ -10,15 +10,22 @@ executes the same steps through pyroute2, and ``tunnelpy plan`` prints them as t
 
 The order is fixed by phases, and inside a phase by file order:
 
-1. ``netns``   namespaces named by any ``Namespace =`` (created only if missing);
+1. ``netns``   namespaces named by any ``Namespace =``, ``PeerNamespace =`` or ``[Namespace]``
+               (created only if missing);
 2. ``link``    links, parents before children (a stable topological sort over ``Link =``); a
                child is created beside its parent and, when its ``Namespace`` differs, followed
                at once by a ``move`` (so grandchildren find it where they expect it); a team is a
                ``teamd`` step instead (teamd creates the device);
 3. ``master``  ports enslaved to their bridge, bond or team (teamd notices ports added by
                netlink); every master exists by now; bond ``primary`` after its ports;
-4. ``up``      every link created here, then pre-existing ports (their old state is restored);
-5. ``address`` addresses last, when the links they go on are in place.
+4. ``up``      ``lo`` in every namespace named here (only namespaces tunnelpyd creates keep no
+               record: ``lo`` of a pre-existing one gets its state back), every link created
+               here, then pre-existing ports (their old state is restored);
+5. ``address`` addresses, when the links they go on are in place;
+6. ``qdisc``   ``[Netem]`` shaping on its link, wherever the link ended up;
+7. ``sysctl``  ``Forwarding = yes`` of a ``[Namespace]``;
+8. ``route``   ``Route =`` of a ``[Namespace]``, last: a gateway is reachable only once the
+               addresses are there.
 
 A step names the namespace it runs in (``ns``; None is tunnelpyd's own) and the config line it
 comes from, so an error while applying it points back into the file.
@@ -27,10 +34,18 @@ Devices tunnelpyd makes itself (the TUN and the segment TAPs) are ``provided``: 
 ports or parents, they exist before ``apply`` runs, and the plan never creates or deletes them.
 Names that are neither made here nor provided are pre-existing links: they are looked up in the
 kernel by ``topology.validate`` and are only enslaved and brought up, never deleted.
+
+A reload compares two plans (``diff``): a step is the same in both when everything but its line
+and sentence is (``step_key``), so only what changed is undone and applied. A link whose own
+making changed (kind, attributes, namespace, bond primary) is deleted and made again, and with it
+everything that hangs on it: its children (the kernel deletes them with their parent), its
+ports' enslaving, its addresses, up and netem; the routes of every namespace whose links or
+addresses change are set again (a route goes with the address that made its gateway on-link).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,10 +53,24 @@ from dataclasses import dataclass
 from tunnelpy import config as cfgmod
 from tunnelpy.config import Config, LinkConfig
 
-from . import kinds
+from . import kinds, labkeys
 from .kinds import ip_argv as _ip
 from .kinds import teamd_config as teamd_config
-from .step import ADDRESS, LINK, MASTER, MOVE, NETNS, OPS, PRIMARY, TEAMD, UP, Step  # noqa: F401
+from .step import (  # noqa: F401
+    ADDRESS,
+    LINK,
+    MASTER,
+    MOVE,
+    NETNS,
+    OPS,
+    PRIMARY,
+    QDISC,
+    ROUTE,
+    SYSCTL,
+    TEAMD,
+    UP,
+    Step,
+)
 from .step import attrs as _attrs
 
 
@@ -60,16 +89,23 @@ class Plan:
         return len(self.steps)
 
     def kinds(self) -> set[tuple[str, str | None]]:
-        """(kind, mode) pairs the kernel must support: what ``validate`` probes."""
-        found: set[tuple[str, str | None]] = set()
-        for step in self.steps:
-            if step.op in (LINK, TEAMD):
-                found.add((step.get("kind"), step.get("mode")))
-        return found
+        """(kind, mode) pairs the kernel must support: what ``validate`` probes. A qdisc is
+        ("qdisc:KIND", None)."""
+        return kinds_of(self.steps)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps if s.op == NETNS)
+
+
+def kinds_of(steps: Iterable[Step]) -> set[tuple[str, str | None]]:
+    found: set[tuple[str, str | None]] = set()
+    for step in steps:
+        if step.op in (LINK, TEAMD):
+            found.add((step.get("kind"), step.get("mode")))
+        elif step.op == QDISC:
+            found.add((f"qdisc:{step.get('kind')}", None))
+    return found
 
 
 def _sorted_links(links: Iterable[LinkConfig]) -> list[LinkConfig]:
@@ -111,13 +147,14 @@ def build(conf: Config) -> Plan:
     existing: dict[tuple[str | None, str], int] = {}
 
     # 1. namespaces, in order of first mention
-    seen_ns: list[str] = []
-    for link in links:
-        if link.namespace is not None and link.namespace not in seen_ns:
-            seen_ns.append(link.namespace)
-            steps.append(
-                Step(NETNS, link.namespace, line=link.line, what=f"namespace {link.namespace}")
-            )
+    mentions = [(link.line, ns) for link in links for ns in (link.pair_home, link.namespace)]
+    mentions += [(ns.line, ns.name) for ns in conf.namespaces]
+    seen_ns: dict[str, int] = {}
+    for line, ns in sorted((m for m in mentions if m[1] is not None), key=lambda m: m[0]):
+        assert ns is not None
+        if ns not in seen_ns:
+            seen_ns[ns] = line
+            steps.append(Step(NETNS, ns, line=line, what=f"namespace {ns}"))
 
     # 2. links, parents first
     created: list[tuple[str | None, str]] = []
@@ -128,7 +165,7 @@ def build(conf: Config) -> Plan:
                 existing.setdefault((None, parent), link.line)
         home = where(parent) if parent is not None else link.namespace
         if link.pair is not None:
-            home = None  # the local end stays; the other end is made in link.namespace
+            home = link.pair_home  # this end's namespace; the other end is made in namespace
         steps.append(kinds.of(link.kind).create_step(link, home))
         final[link.name] = home
         created.append((home, link.name))
@@ -182,7 +219,9 @@ def build(conf: Config) -> Plan:
     for link in links:
         steps += kinds.of(link.kind).port_steps(link, final[link.name])
 
-    # 4. up: what was made here, then the pre-existing ports it uses
+    # 4. up: lo in every namespace, what was made here, then the pre-existing ports it uses
+    for ns, line in seen_ns.items():
+        steps.append(Step(UP, "lo", ns, _attrs(loopback=True), line, f"lo up in namespace {ns}"))
     for ns, name in created:
         steps.append(Step(UP, name, ns, line=_line_of(links, name), what=f"{name} up"))
     for port, master, line in enslave:
@@ -198,6 +237,15 @@ def build(conf: Config) -> Plan:
             for address in link.pair_addresses:
                 steps.append(_address_step(link.pair, link.namespace, address, link.line))
 
+    # 6.-8. shaping, forwarding, routes
+    for netem in conf.netem:
+        steps.append(labkeys.netem_step(netem, where(netem.link)))
+    for ns_conf in conf.namespaces:
+        if ns_conf.forwarding:
+            steps.append(labkeys.forwarding_step(ns_conf))
+    for ns_conf in conf.namespaces:
+        steps += [labkeys.route_step(ns_conf.name, route) for route in ns_conf.routes]
+
     return Plan(
         path=conf.path,
         interface=conf.interface.name,
@@ -205,6 +253,86 @@ def build(conf: Config) -> Plan:
         provided=provided,
         created=tuple(created),
         existing=tuple((ns, name, line) for (ns, name), line in existing.items()),
+    )
+
+
+def step_key(step: Step) -> str:
+    """What identifies a step across two plans: everything but its line and sentence (moving a
+    section in the file changes nothing)."""
+    return json.dumps([step.op, step.ns, step.name, step.attrs])
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    """What turns the running plan ``old`` into ``new``: the old steps to undo (by key, undone
+    in reverse order of application) and the new steps to apply (in the new plan's order)."""
+
+    old: Plan
+    new: Plan
+    undo: frozenset[str]
+    apply: tuple[Step, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.undo or self.apply)
+
+    @property
+    def undone(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.old.steps if step_key(s) in self.undo)
+
+    def __str__(self) -> str:
+        return f"topology: {len(self.undo)} step(s) undone, {len(self.apply)} applied"
+
+
+_MAKES = (LINK, TEAMD, MOVE, PRIMARY)  # the steps that make a link what it is
+
+
+def _refers(step: Step, names: set[str]) -> bool:
+    """Whether ``step`` acts on or depends on one of the links ``names``."""
+    if step.op not in (NETNS, SYSCTL, ROUTE) and step.name in names:
+        return True
+    return any(step.get(k) in names for k in ("master", "link", "primary", "peer"))
+
+
+def diff(old: Plan, new: Plan, recreated: frozenset[str] = frozenset()) -> PlanDiff:
+    """The steps a reload from ``old`` to ``new`` undoes and applies (see the module doc).
+    ``recreated``: devices tunnelpyd itself makes again (a replaced segment's TAP): what the
+    plan does to them is done again too."""
+    old_keys = {step_key(s) for s in old.steps}
+    new_keys = {step_key(s) for s in new.steps}
+    removed = [s for s in old.steps if step_key(s) not in new_keys]
+    # Links that are deleted (and maybe made again): their own making changed or went...
+    dead: set[str] = set(recreated)
+    for s in removed:
+        if s.op in _MAKES:
+            dead.add(s.name)
+            if s.get("peer"):
+                dead.add(s.get("peer"))
+    # ...or they sit on such a link (the kernel deletes children with their parent).
+    grew = True
+    while grew:
+        grew = False
+        for s in old.steps:
+            if s.op in (LINK, TEAMD) and s.name not in dead and s.get("link") in dead:
+                dead.add(s.name)
+                if s.get("peer"):
+                    dead.add(s.get("peer"))
+                grew = True
+    undo = {step_key(s) for s in removed} | {step_key(s) for s in old.steps if _refers(s, dead)}
+    apply = [s for s in new.steps if step_key(s) not in old_keys or _refers(s, dead)]
+    # A route goes when the link or address that made its gateway on-link goes: set the routes
+    # of every namespace something is undone in again (additions take no route away).
+    moved: set[str | None] = set()
+    for s in old.steps:
+        if step_key(s) in undo and s.op not in (ROUTE, SYSCTL):
+            moved.update((s.ns, s.get("to"), s.get("peer_ns")))
+    undo |= {step_key(s) for s in old.steps if s.op == ROUTE and s.ns in moved}
+    applied = {step_key(s) for s in apply}
+    apply += [
+        s for s in new.steps if s.op == ROUTE and s.ns in moved and step_key(s) not in applied
+    ]
+    order = {step_key(s): i for i, s in enumerate(new.steps)}
+    return PlanDiff(
+        old, new, frozenset(undo), tuple(sorted(apply, key=lambda s: order[step_key(s)]))
     )
 
 
@@ -247,6 +375,8 @@ def commands(step: Step) -> list[str]:
         return [_join([*ip, "link", "set", name, "up"])]
     if step.op == ADDRESS:
         return [_join([*ip, "addr", "add", step.get("address"), "dev", name])]
+    if step.op in (QDISC, SYSCTL, ROUTE):
+        return labkeys.commands(step)
     raise ValueError(f"unknown step op {step.op!r}")
 
 
@@ -266,6 +396,8 @@ def undo_commands(step: Step, made_here: bool = True, final_ns: str | None = Non
         return [_join([*ip, "link", "set", name, "nomaster"]) + "   # its old master, if any, back"]
     if step.op == UP and not made_here:
         return ["# " + _join([*ip, "link", "set", name, "down"]) + "   # only if it was down"]
+    if step.op in (QDISC, SYSCTL, ROUTE):
+        return labkeys.undo_commands(step)
     return []
 
 

@@ -15,7 +15,10 @@ MASTER = "master"
 PRIMARY = "primary"
 UP = "up"
 ADDRESS = "address"
-OPS = (NETNS, LINK, MOVE, TEAMD, MASTER, PRIMARY, UP, ADDRESS)
+QDISC = "qdisc"  # [Netem LINK]: tc qdisc add dev LINK root netem ...
+SYSCTL = "sysctl"  # [Namespace NAME] Forwarding = yes
+ROUTE = "route"  # [Namespace NAME] Route = PREFIX via ADDR
+OPS = (NETNS, LINK, MOVE, TEAMD, MASTER, PRIMARY, UP, ADDRESS, QDISC, SYSCTL, ROUTE)
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Step:
     JSON-able values, so a Step is hashable, comparable and printable."""
 
     op: str
-    name: str  # the interface acted on (for ``netns``: the namespace)
+    name: str  # the interface acted on (``netns``/``sysctl``: the namespace; ``route``: the prefix)
     ns: str | None = None  # where it runs; None: tunnelpyd's own namespace
     attrs: tuple[tuple[str, Any], ...] = ()
     line: int = 0  # the config line it comes from

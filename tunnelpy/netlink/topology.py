@@ -29,8 +29,13 @@ The life cycle the daemon drives:
 
 Undo records (JSON objects in the state file's ``undo`` list):
 ``netns-del`` {name}; ``link-del`` {name, ns: [candidates], ifindex}; ``teamd-kill`` {name, ns};
-``restore-port`` {name, ns, ifindex, master, up}; ``restore-up`` {name, ns, ifindex, up}.
-A namespace value of null means tunnelpyd's own namespace (``netns=`` of the Topology).
+``restore-port`` {name, ns, ifindex, master, up}; ``restore-up`` {name, ns, ifindex, up};
+``unslave`` {name, ns, ifindex} (a port made here); ``addr-del`` {name, ns, ifindex, address};
+``qdisc-del`` {name, ns, ifindex}; ``route-del`` {name: prefix, ns, via};
+``sysctl-restore`` {name: namespace, values: {key: old value}}.
+A namespace value of null means tunnelpyd's own namespace (``netns=`` of the Topology). Every
+record also names the step it undoes (``step``: ``step_key``), so a reload can undo exactly the
+steps that left the file.
 """
 
 from __future__ import annotations
@@ -45,18 +50,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyroute2.config
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWQDISC
+from pyroute2.netlink.rtnl.tcmsg import sched_netem, tcmsg
 
 from tunnelpy.config import Config
 
-from . import kinds
+from . import kinds, labkeys
 from . import plan as planmod
-from .plan import Plan, Step
+from .plan import Plan, Step, step_key
 
 # IPRoute(netns=...) forks a helper that makes the socket inside the namespace, and stops it
 # with SIGTERM if it lingers. A helper that inherited a Python SIGTERM handler (the daemon's, or a
@@ -73,7 +82,9 @@ CLONE_NEWNET = 0x40000000
 
 # The module a kind lives in, for "the kernel lacks it" messages.
 KIND_MODULES = {name: kind.module for name, kind in kinds.KINDS.items()}
+KIND_MODULES["qdisc:netem"] = labkeys.NETEM_MODULE
 PROBE_PARENT = "tpprobe-a"  # an Ethernet link in the probe's namespace, for kinds with a parent
+TC_H_ROOT = 0xFFFFFFFF
 
 
 class TopologyError(Exception):
@@ -92,11 +103,117 @@ def _err(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def list_netns() -> set[str]:
+# Named namespaces are bind mounts on /run/netns/NAME, and a mount lives in a mount namespace.
+# A tunnelpyd started by `ip netns exec` (which gives it a private mount namespace whose mounts
+# are slaves of the caller's) or by systemd with ProtectSystem= & co. (the same, /run read-only)
+# would make its namespaces where nobody else sees them. So when the daemon's mount namespace is
+# not the one it was started from -- its nearest ancestor's in another mount namespace: the shell
+# that ran `ip netns exec`, or systemd -- `ip netns add/del` runs in that one (nsenter --mount),
+# and the namespace is visible and usable there (`ip netns exec NAME`). The daemon itself reaches
+# it through propagation (its /run/netns is a slave of the host's) or else through that mount
+# namespace's root. Both are opened once, at start-up while the ancestor is surely alive
+# (CAP_SYS_PTRACE to open another process's /proc/PID/ns when it holds more capabilities),
+# and entered later with the held descriptors (setns: CAP_SYS_ADMIN and CAP_SYS_CHROOT).
+
+
+@dataclass
+class HostMounts:
+    """The mount namespace tunnelpyd was started from, when it is not its own."""
+
+    pid: int  # the ancestor it was found in (for messages)
+    ns_fd: int  # its mount namespace
+    root_fd: int  # its root directory (O_PATH): paths in that mount namespace
+
+    @property
+    def nsenter(self) -> list[str]:
+        # the child gets the descriptor (pass_fds) under the same number
+        return ["nsenter", f"--mount=/proc/self/fd/{self.ns_fd}", "--"]
+
+    def path(self, inside: str) -> str:
+        """``inside`` (absolute) as seen from that mount namespace, for us and our children."""
+        return f"/proc/{os.getpid()}/fd/{self.root_fd}{inside}"
+
+
+_HOST: list[HostMounts | None] = []  # found once per process: [] = not looked for yet
+
+
+def _ppid(pid: int) -> int:
     try:
-        return set(os.listdir(NETNS_DIR))
-    except FileNotFoundError:
-        return set()
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def host_mounts() -> HostMounts | None:
+    """The mount namespace we were started from if it is not ours, else None (also when no
+    ancestor's can be opened: then ours is all there is, as before)."""
+    if _HOST:
+        return _HOST[0]
+    found: HostMounts | None = None
+    try:
+        ours = os.stat("/proc/self/ns/mnt")
+        pid = os.getppid()
+        for _ in range(256):  # ancestors, up to PID 1
+            if pid <= 0:
+                break
+            theirs = os.stat(f"/proc/{pid}/ns/mnt")
+            if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+                ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+                root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                found = HostMounts(pid, ns_fd, root_fd)
+                break
+            if pid == 1:
+                break
+            pid = _ppid(pid)
+    except OSError:
+        found = None  # an ancestor we may not look at: stay in our own mount namespace
+    _HOST.append(found)
+    return found
+
+
+def private_mounts() -> bool:
+    """Whether namespaces are made in another mount namespace than ours (see above)."""
+    return host_mounts() is not None
+
+
+def _known_host() -> HostMounts | None:
+    """``host_mounts()`` if it was looked for already, else None: only a daemon whose config
+    names namespaces holds the other mount namespace open (its root is writable there, past
+    the unit's ProtectSystem=, so nothing else should hold it)."""
+    return _HOST[0] if _HOST else None
+
+
+def _is_netns(path: str) -> bool:
+    """Whether ``path`` is a namespace's bind mount (nsfs), not just the file it is mounted on
+    (which a mount namespace that missed the mount still sees: the directory is shared)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def netns_path(name: str) -> str:
+    """Where this process opens namespace ``name``: /run/netns/NAME, or the host's through its
+    root when the mount did not propagate into our mount namespace."""
+    path = f"{NETNS_DIR}/{name}"
+    host = _known_host()
+    if host is None or _is_netns(path):
+        return path
+    theirs = host.path(f"{NETNS_DIR}/{name}")
+    return theirs if _is_netns(theirs) else path
+
+
+def list_netns() -> set[str]:
+    """Named namespaces: ours and, from a private mount namespace, the host's."""
+    host = _known_host()
+    found: set[str] = set()
+    for directory in (NETNS_DIR, *((host.path(NETNS_DIR),) if host else ())):
+        try:
+            found.update(os.listdir(directory))
+        except OSError:  # none yet
+            continue
+    return found
 
 
 def _link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
@@ -121,23 +238,71 @@ def _link_info(ipr: IPRoute, name: str) -> dict[str, Any] | None:
     }
 
 
+def _run_on_host(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` in the mount namespace namespaces are made in (ours, or the host's)."""
+    host = host_mounts()
+    if host is None:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [*host.nsenter, *argv], capture_output=True, text=True, timeout=30,
+        pass_fds=(host.ns_fd,),
+    )  # fmt: skip
+
+
 def _ip_netns(verb: str, name: str) -> None:
     """``ip netns add|del NAME``: exactly the command ``tunnelpy plan`` shows, with iproute2's
-    own handling of the /run/netns mount (shared with anything started by ``ip netns exec``)."""
-    res = subprocess.run(["ip", "netns", verb, name], capture_output=True, text=True, timeout=30)
+    own handling of the /run/netns mount, in the host's mount namespace (see above)."""
+    host = host_mounts()
+    res = _run_on_host(["ip", "netns", verb, name])
     if res.returncode != 0:
-        raise TopologyError(f"ip netns {verb} {name}: {res.stderr.strip()}")
+        where = f" (in the mount namespace of pid {host.pid}, tunnelpyd's starter)" if host else ""
+        raise TopologyError(f"ip netns {verb} {name}{where}: {res.stderr.strip()}")
+    if verb == "add" and host is not None and not _is_netns(netns_path(name)):
+        raise TopologyError(
+            f"ip netns add {name}: made in the mount namespace of pid {host.pid}, but this "
+            f"process cannot open it there nor in its own {NETNS_DIR}"
+        )
 
 
 @contextlib.contextmanager
 def _ns_fd(name: str) -> Iterator[int]:
     """An open fd of namespace ``name`` for IFLA_NET_NS_FD, held until the call returns (pyroute2
     would also take the name; owning the fd keeps its lifetime plain to see)."""
-    fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         yield fd
     finally:
         os.close(fd)
+
+
+CAP_SYS_ADMIN = 21
+_ON_DEVICE = (planmod.MASTER, planmod.UP, planmod.QDISC)  # steps that act on an existing device
+
+
+def _has_capability(cap: int) -> bool:
+    """Whether capability ``cap`` is in this process's effective set."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError):
+        pass
+    return True  # cannot tell: let the step itself fail, with its own message
+
+
+def _add_netem(ipr: IPRoute, index: int, step: Step) -> None:
+    """``tc qdisc add dev INDEX root handle 1: netem ...``, the message built here: pyroute2's
+    ``tc()`` also turns a ``rate`` argument into a top-level TCA_RATE (the rate estimator's
+    attribute), which the kernel refuses (ERANGE)."""
+    msg = tcmsg()
+    msg["index"], msg["handle"], msg["parent"] = index, 0x10000, TC_H_ROOT
+    options = sched_netem.get_parameters(labkeys.pyroute2_netem(step))
+    msg["attrs"] = [["TCA_KIND", "netem"], ["TCA_OPTIONS", options]]
+    msg["header"]["type"] = RTM_NEWQDISC
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    # (the batch call: 0.9.7's synchronous nlm_request() fails on a status key of its own)
+    ipr.nlm_request_batch([msg])
 
 
 def _pid_starttime(pid: int) -> int | None:
@@ -167,6 +332,11 @@ def _link_kwargs(step: Step, ipr: IPRoute) -> dict[str, Any]:
 
 
 def _probe_one(ipr: IPRoute, kind: str, mode: str | None, i: int) -> None:
+    if kind.startswith("qdisc:"):  # a qdisc (netem) as the probe parent's root qdisc
+        index = ipr.link_lookup(ifname=PROBE_PARENT)[0]
+        ipr.tc("add", kind.removeprefix("qdisc:"), index=index, handle="1:", delay=1000)
+        ipr.tc("del", index=index, handle="1:", parent=TC_H_ROOT)
+        return
     name = f"tpprobe{i}"
     attrs = kinds.of(kind).probe_attrs(mode, name, PROBE_PARENT)
     step = Step(planmod.LINK, name, attrs=tuple(sorted(attrs.items())))
@@ -317,6 +487,9 @@ class Topology:
         self.state = StateFile(Path(state_dir) / f"{self.plan.interface}.state")
         self._ipr: dict[str | None, IPRoute] = {}
         self.applied = False
+        self._step: Step | None = None  # the step being applied (its records name it)
+        if self.plan.namespaces:
+            host_mounts()  # found now, while the process that started us surely still runs
 
     # -- sockets -------------------------------------------------------------------------
 
@@ -324,7 +497,9 @@ class Topology:
         """The IPRoute for namespace ``ns`` (None: tunnelpyd's own), opened once."""
         if ns not in self._ipr:
             target = ns if ns is not None else self.netns
-            self._ipr[ns] = IPRoute() if target is None else IPRoute(netns=target, flags=0)
+            self._ipr[ns] = (
+                IPRoute() if target is None else IPRoute(netns=netns_path(target), flags=0)
+            )
         return self._ipr[ns]
 
     def _close_sock(self, ns: str | None) -> None:
@@ -345,16 +520,24 @@ class Topology:
 
     def _nsenter(self, ns: str | None) -> list[str]:
         target = ns if ns is not None else self.netns
-        return [] if target is None else ["nsenter", f"--net={NETNS_DIR}/{target}", "--"]
+        return [] if target is None else ["nsenter", f"--net={netns_path(target)}", "--"]
 
     # -- validation ----------------------------------------------------------------------
 
     def validate(self) -> None:
         """Raise TopologyError (one line, every problem) unless the plan can be applied."""
-        plan = self.plan
+        self._check(self.plan, self.plan.steps, frozenset())
+
+    def _check(
+        self, plan: Plan, steps: tuple[Step, ...], freed: frozenset[str], probe: bool = True
+    ) -> None:
+        """Validate ``steps`` of ``plan`` (all of them at start-up; a reload's new ones), with
+        the links ``freed`` counted as free (a reload deletes them first). ``probe=False``: no
+        kind probe (it needs CAP_SYS_ADMIN for its throw-away namespace; a kind the kernel
+        lacks then fails at its step, and the reload is rolled back and refused)."""
         problems: list[str] = []
-        where = {step.name: step for step in plan.steps if step.op in (planmod.LINK, planmod.TEAMD)}
-        missing = probe_kinds(plan.kinds())
+        where = {step.name: step for step in steps if step.op in (planmod.LINK, planmod.TEAMD)}
+        missing = probe_kinds(planmod.kinds_of(steps)) if probe else {}
         for (kind, mode), reason in sorted(missing.items(), key=lambda x: (x[0][0], x[0][1] or "")):
             if kind == "*":
                 problems.append(reason)
@@ -364,17 +547,26 @@ class Topology:
                 for s in where.values()
                 if s.get("kind") == kind and (mode is None or s.get("mode") == mode)
             ]
+            module = KIND_MODULES.get(kind, kind)
+            if kind.startswith("qdisc:"):
+                qdisc = kind.removeprefix("qdisc:")
+                users = [s for s in steps if s.op == planmod.QDISC and s.get("kind") == qdisc]
+                at = f"{plan.path}:{users[0].line}: " if users else ""
+                problems.append(
+                    f"{at}this kernel has no {qdisc} qdisc ({reason}; is the {module} module "
+                    f"available?), used by [Netem {'], ['.join(s.name for s in users)}]"
+                )
+                continue
             at = f"{plan.path}:{users[0].line}: " if users else ""
             label = f"{kind} mode {mode}" if mode else kind
-            module = KIND_MODULES.get(kind, kind)
             problems.append(
                 f"{at}this kernel cannot create {label} links ({reason}; is the {module} "
                 f"module available?), used by {', '.join(s.name for s in users)}"
             )
-        if any(step.op == planmod.TEAMD for step in plan.steps):
+        if any(step.op == planmod.TEAMD for step in steps):
             for tool in ("teamd",):
                 if shutil.which(tool) is None:
-                    line = next(s.line for s in plan.steps if s.op == planmod.TEAMD)
+                    line = next(s.line for s in steps if s.op == planmod.TEAMD)
                     problems.append(
                         f"{plan.path}:{line}: [Team] needs {tool} (Debian: apt-get install "
                         "libteam-utils), and it is not installed"
@@ -382,24 +574,39 @@ class Topology:
         existing_ns = list_netns()
         if self.netns is not None and self.netns not in existing_ns:
             problems.append(f"namespace {self.netns} (tunnelpyd's own) does not exist")
-        new_ns = {ns for ns in plan.namespaces if ns not in existing_ns}
+        new_ns = {s.name for s in steps if s.op == planmod.NETNS and s.name not in existing_ns}
+        if new_ns and not _has_capability(CAP_SYS_ADMIN):
+            problems.append(
+                f"{plan.path}:{min(s.line for s in steps if s.name in new_ns)}: making "
+                f"namespace {', '.join(sorted(new_ns))} needs CAP_SYS_ADMIN, which this tunnelpyd "
+                "does not hold (once up it keeps it only if its config named a namespace, and "
+                "never as User): restart it"
+            )
         try:
-            self._validate_links(new_ns, problems)
+            self._validate_links(plan, steps, new_ns, freed, problems)
         finally:
             self.close()
         if problems:
             raise TopologyError("; ".join(problems) + "; nothing was changed")
 
-    def _validate_links(self, new_ns: set[str], problems: list[str]) -> None:
-        plan = self.plan
+    def _validate_links(
+        self,
+        plan: Plan,
+        steps: tuple[Step, ...],
+        new_ns: set[str],
+        freed: frozenset[str],
+        problems: list[str],
+    ) -> None:
         lines = {s.name: s.line for s in plan.steps}
+        made = {s.name for s in steps if s.op in (planmod.LINK, planmod.TEAMD)}
+        made |= {s.get("peer") for s in steps if s.op == planmod.LINK and s.get("peer")}
         # Links to be made: their names must be free where they are made and where they end up.
-        places: list[tuple[str | None, str]] = list(plan.created)
-        for step in plan.steps:
+        places: list[tuple[str | None, str]] = [(ns, n) for ns, n in plan.created if n in made]
+        for step in steps:
             if step.op == planmod.LINK:
                 places.append((step.ns, step.name))
         for ns, name in dict.fromkeys(places):
-            if ns in new_ns:
+            if ns in new_ns or name in freed:
                 continue
             if _link_info(self._sock(ns), name) is not None:
                 where = f" in namespace {ns}" if ns else ""
@@ -408,8 +615,12 @@ class Topology:
                     "did not create it; rename the section or delete that link"
                 )
         # Links it only uses must exist; masters must be masters.
-        masters = {s.get("master") for s in plan.steps if s.op == planmod.MASTER}
+        masters = {s.get("master") for s in steps if s.op == planmod.MASTER}
+        used = {s.name for s in steps if s.op in (planmod.MASTER, planmod.UP)}
+        used |= masters | {s.get("link") for s in steps if s.op == planmod.LINK}
         for ns, name, line in plan.existing:
+            if name not in used:
+                continue
             where = f" in namespace {ns}" if ns else ""
             if ns in new_ns:
                 problems.append(
@@ -429,7 +640,7 @@ class Topology:
                     "bridge, bond or team as master"
                 )
         # A sole child (macvlan passthru): the kernel refuses a parent that has rivals already.
-        for step in plan.steps:
+        for step in steps:
             sole = kinds.of(step.kind).sole_child(step) if step.op == planmod.LINK else None
             if sole is None:
                 continue
@@ -501,6 +712,113 @@ class Topology:
         finally:
             self.close()
 
+    # -- reload ----------------------------------------------------------------------------
+
+    def prepare_change(
+        self, conf: Config, recreated: frozenset[str] = frozenset()
+    ) -> planmod.PlanDiff:
+        """What a reload to ``conf`` changes (``plan.diff``), validated like a start-up but only
+        for the steps it applies: raises TopologyError (nothing changed) if they cannot be.
+        ``recreated``: segment TAPs the reload makes (again)."""
+        diff = planmod.diff(self.plan, planmod.build(conf), recreated)
+        if diff.apply:
+            freed = frozenset(
+                name
+                for s in diff.undone
+                if s.op in (planmod.LINK, planmod.TEAMD)
+                for name in (s.name, s.get("peer"))
+                if name
+            )
+            self._check(diff.new, diff.apply, freed, _has_capability(CAP_SYS_ADMIN))
+        return diff
+
+    def change(
+        self, diff: planmod.PlanDiff, later: frozenset[str] = frozenset()
+    ) -> tuple[Step, ...]:
+        """Apply a prepared reload: undo the steps that went (their journal records, newest
+        first), apply the new ones. If one fails, what it applied is undone and the old steps
+        are applied again, and TopologyError says which step failed: the reload is refused.
+
+        Steps on the devices ``later`` (segment TAPs the reload has yet to open) are returned
+        instead of applied: ``finish`` applies them once the TAPs exist."""
+        if not diff:
+            self.plan = diff.new
+            return ()
+        deferred = tuple(s for s in diff.apply if s.name in later and s.op in _ON_DEVICE)
+        now = tuple(s for s in diff.apply if s not in deferred)
+        if not self.state.data:  # started without topology sections: no journal yet
+            self.state.begin(self.plan.interface, self.netns)
+        self.applied = True
+        step: Step | None = None
+        try:
+            problems = self._undo_steps(diff.undo)
+            if problems:
+                self._reapply(diff.undone)
+                raise TopologyError(
+                    f"{diff.new.path}: the reload could not remove what it replaces "
+                    f"({'; '.join(problems)}); the old topology is back in place"
+                )
+            mark = len(self.state.undo)
+            self.plan = diff.new
+            try:
+                for step in now:
+                    self._do(step)
+            except Exception as e:
+                assert step is not None
+                failed, cmd = step, " && ".join(planmod.commands(step))
+                undone = self._undo_records(self.state.undo[mark:])
+                self.plan = diff.old
+                undone += self._reapply(diff.undone)
+                also = f" (and restoring: {'; '.join(undone)})" if undone else ""
+                raise TopologyError(
+                    f"{diff.new.path}:{failed.line}: {failed.what or failed.op} failed: {_err(e)} "
+                    f"[{cmd}]; the reload was refused and the old topology restored{also}"
+                ) from None
+        finally:
+            self.close()
+        return deferred
+
+    def finish(self, steps: tuple[Step, ...]) -> None:
+        """The steps ``change`` left for the segment TAPs, now that they exist."""
+        step: Step | None = None
+        try:
+            for step in steps:
+                self._do(step)
+        except Exception as e:
+            assert step is not None
+            cmd = " && ".join(planmod.commands(step))
+            raise TopologyError(
+                f"{self.plan.path}:{step.line}: {step.what or step.op} failed: {_err(e)} [{cmd}]"
+            ) from None
+        finally:
+            self.close()
+
+    def _undo_records(self, records: list[dict[str, Any]]) -> list[str]:
+        """Undo ``records`` (journal entries), newest first, and drop them; the problems."""
+        problems: list[str] = []
+        for record in reversed(list(records)):
+            try:
+                self._undo_one(record)
+            except Exception as e:  # keep going: the rest must still be undone
+                problems.append(f"{record.get('op')} {record.get('name')}: {_err(e)}")
+            self.state.undo.remove(record)
+            with contextlib.suppress(OSError):
+                self.state.write()
+        return problems
+
+    def _undo_steps(self, keys: frozenset[str]) -> list[str]:
+        return self._undo_records([r for r in self.state.undo if r.get("step") in keys])
+
+    def _reapply(self, steps: tuple[Step, ...]) -> list[str]:
+        """Apply ``steps`` again (the old ones a failed reload undid); the problems."""
+        problems: list[str] = []
+        for old in steps:
+            try:
+                self._do(old)
+            except Exception as e:  # keep going: as much of the old topology as can be
+                problems.append(f"{old.what or old.op}: {_err(e)}")
+        return problems
+
     def undo(self) -> list[str]:
         """Undo everything applied, in reverse; never raises. Returns the problems met."""
         if not self.applied:
@@ -513,6 +831,8 @@ class Topology:
     def _record(self, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Write-ahead: the record is in the state file (pending) before the change is made,
         completed after it, and dropped if the change failed."""
+        if self._step is not None:
+            record["step"] = step_key(self._step)
         record["pending"] = True
         self.state.undo.append(record)
         self.state.write()
@@ -526,6 +846,19 @@ class Topology:
         self.state.write()
 
     def _do(self, step: Step) -> None:
+        self._step = step
+        try:
+            self._do_step(step)
+        finally:
+            self._step = None
+
+    def _made_ns(self, ns: str | None) -> bool:
+        """Whether this run created namespace ``ns`` (its records say so)."""
+        return ns is not None and any(
+            r["op"] == "netns-del" and r["name"] == ns for r in self.state.undo
+        )
+
+    def _do_step(self, step: Step) -> None:
         op = step.op
         if op == planmod.NETNS:
             if step.name in list_netns():
@@ -536,7 +869,20 @@ class Topology:
         if op == planmod.TEAMD:
             self._do_teamd(step)
             return
+        if op == planmod.SYSCTL:
+            self._do_sysctl(step)
+            return
         ipr = self._sock(step.ns)
+        if op == planmod.ROUTE:
+            dst, via = step.name, step.get("via")
+            rec = {"op": "route-del", "name": dst, "ns": step.ns, "via": via}
+            try:
+                with self._record(rec):
+                    ipr.route("add", dst=dst, gateway=via)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:  # there already (a pre-existing namespace's): kept
+                    raise
+            return
         if op == planmod.LINK:
             with (
                 self._record({"op": "link-del", "name": step.name, "ns": [step.ns]}) as rec,
@@ -573,7 +919,12 @@ class Topology:
             assert info is not None
             ours = self._created(step.ns, step.name) or step.name in self.plan.provided
             with contextlib.ExitStack() as stack:
-                if not ours:
+                if ours:
+                    # Deleting the port (or the daemon closing its TAP) undoes this too; the
+                    # record is for a reload that keeps the port but drops the Master line.
+                    rec = {"op": "unslave", "name": step.name, "ns": step.ns, "ifindex": index}
+                    stack.enter_context(self._record(rec))
+                else:
                     previous = ""
                     if info["master"]:
                         previous = ipr.get_links(info["master"])[0].get_attr("IFLA_IFNAME")
@@ -602,7 +953,8 @@ class Topology:
             ipr.link("set", index=index, kind="bond", bond_primary=port[0])
             return
         if op == planmod.UP:
-            if self._created(step.ns, step.name) or step.name in self.plan.provided:
+            made = self._created(step.ns, step.name) or step.name in self.plan.provided
+            if made or (step.get("loopback") and self._made_ns(step.ns)):
                 ipr.link("set", index=index, state="up")
                 return
             info = _link_info(ipr, step.name)
@@ -616,11 +968,20 @@ class Topology:
         if op == planmod.ADDRESS:
             address = step.get("address")
             ip, _, prefix = address.partition("/")
+            rec = {"op": "addr-del", "name": step.name, "ns": step.ns, "ifindex": index,
+                   "address": address}  # fmt: skip
             try:
-                ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
+                with self._record(rec):
+                    ipr.addr("add", index=index, address=ip, prefixlen=int(prefix))
             except NetlinkError as e:
-                if e.code != errno.EEXIST:
+                if e.code != errno.EEXIST:  # there already: not ours to remove
                     raise
+            return
+        if op == planmod.QDISC:
+            with self._record(
+                {"op": "qdisc-del", "name": step.name, "ns": step.ns, "ifindex": index}
+            ):
+                _add_netem(ipr, index, step)
             return
         raise TopologyError(f"unknown step {op!r}")
 
@@ -640,6 +1001,28 @@ class Topology:
             where = f" in namespace {step.ns}" if step.ns else ""
             raise TopologyError(f"{step.name} does not exist{where}")
         return int(found[0])
+
+    def _sysctl(self, ns: str | None, *argv: str) -> str:
+        argv2 = [*self._nsenter(ns), "sysctl", *argv]
+        # systemd's ProtectKernelTunables= makes our /proc/sys read-only; the host's /proc shows
+        # the same per-namespace net.* values (nsenter opens the --net file before entering)
+        res = _run_on_host(argv2) if private_mounts() else subprocess.run(
+            argv2, capture_output=True, text=True, timeout=30
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise TopologyError(f"sysctl {' '.join(argv)}: {res.stderr.strip()[-300:]}")
+        return res.stdout
+
+    def _do_sysctl(self, step: Step) -> None:
+        keys = list(step.get("keys"))
+        old = self._sysctl(step.ns, "-n", *keys).split()
+        if len(old) != len(keys):
+            raise TopologyError(f"sysctl -n {' '.join(keys)}: unexpected answer {old!r}")
+        values = dict(zip(keys, old, strict=True))
+        with self._record(
+            {"op": "sysctl-restore", "name": step.ns, "ns": step.ns, "values": values}
+        ):
+            self._sysctl(step.ns, "-qw", *(f"{k}={step.get('value')}" for k in keys))
 
     def _do_teamd(self, step: Step) -> None:
         prefix = self._nsenter(step.ns)
@@ -718,9 +1101,33 @@ class Topology:
         ns = rec.get("ns")
         if not self._reachable(ns):
             return None
+        if op == "sysctl-restore":
+            self._sysctl(name, "-qw", *(f"{k}={v}" for k, v in rec["values"].items()))
+            return f"{', '.join(rec['values'])} back in {name}"
         ipr = self._sock(ns)
+        if op == "route-del":
+            try:
+                ipr.route("del", dst=name, gateway=rec["via"])
+            except NetlinkError as e:
+                if e.code != errno.ESRCH:  # gone with its link or address: nothing to do
+                    raise
+                return None
+            return f"route {name} via {rec['via']} removed"
         info = _link_info(ipr, name)
         if info is None or (rec.get("ifindex") and info["ifindex"] != rec["ifindex"]):
+            return None
+        if op == "unslave":
+            if info["master"]:
+                ipr.link("set", index=info["ifindex"], master=0)
+            return None
+        if op == "addr-del":
+            ip, _, prefix = rec["address"].partition("/")
+            with contextlib.suppress(NetlinkError):  # EADDRNOTAVAIL: removed already
+                ipr.addr("del", index=info["ifindex"], address=ip, prefixlen=int(prefix))
+            return None
+        if op == "qdisc-del":
+            with contextlib.suppress(NetlinkError):  # replaced or removed by someone else
+                ipr.tc("del", index=info["ifindex"], handle="1:", parent=TC_H_ROOT)
             return None
         if op == "restore-up":
             if not rec["up"] and info["up"]:
