@@ -290,7 +290,8 @@ class Device:
         if not self.plain_vxlan:
             self.tun = self._open_tun(self.name, offload=self.offload, multi_queue=workers > 1)
         for seg in self.conf.segments:
-            self.taps[seg.vni] = self._open_tun(seg.device, tap=True, offload=self.offload)
+            tap = self.taps[seg.vni] = self._open_tun(seg.device, tap=True, offload=self.offload)
+            self._tap_checks(tap, seg)
         if self.tun is not None and isinstance(self.udp, UdpSocket):
             log.info(
                 "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s", self.name,
@@ -298,6 +299,13 @@ class Device:
                 "on" if self.udp.gro else "off",
                 "compiled" if offload_mod.compiled() else "in Python",
             )  # fmt: skip
+
+    def _tap_checks(self, tap: Tun, seg: cfgmod.SegmentConfig) -> None:
+        """What a TAP checks in the frames written to it (io/tun.py): its MTU, so a TSO
+        super-packet from a kernel vxlan is cut to it; with plain VXLAN, whose senders nobody
+        authenticated, that GRO joins only frames with a partial or right checksum."""
+        tap.mtu = self.segment_mtu(seg)
+        tap.vouch = self.plain_vxlan
 
     async def configure_devices(self, *, own_links: set[str]) -> None:
         """MTU, addresses and link up on the TUN and TAPs; TAPs join foreign bridges."""
@@ -690,6 +698,7 @@ class Device:
     async def add_segment(self, seg: cfgmod.SegmentConfig) -> None:
         """A new segment while running: its TAP, configured and enslaved, then the engine's."""
         tap = self._open_tun(seg.device, tap=True, offload=self.offload)
+        self._tap_checks(tap, seg)
         try:
             await self.blocking(
                 self.host.configure_device, seg.device, self.segment_mtu(seg), list(seg.addresses)

@@ -71,6 +71,8 @@ class FakeTun:
         self.vnet_hdr = False
         self.offloads = ""
         self.uso = False
+        self.mtu = 0  # as Tun: set by the Device for a TAP (frames are written as given here)
+        self.vouch = False
         self.read_drops = 0
         self.write_drops = 0
         self.gone = False  # as Tun: the kernel deleted the device (see delete())

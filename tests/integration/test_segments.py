@@ -141,24 +141,96 @@ def kernel_vxlan(lab, ns: str, name: str, vni: int, local: str, remote: str, br:
     lab.run(ns, "ip", "link", "set", name, "up")
 
 
-@pytest.mark.parametrize("first", ["tunnelpyd", "kernel"])
-def test_plain_vxlan_interop_with_kernel_vxlan(make_lab, first):
+# Receives UDP datagrams on ADDR:PORT until N arrived or SECONDS passed; prints "ready" once
+# bound, then each payload on its own line.
+UDP_SINK = r"""
+import socket, sys, time
+addr, port, n, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+print("ready", flush=True)
+end = time.monotonic() + seconds
+got = 0
+while got < n and (left := end - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        data = s.recv(65535)
+    except socket.timeout:
+        break
+    print(data[:16].decode(errors="replace"), len(data), flush=True)
+    got += 1
+"""
+
+# Sends each hex-encoded datagram of argv[3:] from SRC to DST:4789.
+RAW_VXLAN = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+for h in sys.argv[3:]:
+    s.sendto(bytes.fromhex(h), (sys.argv[2], 4789))
+"""
+
+
+def udp_sink(lab, ns: str, addr: str, port: int, n: int, seconds: float = 5.0):
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", UDP_SINK, addr, str(port), str(n),
+         str(seconds)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def udp_in_csum_errors(lab, ns: str) -> int:
+    lines = [line.split() for line in lab.run(ns, "cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = [row for row in lines if row[0] == "Udp:"][:2]
+    return int(values[names.index("InCsumErrors")])
+
+
+def inner_udp_frames(vni: int, dst_mac: str, src_mac: str, src: str, dst: str, port: int):
+    """VXLAN datagrams to a host behind tunnelpyd: the same UDP datagram with a correct
+    checksum, with the pseudo-header sum only (as a kernel leaves it) and with a wrong one."""
+    from tests.harness import packets as pk
+
+    def frame(payload: bytes, how: str) -> bytes:
+        ip = pk.ipv4(src, dst, pk.udp(40000, port, payload), pk.PROTO_UDP, csum=True)
+        good = pk.with_l4_checksum(ip)
+        seg = ip[20:]
+        pseudo = 0xFFFF - pk.checksum(ip[12:20] + bytes([0, pk.PROTO_UDP]) + len(seg).to_bytes(2, "big"))
+        value = {"good": good[26:28], "partial": pseudo.to_bytes(2, "big"),
+                 "corrupt": bytes(b ^ 0x5A for b in good[26:28])}[how]  # fmt: skip
+        assert how == "good" or value != good[26:28]
+        inner = ip[:26] + value + ip[28:]
+        eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+        return bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0" + eth + pk.ETH_IPV4 + inner
+
+    return [frame(f"{how}-datagram".encode(), how).hex() for how in ("good", "partial", "corrupt")]
+
+
+@pytest.mark.parametrize(("first", "offload"), [("tunnelpyd", "auto"), ("kernel", "off")])
+def test_plain_vxlan_interop_with_kernel_vxlan(make_lab, first, offload):
+    """tunnelpyd's plain VXLAN beside the kernel's vxlan device, with the kernel's default
+    offloads on every device (no ethtool): the classic lab. Over the veth underlay the kernel
+    leaves inner TCP/UDP checksums partial and sends a TSO super-packet as one datagram;
+    tunnelpyd must finish the one and cut the other before its TAP (io/checksum.py,
+    io/segmentation.py), through a TAP with a virtio_net_hdr (auto) and without one (off)."""
     lab = make_lab(4)
     st, sk, ht, hk = lab.ns  # tunnelpyd site, kernel-vxlan site, a host behind each
     lab.veth(st, sk, "10.56.0.1/24", "10.56.0.2/24")
     for ns in (st, sk):
         bridge(lab, ns, "br42")
-    host_on(lab, st, ht, "br42", "172.16.42.1/24", "02:00:00:00:42:01", mtu=1450)
-    host_on(lab, sk, hk, "br42", "172.16.42.2/24", "02:00:00:00:42:02", mtu=1450)
+    host_on(lab, st, ht, "br42", ["172.16.42.1/24", "fd42::1/64"], "02:00:00:00:42:01", mtu=1450)
+    host_on(lab, sk, hk, "br42", ["172.16.42.2/24", "fd42::2/64"], "02:00:00:00:42:02", mtu=1450)
     kernel_vxlan(lab, sk, "vx42", 42, "10.56.0.2", "10.56.0.1", "br42")
-    # veth hands the kernel vxlan device CHECKSUM_PARTIAL inner packets, and the encapsulated
-    # datagram reaches our UDP socket with the inner TCP checksum never filled in (a NIC would
-    # have done it). Hosts on a real wire compute their checksums; make this one do so too.
-    lab.run(hk, "ethtool", "-K", "eth0", "tx", "off")
+    # The kernel's defaults, as a user has them: checksums and TSO left to "hardware".
+    for ns, dev in ((hk, "eth0"), (sk, "vx42")):
+        features = lab.run(ns, "ethtool", "-k", dev).stdout
+        assert "tx-checksumming: on" in features and "tcp-segmentation-offload: on" in features
     site = new_site(lab, st, 4789, [])
     tap = lab.ifname("x")
     conf = (
-        "[Interface]\nTransport = vxlan\nListenPort = 4789\nListenAddress = 10.56.0.1\n\n"
+        "[Interface]\nTransport = vxlan\nListenPort = 4789\nListenAddress = 10.56.0.1\n"
+        f"Offload = {offload}\n\n"
         "[Peer]\nName = kernel\nEndpoint = 10.56.0.2:4789\n\n"
         f"[Segment lab]\nVNI = 42\nDevice = {tap}\nBridge = br42\n"
     )
@@ -172,10 +244,33 @@ def test_plain_vxlan_interop_with_kernel_vxlan(make_lab, first):
     listening = lab.run(st, "ss", "-Hulnp").stdout
     assert "10.56.0.1:4789" in listening and "*:4789" not in listening, listening
     assert "Transport = vxlan is unauthenticated" in proc.log()
-    src, dst, addr = (ht, hk, "172.16.42.2") if first == "tunnelpyd" else (hk, ht, "172.16.42.1")
-    assert lab.ping(src, addr)
-    assert lab.ping(dst, "172.16.42.1" if addr == "172.16.42.2" else "172.16.42.2")
-    assert lab.tcp_transfer(src, dst, addr, 4 << 20), lab.notes
+    a, b = (ht, hk) if first == "tunnelpyd" else (hk, ht)
+    addr = {ht: ("172.16.42.1", "fd42::1"), hk: ("172.16.42.2", "fd42::2")}
+    assert lab.ping(a, addr[b][0])
+    assert lab.ping(b, addr[a][0])
+    # TCP both ways, by hash: every SYN-ACK and ACK partial, the data in super-packets
+    assert lab.tcp_transfer(ht, hk, "172.16.42.2", 4 << 20), lab.notes
+    assert lab.tcp_transfer(hk, ht, "172.16.42.1", 4 << 20), lab.notes
+    assert lab.tcp_transfer(ht, hk, "fd42::2", 1 << 20), lab.notes
+    assert lab.tcp_transfer(hk, ht, "fd42::1", 1 << 20), lab.notes
+    # UDP from the kernel side: small and large datagrams, IPv4 and IPv6, checksums partial
+    for dst in ("172.16.42.1", "fd42::1"):
+        sink = udp_sink(lab, ht, dst, 9999, 2)
+        lab.run(hk, sys.executable, "-c", "import socket, sys; s = socket.socket("
+                f"socket.AF_INET6 if ':' in '{dst}' else socket.AF_INET, socket.SOCK_DGRAM); "
+                f"s.sendto(b'small' * 20, ('{dst}', 9999)); s.sendto(b'large' * 280, ('{dst}', 9999))")  # fmt: skip
+        out, _ = sink.communicate(timeout=15)
+        assert out.split() == ["smallsmallsmalls", "100", "largelargelargel", "1400"], (dst, out)
+    # A wrong checksum stays wrong: of three datagrams (correct, partial, corrupt) the host
+    # receives two, and its stack counts the third as a checksum error.
+    errors = udp_in_csum_errors(lab, ht)
+    sink = udp_sink(lab, ht, "172.16.42.1", 9998, 3, seconds=3)
+    lab.run(sk, sys.executable, "-c", RAW_VXLAN, "10.56.0.2", "10.56.0.1",
+            *inner_udp_frames(42, "02:00:00:00:42:01", "02:00:00:00:42:02", "172.16.42.2",
+                              "172.16.42.1", 9998))  # fmt: skip
+    out, _ = sink.communicate(timeout=15)
+    assert out.split() == ["good-datagram", "13", "partial-datagram", "16"], out
+    assert udp_in_csum_errors(lab, ht) == errors + 1
     # the kernel saw RFC 7348 frames from us: its FDB learned the host behind tunnelpyd
     fdb = lab.run(sk, "bridge", "fdb", "show", "dev", "vx42").stdout
     assert "02:00:00:00:42:01" in fdb

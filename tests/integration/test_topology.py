@@ -192,8 +192,8 @@ def test_helper_built_kernel_vxlan_reaches_tunnelpyd_plain_vxlan(make_lab, tmp_p
             "PeerAddress = 172.16.68.2/24\nMTU = 1450\n",
             base=sk,
         )
-        # see tests/integration/test_segments.py: veth leaves inner checksums to a "NIC"
-        lab.run(hk, "ethtool", "-K", "eth0", "tx", "off")
+        # (the kernel's default offloads: partial inner checksums, TSO super-packets in one
+        # datagram, which tunnelpyd finishes and cuts before its TAP: io/checksum.py)
         tap = lab.ifname("x")
         conf = lab.write_file(
             f"vx-{tap}.conf",
@@ -208,6 +208,7 @@ def test_helper_built_kernel_vxlan_reaches_tunnelpyd_plain_vxlan(make_lab, tmp_p
         )  # fmt: skip
         assert lab.ping(hk, "172.16.68.1"), lab.notes
         assert lab.tcp_transfer(ht, hk, "172.16.68.2", 2 << 20), lab.notes
+        assert lab.tcp_transfer(hk, ht, "172.16.68.1", 2 << 20), lab.notes
         assert proc.stop() == 0
 
 

@@ -12,6 +12,19 @@ field from one struct call) and a generic one (IPv6, options, Ethernet frames of
 The second, the same for every packet, joins the packet to its flow's open write or starts one;
 after a TCP segment it hands the following ones to the compiled run join (:mod:`.accel`), which
 takes in one call every segment the packet loop would also have joined.
+
+Frames for a TAP (`l2`) may carry a TCP/UDP checksum their sender left partial (a kernel vxlan
+device on a veth underlay does: checksum.py). A joined segment needs nothing, since the super-
+packet's field is rewritten and marked NEEDS_CSUM anyway; a frame written alone whose field is
+recognised as partial (checksum.partial_l4) gets a NEEDS_CSUM header with its offsets instead of
+the zero one, so the kernel finishes the checksum as it would its own. Everything else keeps the
+zero header and is verified by the kernel as usual: a wrong checksum is dropped there.
+
+Joining trusts the segments' checksums (the kernel never verifies a NEEDS_CSUM write). That is
+the kernel's trust too for what arrives over WireGuard (authenticated: it marks decrypted packets
+CHECKSUM_UNNECESSARY); frames from plain VXLAN, which nobody authenticated and whose outer UDP
+checksum may be 0, go through :func:`coalesce_vouched`, which joins only frames whose checksum is
+partial or was summed and found right.
 """
 
 from __future__ import annotations
@@ -20,9 +33,18 @@ import struct
 from collections.abc import Sequence
 
 from . import accel
-from .checksum import finish, fold, ones_sum, pseudo_sum
+from .checksum import finish, finish_partial, fold, l4_vouched, ones_sum, partial_l4, pseudo_sum
 from .headers import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH, l3_offset
-from .vnet import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR, ZERO_VNET_HDR, Buffer
+from .vnet import (
+    F_NEEDS_CSUM,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    VNET_HDR,
+    ZERO_VNET_HDR,
+    Buffer,
+)
 
 # The compiled run join, or None (the module global that tests switch off).
 _join_run = accel.join_run
@@ -95,7 +117,8 @@ def coalesce(
     flags but PSH, options, TTL, TOS) become one GSO super-packet with NEEDS_CSUM, as the
     kernel's own GRO would build it (tcp_gro_receive flushes on a window change too: the one
     super-packet carries one window, and a later segment's may be the newer); everything else
-    is written alone behind a zero header, so the kernel checks its checksum as usual. A segment
+    is written alone behind a zero header, so the kernel checks its checksum as usual (a TAP
+    frame whose checksum its sender left partial behind a NEEDS_CSUM one instead). A segment
     joins only the super-packet it directly continues, so the bytes of one flow reach the kernel
     in sequence order. Units keep the order of their first packet. Each IP packet must have its
     exact length (padding trimmed).
@@ -254,7 +277,55 @@ def coalesce(
             i = _take_run(flow, runs, i, raw, n, t)
     for index, flow in builders:
         units[index] = _unit(flow)
+    if l2:
+        _mark_partial(units)
     return units
+
+
+def coalesce_vouched(packets: list[bytes], *, uso: bool = False) -> list[list[Buffer]]:
+    """:func:`coalesce` for TAP frames from senders nobody authenticated (plain VXLAN).
+
+    A joined write carries NEEDS_CSUM, which the kernel trusts: a segment with a wrong checksum
+    joined into one would be delivered as if right (the kernel's own GRO checks each segment
+    first). So each frame must be vouched for (checksum.l4_vouched: partial, or summed here and
+    correct) to be joined; any other is written alone, in its place, for the kernel to check
+    and drop. Costs a sum over each full-checksum frame (the batch's in one numpy call);
+    partial ones (a kernel vxlan on a veth) cost the header reads only.
+    """
+    vouched = l4_vouched(packets)
+    if all(vouched):
+        return coalesce(packets, l2=True, uso=uso)
+    units: list[list[Buffer]] = []
+    start = 0
+    for i, p in enumerate(packets):
+        if not vouched[i]:
+            if start < i:
+                units.extend(coalesce(packets[start:i], l2=True, uso=uso))
+            units.append([ZERO_VNET_HDR, p])
+            start = i + 1
+    if start < len(packets):
+        units.extend(coalesce(packets[start:], l2=True, uso=uso))
+    return units
+
+
+def _mark_partial(units: list[list[Buffer]]) -> None:
+    """Frames written alone whose TCP/UDP checksum holds only the pseudo-header sum: a
+    NEEDS_CSUM header with the offsets, so the kernel finishes it (hdr_len covers the field, as
+    the kernel itself would set it). Only these frames are looked at: a joined segment's field
+    is replaced by the super-packet's."""
+    for unit in units:
+        if unit[0] is ZERO_VNET_HDR:
+            where = partial_l4(unit[1])
+            if where is None:
+                continue
+            start, offset, end = where
+            frame = unit[1]
+            if end == len(frame):
+                unit[0] = _VNET_HDR.pack(
+                    F_NEEDS_CSUM, GSO_NONE, start + offset + 2, 0, start, offset
+                )
+            elif type(frame) is bytes:  # (padding is trimmed above: not expected)
+                unit[1] = finish_partial([frame])[0]  # the kernel would sum the padding too
 
 
 def _take_run(flow: _Flow, packets: list[bytes], i: int, raw: int, end: int, t: int) -> int:

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from . import accel, knobs
 from .checksum import finish_plain, fold, pseudo_sum
-from .gro import coalesce
+from .gro import coalesce, coalesce_vouched
 from .headers import IPPROTO_TCP
-from .segmentation import split
+from .segmentation import fit_frames, split
 from .vnet import (
     F_NEEDS_CSUM,
     GSO_NONE,
@@ -65,8 +65,10 @@ __all__ = [
     "ZERO_VNET_HDR",
     "OffloadError",
     "coalesce",
+    "coalesce_vouched",
     "compiled",
     "finish_plain",
+    "fit_frames",
     "fold",
     "forced_off",
     "pseudo_sum",

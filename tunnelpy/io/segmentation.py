@@ -7,6 +7,15 @@ checksum full (:mod:`.checksum` says why). Pure: bytes in, bytes out, no syscall
 
 split_tcp's per-segment loop runs compiled when tunnelpy/io/_segments is built
 (:mod:`.accel`); its Python loop below gives the same bytes.
+
+:func:`fit_frames` uses the same cut for frames on their way *to* a TAP. A Linux vxlan device on
+a veth underlay sends a TSO super-packet as one GSO skb through the veth, and the kernel hands
+it to a plain UDP socket unsegmented: one datagram, one VXLAN header, one inner TCP packet of
+several MSS (2862 or 7056 bytes for a 1450-byte MTU), its checksum partial. Written as it is,
+the bridge behind the TAP drops it (longer than the ports' MTU, and not marked GSO). A frame is
+cut only when its checksum is recognised as partial (checksum.partial_l4): that is the shape the
+kernel leaves, and a full or wrong checksum is never recomputed (a corrupt one stays corrupt).
+A USO super-datagram cannot be cut: where its datagrams ended is not in it.
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ import functools
 import struct
 
 from . import accel
-from .checksum import M, finish, finish_plain, ones_sum, payload_sums, pseudo_sum
+from .checksum import M, finish, finish_plain, ones_sum, partial_l4, payload_sums, pseudo_sum
 from .headers import IPPROTO_TCP, IPPROTO_UDP, TCP_CWR, TCP_FIN, TCP_PSH, l3_offset
 from .vnet import (
+    F_NEEDS_CSUM,
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
@@ -233,3 +243,46 @@ def split_udp(buf: Buffer, off: int, size: int) -> list[bytes]:
         out.append(join((hdr, mv[pos:nxt])))
         pos = nxt
     return out
+
+
+def fit_frames(frames: list[bytes], mtu: int) -> list[bytes]:
+    """Frames for a TAP of `mtu`: each whose IP packet is longer than `mtu` and carries TCP
+    with a partial checksum cut into segments that fit (full checksums, as split_tcp makes
+    them); everything else as it is, in order. `frames` itself when no frame is longer than an
+    untagged frame of `mtu` (the common case costs one pass over the lengths)."""
+    limit = mtu + 14
+    if not frames or max(map(len, frames)) <= limit:
+        return frames
+    out: list[bytes] = []
+    for f in frames:
+        if len(f) > limit:
+            cut = _cut_to_mtu(f, mtu)
+            if cut is not None:
+                out.extend(cut)
+                continue
+        out.append(f)
+    return out
+
+
+def _cut_to_mtu(frame: bytes, mtu: int) -> list[bytes] | None:
+    """An oversize TAP frame's segments (its TCP checksum partial), or None to leave it."""
+    where = partial_l4(frame)
+    if where is None or where[1] != 16:  # not TCP, or not partial
+        return None
+    t, _offset, end = where
+    l3 = l3_offset(frame)
+    if end - l3 <= mtu:
+        return None  # it fits: only its VLAN tags made it long
+    v6 = frame[l3] >> 4 == 6
+    if v6 and t != l3 + 40:
+        return None  # extension headers: split_tcp cuts plain IPv6 only
+    thl = (frame[t + 12] >> 4) * 4
+    mss = mtu - (t - l3) - thl
+    if mss < 1:
+        return None
+    gso = GSO_TCPV6 if v6 else GSO_TCPV4
+    buf = _VNET_HDR.pack(F_NEEDS_CSUM, gso, t + thl, mss, t, 16) + frame[:end]
+    try:
+        return split_tcp(buf, VNET_HDR_LEN + l3, mss)
+    except OffloadError:
+        return None

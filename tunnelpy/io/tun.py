@@ -16,6 +16,13 @@ sees ordinary packets either way. If the kernel refuses the offload ioctl the de
 ``TUN_PATH`` is the clone device every TUN/TAP is made through. A host without it (a container
 without the node, a kernel without the tun driver) gets one line naming the node and the two
 fixes, instead of the bare ``No such file or directory`` of the failed open.
+
+Frames written to a TAP whose TCP/UDP checksum the sender left partial (checksum.partial_l4) are
+finished on the way: behind a virtio_net_hdr by the kernel (NEEDS_CSUM, gro.py), without one here;
+such a frame longer than the TAP's MTU (a TSO super-packet a kernel vxlan sent over a veth) is
+cut into segments first (segmentation.fit_frames). On a TAP fed by plain VXLAN (`vouch`), GRO
+joins only frames whose checksum is partial or right, so a wrong one still reaches the kernel
+alone and is dropped there.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import struct
 import pytun
 
 from . import offload as off
+from .checksum import finish_partial
 
 MAX_PACKET = 65535
 # A super-packet is up to 64 KiB of IP plus the virtio_net_hdr, and a TAP adds Ethernet+VLAN.
@@ -111,6 +119,12 @@ class Tun:
         self.gone = False
         self.read_drops = 0  # super-packets we could not split (never expected)
         self.vnet_hdr = offload
+        # A TAP's MTU, set by its owner: frames longer than it are cut when their sender left
+        # them as a TSO super-packet (write_batch); 0 for a TUN, or a TAP not told.
+        self.mtu = 0
+        # Frames from senders nobody authenticated (a plain VXLAN TAP, set by its owner): GRO
+        # joins only those whose checksum is partial or right (gro.coalesce_vouched).
+        self.vouch = False
         self.offloads = self._enable_offloads() if offload else ""
         # Writing USO (GSO_UDP_L4) packets needs a kernel that knows them: the same that took
         # TUN_F_USO4/6 (6.2+).
@@ -169,6 +183,8 @@ class Tun:
         os.set_blocking(fd, False)
         self.write_drops = self.read_drops = 0
         self.vnet_hdr = vnet_hdr
+        self.mtu = 0
+        self.vouch = False
         self.offloads = ""
         self.uso = False
         self._writer = -1
@@ -240,15 +256,26 @@ class Tun:
 
     def write_batch(self, packets: list[bytes]) -> None:
         fd = self._writer if self._writer >= 0 else self.fd
+        if self.mtu:
+            # A TCP super-packet that a kernel vxlan sent over a veth (segmentation.py)
+            packets = off.fit_frames(packets, self.mtu)
         if self.vnet_hdr:
             writev = os.writev
-            for unit in off.coalesce(packets, l2=self.tap, uso=self.uso):
+            if self.vouch:
+                units = off.coalesce_vouched(packets, uso=self.uso)
+            else:
+                units = off.coalesce(packets, l2=self.tap, uso=self.uso)
+            for unit in units:
                 try:
                     writev(fd, unit)
                 except OSError:
                     self.write_drops += 1
             return
         write = os.write
+        if self.tap:
+            # A TAP frame whose TCP/UDP checksum its sender left partial (a kernel vxlan on a
+            # veth does) is finished first: without a virtio_net_hdr nothing else would.
+            packets = finish_partial(packets)
         for p in packets:
             try:
                 write(fd, p)
