@@ -43,6 +43,7 @@ from .io.udp import UdpSocket, is_literal, resolve
 from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .netlink.linkwatch import LinkWatch
+from .protocol import aead
 from .protocol import events as ev
 from .protocol.allowedips import NetworkLike
 from .protocol.engine import Engine
@@ -125,6 +126,9 @@ class Device:
         if self.plain_vxlan:
             self.engine = VxlanEngine()
         else:
+            # The compiled AEAD (protocol/_aead.pyx) unless the testing knob turns it off
+            # together with the compiled segment loops (TUNNELPY_TEST_COMPILED=off).
+            aead.enable(not knobs.compiled_forced_off())
             self.engine = Engine(ic.private_key, rng=rng, wall=wall, mtu=ic.mtu)
         self.host: Host = host or Netlink()
         # Told (with a reason) when the interface itself is gone: the kernel deleted the TUN.
@@ -291,10 +295,11 @@ class Device:
             self.taps[seg.vni] = self._open_tun(seg.device, tap=True, offload=self.offload)
         if self.tun is not None and isinstance(self.udp, UdpSocket):
             log.info(
-                "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s", self.name,
+                "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s; AEAD %s", self.name,
                 self.tun.offloads or "off", "on" if self.udp.gso else "off",
                 "on" if self.udp.gro else "off",
                 "compiled" if offload_mod.compiled() else "in Python",
+                "compiled (OpenSSL)" if aead.enabled() else "cryptography",
             )  # fmt: skip
 
     async def configure_devices(self, *, own_links: set[str]) -> None:

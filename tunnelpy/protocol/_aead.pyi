@@ -1,0 +1,35 @@
+"""Types of the compiled transport AEAD (_aead.pyx), for callers checked by mypy."""
+
+REJECT_AFTER_MESSAGES: int
+
+class Window:
+    def reset(self) -> None: ...
+    @property
+    def last(self) -> int: ...
+    def accept(self, counter: int, limit: int = ...) -> bool: ...
+
+class Sealer:
+    def __init__(self, key: bytes) -> None: ...
+    def encrypt(self, counter: int, plaintext: bytes, aad: bytes = ...) -> bytes: ...
+    def seal(
+        self, remote_index: int, counter: int, payloads: list[bytes], mtu: int, limit: int
+    ) -> tuple[bytes, list[tuple[int, int, int]], int, int]: ...
+
+class Opener:
+    def __init__(self, key: bytes) -> None: ...
+    def open(
+        self, counter: int, data: bytes | bytearray | memoryview, aad: bytes = ...
+    ) -> bytes | None: ...
+    def open_run(
+        self,
+        items: list[tuple[bytes, object]],
+        i: int,
+        index: int,
+        origin: object,
+        window: Window,
+        limit: int,
+        packets: list[bytes],
+        rest: list[bytes],
+        check: object,
+        known_src: bytes | None,
+    ) -> tuple[int, int, int, int, bytes | None, int, int, int, int, int]: ...

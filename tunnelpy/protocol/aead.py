@@ -1,0 +1,38 @@
+"""The optional compiled transport AEAD (protocol/_aead.pyx), and whether keypairs use it.
+
+setup.py builds ``_aead`` with Cython at install, linked against OpenSSL's libcrypto; where it
+could not be built (no compiler, no Cython, no OpenSSL headers) :data:`BUILT` is False and every
+keypair seals and opens with `cryptography`, one call per message (session.seal_batch and the
+engine's receive loop), which gives the same bytes and the same drops: tests/unit/test_aead.py
+runs both.
+
+Whether new keypairs use the compiled module is :func:`enabled`. The shell turns it off for the
+testing knob ``TUNNELPY_TEST_COMPILED=off`` (read in io/knobs.py, which this sans-I/O package
+cannot import: Device and the worker call :func:`enable`), so a whole test run or a bench row
+can compare the two paths end to end. The choice is made when a keypair is created, so a
+switch never changes a live keypair's path halfway.
+"""
+
+from __future__ import annotations
+
+try:
+    from ._aead import Opener, Sealer, Window
+
+    BUILT = True
+except ImportError:  # pragma: no cover - depends on the build
+    BUILT = False
+
+__all__ = ["BUILT", "Opener", "Sealer", "Window", "enable", "enabled"]
+
+_enabled = BUILT
+
+
+def enable(on: bool) -> None:
+    """Use the compiled module for keypairs made from now on (when it is built)."""
+    global _enabled
+    _enabled = on and BUILT
+
+
+def enabled() -> bool:
+    """True when new keypairs seal and open with the compiled module."""
+    return _enabled
