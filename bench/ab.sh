@@ -59,8 +59,9 @@ for spec in "$@"; do
   else
     git -C "$ROOT" archive "$rev" tunnelpy | tar -x -C "$W/$name"
   fi
-  # The optional compiled helpers (tunnelpy/io/*.pyx, Cython) as an install would build them.
-  for pyx in "$W/$name"/tunnelpy/io/*.pyx; do
+  # The optional compiled helpers (tunnelpy/*/*.pyx, Cython; each names its own libraries in a
+  # "# distutils:" line, e.g. libcrypto) as an install would build them.
+  for pyx in "$W/$name"/tunnelpy/*/*.pyx; do
     [ -e "$pyx" ] || continue
     ls "${pyx%.pyx}".*.so >/dev/null 2>&1 && continue
     (cd "$(dirname "$pyx")" && python3 -m Cython.Build.Cythonize -i -3 -q "$(basename "$pyx")" >/dev/null 2>&1) \
