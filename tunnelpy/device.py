@@ -128,7 +128,9 @@ class Device:
         else:
             # The compiled AEAD (protocol/_aead.pyx) unless the testing knob turns it off
             # together with the compiled segment loops (TUNNELPY_TEST_COMPILED=off).
-            aead.enable(not knobs.compiled_forced_off())
+            aead.enable(not knobs.compiled_forced_off(), copy=knobs.aead_copy())
+            if aead.copying():
+                log.warning("TUNNELPY_TEST_AEAD=copy: transport data is NOT encrypted (bench)")
             self.engine = Engine(ic.private_key, rng=rng, wall=wall, mtu=ic.mtu)
         self.host: Host = host or Netlink()
         # Told (with a reason) when the interface itself is gone: the kernel deleted the TUN.
@@ -299,7 +301,8 @@ class Device:
                 self.tun.offloads or "off", "on" if self.udp.gso else "off",
                 "on" if self.udp.gro else "off",
                 "compiled" if offload_mod.compiled() else "in Python",
-                "compiled (OpenSSL)" if aead.enabled() else "cryptography",
+                ("a COPY (TUNNELPY_TEST_AEAD: no encryption)" if aead.copying()
+                 else "compiled (OpenSSL)" if aead.enabled() else "cryptography"),
             )  # fmt: skip
 
     async def configure_devices(self, *, own_links: set[str]) -> None:

@@ -511,3 +511,27 @@ def test_fuzz_the_compiled_open_with_a_million_inputs():
     assert stats["inputs"] >= 1_000_000
     # It reached every part: messages authenticated and delivered, L2 handed on, refusals.
     assert stats["accepted"] > 10_000 and stats["delivered"] > 1_000 and stats["rest"] > 1_000
+
+
+# ---------------------------------------------------------------- the bench's floor
+
+
+def test_the_floors_copy_mode_is_a_copy_and_interoperates_only_with_itself():
+    """TUNNELPY_TEST_AEAD=copy (a bench knob): the plaintext travels as is with a zero tag, a
+    changed tag is still refused, and a real keypair refuses such messages."""
+    needs_compiled()
+    aead.enable(True, copy=True)
+    n = Net().established()
+    assert n.pa.current.sealer is not None and aead.copying()
+    p = ipv4(A_IN, B_IN, payload=b"plain as day" * 10)
+    (m,) = n.sealed(n.a, [p])
+    assert m[16 : 16 + len(p)] == p and m[-16:] == bytes(16)
+    assert n.b.from_network([(m, A_ADDR)], n.now).packets == [p]
+    f = bytearray(m)
+    f[-1] ^= 1
+    assert n.b.from_network([(bytes(f), A_ADDR)], n.now).packets == []
+    assert n.b.drops["bad_auth"] == 1
+    real = aead.Opener(n.pb.current.send_key)  # (any real key)
+    assert real.open(0, m) is None
+    aead.enable(True)
+    assert not aead.copying()

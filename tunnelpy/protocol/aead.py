@@ -11,6 +11,11 @@ testing knob ``TUNNELPY_TEST_COMPILED=off`` (read in io/knobs.py, which this san
 cannot import: Device and the worker call :func:`enable`), so a whole test run or a bench row
 can compare the two paths end to end. The choice is made when a keypair is created, so a
 switch never changes a live keypair's path halfway.
+
+The bench's floor (``TUNNELPY_TEST_AEAD=copy``, docs/performance.md): :func:`enable` with
+``copy=True`` makes new keypairs' compiled AEAD a plain copy with a zero tag, so a run shows
+what everything but the cipher costs. Both ends must run so (they do not interoperate with
+anything else), and nothing in a config reaches it: it is a testing knob only.
 """
 
 from __future__ import annotations
@@ -22,17 +27,25 @@ try:
 except ImportError:  # pragma: no cover - depends on the build
     BUILT = False
 
-__all__ = ["BUILT", "Opener", "Sealer", "Window", "enable", "enabled"]
+__all__ = ["BUILT", "Opener", "Sealer", "Window", "copying", "enable", "enabled"]
 
 _enabled = BUILT
+_copy = False
 
 
-def enable(on: bool) -> None:
-    """Use the compiled module for keypairs made from now on (when it is built)."""
-    global _enabled
+def enable(on: bool, *, copy: bool = False) -> None:
+    """Use the compiled module for keypairs made from now on (when it is built); `copy`: the
+    floor, no cipher (see above)."""
+    global _enabled, _copy
     _enabled = on and BUILT
+    _copy = copy and _enabled
 
 
 def enabled() -> bool:
     """True when new keypairs seal and open with the compiled module."""
     return _enabled
+
+
+def copying() -> bool:
+    """True when new keypairs' "AEAD" is the floor's copy (never outside a bench)."""
+    return _copy

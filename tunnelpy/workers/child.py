@@ -55,7 +55,8 @@ class Worker:
         self.index = args.index
         self.clock = ProtocolClock(loop, args.time_scale)
         self.counters = SharedCounters(fd=args.counters_fd)
-        aead.enable(not knobs.compiled_forced_off())  # (as the daemon's Device)
+        # (as the daemon's Device)
+        aead.enable(not knobs.compiled_forced_off(), copy=knobs.aead_copy())
         self.engine = SendEngine(self.counters, mtu=args.mtu)
         self.tun = Tun.adopt(args.tun_fd, args.name, vnet_hdr=args.vnet_hdr)
         self.udp = UdpSocket.adopt(args.udp_fd, offload=args.offload)

@@ -63,7 +63,7 @@ class SendKey:
         is_initiator: bool,
     ) -> None:  # fmt: skip
         self.encrypt = ChaCha20Poly1305(key).encrypt
-        self.sealer = aead.Sealer(key) if aead.enabled() else None
+        self.sealer = aead.Sealer(key, aead.copying()) if aead.enabled() else None
         self.remote_index = remote_index
         self.slot = slot
         self.ident = ident
