@@ -535,3 +535,20 @@ def test_the_floors_copy_mode_is_a_copy_and_interoperates_only_with_itself():
     assert real.open(0, m) is None
     aead.enable(True)
     assert not aead.copying()
+
+
+def test_seal_stops_exactly_below_reject_after_messages():
+    """Batches just below, at and above the room left: never a counter at the limit."""
+    needs_compiled()
+    key = bytes(range(32))
+    for room in (0, 1, 2, 5, 64):
+        for m in {max(0, room - 1), room, room + 1, room + 30}:
+            payloads = [b"\x45" + bytes(59)] * m
+            for sealer in (aead.Sealer(key), None):
+                got, sent, count = seal(
+                    sealer, ChaCha20Poly1305(key).encrypt, 9, REJECT - room, payloads, 1420
+                )
+                assert count == len(got) == min(m, room), (room, m, sealer)
+                ctrs = [struct.unpack_from("<Q", d, 8)[0] for d in got]
+                assert ctrs == list(range(REJECT - room, REJECT - room + count))
+                assert sent == 96 * count  # (60 bytes padded to 64, + 32)
