@@ -1,5 +1,7 @@
 """Types of the compiled transport AEAD (_aead.pyx), for callers checked by mypy."""
 
+from typing import Any
+
 REJECT_AFTER_MESSAGES: int
 
 class Window:
@@ -22,7 +24,7 @@ class Opener:
     ) -> bytes | None: ...
     def open_run(
         self,
-        items: list[tuple[bytes, object]],
+        items: list[Any],  # (bytes, origin) pairs; anything else ends the call
         i: int,
         index: int,
         origin: object,

@@ -51,6 +51,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
+from . import aead
 from . import handshake as hs
 from .actions import Dest, Origin, Output, Src, add_datagrams
 from .allowedips import AllowedIPs, NetworkLike, route_packets
@@ -754,12 +755,13 @@ class Engine:
         opened, replay-checked and delivered (IP packets straight to out.packets, the inner
         source routed once per change; L2 plaintexts through _deliver) in one call. Returns
         the next index, the messages accepted and their bytes, the inner source last routed."""
-        assert kp.opener is not None
+        window = kp.replay
+        assert kp.opener is not None and isinstance(window, aead.Window)  # (made together)
         lookup = self.allowed.lookup
         rest: list[bytes] = []
         (j, accepted, nbytes, delivered, known_src,
          expired, bad_auth, replay, bad_inner, not_allowed) = kp.opener.open_run(
-            items, i, kp.local_index, addr, kp.replay, REJECT_AFTER_MESSAGES,  # type: ignore[arg-type]
+            items, i, kp.local_index, addr, window, REJECT_AFTER_MESSAGES,
             out.packets, rest, lambda src: lookup(src) is peer, known_src,
         )  # fmt: skip
         if expired or bad_auth or replay or bad_inner or not_allowed:
