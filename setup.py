@@ -1,10 +1,13 @@
-"""Build of tunnelpy's one optional compiled helper and its data files; all metadata lives in
+"""Build of tunnelpy's optional compiled helpers and its data files; all metadata lives in
 pyproject.toml.
 
 `tunnelpy/io/_segments.pyx` (Cython) holds the TSO split and GRO coalescing loops in C
-(docs/performance.md, "Compiled segment loops"). It is an accelerator, not a dependency: where it
-cannot be built (no C compiler, no Cython) the install goes on without it and the daemon uses
-the pure-Python path, which gives the same bytes (tests/unit/test_offload.py compares them).
+(docs/performance.md, "Compiled segment loops"); `tunnelpy/protocol/_aead.pyx` seals and opens
+whole runs of transport messages with OpenSSL's libcrypto (the `crypto` library it names in its
+`# distutils:` line; headers from Debian's libssl-dev). They are accelerators, not
+dependencies: where one cannot be built (no C compiler, no Cython, no OpenSSL headers) the
+install goes on without it and the daemon uses the pure-Python path (`cryptography` for the
+AEAD), which gives the same bytes (tests/unit/test_offload.py and test_aead.py compare them).
 """
 
 from glob import glob
@@ -55,7 +58,10 @@ def extensions() -> list[Extension]:
     except ImportError:
         return []
     return cythonize(
-        [Extension("tunnelpy.io._segments", ["tunnelpy/io/_segments.pyx"])],
+        [
+            Extension("tunnelpy.io._segments", ["tunnelpy/io/_segments.pyx"]),
+            Extension("tunnelpy.protocol._aead", ["tunnelpy/protocol/_aead.pyx"]),
+        ],
         compiler_directives={"language_level": "3"},
         quiet=True,
     )

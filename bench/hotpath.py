@@ -31,9 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunnelpy.io import offload  # noqa: E402
+from tunnelpy.io import knobs, offload  # noqa: E402
+from tunnelpy.protocol import aead  # noqa: E402
 from tunnelpy.protocol.crypto import generate_private_key, public_key  # noqa: E402
 from tunnelpy.protocol.engine import Engine  # noqa: E402
+
+# TUNNELPY_TEST_COMPILED=off: the Python paths (segment loops and `cryptography`), as a daemon.
+aead.enable(not knobs.compiled_forced_off())
 
 A_ADDR = ("192.0.2.1", 51820)
 B_ADDR = ("192.0.2.2", 51820)

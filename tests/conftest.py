@@ -25,6 +25,12 @@ import pytest
 
 from tests.harness import netns
 from tests.harness.netns import Lab
+from tunnelpy.io import knobs
+from tunnelpy.protocol import aead
+
+# TUNNELPY_TEST_COMPILED=off runs the whole suite on the Python paths: the daemons read the knob
+# themselves (Device, workers); engines made by the unit tests learn it here.
+aead.enable(not knobs.compiled_forced_off())
 
 TESTS = Path(__file__).resolve().parent
 MARKERS = {

@@ -44,6 +44,7 @@ from .io.vxlan_socket import VxlanSocket
 from .netlink import iface
 from .netlink.addrwatch import AddressWatch
 from .netlink.linkwatch import LinkWatch
+from .protocol import aead
 from .protocol import events as ev
 from .protocol.allowedips import NetworkLike
 from .protocol.engine import Engine
@@ -126,6 +127,11 @@ class Device:
         if self.plain_vxlan:
             self.engine = VxlanEngine()
         else:
+            # The compiled AEAD (protocol/_aead.pyx) unless the testing knob turns it off
+            # together with the compiled segment loops (TUNNELPY_TEST_COMPILED=off).
+            aead.enable(not knobs.compiled_forced_off(), copy=knobs.aead_copy())
+            if aead.copying():
+                log.warning("TUNNELPY_TEST_AEAD=copy: transport data is NOT encrypted (bench)")
             self.engine = Engine(ic.private_key, rng=rng, wall=wall, mtu=ic.mtu)
         self.host: Host = host or Netlink()
         # Told (with a reason) when the interface itself is gone: the kernel deleted the TUN.
@@ -294,10 +300,12 @@ class Device:
             self._tap_checks(tap, seg)
         if self.tun is not None and isinstance(self.udp, UdpSocket):
             log.info(
-                "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s", self.name,
+                "%s: offloads %s; UDP GSO %s, GRO %s; segment loops %s; AEAD %s", self.name,
                 self.tun.offloads or "off", "on" if self.udp.gso else "off",
                 "on" if self.udp.gro else "off",
                 "compiled" if offload_mod.compiled() else "in Python",
+                ("a COPY (TUNNELPY_TEST_AEAD: no encryption)" if aead.copying()
+                 else "compiled (OpenSSL)" if aead.enabled() else "cryptography"),
             )  # fmt: skip
 
     def _tap_checks(self, tap: Tun, seg: cfgmod.SegmentConfig) -> None:

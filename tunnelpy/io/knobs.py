@@ -46,6 +46,13 @@ def compiled_forced_off() -> bool:
     return _get("TUNNELPY_TEST_COMPILED").lower() == "off"
 
 
+def aead_copy() -> bool:
+    """``TUNNELPY_TEST_AEAD=copy`` replaces the transport cipher by a copy (compiled AEAD only):
+    the bench's floor, what the kernel and the rest of the data path cost without the cipher.
+    Both ends must run with it; nothing in a config reaches it."""
+    return _get("TUNNELPY_TEST_AEAD").lower() == "copy"
+
+
 def socket_buffer(default: int) -> int:
     """``TUNNELPY_SOCKET_BUFFER=BYTES`` (0 = the kernel's default) for the UDP socket buffers,
     which exists so bench/ can measure both ways."""

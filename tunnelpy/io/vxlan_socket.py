@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Sequence
 
 from .udp import (
     SOL_UDP,
@@ -94,7 +95,7 @@ class VxlanSocket:
     def recv_batch(self, max_batch: int = 128) -> list[tuple[bytes, Origin]]:
         return self.listen.recv_batch(max_batch)
 
-    def send(self, dest: Destination, datagrams: list[bytes]) -> None:
+    def send(self, dest: Destination, datagrams: Sequence[bytes]) -> None:
         """Send from the pool socket that the flow hash (a Dest's third element) picks."""
         flow = dest[2] if len(dest) > 2 else 0
         self.pool[flow % len(self.pool)].send(dest, datagrams)

@@ -11,8 +11,9 @@ datagram for the peer names it in its :class:`Dest`; the socket layer sends from
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast, overload
 
 from .events import Event
 
@@ -37,11 +38,88 @@ class Dest(NamedTuple):
     src: Src | None = None
 
 
+class Sealed(Sequence[bytes]):
+    """Transport messages in one contiguous buffer, as the compiled seal writes them
+    (protocol/_aead.pyx): ``runs`` lists ``(start, end, size)``, the datagrams from ``start`` to
+    ``end`` of ``buf`` being ``size`` bytes each, the last possibly shorter. One run is what one
+    ``sendmsg`` with UDP_SEGMENT sends as is (the socket cuts it at its own limits, io/udp.py).
+    It reads as the sequence of its datagrams, so whoever iterates a batch (workers, tests,
+    a socket without GSO) sees bytes as from the Python seal."""
+
+    __slots__ = ("buf", "runs", "n")
+
+    def __init__(self, buf: bytes, runs: list[tuple[int, int, int]], n: int) -> None:
+        self.buf = buf
+        self.runs = runs
+        self.n = n  # datagrams
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[bytes]:
+        buf = self.buf
+        for start, end, size in self.runs:
+            for at in range(start, end, size):
+                yield buf[at : min(at + size, end)]
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        if i < 0:
+            i += self.n
+        if 0 <= i < self.n:
+            for start, end, size in self.runs:
+                n = -(-(end - start) // size)
+                if i < n:
+                    at = start + i * size
+                    return self.buf[at : min(at + size, end)]
+                i -= n
+        raise IndexError("Sealed index out of range")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sealed | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Sealed({self.n} datagrams, {len(self.buf)} bytes)"
+
+
+Datagrams = list[bytes] | Sealed
+"""One destination's datagrams: a list, or the compiled seal's contiguous buffer."""
+
+
+def add_datagrams(table: dict[Dest, list[bytes]], dest: Dest, datagrams: Datagrams) -> None:
+    """Queue ``datagrams`` for ``dest`` after those already there (Output.datagrams, and the
+    workers' SendOutput). A second batch for one destination in one call is rare (a handshake
+    beside data): a Sealed one then becomes a list.
+
+    Output.datagrams is declared ``dict[Dest, list[bytes]]`` although a value may be a Sealed:
+    the plain VXLAN engine (vxlan.py) fills its lists in place through that declaration, and
+    every reader here takes any sequence of bytes (the sockets' ``send``, the tests). Only this
+    function and Output.send add to a value, and both handle a Sealed; anything else that tried
+    (``append``, ``+``) would fail loudly, since a Sealed is no list."""
+    bucket = table.get(dest)
+    if bucket is None:
+        table[dest] = cast(list[bytes], datagrams)
+    elif type(bucket) is list:
+        bucket.extend(datagrams)
+    else:
+        table[dest] = [*bucket, *datagrams]
+
+
 @dataclass
 class Output:
     """What the daemon must do after one engine call."""
 
-    datagrams: dict[Dest, list[bytes]] = field(default_factory=dict)  # grouped by destination
+    # Grouped by destination; a value may be a Sealed (see add_datagrams).
+    datagrams: dict[Dest, list[bytes]] = field(default_factory=dict)
     packets: list[bytes] = field(default_factory=list)  # to write to the TUN
     frames: dict[int, list[bytes]] = field(default_factory=dict)  # VNI -> frames for its TAP
     events: list[Event] = field(default_factory=list)
@@ -50,8 +128,10 @@ class Output:
         bucket = self.datagrams.get(dest)
         if bucket is None:
             self.datagrams[dest] = [data]
-        else:
+        elif type(bucket) is list:
             bucket.append(data)
+        else:
+            self.datagrams[dest] = [*bucket, data]
 
     def write_frame(self, vni: int, frame: bytes) -> list[bytes]:
         """Queue `frame` for the TAP of segment `vni`; returns that segment's list of frames."""

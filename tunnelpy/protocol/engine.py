@@ -51,8 +51,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
+from . import aead
 from . import handshake as hs
-from .actions import Dest, Origin, Output, Src
+from .actions import Dest, Origin, Output, Src, add_datagrams
 from .allowedips import AllowedIPs, NetworkLike, route_packets
 from .constants import (
     COOKIE_REPLY_SIZE,
@@ -87,7 +88,7 @@ from .events import (
 from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, DEFAULT_MOVE_HOLD
 from .packet_engine import UNSET, Unset
 from .peer import Addr, Peer
-from .session import Keypair, seal_batch
+from .session import Keypair, seal
 from .switch import DEFAULT_MAX_FRAME, Switch
 from .tai64n import tai64n
 from .vxlan_header import ETH_HLEN, FLAG_I, HEADER_LEN
@@ -483,12 +484,12 @@ class Engine:
                 return
         else:
             counter = kp.send_counter
-        datagrams, sent = seal_batch(kp.send.encrypt, kp.remote_index, counter, payloads, self.mtu)
-        counter += n
-        if counter >= REJECT_AFTER_MESSAGES:
-            # Never reuse a nonce: the tail of the batch is dropped, and a rekey is forced.
-            datagrams = datagrams[: max(0, REJECT_AFTER_MESSAGES - (counter - n))]
-            counter = REJECT_AFTER_MESSAGES
+        datagrams, sent, sealed = seal(
+            kp.sealer, kp.send.encrypt, kp.remote_index, counter, payloads, self.mtu
+        )
+        # Never reuse a nonce: past REJECT_AFTER_MESSAGES the batch was cut (seal), and the
+        # keypair is done for sending, which forces a rekey.
+        counter = min(counter + n, REJECT_AFTER_MESSAGES)
         if counter > kp.send_counter:
             kp.send_counter = counter
         addr = peer.endpoint
@@ -497,13 +498,9 @@ class Engine:
         if peer.dest_for is not addr:  # (a new endpoint or source: roamed, resolved or set)
             dest = peer.dest = Dest(addr[0], addr[1], 0, peer.src)
             peer.dest_for = addr
-        bucket = out.datagrams.get(dest)
-        if bucket is None:
-            out.datagrams[dest] = datagrams
-        else:
-            bucket.extend(datagrams)
+        add_datagrams(out.datagrams, dest, datagrams)
         peer.stats.tx_bytes += sent
-        peer.stats.tx_packets += len(datagrams)
+        peer.stats.tx_packets += sealed
         if any(payloads):
             self._t_data_sent(peer, now)
         self._t_authenticated_sent(peer, now)
@@ -632,38 +629,62 @@ class Engine:
         # per-peer work (promotion, roaming, timers, rekey checks) for this `now`, the rest only
         # need decryption and the replay window. Their plaintexts wait in `plains` and are
         # handed to _deliver together, as the first one's: before anything else is processed
-        # (so the results are those of one message at a time) and at the end.
+        # (so the results are those of one message at a time) and at the end. A keypair with
+        # the compiled AEAD (aead.py) takes the rest of the run in one call instead
+        # (_open_run): the same step, the same checks and drops.
+        items = datagrams if type(datagrams) is list else list(datagrams)
         run_index = -1
         run_addr: Origin | None = None
         run_peer: Peer | None = None
+        run_kp: Keypair | None = None
         run_decrypt: Callable[[bytes, bytes, bytes | None], bytes] | None = None
         run_accept: Callable[[int], bool] | None = None
         run_packets = run_bytes = 0
+        known_src: bytes | None = None  # (compiled runs) the inner source last routed to run_peer
         plains: list[bytes] = []
         unpack = _TRANSPORT_HEADER.unpack_from
         nonce = _NONCE.pack
-        for data, addr in datagrams:
+        count = len(items)
+        i = 0
+        while i < count:
+            data, addr = items[i]
+            i += 1
             n = len(data)
             if n >= 32:
                 kind4, receiver, counter = unpack(data)
                 if kind4 == MSG_TRANSPORT and receiver == run_index and addr == run_addr:
-                    assert run_peer is not None and run_decrypt and run_accept
-                    if counter >= REJECT_AFTER_MESSAGES:
-                        self._drop(run_peer, Drop.EXPIRED_SESSION)
+                    assert run_peer is not None and run_kp is not None
+                    if run_kp.opener is not None:
+                        if plains:  # (the run's first plaintext goes first)
+                            self._deliver(run_peer, plains, now, out)
+                            plains = []
+                        j, accepted, nbytes, known_src = self._open_run(
+                            run_peer, run_kp, items, i - 1, addr, known_src, now, out
+                        )
+                        run_packets += accepted
+                        run_bytes += nbytes
+                        if j >= i:
+                            i = j
+                            continue
+                        # (not a tuple of bytes: the full path below takes this one)
+                    else:
+                        assert run_decrypt and run_accept
+                        if counter >= REJECT_AFTER_MESSAGES:
+                            self._drop(run_peer, Drop.EXPIRED_SESSION)
+                            continue
+                        try:
+                            plain = run_decrypt(nonce(0, counter), data[16:], None)
+                        except Exception:  # InvalidTag
+                            self._drop(run_peer, Drop.BAD_AUTH)
+                            continue
+                        if not run_accept(counter):
+                            self._drop(run_peer, Drop.REPLAY)
+                            continue
+                        run_packets += 1
+                        run_bytes += n
+                        if plain:  # (empty: a keepalive)
+                            plains.append(plain)
                         continue
-                    try:
-                        plain = run_decrypt(nonce(0, counter), data[16:], None)
-                    except Exception:  # InvalidTag
-                        self._drop(run_peer, Drop.BAD_AUTH)
-                        continue
-                    if not run_accept(counter):
-                        self._drop(run_peer, Drop.REPLAY)
-                        continue
-                    run_packets += 1
-                    run_bytes += n
-                    if plain:  # (empty: a keepalive)
-                        plains.append(plain)
-                    continue
             if plains:
                 assert run_peer is not None
                 self._deliver(run_peer, plains, now, out)
@@ -681,7 +702,11 @@ class Engine:
                     if run_peer is not None:
                         self._run_received(run_peer, run_packets, run_bytes)
                         run_packets = run_bytes = 0
-                    run_peer, kp, plain = received
+                    peer, kp, plain = received
+                    if peer is not run_peer:
+                        known_src = None
+                    run_peer = peer
+                    run_kp = kp
                     if plain:
                         plains.append(plain)
                     run_index = kp.local_index
@@ -715,6 +740,45 @@ class Engine:
             self._schedule(peer)
         return out
 
+    def _open_run(
+        self,
+        peer: Peer,
+        kp: Keypair,
+        items: list[tuple[bytes, Origin]],
+        i: int,
+        addr: Origin,
+        known_src: bytes | None,
+        now: float,
+        out: Output,
+    ) -> tuple[int, int, int, bytes | None]:
+        """from_network's fast path with the compiled AEAD: items[i:] from `addr` on `kp`,
+        opened, replay-checked and delivered (IP packets straight to out.packets, the inner
+        source routed once per change; L2 plaintexts through _deliver) in one call. Returns
+        the next index, the messages accepted and their bytes, the inner source last routed."""
+        window = kp.replay
+        assert kp.opener is not None and isinstance(window, aead.Window)  # (made together)
+        lookup = self.allowed.lookup
+        rest: list[bytes] = []
+        (j, accepted, nbytes, delivered, known_src,
+         expired, bad_auth, replay, bad_inner, not_allowed) = kp.opener.open_run(
+            items, i, kp.local_index, addr, window, REJECT_AFTER_MESSAGES,
+            out.packets, rest, lambda src: lookup(src) is peer, known_src,
+        )  # fmt: skip
+        if expired or bad_auth or replay or bad_inner or not_allowed:
+            for reason, k in (
+                (Drop.EXPIRED_SESSION, expired), (Drop.BAD_AUTH, bad_auth),
+                (Drop.REPLAY, replay), (Drop.BAD_INNER_PACKET, bad_inner),
+                (Drop.NOT_ALLOWED_SOURCE, not_allowed),
+            ):  # fmt: skip
+                if k:
+                    self.drops[reason] += k
+                    peer.stats.drops[reason] = peer.stats.drops.get(reason, 0) + k
+        if delivered:
+            self._data_received(peer, now, delivered)
+        if rest:
+            self._deliver(peer, rest, now, out)
+        return j, accepted, nbytes, known_src
+
     @staticmethod
     def _run_received(peer: Peer, packets: int, nbytes: int) -> None:
         """The counters of from_network's fast path, once per run instead of per packet."""
@@ -737,11 +801,19 @@ class Engine:
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             self._drop(peer, Drop.EXPIRED_SESSION)
             return None
-        try:
-            plain = kp.recv.decrypt(_NONCE.pack(0, counter), data[16:], None)
-        except Exception:  # InvalidTag: forged, corrupted or for a key we no longer hold
-            self._drop(peer, Drop.BAD_AUTH)
-            return None
+        opener = kp.opener
+        if opener is not None:
+            got = opener.open(counter, data)
+            if got is None:
+                self._drop(peer, Drop.BAD_AUTH)
+                return None
+            plain = got
+        else:
+            try:
+                plain = kp.recv.decrypt(_NONCE.pack(0, counter), data[16:], None)
+            except Exception:  # InvalidTag: forged, corrupted or for a key we no longer hold
+                self._drop(peer, Drop.BAD_AUTH)
+                return None
         if not kp.replay.accept(counter):
             self._drop(peer, Drop.REPLAY)
             return None
@@ -828,13 +900,17 @@ class Engine:
             append(plain if length == n else plain[:length])
             data += 1
         if data:
-            # _t_data_received once per plaintext delivered: the first arms the passive
-            # keepalive if it is not armed, every further one asks for another.
-            if peer.send_keepalive_at is None:
-                peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
-                data -= 1
-            if data:
-                peer.need_another_keepalive = True
+            self._data_received(peer, now, data)
+
+    @staticmethod
+    def _data_received(peer: Peer, now: float, data: int) -> None:
+        """_t_data_received once per plaintext delivered (`data` of them): the first arms the
+        passive keepalive if it is not armed, every further one asks for another."""
+        if peer.send_keepalive_at is None:
+            peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
+            data -= 1
+        if data:
+            peer.need_another_keepalive = True
 
     def _deliver_frame(
         self, peer: Peer, plain: bytes, now: float, out: Output

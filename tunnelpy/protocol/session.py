@@ -12,8 +12,15 @@ receiving keypair itself on the receive path.
 
 With worker processes (``Workers = N``) the sending counter of a keypair lives in a shared slot
 (tunnelpy/workers/counters.py): ``slot``/``ident`` name it, and ``send_counter`` is only this
-process's view of it. :func:`seal_batch` is the encryption loop that the engine and the workers
+process's view of it. :func:`seal` is the encryption step that the engine and the workers
 share, so a transport message is built the same way wherever it is encrypted.
+
+Two implementations of one step: a keypair made while the compiled AEAD is enabled (aead.py)
+holds a :class:`~._aead.Sealer`, an :class:`~._aead.Opener` (one OpenSSL context each for its
+whole life) and a compiled replay :class:`~._aead.Window`; otherwise `cryptography` objects
+and :class:`~.replay.ReplayWindow`. :func:`seal` gives the same datagrams either way
+(:func:`seal_batch` is the Python loop, and the reference), the compiled ones in one
+contiguous :class:`~.actions.Sealed` buffer.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from . import aead
+from .actions import Datagrams, Sealed
 from .constants import MSG_TRANSPORT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from .replay import ReplayWindow
 
@@ -62,10 +71,38 @@ def seal_batch(
     return datagrams, sent
 
 
+def seal(
+    sealer: aead.Sealer | None,
+    encrypt: Callable[[bytes, bytes, bytes | None], bytes],
+    remote_index: int,
+    counter: int,
+    payloads: list[bytes],
+    mtu: int,
+) -> tuple[Datagrams, int, int]:
+    """Transport messages for `payloads` from `counter` on -> (datagrams, their bytes, how many).
+
+    Never a counter at or above REJECT_AFTER_MESSAGES: the batch is cut there (the count says
+    how many were sealed), so no nonce is ever used past the limit. With a compiled `sealer`
+    the datagrams are one Sealed buffer; else `encrypt` (`cryptography`) seals them one by one.
+    """
+    if sealer is not None:
+        buf, runs, count, sent = sealer.seal(
+            remote_index, counter, payloads, mtu, REJECT_AFTER_MESSAGES
+        )
+        return Sealed(buf, runs, count), sent, count
+    room = REJECT_AFTER_MESSAGES - counter
+    if len(payloads) > room:
+        payloads = payloads[: max(0, room)]
+    datagrams, sent = seal_batch(encrypt, remote_index, counter, payloads, mtu)
+    return datagrams, sent, len(datagrams)
+
+
 class Keypair:
     __slots__ = (
         "send",
         "recv",
+        "sealer",
+        "opener",
         "send_key",
         "slot",
         "ident",
@@ -94,7 +131,17 @@ class Keypair:
         self.ident = 0  # 0: the counter is local to this process; else a shared slot's identity
         self.recv = ChaCha20Poly1305(recv_key)
         self.send_counter = 0
-        self.replay = ReplayWindow()
+        self.sealer: aead.Sealer | None
+        self.opener: aead.Opener | None
+        self.replay: ReplayWindow | aead.Window
+        if aead.enabled():
+            copy = aead.copying()  # (the bench's floor only)
+            self.sealer = aead.Sealer(send_key, copy)
+            self.opener = aead.Opener(recv_key, copy)
+            self.replay = aead.Window()
+        else:
+            self.sealer = self.opener = None
+            self.replay = ReplayWindow()
         self.local_index = local_index
         self.remote_index = remote_index
         self.created = created

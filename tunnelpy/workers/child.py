@@ -18,8 +18,10 @@ import socket
 import sys
 
 from ..datapath import ProtocolClock, relax_gc
+from ..io import knobs
 from ..io.tun import Tun
 from ..io.udp import UdpSocket
+from ..protocol import aead
 from .channel import MAX_QUEUED, Channel
 from .counters import SharedCounters
 from .messages import (
@@ -53,6 +55,8 @@ class Worker:
         self.index = args.index
         self.clock = ProtocolClock(loop, args.time_scale)
         self.counters = SharedCounters(fd=args.counters_fd)
+        # (as the daemon's Device)
+        aead.enable(not knobs.compiled_forced_off(), copy=knobs.aead_copy())
         self.engine = SendEngine(self.counters, mtu=args.mtu)
         self.tun = Tun.adopt(args.tun_fd, args.name, vnet_hdr=args.vnet_hdr)
         self.udp = UdpSocket.adopt(args.udp_fd, offload=args.offload)

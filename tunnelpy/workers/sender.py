@@ -15,7 +15,7 @@ own sends, until the daemon sends the peer's endpoint and source again.
 ``from_tunnel(packets, now)`` routes each packet through AllowedIPs exactly as the engine does
 and, when the peer's sending state is usable (young enough, counters left, an endpoint, and the
 shared slot still the keypair's), reserves counters for the whole batch and encrypts it with the
-engine's own :func:`seal_batch`. Anything it cannot send — no keypair yet, an expired one, a
+engine's own :func:`seal` (compiled or `cryptography`, as the daemon's keypairs: aead.py). Anything it cannot send — no keypair yet, an expired one, a
 retired slot — goes to the daemon (``to_daemon``), whose engine stages it and starts the
 handshake exactly as for its own queue. An initiator keypair past REKEY_AFTER_TIME asks the
 daemon for a rekey (``rekey``), at most once per REKEY_TIMEOUT.
@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ..protocol.actions import Dest, Src
+from ..protocol import aead
+from ..protocol.actions import Dest, Src, add_datagrams
 from ..protocol.allowedips import AllowedIPs, route_packets
 from ..protocol.constants import (
     REJECT_AFTER_MESSAGES,
@@ -47,20 +48,22 @@ from ..protocol.constants import (
 )
 from ..protocol.engine import CounterBank
 from ..protocol.peer import Addr
-from ..protocol.session import seal_batch
+from ..protocol.session import seal
 from .messages import KeypairMaterial, PeerRoutes, PeerSent
 
 
 class SendKey:
     """The sending half of a keypair, as a worker holds it."""
 
-    __slots__ = ("encrypt", "remote_index", "slot", "ident", "created", "is_initiator", "counter")
+    __slots__ = ("encrypt", "sealer", "remote_index", "slot", "ident", "created", "is_initiator",
+                 "counter")  # fmt: skip
 
     def __init__(
         self, key: bytes, remote_index: int, slot: int, ident: int, created: float,
         is_initiator: bool,
     ) -> None:  # fmt: skip
         self.encrypt = ChaCha20Poly1305(key).encrypt
+        self.sealer = aead.Sealer(key, aead.copying()) if aead.enabled() else None
         self.remote_index = remote_index
         self.slot = slot
         self.ident = ident
@@ -92,7 +95,8 @@ class WorkerPeer:
 
 @dataclass
 class SendOutput:
-    datagrams: dict[Dest, list[bytes]] = field(default_factory=dict)  # grouped by destination
+    # Grouped by destination; a value may be a Sealed (protocol.actions.add_datagrams).
+    datagrams: dict[Dest, list[bytes]] = field(default_factory=dict)
     to_daemon: dict[bytes, list[bytes]] = field(default_factory=dict)  # peer key -> packets
     rekey: list[bytes] = field(default_factory=list)  # peer keys
 
@@ -180,13 +184,11 @@ class SendEngine:
             out.to_daemon.setdefault(peer.key, []).extend(payloads)
             return
         assert sk is not None
-        datagrams, sent = seal_batch(sk.encrypt, sk.remote_index, counter, payloads, self.mtu)
+        datagrams, sent, _ = seal(
+            sk.sealer, sk.encrypt, sk.remote_index, counter, payloads, self.mtu
+        )  # (all n: the batch stays below REJECT_AFTER_MESSAGES, checked above)
         sk.counter = counter + n
-        bucket = out.datagrams.get(dest)
-        if bucket is None:
-            out.datagrams[dest] = datagrams
-        else:
-            bucket.extend(datagrams)
+        add_datagrams(out.datagrams, dest, datagrams)
         peer.tx_bytes += sent
         peer.tx_packets += n
         peer.any_sent = True

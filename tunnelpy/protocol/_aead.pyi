@@ -1,0 +1,37 @@
+"""Types of the compiled transport AEAD (_aead.pyx), for callers checked by mypy."""
+
+from typing import Any
+
+REJECT_AFTER_MESSAGES: int
+
+class Window:
+    def reset(self) -> None: ...
+    @property
+    def last(self) -> int: ...
+    def accept(self, counter: int, limit: int = ...) -> bool: ...
+
+class Sealer:
+    def __init__(self, key: bytes, copy: bool = False) -> None: ...
+    def encrypt(self, counter: int, plaintext: bytes, aad: bytes = ...) -> bytes: ...
+    def seal(
+        self, remote_index: int, counter: int, payloads: list[bytes], mtu: int, limit: int
+    ) -> tuple[bytes, list[tuple[int, int, int]], int, int]: ...
+
+class Opener:
+    def __init__(self, key: bytes, copy: bool = False) -> None: ...
+    def open(
+        self, counter: int, data: bytes | bytearray | memoryview, aad: bytes = ...
+    ) -> bytes | None: ...
+    def open_run(
+        self,
+        items: list[Any],  # (bytes, origin) pairs; anything else ends the call
+        i: int,
+        index: int,
+        origin: object,
+        window: Window,
+        limit: int,
+        packets: list[bytes],
+        rest: list[bytes],
+        check: object,
+        known_src: bytes | None,
+    ) -> tuple[int, int, int, int, bytes | None, int, int, int, int, int]: ...
