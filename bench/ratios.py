@@ -93,7 +93,7 @@ def table(runs: Runs, order: list[str]) -> str:
     header = ["tunnel"]
     for title, _, _ in COLUMNS:
         header += [title, "/best", "/raw"]
-    header += ["CPU s/Gbit", "/best", "daemon CPU%", "ping x1 ms"]
+    header += ["CPU s/Gbit", "/best", "daemon CPU%", "host CPU s/Gbit", "ping x1 ms"]
     rows = [header]
     best = {metric: best_anchor(med, order, metric) for _, metric, _ in COLUMNS}
     cpu_scored = [
@@ -116,6 +116,8 @@ def table(runs: Runs, order: list[str]) -> str:
         row.append(f"{cps / ref:.2f}" if cps is not None and ref else "-")
         cpu = med.get((name, "daemon_cpu_pct"))
         row.append(f"{cpu:.0f}" if cpu is not None else "-")
+        host = med.get((name, "host_cpu_s_per_gbit"))
+        row.append(f"{host:.2f}" if host is not None else "-")
         lat = med.get((name, "ping_load_ms"))
         row.append(f"{lat:.2f}" if lat is not None else "-")
         rows.append(row)
@@ -131,7 +133,8 @@ def table(runs: Runs, order: list[str]) -> str:
         f"\nbest userspace anchor per metric: {named}, CPU s/Gbit {best_cpu or '-'}"
         "\n(medians over clean runs; /best = this tunnel's median divided by that anchor's median"
         " of the same metric (for CPU s/Gbit below 1 is better), /raw = divided by the raw veth;"
-        " CPU s/Gbit and daemon CPU% = both daemons during TCP x1; ping x1 ms = median RTT"
+        " CPU s/Gbit and daemon CPU% = both daemons during TCP x1; host CPU s/Gbit = the whole"
+        " machine's (iperf3 and the kernel included: comparable with kernel tunnels); ping x1 ms = median RTT"
         " through the tunnel while TCP x1 runs)"
     )
     return "\n".join(lines)

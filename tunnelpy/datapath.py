@@ -19,6 +19,7 @@ from .io.tun import Tun
 from .io.udp import UdpSocket
 from .io.vxlan_socket import VxlanSocket
 from .protocol.actions import Output, Src
+from .protocol.drops import Drop
 from .protocol.events import Event
 from .protocol.packet_engine import PacketEngine
 
@@ -152,7 +153,12 @@ class DataPath:
             self.on_device_gone(dev)
 
     def _on_udp(self) -> None:
-        datagrams = self.udp.recv_batch()
+        udp = self.udp
+        datagrams = udp.recv_batch()
+        codel = getattr(udp, "codel", None)  # (a VxlanSocket has none)
+        if codel is not None and codel.drops:
+            self.engine.drops[Drop.QUEUE_DELAY] += codel.drops
+            codel.drops = 0
         if datagrams:
             self.perform(self.engine.from_network(datagrams, self.clock.now()))
 

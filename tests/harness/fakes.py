@@ -176,7 +176,7 @@ class FakeNetwork:
 
     def factory(self, host: str) -> Callable[..., FakeUdp]:
         """A callable with UdpSocket's signature ``(port, fwmark=None, *, offload=True,
-        pktinfo=True)`` that binds on `host`, for code that opens its own sockets."""
+        pktinfo=True, aqm=True)`` that binds on `host`, for code that opens its own sockets."""
 
         def make(
             port: int | None,
@@ -184,8 +184,9 @@ class FakeNetwork:
             *,
             offload: bool = True,
             pktinfo: bool = True,
+            aqm: bool = True,
         ) -> FakeUdp:
-            return FakeUdp(self, host, port, fwmark, offload=offload, pktinfo=pktinfo)
+            return FakeUdp(self, host, port, fwmark, offload=offload, pktinfo=pktinfo, aqm=aqm)
 
         return make
 
@@ -222,9 +223,12 @@ class FakeUdp:
         *,
         offload: bool = True,
         pktinfo: bool = True,
+        aqm: bool = True,
     ) -> None:
         self.network = network
         self.host = _normal_host(host)
+        # No arrival stamps in the memory network, so no receive-queue AQM (io/codel.py).
+        self.codel = None
         self.v6 = True  # a dual-stack socket, as UdpSocket's normally is
         self.fwmark = fwmark or 0
         # The memory network takes any batch, so both offloads are simply "on" when asked for.

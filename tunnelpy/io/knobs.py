@@ -53,6 +53,12 @@ def aead_copy() -> bool:
     return _get("TUNNELPY_TEST_AEAD").lower() == "copy"
 
 
+def aqm_off() -> bool:
+    """``TUNNELPY_TEST_AQM=off``: no CoDel on the receive queue (io/codel.py), so bench/ can
+    measure latency under load both ways."""
+    return _get("TUNNELPY_TEST_AQM").lower() == "off"
+
+
 def socket_buffer(default: int) -> int:
     """``TUNNELPY_SOCKET_BUFFER=BYTES`` (0 = the kernel's default) for the UDP socket buffers,
     which exists so bench/ can measure both ways."""

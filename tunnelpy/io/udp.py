@@ -26,6 +26,12 @@ while a forced interface without a route to the peer would make the kernel assum
 on-link and lose the datagrams without an error. When the address has gone (the kernel refuses
 it: EINVAL for IPv6, ENETUNREACH for IPv4), the datagrams are sent at once without it, from the
 kernel's choice, and the source is listed in ``lost_sources`` for the owner to tell the engine.
+
+The receive queue is kept short in time (``aqm=True``, the default for the WireGuard socket;
+io/codel.py says why): the kernel stamps each arrival (SO_TIMESTAMPNS, one more cmsg in the same
+buffer), each read's sojourn goes to a CoDel state machine, and when it says so the read's first
+datagram is dropped unopened if it is a transport data message. The drops are counted in
+``codel.drops`` for the owner to report as ``queue_delay``.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import logging
 import socket
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from typing import Literal
 
 from . import knobs
+from .codel import CoDel
 from .offload import forced_off
 
 Addr = tuple[str, int]
@@ -65,8 +73,13 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer ones take 128)
 GSO_MAX_BYTES = 65000  # below IPv4's 65507-byte UDP payload limit
 IP_PKTINFO = 8  # not named in Python 3.11's socket module
-# One receive's ancillary data: UDP_GRO's int and an in6_pktinfo (an in_pktinfo is smaller).
-RECV_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
+SO_TIMESTAMPNS = 35  # (SO_TIMESTAMPNS_OLD: a struct timespec of two longs; SCM_ is the same)
+_TIMESPEC = struct.Struct("@qq")
+# One receive's ancillary data: UDP_GRO's int, an in6_pktinfo (an in_pktinfo is smaller) and
+# the arrival stamp.
+RECV_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20) + socket.CMSG_SPACE(16)
+_TRANSPORT = b"\x04"  # a WireGuard transport message's first byte (the only kind CoDel drops)
+KEEPALIVE_SIZE = 32  # header + tag: a keepalive, never dropped
 _V4MAPPED = bytes(10) + b"\xff\xff"
 MAX_CACHED_SOURCES = 256  # distinct local (address, interface) pairs: a host has a few
 MAX_PLANS = 4096  # destinations whose socket address and cmsg are kept (send): ~1 MiB
@@ -151,6 +164,8 @@ def pktinfo_cmsg(src: Src) -> tuple[int, int, bytes]:
 
 
 class UdpSocket:
+    codel: CoDel | None
+
     def __init__(
         self,
         port: int | None,
@@ -158,6 +173,7 @@ class UdpSocket:
         *,
         offload: bool = True,
         pktinfo: bool = True,
+        aqm: bool = True,
     ) -> None:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -195,12 +211,19 @@ class UdpSocket:
                 self.pktinfo = True
             except OSError:
                 log.info("no PKTINFO on this kernel: replies leave from the kernel's choice")
+        if aqm and (self.gro or self.pktinfo) and not knobs.aqm_off():
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.codel = CoDel()
+            except OSError:
+                log.info("no SO_TIMESTAMPNS on this kernel: the receive queue is bounded in bytes only")
 
     def _init_state(self, offload: bool) -> None:
         self.send_errors = 0
         self.gso = offload and not forced_off()
         self.gro = False
         self.pktinfo = False  # receives report the local address (a third address element)
+        self.codel = None  # the receive queue's AQM (see the module docstring)
         self._gso_cmsgs: dict[int, tuple[int, int, bytes]] = {}  # segment size -> its cmsg
         self._peer_raw: tuple | None = None  # last raw source address and PKTINFO data, and
         self._info_raw: bytes | None = None  # their Origin
@@ -257,6 +280,7 @@ class UdpSocket:
         cut here) and PKTINFO in one cmsg buffer."""
         recvmsg = self.sock.recvmsg
         pk_level, pk_kind = self._pk_level, self._pk_kind
+        codel = self.codel
         out: list[tuple[bytes, Origin]] = []
         append = out.append
         try:
@@ -264,11 +288,27 @@ class UdpSocket:
                 data, anc, _flags, raw = recvmsg(RECV_BUFFER, RECV_CMSG_SPACE)
                 size = 0
                 info = None
+                stamp = None
                 for level, kind, cdata in anc:
                     if kind == pk_kind and level == pk_level:
                         info = cdata
                     elif kind == UDP_GRO and level == SOL_UDP and len(cdata) == 4:
                         size = int.from_bytes(cdata, _ORDER)
+                    elif kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                        stamp = cdata
+                if (
+                    codel is not None
+                    and stamp is not None
+                    and len(stamp) == 16
+                    and data[:1] == _TRANSPORT
+                    and (size or len(data)) > KEEPALIVE_SIZE
+                ):
+                    sec, nsec = _TIMESPEC.unpack(stamp)
+                    if codel.observe(time.time() - sec - nsec * 1e-9, time.monotonic()):
+                        # The read's first datagram goes, unopened (io/codel.py).
+                        if not size or len(data) <= size:
+                            continue
+                        data = data[size:]
                 # One sender at one local address per batch is the common case: the Origin is
                 # made again only when either changes.
                 if raw != self._peer_raw or info != self._info_raw:

@@ -73,7 +73,7 @@ class VxlanSocket:
         # the engine's Dests name none (with ListenAddress, every socket has the one address).
         self.host = host
         if host is None:
-            self.listen = UdpSocket(port, fwmark, offload=offload, pktinfo=False)
+            self.listen = UdpSocket(port, fwmark, offload=offload, pktinfo=False, aqm=False)
         else:
             self.listen = _bound(host, port or 0, fwmark, offload=offload, gro=True)
         self.port = self.listen.port
@@ -82,7 +82,7 @@ class VxlanSocket:
         try:
             for _ in range(pool):
                 if host is None:
-                    self.pool.append(UdpSocket(0, fwmark, offload=offload, pktinfo=False))
+                    self.pool.append(UdpSocket(0, fwmark, offload=offload, pktinfo=False, aqm=False))
                 else:
                     self.pool.append(_bound(host, 0, fwmark, offload=offload, gro=False))
         except Exception:

@@ -27,6 +27,9 @@ class Drop(StrEnum):
     COOKIE_SENT = "cookie_sent"  # under load without a valid mac2: answered with a cookie
     COOKIE_RECEIVED = "cookie_received"  # consumed, not an error: the retry will carry mac2
     RATELIMITED = "ratelimited"
+    # A transport message dropped unopened because the receive queue stood above CoDel's target
+    # (io/codel.py): counted by the I/O shell (datapath.py), the engine never sees it.
+    QUEUE_DELAY = "queue_delay"
     # -- handshakes
     BAD_PEER_KEY = "bad_peer_key"  # a low-order peer public key: no initiation can be made
     NO_PRIVATE_KEY = "no_private_key"  # an initiation before `wg set … private-key`
