@@ -32,7 +32,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1471,40 +1471,41 @@ def _check_lab(
     ctx: _Context,
 ) -> None:
     """[Namespace] once per name; [Netem] once per link, on a link the file makes."""
-    first_ns: dict[str, int] = {}
-    for section, ns in namespaces:
-        if ns.name in first_ns:
-            raise ctx.error(
-                section.line,
-                section.spec.name,
-                f"[Namespace {ns.name}] is already given on line {first_ns[ns.name]}, expected "
-                "one section per namespace",
-            )
-        first_ns[ns.name] = section.line
+    _once_each(((section, ns.name) for section, ns in namespaces), "Namespace", "namespace", ctx)
     made = {link.name for _, link in links} | {
         link.pair for _, link in links if link.pair is not None
     }
     made |= {seg.device for _, seg in segments}
     if interface.transport != TRANSPORT_VXLAN:
         made.add(interface.name)  # the TUN (plain VXLAN has none)
-    first_netem: dict[str, int] = {}
-    for section, netem in netems:
-        if netem.link not in made:
+
+    def netem_links() -> Iterator[tuple[RawSection, str]]:
+        for section, netem in netems:  # (checked lazily: errors come in file order)
+            if netem.link not in made:
+                raise ctx.error(
+                    section.line,
+                    section.spec.name,
+                    f"{netem.link!r} is not a link this file makes, expected one of its links, "
+                    "veth ends, segment devices or the TUN (a qdisc replaced on someone else's "
+                    "link could not be given back as it was)",
+                )
+            yield section, netem.link
+
+    _once_each(netem_links(), "Netem", "link", ctx)
+
+
+def _once_each(named: Iterable[tuple[RawSection, str]], kind: str, what: str, ctx: _Context) -> None:
+    """At most one [KIND NAME] section per NAME: the second names the first's line."""
+    first: dict[str, int] = {}
+    for section, name in named:
+        if name in first:
             raise ctx.error(
                 section.line,
                 section.spec.name,
-                f"{netem.link!r} is not a link this file makes, expected one of its links, veth "
-                "ends, segment devices or the TUN (a qdisc replaced on someone else's link "
-                "could not be given back as it was)",
+                f"[{kind} {name}] is already given on line {first[name]}, expected one section "
+                f"per {what}",
             )
-        if netem.link in first_netem:
-            raise ctx.error(
-                section.line,
-                section.spec.name,
-                f"[Netem {netem.link}] is already given on line {first_netem[netem.link]}, "
-                "expected one section per link",
-            )
-        first_netem[netem.link] = section.line
+        first[name] = section.line
 
 
 def _check_topology(
