@@ -1,5 +1,7 @@
 """Types of the compiled segment loops (_segments.pyx), for callers checked by mypy.
 
+read_packets' outcome is one of the READ_* numbers.
+
 Offsets that would leave the buffers are refused: `join_run` then takes nothing,
 `split_tcp_segments` raises ValueError.
 """
@@ -34,3 +36,12 @@ def split_tcp_segments(
     ip_sum: int,
     base_sum: int,
 ) -> list[bytes]: ...
+
+READ_DRAINED: int
+READ_BUDGET: int
+READ_SUPER: int
+READ_ERROR: int
+
+def read_packets(
+    fd: int, out: list[bytes], max_reads: int, max_out: int, bufsize: int, vnet: bool
+) -> tuple[int, int, bytes | int | None, int, int]: ...

@@ -11,6 +11,10 @@ much as the cipher call itself; numpy did them with fewer instructions and measu
 end to end, and mypyc took 12 % off the coalescer's loop (docs/performance.md). Here they are
 C loops over the bytes: a struct-and-slice interpreter loop becomes a memcpy and a few stores.
 
+read_packets is Tun.read_batch's loop of reads: per small packet a Python read, a slice and
+finish_plain's checksum cost ~2 µs, a third of the sender's time per datagram in a 64-byte UDP
+flood (py-spy, bench/profile.sh -u); here it is the read syscall, one sum and one copy.
+
 split_tcp_segments builds split_tcp's segments field for field with split_tcp's arithmetic (the
 Python side still parses and checks the super-packet and prepares the header template).
 
@@ -24,7 +28,10 @@ object: one piece of the GRO write instead of a memoryview per segment.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdlib cimport realloc
 from libc.string cimport memcmp, memcpy
+from posix.unistd cimport read as c_read
 
 
 cdef inline unsigned int _be32(const unsigned char* b) noexcept:
@@ -163,3 +170,77 @@ def split_tcp_segments(
         pos += plen
         seq = seq + <unsigned int>mss
     return out
+
+
+# read_packets' outcomes (tun.py reads them by these numbers).
+READ_DRAINED = 0  # the fd would block: everything queued was read
+READ_BUDGET = 1  # max_reads reads done, or max_out packets handed on
+READ_SUPER = 2  # the last read was a GSO super-packet: value is it, virtio_net_hdr included
+READ_ERROR = 3  # read() failed: value is errno
+
+cdef unsigned char* _rbuf = NULL  # one read buffer per process (the data path is one thread)
+cdef Py_ssize_t _rcap = 0
+
+
+def read_packets(
+    int fd, list out, Py_ssize_t max_reads, Py_ssize_t max_out, Py_ssize_t bufsize, bint vnet,
+):
+    """Read a non-blocking TUN/TAP fd, as Tun.read_batch's Python loop does, up to `max_reads`
+    reads or until `out` holds `max_out` packets -> (reads, outcome, value, short, bad).
+
+    Without `vnet` every read is appended as it is. With it (IFF_VNET_HDR) a read of no more
+    than the 10-byte virtio_net_hdr counts in `short`; a plain packet (gso_type NONE) is
+    appended without the header, its checksum finished when the header says NEEDS_CSUM
+    (checksum.finish_plain's arithmetic; a checksum field beyond the packet counts in `bad`);
+    anything else stops the loop (READ_SUPER) and comes back whole for segmentation.split.
+    """
+    global _rbuf, _rcap
+    cdef Py_ssize_t reads = 0, short = 0, bad = 0, n, start, at
+    cdef unsigned long long s
+    cdef unsigned int c
+    cdef unsigned char* p
+    cdef unsigned char* grown
+    cdef bytes pkt
+    cdef int e
+    if bufsize <= 10:
+        raise ValueError("read_packets: buffer too small")
+    if _rcap < bufsize:
+        grown = <unsigned char*>realloc(_rbuf, bufsize)
+        if grown == NULL:
+            raise MemoryError()
+        _rbuf = grown
+        _rcap = bufsize
+    while reads < max_reads and len(out) < max_out:
+        n = c_read(fd, _rbuf, bufsize)
+        if n < 0:
+            e = errno
+            if e == EINTR:
+                continue
+            if e == EAGAIN:  # (EWOULDBLOCK is EAGAIN on Linux)
+                return reads, READ_DRAINED, None, short, bad
+            return reads, READ_ERROR, e, short, bad
+        reads += 1
+        if not vnet:
+            out.append(PyBytes_FromStringAndSize(<char*>_rbuf, n))
+            continue
+        if n <= 10:
+            short += 1
+            continue
+        if _rbuf[1] != 0:  # gso_type not NONE (or with the ECN bit): split in Python
+            return reads, READ_SUPER, PyBytes_FromStringAndSize(<char*>_rbuf, n), short, bad
+        if not _rbuf[0] & 1:  # no VIRTIO_NET_HDR_F_NEEDS_CSUM
+            out.append(PyBytes_FromStringAndSize(<char*>_rbuf + 10, n - 10))
+            continue
+        start = 10 + (<Py_ssize_t>_rbuf[6] | <Py_ssize_t>_rbuf[7] << 8)
+        at = start + (<Py_ssize_t>_rbuf[8] | <Py_ssize_t>_rbuf[9] << 8)
+        if at + 2 > n:
+            bad += 1
+            continue
+        # The field holds the pseudo-header sum; the sum from csum_start on includes it.
+        s = _sum16(_rbuf + start, n - start)
+        c = 0xFFFF - <unsigned int>(s % 0xFFFF)
+        pkt = PyBytes_FromStringAndSize(<char*>_rbuf + 10, n - 10)
+        p = <unsigned char*>PyBytes_AS_STRING(pkt)
+        _put16(p + at - 10, c)
+        out.append(pkt)
+    return reads, READ_BUDGET, None, short, bad

@@ -32,9 +32,11 @@ import fcntl
 import logging
 import os
 import struct
+from typing import Any
 
 import pytun
 
+from . import accel
 from . import offload as off
 from .checksum import finish_partial
 
@@ -46,6 +48,12 @@ MAX_READS = 64
 MAX_SEGMENTS = 1024
 
 log = logging.getLogger("tunnelpyd")
+
+# The compiled read loop (io/_segments.pyx), or None (the module global tests switch off).
+_read_packets = accel.read_packets
+# Its outcomes (the same numbers as _segments.READ_*; test_tun_read.py checks they agree).
+_READ_SUPER = 2
+_READ_ERROR = 3
 
 
 class TunError(Exception):
@@ -207,6 +215,11 @@ class Tun:
         return "none"  # the virtio_net_hdr stays, with nothing to split
 
     def read_batch(self, max_batch: int = MAX_READS) -> list[bytes]:
+        """Up to `max_batch` reads (fewer once MAX_SEGMENTS packets are in hand): the packets,
+        super-packets split and plain checksums finished. What cannot be read as a packet is
+        counted in read_drops; EIO (the device went down) ends the batch, EBADFD sets `gone`."""
+        if _read_packets is not None:
+            return self._read_compiled(_read_packets, max_batch)
         fd = self.fd
         out: list[bytes] = []
         read = os.read
@@ -248,6 +261,37 @@ class Tun:
             elif e.errno != errno.EIO:
                 raise
         return out
+
+    def _read_compiled(self, read_packets: Any, max_batch: int) -> list[bytes]:
+        """read_batch with the compiled loop: it reads and finishes plain packets in C and
+        stops at a super-packet, which is split here; the same packets and counts."""
+        out: list[bytes] = []
+        vnet = self.vnet_hdr
+        size = MAX_READ if vnet else MAX_PACKET
+        left = max_batch
+        while True:
+            reads, outcome, value, short, bad = read_packets(
+                self.fd, out, left, MAX_SEGMENTS, size, vnet
+            )
+            if short:
+                self.read_drops += short
+            for _ in range(bad):
+                self._cannot_split(off.OffloadError("checksum offset beyond the packet"))
+            if outcome == _READ_SUPER:
+                try:
+                    out.extend(off.split(value, l2=self.tap))
+                except off.OffloadError as e:
+                    self._cannot_split(e)
+                left -= reads
+                if left > 0 and len(out) < MAX_SEGMENTS:
+                    continue
+            elif outcome == _READ_ERROR:
+                # As read_batch: EIO stops this round, EBADFD means the device was deleted.
+                if value == errno.EBADFD:
+                    self.gone = True
+                elif value != errno.EIO:
+                    raise OSError(value, os.strerror(value))
+            return out
 
     def _cannot_split(self, e: Exception) -> None:
         self.read_drops += 1
