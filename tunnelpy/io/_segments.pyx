@@ -95,16 +95,37 @@ def join_run(
     return m, psh, out
 
 
+cdef unsigned int _ONE = 1
+cdef bint _LITTLE = (<unsigned char*>&_ONE)[0] == 1  # the host's byte order
+
+
 cdef inline unsigned long long _sum16(const unsigned char* p, Py_ssize_t n) noexcept:
-    """Sum of big-endian 16-bit words (an odd last byte padded with zero), not folded."""
-    cdef unsigned long long s = 0
+    """A number congruent modulo 0xFFFF to the sum of the big-endian 16-bit words at `p` (an
+    odd last byte padded with zero): every caller reduces it modulo 0xFFFF.
+
+    Eight bytes per step: a 64-bit word is congruent to the sum of its four 16-bit words
+    (2^16 = 1 modulo 0xFFFF), and an overflow of the 64-bit sum is carried around (2^64 = 1
+    too). Loaded in little-endian order each 16-bit word comes byte-swapped, and a swapped word
+    is congruent to 256 times the word, so that sum is multiplied by 256 (256 * 256 = 1 modulo
+    0xFFFF) to give the big-endian one (RFC 1071's byte-order independence)."""
+    cdef unsigned long long s = 0, w
+    cdef unsigned long long be = 0
     cdef Py_ssize_t k = 0
+    while k + 8 <= n:
+        memcpy(&w, p + k, 8)
+        s += w
+        if s < w:
+            s += 1
+        k += 8
+    s %= 0xFFFF
+    if _LITTLE:
+        s <<= 8
     while k + 1 < n:
-        s += (<unsigned int>p[k] << 8) | p[k + 1]
+        be += (<unsigned int>p[k] << 8) | p[k + 1]
         k += 2
     if k < n:
-        s += <unsigned int>p[k] << 8
-    return s
+        be += <unsigned int>p[k] << 8
+    return s + be
 
 
 cdef inline void _put16(unsigned char* p, unsigned int v) noexcept:
