@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from tunnelpy.io import accel, udp
 from tunnelpy.io.udp import UdpSocket
 from tunnelpy.protocol.actions import Sealed
 
@@ -37,7 +38,11 @@ def _drain(sock: UdpSocket, want: int, timeout: float = 2.0) -> list[tuple[bytes
     return got
 
 
-def test_gso_send_gro_receive_round_trip():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_gso_send_gro_receive_round_trip(monkeypatch, compiled):
+    """Both cuts of a GRO read (the compiled one and udp.py's loop) give the datagrams."""
+    if not compiled:
+        monkeypatch.setattr(udp, "_cut_datagrams", None)
     a, b = UdpSocket(0), UdpSocket(0)
     try:
         datagrams = [bytes([i]) * 1200 for i in range(30)] + [b"tail" * 10]
@@ -52,6 +57,22 @@ def test_gso_send_gro_receive_round_trip():
     finally:
         a.close()
         b.close()
+
+
+def test_compiled_cut_equals_slices():
+    cut = accel.cut_datagrams
+    if cut is None:
+        pytest.skip("compiled module not built")
+    origin = ("127.0.0.1", 1, None)
+    for n, size in ((0, 5), (1, 1), (10, 3), (12, 3), (4000, 1200), (4000, 4000), (7, 100)):
+        data = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+        out: list = [("before", None)]
+        cut(data, size, origin, out)
+        want = [(data[at : at + size], origin) for at in range(0, n, size)]
+        assert out == [("before", None), *want]
+        assert all(type(d) is bytes and o is origin for d, o in out[1:])
+    with pytest.raises(ValueError):
+        cut(b"abc", 0, origin, [])
 
 
 def test_offload_off_is_one_datagram_per_syscall():

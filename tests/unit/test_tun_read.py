@@ -150,6 +150,6 @@ def test_compiled_read_errors():
         dev._read_compiled(accel.read_packets, 4)
     assert e.value.errno == errno.EBADF
     with pytest.raises(ValueError):
-        accel.read_packets(b.fileno(), [], 1, 1, 10, True)
+        accel.read_packets(b.fileno(), [], 1, 1, bytearray(10), True)
     a.close()
     b.close()

@@ -15,6 +15,9 @@ read_packets is Tun.read_batch's loop of reads: per small packet a Python read, 
 finish_plain's checksum cost ~2 µs, a third of the sender's time per datagram in a 64-byte UDP
 flood (py-spy, bench/profile.sh -u); here it is the read syscall, one sum and one copy.
 
+cut_datagrams cuts a UDP GRO read into its datagrams, as udp.py's loop of slices would (one
+tuple and one slice per datagram, ~0.15 µs each in the interpreter).
+
 split_tcp_segments builds split_tcp's segments field for field with split_tcp's arithmetic (the
 Python side still parses and checks the super-packet and prepares the header template).
 
@@ -27,9 +30,9 @@ number continuing, and at most `limit` packets. Their payloads come back joined 
 object: one piece of the GRO write instead of a memoryview per segment.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN, EINTR, errno
-from libc.stdlib cimport realloc
 from libc.string cimport memcmp, memcpy
 from posix.unistd cimport read as c_read
 
@@ -196,43 +199,37 @@ def split_tcp_segments(
 # read_packets' outcomes (tun.py reads them by these numbers).
 READ_DRAINED = 0  # the fd would block: everything queued was read
 READ_BUDGET = 1  # max_reads reads done, or max_out packets handed on
-READ_SUPER = 2  # the last read was a GSO super-packet: value is it, virtio_net_hdr included
+READ_SUPER = 2  # the last read is a GSO super-packet: value is its length in `buf`
 READ_ERROR = 3  # read() failed: value is errno
-
-cdef unsigned char* _rbuf = NULL  # one read buffer per process (the data path is one thread)
-cdef Py_ssize_t _rcap = 0
 
 
 def read_packets(
-    int fd, list out, Py_ssize_t max_reads, Py_ssize_t max_out, Py_ssize_t bufsize, bint vnet,
+    int fd, list out, Py_ssize_t max_reads, Py_ssize_t max_out, bytearray buf, bint vnet,
 ):
     """Read a non-blocking TUN/TAP fd, as Tun.read_batch's Python loop does, up to `max_reads`
     reads or until `out` holds `max_out` packets -> (reads, outcome, value, short, bad).
 
-    Without `vnet` every read is appended as it is. With it (IFF_VNET_HDR) a read of no more
-    than the 10-byte virtio_net_hdr counts in `short`; a plain packet (gso_type NONE) is
-    appended without the header, its checksum finished when the header says NEEDS_CSUM
-    (checksum.finish_plain's arithmetic; a checksum field beyond the packet counts in `bad`);
-    anything else stops the loop (READ_SUPER) and comes back whole for segmentation.split.
+    Every read lands in `buf` (as long as the largest read). Without `vnet` each is appended as
+    it is. With it (IFF_VNET_HDR) a read of no more than the 10-byte virtio_net_hdr counts in
+    `short`; a plain packet (gso_type NONE) is appended without the header, its checksum
+    finished when the header says NEEDS_CSUM (checksum.finish_plain's arithmetic; a checksum
+    field beyond the packet counts in `bad`); anything else stops the loop (READ_SUPER) and
+    stays in `buf`, header included, for segmentation.split (which copies what it keeps: the
+    next call reads over it).
     """
-    global _rbuf, _rcap
     cdef Py_ssize_t reads = 0, short = 0, bad = 0, n, start, at
+    cdef Py_ssize_t size = len(buf)
     cdef unsigned long long s
     cdef unsigned int c
     cdef unsigned char* p
-    cdef unsigned char* grown
+    cdef unsigned char* rb
     cdef bytes pkt
     cdef int e
-    if bufsize <= 10:
+    if size <= 10:
         raise ValueError("read_packets: buffer too small")
-    if _rcap < bufsize:
-        grown = <unsigned char*>realloc(_rbuf, bufsize)
-        if grown == NULL:
-            raise MemoryError()
-        _rbuf = grown
-        _rcap = bufsize
+    rb = <unsigned char*>PyByteArray_AS_STRING(buf)
     while reads < max_reads and len(out) < max_out:
-        n = c_read(fd, _rbuf, bufsize)
+        n = c_read(fd, rb, size)
         if n < 0:
             e = errno
             if e == EINTR:
@@ -242,26 +239,39 @@ def read_packets(
             return reads, READ_ERROR, e, short, bad
         reads += 1
         if not vnet:
-            out.append(PyBytes_FromStringAndSize(<char*>_rbuf, n))
+            out.append(PyBytes_FromStringAndSize(<char*>rb, n))
             continue
         if n <= 10:
             short += 1
             continue
-        if _rbuf[1] != 0:  # gso_type not NONE (or with the ECN bit): split in Python
-            return reads, READ_SUPER, PyBytes_FromStringAndSize(<char*>_rbuf, n), short, bad
-        if not _rbuf[0] & 1:  # no VIRTIO_NET_HDR_F_NEEDS_CSUM
-            out.append(PyBytes_FromStringAndSize(<char*>_rbuf + 10, n - 10))
+        if rb[1] != 0:  # gso_type not NONE (or with the ECN bit): split in Python
+            return reads, READ_SUPER, n, short, bad
+        if not rb[0] & 1:  # no VIRTIO_NET_HDR_F_NEEDS_CSUM
+            out.append(PyBytes_FromStringAndSize(<char*>rb + 10, n - 10))
             continue
-        start = 10 + (<Py_ssize_t>_rbuf[6] | <Py_ssize_t>_rbuf[7] << 8)
-        at = start + (<Py_ssize_t>_rbuf[8] | <Py_ssize_t>_rbuf[9] << 8)
+        start = 10 + (<Py_ssize_t>rb[6] | <Py_ssize_t>rb[7] << 8)
+        at = start + (<Py_ssize_t>rb[8] | <Py_ssize_t>rb[9] << 8)
         if at + 2 > n:
             bad += 1
             continue
         # The field holds the pseudo-header sum; the sum from csum_start on includes it.
-        s = _sum16(_rbuf + start, n - start)
+        s = _sum16(rb + start, n - start)
         c = 0xFFFF - <unsigned int>(s % 0xFFFF)
-        pkt = PyBytes_FromStringAndSize(<char*>_rbuf + 10, n - 10)
+        pkt = PyBytes_FromStringAndSize(<char*>rb + 10, n - 10)
         p = <unsigned char*>PyBytes_AS_STRING(pkt)
         _put16(p + at - 10, c)
         out.append(pkt)
     return reads, READ_BUDGET, None, short, bad
+
+
+def cut_datagrams(bytes data, Py_ssize_t size, object origin, list out):
+    """Append (datagram, origin) to `out` for each `size`-byte piece of the UDP GRO read `data`
+    (the last may be shorter): the tuples io/udp.py's Python loop appends."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), at = 0, m
+    cdef const char* d = PyBytes_AS_STRING(data)
+    if size <= 0:
+        raise ValueError("cut_datagrams: size must be positive")
+    while at < n:
+        m = size if n - at > size else n - at
+        out.append((PyBytes_FromStringAndSize(d + at, m), origin))
+        at += m

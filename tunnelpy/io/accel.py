@@ -2,8 +2,8 @@
 
 setup.py builds the module with Cython at install; where it could not be built, or with the
 testing knob ``TUNNELPY_TEST_COMPILED=off`` (so a test run or a bench row can compare the two
-end to end), every name is None and segmentation, GRO and the TUN reader run their own Python
-loops, which give the same bytes.
+end to end), every name is None and segmentation, GRO, the TUN reader and the UDP receive
+run their own Python loops, which give the same bytes.
 """
 
 from __future__ import annotations
@@ -19,3 +19,4 @@ _off = knobs.compiled_forced_off()
 join_run = None if _built is None or _off else _built.join_run
 split_tcp_segments = None if _built is None or _off else _built.split_tcp_segments
 read_packets = None if _built is None or _off else _built.read_packets
+cut_datagrams = None if _built is None or _off else _built.cut_datagrams

@@ -100,6 +100,7 @@ class Tun:
             flags |= pytun.IFF_MULTI_QUEUE
         self.multi_queue = multi_queue
         self._writer = -1  # a detached queue for writes (multi-queue only), see detach_writes
+        self._rbuf: bytearray | None = None  # the compiled reader's buffer, made on first use
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=flags, dev=TUN_PATH)
         except pytun.Error as e:
@@ -196,6 +197,7 @@ class Tun:
         self.offloads = ""
         self.uso = False
         self._writer = -1
+        self._rbuf = None
         return self
 
     def _enable_offloads(self) -> str:
@@ -264,22 +266,26 @@ class Tun:
 
     def _read_compiled(self, read_packets: Any, max_batch: int) -> list[bytes]:
         """read_batch with the compiled loop: it reads and finishes plain packets in C and
-        stops at a super-packet, which is split here; the same packets and counts."""
+        stops at a super-packet, which is split here from its read buffer; the same packets
+        and counts."""
         out: list[bytes] = []
         vnet = self.vnet_hdr
-        size = MAX_READ if vnet else MAX_PACKET
+        buf = self._rbuf
+        if buf is None:
+            buf = self._rbuf = bytearray(MAX_READ if vnet else MAX_PACKET)
         left = max_batch
         while True:
             reads, outcome, value, short, bad = read_packets(
-                self.fd, out, left, MAX_SEGMENTS, size, vnet
+                self.fd, out, left, MAX_SEGMENTS, buf, vnet
             )
             if short:
                 self.read_drops += short
             for _ in range(bad):
                 self._cannot_split(off.OffloadError("checksum offset beyond the packet"))
             if outcome == _READ_SUPER:
+                # (split copies every piece out: the next read overwrites the buffer)
                 try:
-                    out.extend(off.split(value, l2=self.tap))
+                    out.extend(off.split(memoryview(buf)[:value], l2=self.tap))
                 except off.OffloadError as e:
                     self._cannot_split(e)
                 left -= reads

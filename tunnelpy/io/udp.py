@@ -46,7 +46,7 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
-from . import knobs
+from . import accel, knobs
 from .codel import CoDel
 from .offload import forced_off
 
@@ -86,6 +86,8 @@ MAX_PLANS = 4096  # destinations whose socket address and cmsg are kept (send): 
 RECV_BUFFER = 65535  # a GRO read carries up to 64 KiB
 MAX_READS = 64
 MAX_DATAGRAMS = 1024
+# The compiled cut of a GRO read (io/_segments.pyx), or None (the module global tests switch off).
+_cut_datagrams = accel.cut_datagrams
 _GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE)
 # What sendmsg says of a source address that cannot be used (any more): IPv6 EINVAL (not an
 # address of ours), IPv4 ENETUNREACH (no route from it), ENODEV (a link-local source's interface
@@ -281,6 +283,7 @@ class UdpSocket:
         recvmsg = self.sock.recvmsg
         pk_level, pk_kind = self._pk_level, self._pk_kind
         codel = self.codel
+        cut = _cut_datagrams
         out: list[tuple[bytes, Origin]] = []
         append = out.append
         try:
@@ -318,8 +321,11 @@ class UdpSocket:
                 addr = self._peer_norm
                 n = len(data)
                 if size and n > size:
-                    for at in range(0, n, size):
-                        append((data[at : at + size], addr))
+                    if cut is not None:
+                        cut(data, size, addr, out)
+                    else:
+                        for at in range(0, n, size):
+                            append((data[at : at + size], addr))
                 else:
                     append((data, addr))
                 if len(out) >= MAX_DATAGRAMS:
