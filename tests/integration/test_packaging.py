@@ -40,8 +40,14 @@ def need(ok: bool, why: str) -> None:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a user's shell: no PYTHONPATH pointing at this checkout."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    """The environment of a user's shell: no PYTHONPATH pointing at this checkout, and none of
+    the TUNNELPY_TEST_* knobs a whole test run may be under (TUNNELPY_TEST_COMPILED=off would
+    hide the compiled modules this test checks the install built)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("TUNNELPY_TEST_")
+    }
     env.update(extra)
     return env
 
