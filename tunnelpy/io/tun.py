@@ -51,9 +51,8 @@ log = logging.getLogger("tunnelpyd")
 
 # The compiled read loop (io/_segments.pyx), or None (the module global tests switch off).
 _read_packets = accel.read_packets
-# Its outcomes (the same numbers as _segments.READ_*; test_tun_read.py checks they agree).
-_READ_SUPER = 2
-_READ_ERROR = 3
+_READ_SUPER = accel.READ_SUPER
+_READ_ERROR = accel.READ_ERROR
 
 
 class TunError(Exception):
@@ -256,13 +255,18 @@ class Tun:
         except BlockingIOError:
             pass
         except OSError as e:
-            # EIO when the device goes down under us: stop reading this round. EBADFD: it
-            # was deleted; the owner must stop reading this fd (see `gone`).
-            if e.errno == errno.EBADFD:
-                self.gone = True
-            elif e.errno != errno.EIO:
+            if self._read_failed(e.errno):
                 raise
         return out
+
+    def _read_failed(self, code: int | None) -> bool:
+        """A read failed with errno `code`: True if that is an error to raise. EIO when the
+        device goes down under us: stop reading this round. EBADFD: it was deleted; the owner
+        must stop reading this fd (see `gone`)."""
+        if code == errno.EBADFD:
+            self.gone = True
+            return False
+        return code != errno.EIO
 
     def _read_compiled(self, read_packets: Any, max_batch: int) -> list[bytes]:
         """read_batch with the compiled loop: it reads and finishes plain packets in C and
@@ -291,12 +295,8 @@ class Tun:
                 left -= reads
                 if left > 0 and len(out) < MAX_SEGMENTS:
                     continue
-            elif outcome == _READ_ERROR:
-                # As read_batch: EIO stops this round, EBADFD means the device was deleted.
-                if value == errno.EBADFD:
-                    self.gone = True
-                elif value != errno.EIO:
-                    raise OSError(value, os.strerror(value))
+            elif outcome == _READ_ERROR and self._read_failed(value):
+                raise OSError(value, os.strerror(value))
             return out
 
     def _cannot_split(self, e: Exception) -> None:
