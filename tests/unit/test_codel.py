@@ -8,7 +8,7 @@ import socket
 import time
 
 from tunnelpy.io.codel import INTERVAL, TARGET, CoDel
-from tunnelpy.io.udp import UdpSocket
+from tunnelpy.io.udp import _TIMESPEC, RECV_CMSG_SPACE, SO_TIMESTAMPNS, UdpSocket
 
 
 def drops_over(c: CoDel, sojourn: float, start: float, end: float, step: float) -> list[float]:
@@ -91,6 +91,24 @@ def _transport(counter: int, size: int = 200) -> bytes:
     return b"\x04\x00\x00\x00" + (7).to_bytes(4, "little") + counter.to_bytes(8, "little") + bytes(size - 16)
 
 
+def _wait_for_arrival_stamps(rx: UdpSocket, tx: socket.socket, dest: tuple[str, int]) -> None:
+    """Until the kernel stamps datagrams as they arrive. The first socket that asks for
+    SO_TIMESTAMPNS turns the stamping on through a deferred work item (net_enable_timestamp);
+    a datagram that arrives before it runs is stamped when it is read, its sojourn ~0, and CoDel
+    rightly sees no queue. The daemon does not care (its first reads just go unjudged); a test
+    that counts drops from its first read does."""
+    for _ in range(100):
+        tx.sendto(_transport(0, 32), dest)  # a keepalive: CoDel never judges it
+        time.sleep(0.02)
+        _data, anc, _flags, _addr = rx.sock.recvmsg(2048, RECV_CMSG_SPACE)
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) == 16:
+                sec, nsec = _TIMESPEC.unpack(cdata)
+                if time.time() - sec - nsec * 1e-9 > 0.01:
+                    return
+    raise AssertionError("the kernel never stamped a datagram at arrival")
+
+
 def test_the_socket_drops_one_stale_transport_message_per_decision() -> None:
     rx = UdpSocket(0, offload=False)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -98,6 +116,7 @@ def test_the_socket_drops_one_stale_transport_message_per_decision() -> None:
         assert rx.codel is not None  # SO_TIMESTAMPNS: every Linux has it
         rx.codel = CoDel(target=0.002, interval=0.010)
         dest = ("127.0.0.1", rx.port)
+        _wait_for_arrival_stamps(rx, tx, dest)
         # 1: a standing queue is seen (first_above set), nothing dropped yet.
         for k in range(5):
             tx.sendto(_transport(k), dest)
