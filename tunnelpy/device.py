@@ -332,6 +332,9 @@ class Device:
         assert self.udp is not None
         self.loop = loop
         self.now = clock.now
+        if isinstance(self.engine, Engine) and self.tun is not None and self.tun.vnet_hdr:
+            # A TUN that takes GSO writes: the compiled receive may hand it joined TCP units.
+            self.engine.tcp_units = True
         self.datapath = DataPath(
             loop, self.engine, self.udp, self.tun, self.on_event, clock,
             on_device_gone=self._device_gone,

@@ -27,8 +27,35 @@ INDEX = 0x01020304
 ORIGIN = ("192.0.2.1", 51820)
 
 
+_SEQ = [0]  # the next sequence number of the fuzz's TCP segments: runs of them continue
+
+
+def _tcp(r: random.Random) -> bytes:
+    """A TCP segment for the units mode's joiner: mostly one that continues the last (so runs
+    join), with hostile data offsets, flags, options, lengths and headers mixed in."""
+    v6 = r.random() < 0.3
+    plen = r.choice([0, 1, 1368, 1368, 1368, r.randrange(0, 1360)])
+    seq = _SEQ[0] if r.random() < 0.85 else r.getrandbits(32)
+    _SEQ[0] = (seq + plen) & 0xFFFFFFFF
+    doff = 5 if r.random() < 0.8 else r.randrange(16)
+    flags = r.choice([0x10, 0x10, 0x10, 0x18, 0x11, 0x02, r.randrange(256)])
+    tcp = bytearray(struct.pack(">HHIIBBHHH", 5001, 40000, seq, 7, doff << 4, flags, 512, 0, 0))
+    tcp += r.randbytes(max(0, doff * 4 - 20)) if r.random() < 0.5 else bytes(max(0, doff * 4 - 20))
+    tcp += r.randbytes(plen)
+    if v6:
+        ip = bytearray(struct.pack(">IHBB16s16s", 0x60000000, len(tcp), 6, 64, bytes(16), bytes(16)))
+    else:
+        ip = bytearray(struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
+                                   bytes(4), bytes(4)))  # fmt: skip
+    if r.random() < 0.1:
+        ip[r.randrange(len(ip))] = r.randrange(256)  # a header field the joiner must compare
+    return bytes(ip + tcp)
+
+
 def _plain(r: random.Random) -> bytes:
     k = r.randrange(8)
+    if k >= 6:
+        return _tcp(r)
     n = r.choice([0, 1, 19, 20, 39, 40, 41, r.randrange(0, 300)])
     body = bytearray(r.randbytes(n))
     if k < 3 and n:
@@ -46,20 +73,27 @@ def _plain(r: random.Random) -> bytes:
     return bytes(body)
 
 
-def _pool(mod: ModuleType, r: random.Random, key: bytes, size: int) -> list[object]:
+def _pool(
+    mod: ModuleType, r: random.Random, key: bytes, size: int, tcp: bool = False
+) -> list[object]:
+    """`size` items; `tcp`: TCP segments that mostly continue one another, with rising
+    counters and a tenth of them mangled, for the units mode's joiner."""
     sealer = mod.Sealer(key)
-    genuine: list[bytes] = []
+    genuine: list[tuple[bytes, bool]] = []
     for _ in range(size // 64):
         counter = r.choice([0, r.getrandbits(16), r.getrandbits(63), REJECT - 100, REJECT - 1])
-        buf, runs, count, _ = sealer.seal(
-            INDEX, counter, [_plain(r) for _ in range(64)], 1420, REJECT
-        )
+        make = _plain
+        if tcp:
+            make = _tcp
+            counter = len(genuine)
+        buf, runs, count, _ = sealer.seal(INDEX, counter, [make(r) for _ in range(64)], 1420, REJECT)
         for start, end, step in runs:
             for at in range(start, end, step):
-                genuine.append(buf[at : min(at + step, end)])
+                genuine.append((buf[at : min(at + step, end)], make is _tcp))
     items: list[object] = []
-    for m in genuine:
-        k = r.randrange(10)
+    for m, tcp in genuine:
+        # (TCP runs mostly as sent, so that long runs reach the joiner)
+        k = 0 if tcp and r.random() < 0.9 else r.randrange(10)
         if k < 4:
             d: object = m
         elif k == 4:
@@ -76,7 +110,7 @@ def _pool(mod: ModuleType, r: random.Random, key: bytes, size: int) -> list[obje
             d = r.randbytes(r.randrange(0, 80))
         else:
             d = struct.pack("<IIQ", 4, r.getrandbits(32), 0) + m[16:]
-        shape = r.randrange(40)
+        shape = 4 if tcp and r.random() < 0.9 else r.randrange(40)
         if shape == 0:
             items.append([d, ORIGIN])
         elif shape == 1:
@@ -95,7 +129,8 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
     key = r.randbytes(32)
     opener = mod.Opener(key)
     pool = _pool(mod, r, key, 8192)
-    stats = dict(inputs=0, calls=0, accepted=0, delivered=0, rest=0, open_ok=0)
+    tcp_pool = _pool(mod, r, key, 8192, tcp=True)
+    stats = dict(inputs=0, calls=0, accepted=0, delivered=0, rest=0, open_ok=0, units=0)
     refuse = r.random
 
     def check(src: bytes) -> bool:
@@ -103,7 +138,12 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
         return refuse() < 0.8
 
     while stats["inputs"] < count:
-        items = r.choices(pool, k=2000)
+        if r.random() < 0.5:
+            items = r.choices(pool, k=2000)
+        else:  # runs of TCP segments: the units mode's joiner sees them continue
+            at = r.randrange(len(tcp_pool) - 2000)
+            items = tcp_pool[at : at + 2000]
+        units = r.random() < 0.5
         window = mod.Window()
         packets: list[bytes] = []
         rest: list[bytes] = []
@@ -111,7 +151,7 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
         i = 0
         while i < len(items):
             j, accepted, nbytes, delivered, known, *drops = opener.open_run(
-                items, i, INDEX, ORIGIN, window, REJECT, packets, rest, check, known
+                items, i, INDEX, ORIGIN, window, REJECT, packets, rest, check, known, units
             )
             stats["calls"] += 1
             assert i <= j <= len(items) and accepted >= 0 and nbytes >= 32 * accepted
@@ -120,7 +160,17 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
             stats["delivered"] += delivered
             i = j + 1  # (the engine's full path takes the item the call stopped at)
         for p in packets:
-            assert type(p) is bytes and 20 <= len(p) <= 1420
+            if type(p) is list:  # a joined unit: virtio_net_hdr, then the super-packet
+                assert units and len(p) == 1 and type(p[0]) is memoryview
+                gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack_from(
+                    "<xBHHHH", p[0]
+                )
+                assert gso_type in (1, 4) and csum_offset == 16 and csum_start in (20, 40)
+                assert 0 < gso_size <= 1500 and csum_start + 20 <= hdr_len
+                assert 10 + hdr_len + 2 * 1 <= len(p[0]) <= 10 + 65535
+                stats["units"] += 1
+            else:
+                assert type(p) is bytes and 20 <= len(p) <= 1500, (type(p), len(p))
         stats["rest"] += len(rest)
         stats["inputs"] += len(items)
         for item in items[:200]:  # the single-message open too

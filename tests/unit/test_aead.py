@@ -511,6 +511,7 @@ def test_fuzz_the_compiled_open_with_a_million_inputs():
     assert stats["inputs"] >= 1_000_000
     # It reached every part: messages authenticated and delivered, L2 handed on, refusals.
     assert stats["accepted"] > 10_000 and stats["delivered"] > 1_000 and stats["rest"] > 1_000
+    assert stats["units"] > 1_000  # the units mode joined runs (tcp_units, _Units)
 
 
 # ---------------------------------------------------------------- the bench's floor

@@ -163,6 +163,11 @@ def coalesce(
                     p = p[:end]
                     n = end
         if n < l3 + 28:  # shorter than IPv4 + UDP headers
+            if type(p) is list:
+                # A unit the receive path already joined (_aead's units mode): as it is. (A
+                # unit is a list of one or two buffers, so it always lands here.)
+                units.append(p)
+                continue
             units.append([ZERO_VNET_HDR, p])
             continue
         # Layer 1: the flow key, whether it is a UDP one, where the transport header (t) and the

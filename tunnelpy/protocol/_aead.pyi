@@ -34,4 +34,5 @@ class Opener:
         rest: list[bytes],
         check: object,
         known_src: bytes | None,
+        units: bool = ...,
     ) -> tuple[int, int, int, int, bytes | None, int, int, int, int, int]: ...

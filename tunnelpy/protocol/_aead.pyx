@@ -25,6 +25,12 @@ call handles a whole run:
   to `packets`, trimmed to their IP length; the inner source is routed (`check`) only when it
   changes. L2 plaintexts go to `rest` for the engine. Drops are counted by reason and returned.
   The first item it cannot take ends the call: the engine's Python path takes it from there.
+* The fused receive (`units=True`, Engine.tcp_units, for a TUN that takes GSO writes): each
+  plaintext is opened into a scratch buffer, and a TCP segment that continues the one before it
+  has its payload copied from there, still in cache, straight behind the others in the
+  super-packet that goes to the TUN (`_Units`, which joins exactly as io/gro.py does): no bytes
+  object per segment, and no join of them afterwards. Finished super-packets go to `packets`
+  as write units; everything else as bytes, in its place.
 
 Every offset below is checked against the buffer it reads: this code runs on bytes from the
 network (tests/unit/test_aead.py fuzzes it).
@@ -120,6 +126,223 @@ cdef EVP_CIPHER_CTX* _context(bytes key, int enc) except NULL:
         EVP_CIPHER_CTX_free(ctx)
         raise RuntimeError("EVP_CipherInit_ex(chacha20-poly1305) failed")
     return ctx
+
+
+
+# ------------------------------------------------------------------ the fused receive: TCP units
+
+cdef enum:
+    VNET = 10  # virtio_net_hdr (io/vnet.py)
+    MAX_IP = 65535  # what one IP packet, so a GRO super-packet, may reach
+    PLAIN_ROOM = 65536  # the scratch a plaintext is opened into (a UDP datagram is smaller)
+    TCP_ACK = 0x10
+    TCP_PSH = 0x08
+
+cdef unsigned char _PLAIN[PLAIN_ROOM]  # units mode: every plaintext is opened here first
+
+
+cdef inline uint32_t _be32(const uint8_t* b) noexcept nogil:
+    return (<uint32_t>b[0] << 24) | (<uint32_t>b[1] << 16) | (<uint32_t>b[2] << 8) | b[3]
+
+
+cdef inline void _be16_put(uint8_t* o, Py_ssize_t v) noexcept nogil:
+    o[0] = (v >> 8) & 0xFF
+    o[1] = v & 0xFF
+
+
+cdef inline void _le16_put(uint8_t* o, Py_ssize_t v) noexcept nogil:
+    o[0] = v & 0xFF
+    o[1] = (v >> 8) & 0xFF
+
+
+cdef inline uint64_t _words(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """The 16-bit big-endian words of p[:n] (n even) added up, not folded."""
+    cdef uint64_t s = 0
+    cdef Py_ssize_t k
+    for k in range(0, n, 2):
+        s += (<uint64_t>p[k] << 8) | p[k + 1]
+    return s
+
+
+cdef inline uint32_t _fold(uint64_t s) noexcept nogil:
+    """A sum modulo 0xFFFF as checksum.fold gives it: 0 reads as 0xFFFF."""
+    s %= 0xFFFF
+    return <uint32_t>(s if s else 0xFFFF)
+
+
+cdef inline Py_ssize_t _joinable(const uint8_t* q, Py_ssize_t n, Py_ssize_t* h) noexcept nogil:
+    """Where the TCP header starts when q[:n] (an IP packet of exactly its IP length) is a TCP
+    segment the run may join, else 0; `h[0]`: where its payload starts. Joinable, as
+    gro.coalesce's: IPv4 without options and not a fragment, or IPv6 straight to TCP; flags
+    ACK or ACK|PSH; a data offset of 5 or more; a payload. Anything else is delivered alone."""
+    cdef Py_ssize_t t, hh
+    if n > MAX_IP:
+        return 0  # (an IPv6 length may say 40 + 65535: never one super-packet)
+    if n >= 40 and q[0] == 0x45:
+        if q[9] != 6 or (q[6] & 0x3F) or q[7]:
+            return 0
+        t = 20
+    elif n >= 60 and (q[0] >> 4) == 6:
+        if q[6] != 6:
+            return 0
+        t = 40
+    else:
+        return 0
+    hh = t + (q[t + 12] >> 4) * 4
+    if hh < t + 20 or n <= hh or (q[t + 13] | TCP_PSH) != (TCP_ACK | TCP_PSH):
+        return 0
+    h[0] = hh
+    return t
+
+
+cdef class _Units:
+    """The TCP segments of one open_run call joined as gro.coalesce would join them, written
+    straight into the super-packet that goes to the TUN: behind its virtio_net_hdr, the first
+    segment's headers, then every payload, so no bytes object per segment is made and nothing
+    is joined later. Only consecutive segments join (a segment that does not continue the open
+    super-packet closes it, as anything else delivered does), so `packets` keeps the order of
+    one-message-at-a-time delivery: a finished super-packet goes there as a write unit (a list
+    holding one memoryview: header and packet), a lone segment as the bytes of its packet.
+
+    The run's first message went through the engine's Python path, so it already sits at the
+    end of `packets`: the first joinable segment takes it back as the super-packet's start when
+    it continues it (the seed), as gro.coalesce would have joined the two."""
+
+    cdef list packets
+    cdef object buf  # the super-packet being built: bytes of VNET + MAX_IP, or None
+    cdef uint8_t* b
+    cdef Py_ssize_t t, h, size, gso, count
+    cdef uint32_t next_seq
+    cdef bint v6, open, psh, tried_seed
+    cdef object seed  # the start taken back from `packets`, handed back as is if alone
+
+    def __cinit__(self, list packets):
+        self.packets = packets
+        self.buf = None
+        self.b = NULL
+        self.count = 0
+        self.tried_seed = False
+        self.seed = None
+
+    cdef bint _continues(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h) noexcept:
+        """q (joinable, TCP header at t, payload at h) continues the open super-packet: in
+        sequence, no bigger than its segments, room left, and every header field equal but IP
+        length, id, checksums, sequence number and PSH (gro.coalesce's flow key)."""
+        cdef const uint8_t* a = self.b + VNET
+        cdef Py_ssize_t plen = n - h
+        if (self.count == 0 or not self.open or t != self.t or h != self.h
+                or plen > self.gso or self.size + plen + h > MAX_IP
+                or _be32(q + t + 4) != self.next_seq):
+            return False
+        if self.v6:
+            if memcmp(a, q, 4) != 0 or memcmp(a + 6, q + 6, t + 4 - 6) != 0:
+                return False
+        elif (memcmp(a, q, 2) != 0 or memcmp(a + 6, q + 6, 4) != 0
+              or memcmp(a + 12, q + 12, t + 4 - 12) != 0):
+            return False
+        return (memcmp(a + t + 8, q + t + 8, 5) == 0 and memcmp(a + t + 14, q + t + 14, 2) == 0
+                and memcmp(a + t + 20, q + t + 20, h - (t + 20)) == 0)
+
+    cdef int _start(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h) except -1:
+        if self.buf is None:
+            self.buf = PyBytes_FromStringAndSize(NULL, VNET + MAX_IP)
+            self.b = <uint8_t*>PyBytes_AS_STRING(self.buf)
+        memcpy(self.b + VNET, q, n)
+        self.t = t
+        self.h = h
+        self.v6 = (q[0] >> 4) == 6
+        self.size = self.gso = n - h
+        self.count = 1
+        self.open = True
+        self.psh = False
+        self.seed = None
+        return 0
+
+    cdef int add(self, const uint8_t* q, Py_ssize_t n) except -1:
+        """Deliver the IP packet q[:n] (exactly its IP length)."""
+        cdef Py_ssize_t h = 0, t, plen, lh = 0, lt, ln, k
+        cdef const uint8_t* lp
+        cdef object last
+        t = _joinable(q, n, &h)
+        if t == 0:
+            self.flush()
+            self.packets.append(PyBytes_FromStringAndSize(<char*>q, n))
+            return 0
+        if self.count == 0 and not self.tried_seed:
+            self.tried_seed = True
+            k = len(self.packets)
+            if k:
+                last = self.packets[k - 1]  # (no wraparound here: never a negative index)
+                if type(last) is bytes:
+                    lp = <const uint8_t*>PyBytes_AS_STRING(last)
+                    ln = PyBytes_GET_SIZE(last)
+                    lt = _joinable(lp, ln, &lh)
+                    if lt:
+                        self.packets.pop()
+                        self._start(lp, ln, lt, lh)
+                        self.next_seq = _be32(lp + lt + 4) + <uint32_t>(ln - lh)
+                        if lp[lt + 13] & TCP_PSH:
+                            self.open = False
+                            self.psh = True
+                        self.seed = last
+        plen = n - h
+        if self._continues(q, n, t, h):
+            memcpy(self.b + VNET + self.h + self.size, q + h, plen)
+            self.size += plen
+            self.count += 1
+            if plen < self.gso:
+                self.open = False  # a shorter segment is the last one
+        else:
+            self.flush()
+            self._start(q, n, t, h)
+        self.next_seq = _be32(q + t + 4) + <uint32_t>plen
+        if q[t + 13] & TCP_PSH:
+            self.open = False
+            self.psh = True
+        return 0
+
+    cdef int flush(self) except -1:
+        """The open super-packet to `packets`: alone as its packet's bytes, or as a GSO write
+        with NEEDS_CSUM whose checksum field holds the folded pseudo-header sum (gro._unit)."""
+        cdef uint8_t* a
+        cdef Py_ssize_t t = self.t, h = self.h, l4_len
+        cdef uint64_t psum
+        if self.count == 0:
+            return 0
+        if self.count == 1:
+            if self.seed is not None:
+                self.packets.append(self.seed)
+            else:
+                self.packets.append(PyBytes_FromStringAndSize(<char*>self.b + VNET, h + self.size))
+            self.count = 0
+            self.seed = None
+            return 0
+        a = self.b + VNET
+        l4_len = h - t + self.size
+        if self.v6:
+            _be16_put(a + 4, l4_len)
+            psum = _words(a + 8, 32) + 6 + <uint64_t>l4_len
+        else:
+            _be16_put(a + 2, t + l4_len)
+            a[10] = 0
+            a[11] = 0
+            _be16_put(a + 10, 0xFFFF - _words(a, 20) % 0xFFFF)  # checksum.finish
+            psum = _words(a + 12, 8) + 6 + <uint64_t>l4_len
+        if self.psh:
+            a[t + 13] |= TCP_PSH
+        _be16_put(a + t + 16, _fold(psum))
+        self.b[0] = 1  # F_NEEDS_CSUM
+        self.b[1] = 4 if self.v6 else 1  # GSO_TCPV6, GSO_TCPV4
+        _le16_put(self.b + 2, h)  # hdr_len
+        _le16_put(self.b + 4, self.gso)
+        _le16_put(self.b + 6, t)  # csum_start
+        _le16_put(self.b + 8, 16)  # csum_offset
+        self.packets.append([memoryview(self.buf)[:VNET + h + self.size]])
+        self.buf = None  # that one is the unit's now
+        self.b = NULL
+        self.count = 0
+        self.seed = None
+        return 0
 
 
 cdef class Window:
@@ -372,11 +595,13 @@ cdef class Opener:
             PyBuffer_Release(&view)
 
     def open_run(self, list items, Py_ssize_t i, uint32_t index, object origin, Window window,
-                 uint64_t limit, list packets, list rest, object check, object known_src):
+                 uint64_t limit, list packets, list rest, object check, object known_src,
+                 bint units=False):
         """Open items[i:] while each is (bytes, `origin` itself) holding a transport message to
         `index`; see the module docstring. -> (next index, messages accepted, their bytes,
         packets delivered, the inner source last routed, and the drops: expired_session,
-        bad_auth, replay, bad_inner_packet, not_allowed_source)."""
+        bad_auth, replay, bad_inner_packet, not_allowed_source). `units`: TCP segments are
+        joined into TUN write units as they are opened (_Units), for a TUN with offloads."""
         cdef Py_ssize_t j = i, n, pl, length, src_at, src_len
         cdef uint64_t counter
         cdef const uint8_t* d
@@ -386,7 +611,9 @@ cdef class Opener:
         cdef uint8_t b0
         cdef Py_ssize_t accepted = 0, nbytes = 0, delivered = 0
         cdef Py_ssize_t expired = 0, bad_auth = 0, replay = 0, bad_inner = 0, not_allowed = 0
-        cdef object item, data, plain, src
+        cdef object item, data, plain = None, src
+        cdef _Units joiner = _Units(packets) if units else None
+        cdef bint scratch
         if known_src is not None:
             if type(known_src) is not bytes:
                 raise TypeError("known_src must be bytes or None")
@@ -413,8 +640,14 @@ cdef class Opener:
                 expired += 1
                 continue
             pl = n - OVERHEAD
-            plain = PyBytes_FromStringAndSize(NULL, pl)
-            q = <uint8_t*>PyBytes_AS_STRING(plain)
+            # Units mode opens into the scratch: a joined segment's payload is copied from
+            # there (still in cache) into its super-packet, and no bytes object is made for it.
+            scratch = units and pl <= PLAIN_ROOM
+            if scratch:
+                q = _PLAIN
+            else:
+                plain = PyBytes_FromStringAndSize(NULL, pl)
+                q = <uint8_t*>PyBytes_AS_STRING(plain)
             if not self._open(d + HEADER, n - HEADER, counter, q):
                 bad_auth += 1
                 continue
@@ -442,7 +675,8 @@ cdef class Opener:
                 src_at = 8
                 src_len = 16
             elif b0 == FLAG_I:
-                rest.append(plain)  # an L2 plaintext: the engine's switch takes it
+                # An L2 plaintext: the engine's switch takes it.
+                rest.append(PyBytes_FromStringAndSize(<char*>q, pl) if scratch else plain)
                 continue
             else:
                 bad_inner += 1
@@ -459,10 +693,15 @@ cdef class Opener:
                 known_src = src
                 known = <const uint8_t*>PyBytes_AS_STRING(known_src)
                 known_len = src_len
+            delivered += 1
+            if scratch:
+                joiner.add(q, length)
+                continue
             if length < pl:
                 # Padding off: small packets only (full-size segments carry none).
                 plain = PyBytes_FromStringAndSize(<char*>q, length)
             packets.append(plain)
-            delivered += 1
+        if joiner is not None:
+            joiner.flush()
         return (j, accepted, nbytes, delivered, known_src,
                 expired, bad_auth, replay, bad_inner, not_allowed)

@@ -120,7 +120,10 @@ class Output:
 
     # Grouped by destination; a value may be a Sealed (see add_datagrams).
     datagrams: dict[Dest, list[bytes]] = field(default_factory=dict)
-    packets: list[bytes] = field(default_factory=list)  # to write to the TUN
+    # To write to the TUN. With Engine.tcp_units a write unit (a list of buffers, io/gro.py)
+    # may stand among them, which only a TUN with offloads can write; declared list[bytes]
+    # for every other reader, since no unit is made without that flag.
+    packets: list[bytes] = field(default_factory=list)
     frames: dict[int, list[bytes]] = field(default_factory=dict)  # VNI -> frames for its TAP
     events: list[Event] = field(default_factory=list)
 

@@ -151,6 +151,10 @@ class Engine:
         self.wall = wall
         self.mtu = mtu
         self.under_load_threshold = under_load_threshold
+        # The shell sets this when its TUN takes GSO writes (io/gro.py): the compiled receive
+        # then joins TCP segments into write units as it opens them, and out.packets may hold
+        # such units (lists) beside packets. Off, out.packets holds packets only.
+        self.tcp_units = False
         self.peers: dict[bytes, Peer] = {}
         self.allowed: AllowedIPs[Peer] = AllowedIPs()
         # local index -> (peer, keypair); keypair None = our pending initiation.
@@ -762,7 +766,7 @@ class Engine:
         (j, accepted, nbytes, delivered, known_src,
          expired, bad_auth, replay, bad_inner, not_allowed) = kp.opener.open_run(
             items, i, kp.local_index, addr, window, REJECT_AFTER_MESSAGES,
-            out.packets, rest, lambda src: lookup(src) is peer, known_src,
+            out.packets, rest, lambda src: lookup(src) is peer, known_src, self.tcp_units,
         )  # fmt: skip
         if expired or bad_auth or replay or bad_inner or not_allowed:
             for reason, k in (

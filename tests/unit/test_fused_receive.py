@@ -1,0 +1,243 @@
+"""The fused receive (Engine.tcp_units; _Units in protocol/_aead.pyx) against the Python GRO.
+
+With tcp_units the compiled open joins TCP segments into TUN write units as it opens them,
+instead of handing every plaintext on as bytes for io/gro.py to join before the write. It is a
+faster implementation of the same step, so the tests are differential: two engines in the same
+state (same keys, same handshake), one with the flag and one without, are fed the same batches
+of genuine TCP runs (IPv4 and IPv6, options, PSH, a shorter last segment, window changes, gaps,
+FIN and pure ACKs, other protocols between) with hostile messages mixed in, and
+
+* every drop, statistic, timer and replay window is the same;
+* what reaches the TUN is the same: where only what closes a write in both lies between
+  segments, the very bytes of every write (gro.coalesce over the packets of each); always the
+  same segments, every checksum right, once each write is cut again (segmentation.split, as the
+  kernel would); and what the fused open hands on is, per flow, in the order it was sent;
+* a clean run of one flow is one write: its first message, which went through the Python path,
+  is taken back as the super-packet's start.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+import pytest
+
+from tests.harness.engine_pair import A_ADDR, A_IN, B_IN, Net
+from tests.harness.packets import checksum, ipv4, ipv6, tcp, udp, with_l4_checksum
+from tunnelpy.io import gro, segmentation
+from tunnelpy.protocol import aead
+from tunnelpy.protocol.actions import Output
+
+PROTO_TCP = 6
+ACK, PSH, FIN = 0x10, 0x08, 0x01
+TS_OPTION = b"\x01\x01\x08\x0a" + bytes(8)  # NOP NOP timestamps: 12 bytes, as Linux sends
+
+
+def needs_compiled() -> None:
+    if not aead.BUILT:
+        knob_off = os.environ.get("TUNNELPY_TEST_COMPILED", "").lower() == "off"
+        if os.environ.get("CI") and not knob_off:
+            pytest.fail("tunnelpy.protocol._aead is not built (CI installs it)")
+        pytest.skip("the compiled AEAD is not built")
+    aead.enable(True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_enabled():
+    was = aead.enabled()
+    yield
+    aead.enable(was)
+
+
+class Flow:
+    """One TCP stream from A's inner address: its headers and where its sequence is."""
+
+    def __init__(self, v6: bool, sport: int, options: bytes) -> None:
+        self.v6, self.sport, self.options = v6, sport, options
+        self.seq = 1000 * sport
+        self.ident = 0
+        self.window = 512
+
+    def segment(self, size: int, flags: int = ACK, *, payload: bytes | None = None) -> bytes:
+        data = payload if payload is not None else bytes((self.seq + k) & 0xFF for k in range(size))
+        seg = tcp(self.sport, 5201, self.seq & 0xFFFFFFFF, data, ack=77, flags=flags,
+                  window=self.window, options=self.options)  # fmt: skip
+        self.seq += len(data) + (1 if flags & FIN else 0)
+        self.ident += 1
+        if self.v6:
+            return with_l4_checksum(ipv6("fd00::1", "fd00::2", seg, PROTO_TCP))
+        return with_l4_checksum(
+            ipv4(A_IN, B_IN, seg, PROTO_TCP, ident=self.ident, dont_fragment=True, csum=True)
+        )
+
+
+def _mss(f: Flow) -> int:
+    return 1420 - (40 if f.v6 else 20) - 20 - len(f.options)
+
+
+def _batch(r: random.Random, flows: list[Flow], mode: str) -> list[bytes]:
+    """The plaintexts of one receive batch: runs of segments of one flow at a time, with what
+    ends or breaks a join between. `clean`: the flows one after another, and only what closes
+    a write in both GROs alike (PSH, a shorter segment, a window change, a gap); `mixed`: pure
+    ACKs, FINs and UDP between too (the Python GRO writes those after the open write, the
+    fused one in their place); `interleaved`: the flows' runs alternate as well."""
+    out: list[bytes] = []
+    order = [r.choice(flows) for _ in range(r.randrange(1, 6))] if mode == "interleaved" else flows
+    for f in order:
+        mss = _mss(f)
+        for _ in range(r.randrange(1, 50)):
+            k = r.randrange(4 if mode == "clean" else 7, 40) if r.random() < 0.5 else r.randrange(40)
+            if mode == "clean" and 4 <= k < 7:
+                k = 10
+            if k == 0:
+                out.append(f.segment(r.randrange(1, mss), ACK | PSH))  # ends the write
+            elif k == 1:
+                out.append(f.segment(r.randrange(1, mss)))  # a shorter one: the last joined
+            elif k == 2:
+                f.window += 1  # a window change: a new write (tcp_gro_receive flushes too)
+                out.append(f.segment(mss))
+            elif k == 3:
+                f.seq += mss  # a segment lost before us: the next one does not continue
+                out.append(f.segment(mss))
+            elif k == 4:
+                out.append(f.segment(0))  # a pure ACK: alone
+            elif k == 5:
+                out.append(f.segment(r.randrange(0, 100), ACK | FIN))
+            elif k == 6:
+                out.append(with_l4_checksum(ipv4(A_IN, B_IN, udp(53, 53, b"q" * r.randrange(80)), csum=True)))
+            else:
+                out.append(f.segment(mss))
+    return out
+
+
+def _hostile(r: random.Random, msgs: list[bytes]) -> list[tuple[bytes, tuple[str, int]]]:
+    """The batch as received: now and then a replay or a flipped bit (dropped, in the middle of
+    a run that goes on)."""
+    batch = [(m, A_ADDR) for m in msgs]
+    for _ in range(r.randrange(0, 4)):
+        i = r.randrange(len(batch) + 1)
+        m = msgs[r.randrange(len(msgs))]
+        if r.random() < 0.5:
+            # A replay, after the original (one before it would be the first copy opened).
+            i = max(i, next(k for k, (d, _) in enumerate(batch) if d == m) + 1)
+            batch.insert(i, (m, A_ADDR))
+        else:
+            f = bytearray(m)
+            f[16 + r.randrange(len(f) - 16)] ^= 1 << r.randrange(8)
+            batch.insert(i, (bytes(f), A_ADDR))
+    return batch
+
+
+def _state(n: Net, out: Output) -> tuple:
+    pb, kp = n.pb, n.pb.current
+    return (
+        out.frames, {d: list(v) for d, v in out.datagrams.items()}, [str(e) for e in out.events],
+        dict(n.b.drops), dict(pb.stats.drops), pb.stats.rx_packets, pb.stats.rx_bytes,
+        pb.send_keepalive_at, pb.last_received, kp.replay.last if kp else None,
+    )  # fmt: skip
+
+
+def _writes(packets: list) -> list[bytes]:
+    return [b"".join(bytes(x) for x in unit) for unit in gro.coalesce(packets)]
+
+
+def _segments(writes: list[bytes]) -> list[bytes]:
+    """Each write as the kernel would deliver it: a GSO one cut again."""
+    out: list[bytes] = []
+    for w in writes:
+        out.extend(segmentation.split(memoryview(w)) if w[1] else [w[10:]])
+    return out
+
+
+def _per_flow(packets: list[bytes]) -> dict[bytes, list[tuple[int, int, bytes]]]:
+    """Packets by flow (IP version, addresses, ports; anything not TCP under one key): TCP as
+    (sequence number, flags, payload), after checking every checksum."""
+    flows: dict[bytes, list] = {}
+    for p in packets:
+        v6 = p[0] >> 4 == 6
+        t = 40 if v6 else 20
+        proto = p[6] if v6 else p[9]
+        if not v6:
+            assert checksum(p[:20]) == 0  # the IPv4 header checksum
+        if proto != PROTO_TCP:
+            flows.setdefault(b"other", []).append(p)
+            continue
+        assert with_l4_checksum(p) == p  # the TCP checksum is right
+        key = p[:1] + (p[8:40] if v6 else p[12:20]) + p[t : t + 4]
+        h = t + (p[t + 12] >> 4) * 4
+        seq = struct.unpack_from(">I", p, t + 4)[0]
+        flows.setdefault(key, []).append((seq, p[t + 13], p[h:]))
+    return flows
+
+
+def _pair() -> tuple[Net, Net]:
+    needs_compiled()
+    u, p = Net(seed=5).established(), Net(seed=5).established()
+    u.b.tcp_units = True
+    assert u.pb.current.opener is not None and p.pb.current.opener is not None
+    return u, p
+
+
+def test_a_clean_run_is_one_write_the_same_bytes_as_the_python_gro():
+    u, p = _pair()
+    for v6 in (False, True):
+        f_u, f_p = Flow(v6, 4001, TS_OPTION), Flow(v6, 4001, TS_OPTION)
+        plains_u = [f_u.segment(_mss(f_u)) for _ in range(40)] + [f_u.segment(300, ACK | PSH)]
+        plains_p = [f_p.segment(_mss(f_p)) for _ in range(40)] + [f_p.segment(300, ACK | PSH)]
+        out_u = u.b.from_network([(m, A_ADDR) for m in u.sealed(u.a, plains_u)], u.now)
+        out_p = p.b.from_network([(m, A_ADDR) for m in p.sealed(p.a, plains_p)], p.now)
+        # The first message went through the Python path and was taken back: one unit.
+        assert len(out_u.packets) == 1 and type(out_u.packets[0]) is list
+        assert len(out_p.packets) == 41 and all(type(x) is bytes for x in out_p.packets)
+        writes = _writes(out_u.packets)
+        assert writes == _writes(out_p.packets) and len(writes) == 1
+        assert _per_flow(_segments(writes)) == _per_flow(plains_p)
+        assert _state(u, out_u) == _state(p, out_p)
+
+
+@pytest.mark.parametrize("mode", ["clean", "mixed", "interleaved"])
+def test_units_equal_the_python_gro_over_random_batches(mode: str):
+    u, p = _pair()
+    r = random.Random(mode)
+    joined = 0
+    for trial in range(120):
+        seed = r.getrandbits(32)
+        nets = []
+        for n in (u, p):
+            g = random.Random(seed)
+            flows = [Flow(False, 4001, TS_OPTION), Flow(True, 4002, b""),
+                     Flow(False, 4003, b"")]  # fmt: skip
+            for f in flows:
+                f.seq += trial * 10_000_000
+            plains = _batch(g, flows, mode)
+            batch = _hostile(g, n.sealed(n.a, plains))
+            nets.append((n, n.b.from_network(batch, n.now), plains))
+        (_, out_u, plains), (_, out_p, _) = nets
+        assert _state(u, out_u) == _state(p, out_p), trial
+        writes_u, writes_p = _writes(out_u.packets), _writes(out_p.packets)
+        if mode == "clean":
+            assert writes_u == writes_p, trial  # the very bytes of every write
+        # What the fused open hands on, its units cut again, is the segments sent in the order
+        # sent (replays and forgeries dropped). The writes of both hold the same segments,
+        # though not always in that order: the Python GRO writes a segment that cannot join
+        # after the flow's open write, so only the sorted lists compare.
+        fused = [bytes(x[0]) if type(x) is list else b"\0" * 10 + x for x in out_u.packets]
+        assert _per_flow(_segments(fused)) == _per_flow(plains), trial
+        got_u, got_p = _per_flow(_segments(writes_u)), _per_flow(_segments(writes_p))
+        assert {k: sorted(v) for k, v in got_u.items()} == {k: sorted(v) for k, v in got_p.items()}
+        joined += sum(type(x) is list for x in out_u.packets)
+        u.now += 0.01
+        p.now += 0.01
+    assert joined > 200  # (the units path really ran)
+
+
+def test_without_the_flag_packets_stay_bytes():
+    needs_compiled()
+    n = Net(seed=5).established()
+    f = Flow(False, 4001, TS_OPTION)
+    msgs = n.sealed(n.a, [f.segment(_mss(f)) for _ in range(8)])
+    out = n.b.from_network([(m, A_ADDR) for m in msgs], n.now)
+    assert n.b.tcp_units is False and len(out.packets) == 8
+    assert all(type(x) is bytes for x in out.packets)
