@@ -452,3 +452,51 @@ def test_kernel_multicast_without_a_route_is_not_a_drop():
             ipv4("10.0.0.1", "10.9.9.9")]  # fmt: skip
     assert route_packets(pkts, table, drops, quiet) == {}
     assert quiet == {"tun_multicast": 3} and drops == {"tun_no_route": 1}
+
+
+def test_the_compiled_run_scan_routes_as_the_python_loop():
+    """route_packets with the compiled scan of same-destination runs (aead.destination_runs)
+    and without it: the same buckets, in the same order, and the same counts, over random
+    lists of runs, lone packets, junk, short headers, multicast, unrouted and non-bytes."""
+    from collections import Counter
+
+    from tests.harness.packets import ipv4, ipv6
+    from tunnelpy.protocol import aead
+    from tunnelpy.protocol.allowedips import AllowedIPs, route_packets
+
+    if not aead.BUILT:
+        pytest.skip("the compiled module is not built")
+    table: AllowedIPs[str] = AllowedIPs()
+    table.insert(ipaddress.ip_network("10.0.1.0/24"), "p1")
+    table.insert(ipaddress.ip_network("10.0.2.0/24"), "p2")
+    table.insert(ipaddress.ip_network("fd00:2::/64"), "p2")
+    table.insert(ipaddress.ip_network("fd00:3::/64"), "p3")
+    dsts4 = ["10.0.1.1", "10.0.1.2", "10.0.2.1", "10.9.9.9", "224.0.0.22"]
+    dsts6 = ["fd00:2::1", "fd00:3::1", "fd00:9::1", "ff02::2"]
+    r = random.Random(3)
+    was = aead.enabled()
+    try:
+        for _ in range(400):
+            pkts: list = []
+            for _ in range(r.randrange(0, 12)):
+                k = r.randrange(10)
+                if k < 5:
+                    one = ipv4("10.0.0.1", r.choice(dsts4), payload=r.randbytes(r.randrange(30)))
+                elif k < 8:
+                    one = ipv6("fd00::1", r.choice(dsts6), payload=r.randbytes(r.randrange(30)))
+                elif k == 8:
+                    one = r.choice([b"", b"\x45" * 19, b"\x60" * 39, b"\x00" * 40, r.randbytes(5)])
+                else:
+                    one = bytearray(ipv4("10.0.0.1", r.choice(dsts4)))  # not bytes
+                pkts.extend([one] * r.choice([1, 1, 2, 45]))
+            results = []
+            for compiled in (True, False):
+                aead.enable(compiled)
+                assert (aead.destination_runs() is not None) is compiled
+                drops: Counter[str] = Counter()
+                quiet: Counter[str] = Counter()
+                got = route_packets(list(pkts), table, drops, quiet)
+                results.append((list(got.items()), drops, quiet))
+            assert results[0] == results[1]
+    finally:
+        aead.enable(was)

@@ -705,3 +705,42 @@ cdef class Opener:
             joiner.flush()
         return (j, accepted, nbytes, delivered, known_src,
                 expired, bad_auth, replay, bad_inner, not_allowed)
+
+
+# ------------------------------------------------------------------ cryptokey routing out
+
+def same_destination(list packets, Py_ssize_t i):
+    """The end of the run of IP packets from packets[i] on that share its IP version and
+    destination address (allowedips.route_packets looks the owner up once per run): each one
+    bytes and long enough for its IP header (20 or 40 bytes). `i` itself when packets[i] is no
+    such packet (the caller's per-packet path counts it)."""
+    cdef Py_ssize_t n = len(packets), j, at, size, need
+    cdef const uint8_t* a
+    cdef const uint8_t* b
+    cdef object p
+    cdef uint8_t version
+    if i < 0 or i >= n:
+        return i
+    p = packets[i]
+    if type(p) is not bytes:
+        return i
+    a = <const uint8_t*>PyBytes_AS_STRING(p)
+    version = a[0] >> 4 if PyBytes_GET_SIZE(p) else 0
+    if version == 4:
+        at, size, need = 16, 4, 20
+    elif version == 6:
+        at, size, need = 24, 16, 40
+    else:
+        return i
+    if PyBytes_GET_SIZE(p) < need:
+        return i
+    j = i + 1
+    while j < n:
+        p = packets[j]
+        if type(p) is not bytes or PyBytes_GET_SIZE(p) < need:
+            break
+        b = <const uint8_t*>PyBytes_AS_STRING(p)
+        if (b[0] >> 4) != version or memcmp(a + at, b + at, size) != 0:
+            break
+        j += 1
+    return j

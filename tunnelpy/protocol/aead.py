@@ -20,14 +20,19 @@ anything else), and nothing in a config reaches it: it is a testing knob only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 try:
-    from ._aead import Opener, Sealer, Window
+    from ._aead import Opener, Sealer, Window, same_destination
 
     BUILT = True
 except ImportError:  # pragma: no cover - depends on the build
     BUILT = False
 
-__all__ = ["BUILT", "Opener", "Sealer", "Window", "copying", "enable", "enabled"]
+__all__ = [
+    "BUILT", "Opener", "Sealer", "Window", "copying", "destination_runs", "enable", "enabled",
+]  # fmt: skip
 
 _enabled = BUILT
 _copy = False
@@ -49,3 +54,10 @@ def enabled() -> bool:
 def copying() -> bool:
     """True when new keypairs' "AEAD" is the floor's copy (never outside a bench)."""
     return _copy
+
+
+def destination_runs() -> Callable[[list[Any], int], int] | None:
+    """The compiled scan for runs of one destination (allowedips.route_packets), or None when
+    the compiled module is off (the same switch as the AEAD's, so a run with
+    TUNNELPY_TEST_COMPILED=off routes in Python throughout)."""
+    return same_destination if _enabled else None
