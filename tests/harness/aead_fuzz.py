@@ -25,6 +25,7 @@ from types import ModuleType
 REJECT = (1 << 64) - (1 << 13) - 1
 INDEX = 0x01020304
 ORIGIN = ("192.0.2.1", 51820)
+L2_KEY = b"\x08\x00\x00\x00\x00\x00\x64\x00" + bytes.fromhex("020000000001" "02000000000a")
 
 
 _SEQ = [0]  # the next sequence number of the fuzz's TCP segments: runs of them continue
@@ -70,6 +71,8 @@ def _plain(r: random.Random) -> bytes:
             )
     elif k == 3 and n:
         body[0] = 0x08
+        if n >= 22 and r.random() < 0.5:
+            body[:20] = L2_KEY  # the frames the l2 fast path takes
     return bytes(body)
 
 
@@ -130,7 +133,7 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
     opener = mod.Opener(key)
     pool = _pool(mod, r, key, 8192)
     tcp_pool = _pool(mod, r, key, 8192, tcp=True)
-    stats = dict(inputs=0, calls=0, accepted=0, delivered=0, rest=0, open_ok=0, units=0)
+    stats = dict(inputs=0, calls=0, accepted=0, delivered=0, rest=0, open_ok=0, units=0, l2_direct=0)
     refuse = r.random
 
     def check(src: bytes) -> bool:
@@ -144,6 +147,8 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
             at = r.randrange(len(tcp_pool) - 2000)
             items = tcp_pool[at : at + 2000]
         units = r.random() < 0.5
+        l2_frames: list[bytes] | None = [] if r.random() < 0.5 else None
+        l2_key = L2_KEY if l2_frames is not None else None
         window = mod.Window()
         packets: list[bytes] = []
         rest: list[bytes] = []
@@ -151,7 +156,8 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
         i = 0
         while i < len(items):
             j, accepted, nbytes, delivered, known, *drops = opener.open_run(
-                items, i, INDEX, ORIGIN, window, REJECT, packets, rest, check, known, units
+                items, i, INDEX, ORIGIN, window, REJECT, packets, rest, check, known, units,
+                l2_key, l2_frames,
             )
             stats["calls"] += 1
             assert i <= j <= len(items) and accepted >= 0 and nbytes >= 32 * accepted
@@ -172,6 +178,9 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
             else:
                 assert type(p) is bytes and 20 <= len(p) <= 1500, (type(p), len(p))
         stats["rest"] += len(rest)
+        for f in l2_frames or ():
+            assert type(f) is bytes and 14 <= len(f) <= 1500
+        stats["l2_direct"] += len(l2_frames or ())
         stats["inputs"] += len(items)
         for item in items[:200]:  # the single-message open too
             if isinstance(item, tuple | list) and item and isinstance(item[0], bytes | bytearray):

@@ -512,6 +512,7 @@ def test_fuzz_the_compiled_open_with_a_million_inputs():
     # It reached every part: messages authenticated and delivered, L2 handed on, refusals.
     assert stats["accepted"] > 10_000 and stats["delivered"] > 1_000 and stats["rest"] > 1_000
     assert stats["units"] > 1_000  # the units mode joined runs (tcp_units, _Units)
+    assert stats["l2_direct"] > 50  # frames taken by the L2 fast path (l2_key)
 
 
 # ---------------------------------------------------------------- the bench's floor
@@ -553,3 +554,62 @@ def test_seal_stops_exactly_below_reject_after_messages():
                 ctrs = [struct.unpack_from("<Q", d, 8)[0] for d in got]
                 assert ctrs == list(range(REJECT - room, REJECT - room + count))
                 assert sent == 96 * count  # (60 bytes padded to 64, + 32)
+
+
+def test_open_equals_the_python_path_on_l2_batches():
+    """L2 plaintexts on a segment: the compiled open hands a frame that starts like the last
+    one _deliver wrote (header, destination and source MAC) straight to that TAP's list, and
+    any other to _deliver, ending the call. Against the `cryptography` path (everything through
+    _deliver): the same frames in the same order, drops, FDB and statistics, over batches of
+    runs of one MAC pair, new pairs, broadcast, group source MACs, unknown VNIs, short frames,
+    IP packets between, replays and forgeries."""
+    from tests.harness.engine_pair import VNI
+    from tests.harness.packets import mac
+
+    needs_compiled()
+    made = []
+    for compiled in (True, False):
+        aead.enable(compiled)
+        made.append(Net(seed=5, vni=VNI).established())
+    c, p = made
+    assert c.pb.current.opener is not None and p.pb.current.opener is None
+    r = random.Random(9)
+    for trial in range(150):
+        seed = r.getrandbits(32)
+        outs = []
+        for n in (c, p):
+            g = random.Random(seed)
+            plains: list[bytes] = []
+            for _ in range(g.randrange(1, 8)):
+                k = g.randrange(10)
+                dst = g.choice([mac(1), mac(2), b"\xff" * 6, mac(0x0B)])
+                src = g.choice([mac(0x0A), mac(3), mac(4)])
+                if k < 6:  # a run of one MAC pair
+                    for _ in range(g.randrange(1, 30)):
+                        body = ETH_BODY + g.randbytes(g.randrange(0, 1300))
+                        plains.append(pack_header(VNI) + eth(dst, src, body))
+                elif k == 6:
+                    plains.append(pack_header(VNI) + eth(dst, b"\x01" + src[1:]))  # group src
+                elif k == 7:
+                    plains.append(pack_header(VNI + 1) + eth(dst, src))  # unknown VNI
+                elif k == 8:
+                    plains.append(pack_header(VNI) + g.randbytes(g.randrange(0, 14)))  # short
+                else:
+                    plains.append(ipv4(A_IN, B_IN, payload=g.randbytes(g.randrange(0, 200))))
+            msgs = n.sealed(n.a, plains)
+            batch = [(m, A_ADDR) for m in msgs]
+            for _ in range(g.randrange(0, 3)):
+                i = g.randrange(len(batch) + 1)
+                m = msgs[g.randrange(len(msgs))]
+                f = bytearray(m)
+                f[16 + g.randrange(len(f) - 16)] ^= 1
+                batch.insert(i, (g.choice([m, bytes(f)]), A_ADDR))
+            out = n.b.from_network(batch, n.now)
+            fdb = n.b.segments[VNI].fdb.entries(n.now)
+            outs.append((_state(n, out), sorted((m, str(q), a) for m, q, a in fdb)))
+        assert outs[0] == outs[1], trial
+        c.now += 0.5
+        p.now += 0.5
+
+
+ETH_BODY = b"\x08\x00"  # (an IPv4 ethertype; the payload is opaque to the switch)

@@ -35,6 +35,8 @@ class Opener:
         check: object,
         known_src: bytes | None,
         units: bool = ...,
+        l2_key: bytes | None = ...,
+        l2_frames: list[bytes] | None = ...,
     ) -> tuple[int, int, int, int, bytes | None, int, int, int, int, int]: ...
 
 def same_destination(packets: list[Any], i: int) -> int: ...

@@ -74,6 +74,9 @@ cdef enum:
     RING_BLOCKS = 128
     WINDOW_SIZE = 8128  # (RING_BLOCKS - 1) * BLOCK_BITS, as replay.py
     FLAG_I = 0x08  # the first byte of an L2 plaintext (its VXLAN-style header)
+    L2_HEADER = 8  # that header
+    L2_MIN = 22  # the header and an Ethernet header: the shortest L2 plaintext
+    L2_KEY = 20  # header, destination MAC and source MAC
 
 # REJECT_AFTER_MESSAGES (constants.py): the default limit of Window.accept.
 REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
@@ -596,12 +599,16 @@ cdef class Opener:
 
     def open_run(self, list items, Py_ssize_t i, uint32_t index, object origin, Window window,
                  uint64_t limit, list packets, list rest, object check, object known_src,
-                 bint units=False):
+                 bint units=False, object l2_key=None, list l2_frames=None):
         """Open items[i:] while each is (bytes, `origin` itself) holding a transport message to
         `index`; see the module docstring. -> (next index, messages accepted, their bytes,
         packets delivered, the inner source last routed, and the drops: expired_session,
         bad_auth, replay, bad_inner_packet, not_allowed_source). `units`: TCP segments are
-        joined into TUN write units as they are opened (_Units), for a TUN with offloads."""
+        joined into TUN write units as they are opened (_Units), for a TUN with offloads.
+        `l2_key`, `l2_frames`: an L2 plaintext whose first 20 bytes (header, destination and
+        source MAC) are `l2_key` has its frame appended to `l2_frames` (engine._deliver's fast
+        path: the TAP bucket of the last such frame); any other goes to `rest` and ends the
+        call, so that the engine delivers it before the frames after it."""
         cdef Py_ssize_t j = i, n, pl, length, src_at, src_len
         cdef uint64_t counter
         cdef const uint8_t* d
@@ -614,6 +621,11 @@ cdef class Opener:
         cdef object item, data, plain = None, src
         cdef _Units joiner = _Units(packets) if units else None
         cdef bint scratch
+        cdef const uint8_t* l2k = NULL
+        if l2_key is not None and l2_frames is not None:
+            if type(l2_key) is not bytes or PyBytes_GET_SIZE(l2_key) != L2_KEY:
+                raise ValueError("l2_key must be 20 bytes")
+            l2k = <const uint8_t*>PyBytes_AS_STRING(l2_key)
         if known_src is not None:
             if type(known_src) is not bytes:
                 raise TypeError("known_src must be bytes or None")
@@ -675,8 +687,14 @@ cdef class Opener:
                 src_at = 8
                 src_len = 16
             elif b0 == FLAG_I:
+                if l2k != NULL and pl >= L2_MIN and memcmp(q, l2k, L2_KEY) == 0:
+                    l2_frames.append(PyBytes_FromStringAndSize(<char*>q + L2_HEADER, pl - L2_HEADER))
+                    delivered += 1
+                    continue
                 # An L2 plaintext: the engine's switch takes it.
                 rest.append(PyBytes_FromStringAndSize(<char*>q, pl) if scratch else plain)
+                if l2k != NULL:
+                    break  # (the engine delivers it now: it may change what l2_key should be)
                 continue
             else:
                 bad_inner += 1

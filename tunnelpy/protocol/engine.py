@@ -108,6 +108,10 @@ WallClock = Callable[[], float]
 
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
 _L2_MIN = HEADER_LEN + ETH_HLEN  # the shortest L2 plaintext: header + Ethernet header
+# What _deliver knows about a peer's L2 frames in a batch: the first 20 bytes (header,
+# destination and source MAC) of the last frame it wrote to a TAP and that TAP's frame list.
+L2Known = tuple[bytes | None, list[bytes] | None]
+_NO_L2: L2Known = (None, None)
 _NONCE = struct.Struct("<IQ")  # 4 zero bytes, then the 64-bit little-endian counter
 
 # The responder is "under load" (and demands cookies) when it has processed more than this many
@@ -645,6 +649,8 @@ class Engine:
         run_accept: Callable[[int], bool] | None = None
         run_packets = run_bytes = 0
         known_src: bytes | None = None  # (compiled runs) the inner source last routed to run_peer
+        # (compiled runs) the L2 header and bucket _deliver last found for run_peer's frames
+        l2: L2Known = _NO_L2
         plains: list[bytes] = []
         unpack = _TRANSPORT_HEADER.unpack_from
         nonce = _NONCE.pack
@@ -660,10 +666,10 @@ class Engine:
                     assert run_peer is not None and run_kp is not None
                     if run_kp.opener is not None:
                         if plains:  # (the run's first plaintext goes first)
-                            self._deliver(run_peer, plains, now, out)
+                            l2 = self._deliver(run_peer, plains, now, out, l2)
                             plains = []
-                        j, accepted, nbytes, known_src = self._open_run(
-                            run_peer, run_kp, items, i - 1, addr, known_src, now, out
+                        j, accepted, nbytes, known_src, l2 = self._open_run(
+                            run_peer, run_kp, items, i - 1, addr, known_src, l2, now, out
                         )
                         run_packets += accepted
                         run_bytes += nbytes
@@ -691,7 +697,7 @@ class Engine:
                         continue
             if plains:
                 assert run_peer is not None
-                self._deliver(run_peer, plains, now, out)
+                l2 = self._deliver(run_peer, plains, now, out, l2)
                 plains = []
             if n < 4 or data[1:4] != b"\x00\x00\x00":
                 self.drops[Drop.BAD_HEADER] += 1
@@ -709,6 +715,7 @@ class Engine:
                     peer, kp, plain = received
                     if peer is not run_peer:
                         known_src = None
+                        l2 = _NO_L2
                     run_peer = peer
                     run_kp = kp
                     if plain:
@@ -738,7 +745,7 @@ class Engine:
                 self.drops[Drop.BAD_TYPE] += 1
         if run_peer is not None:
             if plains:
-                self._deliver(run_peer, plains, now, out)
+                self._deliver(run_peer, plains, now, out, l2)
             self._run_received(run_peer, run_packets, run_bytes)
         for peer in touched:
             self._schedule(peer)
@@ -752,13 +759,16 @@ class Engine:
         i: int,
         addr: Origin,
         known_src: bytes | None,
+        l2: L2Known,
         now: float,
         out: Output,
-    ) -> tuple[int, int, int, bytes | None]:
+    ) -> tuple[int, int, int, bytes | None, L2Known]:
         """from_network's fast path with the compiled AEAD: items[i:] from `addr` on `kp`,
         opened, replay-checked and delivered (IP packets straight to out.packets, the inner
-        source routed once per change; L2 plaintexts through _deliver) in one call. Returns
-        the next index, the messages accepted and their bytes, the inner source last routed."""
+        source routed once per change; an L2 frame that starts like the last one _deliver
+        wrote, as `l2` says, straight to that bucket, any other through _deliver, which ends
+        the call so that the frames keep their order) in one call. Returns the next index, the
+        messages accepted and their bytes, the inner source last routed and the L2 state."""
         window = kp.replay
         assert kp.opener is not None and isinstance(window, aead.Window)  # (made together)
         lookup = self.allowed.lookup
@@ -767,6 +777,7 @@ class Engine:
          expired, bad_auth, replay, bad_inner, not_allowed) = kp.opener.open_run(
             items, i, kp.local_index, addr, window, REJECT_AFTER_MESSAGES,
             out.packets, rest, lambda src: lookup(src) is peer, known_src, self.tcp_units,
+            l2[0], l2[1],
         )  # fmt: skip
         if expired or bad_auth or replay or bad_inner or not_allowed:
             for reason, k in (
@@ -780,8 +791,8 @@ class Engine:
         if delivered:
             self._data_received(peer, now, delivered)
         if rest:
-            self._deliver(peer, rest, now, out)
-        return j, accepted, nbytes, known_src
+            l2 = self._deliver(peer, rest, now, out, l2)
+        return j, accepted, nbytes, known_src, l2
 
     @staticmethod
     def _run_received(peer: Peer, packets: int, nbytes: int) -> None:
@@ -851,19 +862,26 @@ class Engine:
             self._send_initiation(peer, now, out, retry=False)
         return peer, kp, plain
 
-    def _deliver(self, peer: Peer, plains: list[bytes], now: float, out: Output) -> None:
+    def _deliver(
+        self, peer: Peer, plains: list[bytes], now: float, out: Output, l2: L2Known = _NO_L2
+    ) -> L2Known:
         """Hand authenticated plaintexts from `peer` on: IP packets whose inner source routes
         back to `peer` (cryptokey routing inbound) to the TUN, L2 plaintexts to their segment.
         Called once per run of messages from one peer, so what the messages of a burst share
         is checked once: the inner source last found routed to `peer` (the segments of a TSO
         super-packet share it) costs a comparison instead of a table lookup, and a frame that
         starts (VXLAN header, destination and source MAC: 20 bytes) like the last one
-        _deliver_frame wrote to a segment's TAP needs no segment, membership or FDB work."""
+        _deliver_frame wrote to a segment's TAP needs no segment, membership or FDB work.
+        That holds for the whole batch (one `out`, one `now`): `l2` carries it from the call
+        before for the same peer, and the state at the end is returned for the next."""
         lookup = self.allowed.lookup
         append = out.packets.append
         known_src: bytes | None = None
         l2_key: bytes | None = None
         l2_frames: list[bytes] = []
+        key, frames = l2
+        if key is not None and frames is not None:
+            l2_key, l2_frames = key, frames
         data = 0  # plaintexts delivered here: each is one _t_data_received
         for plain in plains:
             n = len(plain)
@@ -905,6 +923,7 @@ class Engine:
             data += 1
         if data:
             self._data_received(peer, now, data)
+        return (l2_key, l2_frames) if l2_key is not None else _NO_L2
 
     @staticmethod
     def _data_received(peer: Peer, now: float, data: int) -> None:
