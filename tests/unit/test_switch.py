@@ -296,3 +296,42 @@ def test_vxlan_flow_rides_in_the_destination():
         ("10.0.0.1", flow_hash(f2)), ("10.0.0.2", flow_hash(f2)),
     ]  # fmt: skip
     assert v.peer["a"].tx_packets == 2 and v.peer["a"].tx_bytes == 16 + len(f1) + len(f2)
+
+
+def test_compiled_egress_runs_equal_the_python_loop():
+    """Switch.egress with the compiled run loop (aead.egress_runs) and without: the same runs
+    (targets and payloads, in order) and drops over random frame lists: runs to one MAC,
+    floods, unknown unicast, too short, too big, a removed peer's MAC."""
+    from tunnelpy.protocol import aead
+
+    if not aead.BUILT:
+        pytest.skip("the compiled module is not built")
+    r = random.Random(4)
+    was = aead.enabled()
+    try:
+        for _ in range(300):
+            frames: list = []
+            for _ in range(r.randrange(0, 10)):
+                dst = r.choice([mac(2), mac(3), mac(9), BCAST, MCAST])
+                k = r.randrange(10)
+                if k < 7:
+                    one = frame(dst, mac(1), r.randbytes(r.randrange(0, 120)))
+                elif k == 7:
+                    one = r.randbytes(r.randrange(0, 14))
+                else:
+                    one = frame(dst, mac(1), bytes(300))  # too big
+                frames.extend([one] * r.choice([1, 1, 3, 40]))
+            results = []
+            for compiled in (True, False):
+                aead.enable(compiled)
+                assert (aead.egress_runs() is not None) is compiled
+                sw, p = switch("abc", max_frame=200)
+                sw.fdb.learn(mac(2), p["b"], 0)
+                sw.fdb.learn(mac(3), p["c"], 0)
+                p["c"].removed = True
+                drops: Counter[str] = Counter()
+                runs = sw.egress(list(frames), 1, drops)
+                results.append(([(names(t), [bytes(x) for x in pl]) for t, pl in runs], drops))
+            assert results[0] == results[1]
+    finally:
+        aead.enable(was)

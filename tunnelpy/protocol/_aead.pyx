@@ -31,6 +31,11 @@ call handles a whole run:
   super-packet that goes to the TUN (`_Units`, which joins exactly as io/gro.py does): no bytes
   object per segment, and no join of them afterwards. Finished super-packets go to `packets`
   as write units; everything else as bytes, in its place.
+* The L2 fast path (`l2_key`, `l2_frames`): a frame that starts like the last one the engine's
+  switch wrote to a TAP goes straight to that TAP's list, as engine._deliver's own fast path
+  would put it; any other L2 plaintext ends the call, so the engine's switch sees it in order.
+* `same_destination`: where a run of IP packets to one destination ends, for
+  allowedips.route_packets (one owner lookup and one slice per run).
 
 Every offset below is checked against the buffer it reads: this code runs on bytes from the
 network (tests/unit/test_aead.py fuzzes it).
@@ -760,5 +765,42 @@ def same_destination(list packets, Py_ssize_t i):
         b = <const uint8_t*>PyBytes_AS_STRING(p)
         if (b[0] >> 4) != version or memcmp(a + at, b + at, size) != 0:
             break
+        j += 1
+    return j
+
+
+# ------------------------------------------------------------------ L2 egress
+
+def egress_run(list frames, Py_ssize_t i, bytes header, Py_ssize_t max_frame, list payloads):
+    """Switch.egress's loop for one run: `header` + frame appended to `payloads` for frames[i:]
+    while each is bytes, an Ethernet header long (14 bytes) and at most `max_frame`, and sent to
+    the destination MAC of frames[i]. Returns the index after the run (`i` itself when frames[i]
+    is no such frame: the Python loop takes it)."""
+    cdef Py_ssize_t n = len(frames), j = i, size, hlen = PyBytes_GET_SIZE(header)
+    cdef const uint8_t* a
+    cdef const uint8_t* b
+    cdef object p, out
+    cdef char* o
+    if i < 0 or i >= n:
+        return i
+    p = frames[i]
+    if type(p) is not bytes or PyBytes_GET_SIZE(p) < 14 or PyBytes_GET_SIZE(p) > max_frame:
+        return i
+    a = <const uint8_t*>PyBytes_AS_STRING(p)
+    while j < n:
+        p = frames[j]
+        if type(p) is not bytes:
+            break
+        size = PyBytes_GET_SIZE(p)
+        if size < 14 or size > max_frame:
+            break
+        b = <const uint8_t*>PyBytes_AS_STRING(p)
+        if memcmp(a, b, 6) != 0:
+            break
+        out = PyBytes_FromStringAndSize(NULL, hlen + size)
+        o = PyBytes_AS_STRING(out)
+        memcpy(o, PyBytes_AS_STRING(header), hlen)
+        memcpy(o + hlen, b, size)
+        payloads.append(out)
         j += 1
     return j

@@ -24,14 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 try:
-    from ._aead import Opener, Sealer, Window, same_destination
+    from ._aead import Opener, Sealer, Window, egress_run, same_destination
 
     BUILT = True
 except ImportError:  # pragma: no cover - depends on the build
     BUILT = False
 
 __all__ = [
-    "BUILT", "Opener", "Sealer", "Window", "copying", "destination_runs", "enable", "enabled",
+    "BUILT", "Opener", "Sealer", "Window", "copying", "destination_runs", "egress_runs", "enable",
+    "enabled",
 ]  # fmt: skip
 
 _enabled = BUILT
@@ -61,3 +62,9 @@ def destination_runs() -> Callable[[list[Any], int], int] | None:
     the compiled module is off (the same switch as the AEAD's, so a run with
     TUNNELPY_TEST_COMPILED=off routes in Python throughout)."""
     return same_destination if _enabled else None
+
+
+def egress_runs() -> Callable[[list[Any], int, bytes, int, list[bytes]], int] | None:
+    """The compiled loop of switch.Switch.egress for one run of frames to one destination, or
+    None when the compiled module is off (as destination_runs)."""
+    return egress_run if _enabled else None

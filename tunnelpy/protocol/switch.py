@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
+from . import aead
 from .drops import Drop
 from .fdb import DEFAULT_AGING, DEFAULT_MAX_ENTRIES, DEFAULT_MOVE_HOLD, Fdb, MacFilter
 from .vxlan_header import ETH_HLEN, pack_header
@@ -118,6 +119,42 @@ class Switch(Generic[P]):
         members: list[P] | None = None
         payloads: list[bytes] = []
         last_dst: bytes | None = None
+        scan = aead.egress_runs() if type(frames) is list else None
+        if scan is not None:
+            # The compiled loop takes the rest of each run of one destination in one call; the
+            # loop here sees a run's first frame, and any frame the scan does not take.
+            assert isinstance(frames, list)
+            count = len(frames)
+            i = 0
+            while i < count:
+                f = frames[i]
+                n = len(f)
+                if n < ETH_HLEN:
+                    drops[Drop.FRAME_TOO_SHORT] += 1
+                    i += 1
+                    continue
+                if n > max_frame:
+                    drops[Drop.FRAME_TOO_BIG] += 1
+                    i += 1
+                    continue
+                dst = f[:6]
+                if dst != last_dst:
+                    last_dst = dst
+                    target = None if f[0] & 1 else lookup(dst, now)
+                    if target is not None and not target.removed:
+                        targets = [target]
+                    else:
+                        if members is None:
+                            members = self.members()
+                        targets = members
+                    payloads = []
+                    runs.append((targets, payloads))
+                j = scan(frames, i, header, max_frame, payloads)
+                if j == i:  # (not bytes)
+                    payloads.append(header + f)
+                    j = i + 1
+                i = j
+            return runs
         for f in frames:
             n = len(f)
             if n < ETH_HLEN:
