@@ -47,6 +47,7 @@ what everything but the AEAD costs (aead.py; a testing knob only, never from a c
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcmp, memcpy, memset
 
 
@@ -143,10 +144,10 @@ cdef enum:
     VNET = 10  # virtio_net_hdr (io/vnet.py)
     MAX_IP = 65535  # what one IP packet, so a GRO super-packet, may reach
     PLAIN_ROOM = 65536  # the scratch a plaintext is opened into (a UDP datagram is smaller)
+    SMALL_UNIT = (VNET + MAX_IP) // 2  # a unit below this is copied out of its buffer
     TCP_ACK = 0x10
     TCP_PSH = 0x08
 
-cdef unsigned char _PLAIN[PLAIN_ROOM]  # units mode: every plaintext is opened here first
 
 
 cdef inline uint32_t _be32(const uint8_t* b) noexcept nogil:
@@ -313,7 +314,7 @@ cdef class _Units:
         """The open super-packet to `packets`: alone as its packet's bytes, or as a GSO write
         with NEEDS_CSUM whose checksum field holds the folded pseudo-header sum (gro._unit)."""
         cdef uint8_t* a
-        cdef Py_ssize_t t = self.t, h = self.h, l4_len
+        cdef Py_ssize_t t = self.t, h = self.h, l4_len, total
         cdef uint64_t psum
         if self.count == 0:
             return 0
@@ -345,9 +346,15 @@ cdef class _Units:
         _le16_put(self.b + 4, self.gso)
         _le16_put(self.b + 6, t)  # csum_start
         _le16_put(self.b + 8, 16)  # csum_offset
-        self.packets.append([memoryview(self.buf)[:VNET + h + self.size]])
-        self.buf = None  # that one is the unit's now
-        self.b = NULL
+        total = VNET + h + self.size
+        if total < SMALL_UNIT:
+            # Copied out, the buffer kept for the next: a unit never pins more than twice its
+            # size (a peer sending pairs of tiny segments must not hold 64 KiB per pair).
+            self.packets.append([PyBytes_FromStringAndSize(<char*>self.b, total)])
+        else:
+            self.packets.append([memoryview(self.buf)[:total]])
+            self.buf = None  # that one is the unit's now
+            self.b = NULL
         self.count = 0
         self.seed = None
         return 0
@@ -552,14 +559,17 @@ cdef class Opener:
 
     cdef EVP_CIPHER_CTX* ctx
     cdef bint copy
+    cdef uint8_t* plain  # units mode: every plaintext is opened here first (PLAIN_ROOM)
 
     def __cinit__(self, bytes key, bint copy=False):
         self.ctx = _context(key, 0)
         self.copy = copy
+        self.plain = NULL
 
     def __dealloc__(self):
         if self.ctx != NULL:
             EVP_CIPHER_CTX_free(self.ctx)
+        PyMem_Free(self.plain)
 
     cdef bint _open(self, const uint8_t* c, Py_ssize_t clen, uint64_t counter,
                     uint8_t* out, const uint8_t* aad=NULL, Py_ssize_t aadlen=0) noexcept:
@@ -602,7 +612,8 @@ cdef class Opener:
         finally:
             PyBuffer_Release(&view)
 
-    def open_run(self, list items, Py_ssize_t i, uint32_t index, object origin, Window window,
+    def open_run(self, list items, Py_ssize_t i, uint32_t index, object origin,
+                 Window window not None,
                  uint64_t limit, list packets, list rest, object check, object known_src,
                  bint units=False, object l2_key=None, list l2_frames=None):
         """Open items[i:] while each is (bytes, `origin` itself) holding a transport message to
@@ -625,6 +636,11 @@ cdef class Opener:
         cdef Py_ssize_t expired = 0, bad_auth = 0, replay = 0, bad_inner = 0, not_allowed = 0
         cdef object item, data, plain = None, src
         cdef _Units joiner = _Units(packets) if units else None
+        if units and self.plain == NULL:
+            # One scratch per Opener, not one for the module: no two receive paths share it.
+            self.plain = <uint8_t*>PyMem_Malloc(PLAIN_ROOM)
+            if self.plain == NULL:
+                raise MemoryError()
         cdef bint scratch
         cdef const uint8_t* l2k = NULL
         if l2_key is not None and l2_frames is not None:
@@ -661,7 +677,7 @@ cdef class Opener:
             # there (still in cache) into its super-packet, and no bytes object is made for it.
             scratch = units and pl <= PLAIN_ROOM
             if scratch:
-                q = _PLAIN
+                q = self.plain
             else:
                 plain = PyBytes_FromStringAndSize(NULL, pl)
                 q = <uint8_t*>PyBytes_AS_STRING(plain)
@@ -723,6 +739,8 @@ cdef class Opener:
             if length < pl:
                 # Padding off: small packets only (full-size segments carry none).
                 plain = PyBytes_FromStringAndSize(<char*>q, length)
+            if joiner is not None:
+                joiner.flush()  # (units mode, a plaintext too big for the scratch: in order)
             packets.append(plain)
         if joiner is not None:
             joiner.flush()
@@ -771,7 +789,8 @@ def same_destination(list packets, Py_ssize_t i):
 
 # ------------------------------------------------------------------ L2 egress
 
-def egress_run(list frames, Py_ssize_t i, bytes header, Py_ssize_t max_frame, list payloads):
+def egress_run(list frames, Py_ssize_t i, bytes header not None, Py_ssize_t max_frame,
+               list payloads not None):
     """Switch.egress's loop for one run: `header` + frame appended to `payloads` for frames[i:]
     while each is bytes, an Ethernet header long (14 bytes) and at most `max_frame`, and sent to
     the destination MAC of frames[i]. Returns the index after the run (`i` itself when frames[i]
