@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import ipaddress
 import math
 import os
@@ -160,15 +161,24 @@ def test_a_routing_table_of_100k_prefixes_is_compact_and_faster_than_pickle():
         return time.perf_counter() - t, result
 
     def best(f, arg, n: int = 5) -> tuple[float, object]:
-        # best of n, interleaved with the other side: other processes share the CPU
-        runs = [timed(f, arg) for _ in range(n)]
+        # Best of n (other processes share the CPU), with the cyclic GC off: its passes cost
+        # in proportion to everything the test process holds (the whole suite's objects in a
+        # full run), not to the codec. A CI run of the whole suite measured decoding at 0.49 s
+        # against unpickling's 0.37 s; alone, with the collector off, 0.12 against 0.40. The
+        # daemon relaxes the collector too (datapath.relax_gc).
+        gc.collect()
+        gc.disable()
+        try:
+            runs = [timed(f, arg) for _ in range(n)]
+        finally:
+            gc.enable()
         return min(t for t, _ in runs), runs[0][1]
 
     t_enc, data = best(encode, msg)
     t_dump, pickled = best(lambda m: pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL), old)
     t_dec, got = best(decode_from_daemon, data)
-    t_dec2 = t_dec
     t_load, _ = best(pickle.loads, pickled)
+    t_dec2, _ = best(decode_from_daemon, data)  # (once more after: the CPU's speed drifts)
     assert got == msg
     # tag, count; per peer key, endpoint (1 + 9 + 2), no source (1), two counts; 5 bytes per
     # IPv4 prefix and 17 per IPv6 one.
