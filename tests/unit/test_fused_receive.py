@@ -18,7 +18,6 @@ FIN and pure ACKs, other protocols between) with hostile messages mixed in, and
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 
@@ -26,29 +25,13 @@ import pytest
 
 from tests.harness.engine_pair import A_ADDR, A_IN, B_IN, Net
 from tests.harness.packets import checksum, ipv4, ipv6, tcp, udp, with_l4_checksum
+from tests.unit.test_aead import _restore_enabled, needs_compiled  # noqa: F401 (a fixture)
 from tunnelpy.io import gro, segmentation
-from tunnelpy.protocol import aead
 from tunnelpy.protocol.actions import Output
 
 PROTO_TCP = 6
 ACK, PSH, FIN = 0x10, 0x08, 0x01
 TS_OPTION = b"\x01\x01\x08\x0a" + bytes(8)  # NOP NOP timestamps: 12 bytes, as Linux sends
-
-
-def needs_compiled() -> None:
-    if not aead.BUILT:
-        knob_off = os.environ.get("TUNNELPY_TEST_COMPILED", "").lower() == "off"
-        if os.environ.get("CI") and not knob_off:
-            pytest.fail("tunnelpy.protocol._aead is not built (CI installs it)")
-        pytest.skip("the compiled AEAD is not built")
-    aead.enable(True)
-
-
-@pytest.fixture(autouse=True)
-def _restore_enabled():
-    was = aead.enabled()
-    yield
-    aead.enable(was)
 
 
 class Flow:

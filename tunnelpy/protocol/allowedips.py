@@ -391,44 +391,15 @@ def route_packets(
     last_dst: bytes | None = None
     owner: V | None = None
     bucket: list[bytes] = []
-    scan = aead.destination_runs() if type(packets) is list else None
-    if scan is not None:
-        # The compiled scan finds each run of one destination (the segments of a super-packet)
-        # in one call; a packet it does not take (not IP, too short, not bytes) goes through
-        # the loop below alone, so the counts are the same.
-        assert isinstance(packets, list)
-        count = len(packets)
-        i = 0
-        while i < count:
-            j = scan(packets, i)
-            if j == i:
-                _route_alone(packets[i], table, drops, multicast, by_owner)
-                last_dst = None  # (that loop keeps no run state)
-                i += 1
-                continue
-            pkt = packets[i]
-            dst = pkt[16:20] if pkt[0] >> 4 == 4 else pkt[24:40]
-            if dst != last_dst:
-                last_dst = dst
-                owner = lookup(dst)
-                if owner is not None:
-                    found = by_owner.get(owner)
-                    if found is None:
-                        found = by_owner[owner] = []
-                    bucket = found
-            if owner is None:
-                if _multicast(dst):
-                    if multicast is not None:
-                        multicast["tun_multicast"] += j - i
-                else:
-                    drops["tun_no_route"] += j - i
-            elif j == i + 1:
-                bucket.append(pkt)
-            else:
-                bucket.extend(packets[i:j])
-            i = j
-        return by_owner
-    for pkt in packets:
+    # The compiled scan tells where a run of one destination (the segments of a super-packet)
+    # ends, so the run is looked up once and taken in one slice; without it every packet is a
+    # run of one. A packet the scan does not take (not bytes) is a run of one as well.
+    items = packets if type(packets) is list else list(packets)
+    scan = aead.destination_runs()
+    count = len(items)
+    i = 0
+    while i < count:
+        pkt = items[i]
         version = pkt[0] >> 4 if pkt else 0
         if version == 4 and len(pkt) >= 20:
             dst = pkt[16:20]
@@ -436,7 +407,9 @@ def route_packets(
             dst = pkt[24:40]
         else:
             drops["tun_not_ip"] += 1
+            i += 1
             continue
+        j = i + 1 if scan is None else max(scan(items, i), i + 1)
         if dst != last_dst:
             last_dst = dst
             owner = lookup(dst)
@@ -448,18 +421,13 @@ def route_packets(
         if owner is None:
             if _multicast(dst):
                 if multicast is not None:
-                    multicast["tun_multicast"] += 1
+                    multicast["tun_multicast"] += j - i
             else:
-                drops["tun_no_route"] += 1
-            continue
-        bucket.append(pkt)
+                drops["tun_no_route"] += j - i
+        elif j == i + 1:
+            bucket.append(pkt)
+        else:
+            bucket.extend(items[i:j])
+        i = j
     return by_owner
 
-
-def _route_alone(
-    pkt: bytes, table: AllowedIPs[V], drops: Counter[str], multicast: Counter[str] | None,
-    by_owner: dict[V, list[bytes]],
-) -> None:  # fmt: skip
-    """route_packets for one packet the compiled scan did not take."""
-    for owner, pkts in route_packets((pkt,), table, drops, multicast).items():
-        by_owner.setdefault(owner, []).extend(pkts)

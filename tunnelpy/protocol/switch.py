@@ -119,49 +119,22 @@ class Switch(Generic[P]):
         members: list[P] | None = None
         payloads: list[bytes] = []
         last_dst: bytes | None = None
-        scan = aead.egress_runs() if type(frames) is list else None
-        if scan is not None:
-            # The compiled loop takes the rest of each run of one destination in one call; the
-            # loop here sees a run's first frame, and any frame the scan does not take.
-            assert isinstance(frames, list)
-            count = len(frames)
-            i = 0
-            while i < count:
-                f = frames[i]
-                n = len(f)
-                if n < ETH_HLEN:
-                    drops[Drop.FRAME_TOO_SHORT] += 1
-                    i += 1
-                    continue
-                if n > max_frame:
-                    drops[Drop.FRAME_TOO_BIG] += 1
-                    i += 1
-                    continue
-                dst = f[:6]
-                if dst != last_dst:
-                    last_dst = dst
-                    target = None if f[0] & 1 else lookup(dst, now)
-                    if target is not None and not target.removed:
-                        targets = [target]
-                    else:
-                        if members is None:
-                            members = self.members()
-                        targets = members
-                    payloads = []
-                    runs.append((targets, payloads))
-                j = scan(frames, i, header, max_frame, payloads)
-                if j == i:  # (not bytes)
-                    payloads.append(header + f)
-                    j = i + 1
-                i = j
-            return runs
-        for f in frames:
+        # The compiled loop takes each run of frames to one destination, from its first, in
+        # one call; without it (or for a frame it does not take: not bytes) the frame here.
+        items = frames if type(frames) is list else list(frames)
+        scan = aead.egress_runs()
+        count = len(items)
+        i = 0
+        while i < count:
+            f = items[i]
             n = len(f)
             if n < ETH_HLEN:
                 drops[Drop.FRAME_TOO_SHORT] += 1
+                i += 1
                 continue
             if n > max_frame:
                 drops[Drop.FRAME_TOO_BIG] += 1
+                i += 1
                 continue
             dst = f[:6]
             if dst != last_dst:
@@ -175,7 +148,11 @@ class Switch(Generic[P]):
                     targets = members  # broadcast, multicast and unknown unicast: flood
                 payloads = []
                 runs.append((targets, payloads))
-            payloads.append(header + f)
+            j = i if scan is None else scan(items, i, header, max_frame, payloads)
+            if j == i:
+                payloads.append(header + f)
+                j = i + 1
+            i = j
         return runs
 
     def ingress(self, peer: P, frame: bytes, now: float) -> tuple[list[P], bool] | Drop:
