@@ -335,6 +335,8 @@ class Device:
         if isinstance(self.engine, Engine) and self.tun is not None and self.tun.vnet_hdr:
             # A TUN that takes GSO writes: the compiled receive may hand it joined TCP units.
             self.engine.tcp_units = True
+        if isinstance(self.engine, Engine):
+            self.engine.frame_units = self._taps_take_units()
         self.datapath = DataPath(
             loop, self.engine, self.udp, self.tun, self.on_event, clock,
             on_device_gone=self._device_gone,
@@ -347,6 +349,11 @@ class Device:
             self._watch_link()
         if isinstance(self.engine, Engine):
             self._watch_addresses()
+
+    def _taps_take_units(self) -> bool:
+        """Whether every segment's TAP takes joined TCP write units from the compiled receive
+        (Engine.frame_units): it takes GSO writes and does not vouch for what it is given."""
+        return all(tap.vnet_hdr and not tap.vouch for tap in self.taps.values())
 
     # ------------------------------------------------------------------ following the TUN
 
@@ -720,6 +727,8 @@ class Device:
             tap.close()
             raise
         self.taps[seg.vni] = tap
+        if isinstance(self.engine, Engine) and self.datapath is not None:
+            self.engine.frame_units = self._taps_take_units()
         self.bind_segment(seg)
         if self.datapath is not None:
             self.datapath.add_tap(seg.vni, tap, running=True)

@@ -53,6 +53,24 @@ def _tcp(r: random.Random) -> bytes:
     return bytes(ip + tcp)
 
 
+def _frame(r: random.Random) -> bytes:
+    """_tcp's segment as an L2 plaintext the fast path takes (L2_KEY), for the frame joiner:
+    mostly an untagged IPv4/IPv6 frame, now and then a wrong ethertype, a VLAN tag, Ethernet
+    padding or a frame cut short of its IP length."""
+    ip = _tcp(r)
+    kind = b"\x86\xdd" if ip[0] >> 4 == 6 else b"\x08\x00"
+    k = r.randrange(20)
+    if k == 0:
+        kind = r.choice([b"\x08\x06", b"\x86\xdd", b"\x08\x00", r.randbytes(2)])
+    elif k == 1:
+        kind = b"\x81\x00" + r.randbytes(2) + kind
+    elif k == 2:
+        ip += bytes(r.randrange(1, 30))
+    elif k == 3:
+        ip = ip[: r.randrange(len(ip) + 1)]
+    return L2_KEY + kind + ip
+
+
 def _plain(r: random.Random) -> bytes:
     k = r.randrange(8)
     if k >= 6:
@@ -77,22 +95,24 @@ def _plain(r: random.Random) -> bytes:
 
 
 def _pool(
-    mod: ModuleType, r: random.Random, key: bytes, size: int, tcp: bool = False
+    mod: ModuleType, r: random.Random, key: bytes, size: int, tcp: bool = False,
+    frames: bool = False,
 ) -> list[object]:
     """`size` items; `tcp`: TCP segments that mostly continue one another, with rising
-    counters and a tenth of them mangled, for the units mode's joiner."""
+    counters and a tenth of them mangled, for the units mode's joiner (`frames`: in L2
+    plaintexts, for the frame joiner)."""
     sealer = mod.Sealer(key)
     genuine: list[tuple[bytes, bool]] = []
     for _ in range(size // 64):
         counter = r.choice([0, r.getrandbits(16), r.getrandbits(63), REJECT - 100, REJECT - 1])
         make = _plain
         if tcp:
-            make = _tcp
+            make = _frame if frames else _tcp
             counter = len(genuine)
         buf, runs, count, _ = sealer.seal(INDEX, counter, [make(r) for _ in range(64)], 1420, REJECT)
         for start, end, step in runs:
             for at in range(start, end, step):
-                genuine.append((buf[at : min(at + step, end)], make is _tcp))
+                genuine.append((buf[at : min(at + step, end)], make is not _plain))
     items: list[object] = []
     for m, tcp in genuine:
         # (TCP runs mostly as sent, so that long runs reach the joiner)
@@ -133,7 +153,9 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
     opener = mod.Opener(key)
     pool = _pool(mod, r, key, 8192)
     tcp_pool = _pool(mod, r, key, 8192, tcp=True)
-    stats = dict(inputs=0, calls=0, accepted=0, delivered=0, rest=0, open_ok=0, units=0, l2_direct=0)
+    frame_pool = _pool(mod, r, key, 8192, tcp=True, frames=True)
+    stats = dict(inputs=0, calls=0, accepted=0, delivered=0, rest=0, open_ok=0, units=0,
+                 l2_direct=0, frame_units=0)  # fmt: skip
     refuse = r.random
 
     def check(src: bytes) -> bool:
@@ -141,13 +163,16 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
         return refuse() < 0.8
 
     while stats["inputs"] < count:
-        if r.random() < 0.5:
+        which = r.random()
+        if which < 0.4:
             items = r.choices(pool, k=2000)
-        else:  # runs of TCP segments: the units mode's joiner sees them continue
-            at = r.randrange(len(tcp_pool) - 2000)
-            items = tcp_pool[at : at + 2000]
+        else:  # runs of TCP segments (or frames): the joiners see them continue
+            runs = tcp_pool if which < 0.7 else frame_pool
+            at = r.randrange(len(runs) - 2000)
+            items = runs[at : at + 2000]
         units = r.random() < 0.5
-        l2_frames: list[bytes] | None = [] if r.random() < 0.5 else None
+        frame_units = r.random() < 0.5
+        l2_frames: list[bytes] | None = [] if r.random() < 0.6 else None
         l2_key = L2_KEY if l2_frames is not None else None
         window = mod.Window()
         packets: list[bytes] = []
@@ -157,7 +182,7 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
         while i < len(items):
             j, accepted, nbytes, delivered, known, *drops = opener.open_run(
                 items, i, INDEX, ORIGIN, window, REJECT, packets, rest, check, known, units,
-                l2_key, l2_frames,
+                l2_key, l2_frames, frame_units,
             )
             stats["calls"] += 1
             assert i <= j <= len(items) and accepted >= 0 and nbytes >= 32 * accepted
@@ -181,7 +206,19 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
                 assert type(p) is bytes and 20 <= len(p) <= 1500, (type(p), len(p))
         stats["rest"] += len(rest)
         for f in l2_frames or ():
-            assert type(f) is bytes and 14 <= len(f) <= 1500
+            if type(f) is list:  # a joined unit of frames: the same, 14 bytes further in
+                assert frame_units and len(f) == 1 and type(f[0]) in (memoryview, bytes)
+                assert type(f[0]) is memoryview or len(f[0]) < (10 + 65535) // 2
+                gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack_from(
+                    "<xBHHHH", f[0]
+                )
+                assert gso_type in (1, 4) and csum_offset == 16 and csum_start in (34, 54)
+                assert 0 < gso_size <= 1500 and csum_start + 20 <= hdr_len
+                assert 10 + hdr_len + 2 <= len(f[0]) <= 10 + 14 + 65535
+                assert bytes(f[0][10 + 12 : 10 + 14]) == (b"\x86\xdd" if gso_type == 4 else b"\x08\x00")
+                stats["frame_units"] += 1
+            else:
+                assert type(f) is bytes and 14 <= len(f) <= 1600
         stats["l2_direct"] += len(l2_frames or ())
         stats["inputs"] += len(items)
         for item in items[:200]:  # the single-message open too

@@ -513,6 +513,7 @@ def test_fuzz_the_compiled_open_with_a_million_inputs():
     assert stats["accepted"] > 10_000 and stats["delivered"] > 1_000 and stats["rest"] > 1_000
     assert stats["units"] > 1_000  # the units mode joined runs (tcp_units, _Units)
     assert stats["l2_direct"] > 50  # frames taken by the L2 fast path (l2_key)
+    assert stats["frame_units"] > 300  # frames joined too (frame_units, _Units with ETH)
 
 
 # ---------------------------------------------------------------- the bench's floor

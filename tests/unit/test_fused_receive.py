@@ -23,11 +23,13 @@ import struct
 
 import pytest
 
-from tests.harness.engine_pair import A_ADDR, A_IN, B_IN, Net
-from tests.harness.packets import checksum, ipv4, ipv6, tcp, udp, with_l4_checksum
+from tests.harness.engine_pair import A_ADDR, A_IN, B_IN, MAC_A, MAC_B, VNI, Net
+from tests.harness.packets import checksum, eth, ipv4, ipv6, mac, tcp, udp, with_l4_checksum
 from tests.unit.test_aead import _restore_enabled, needs_compiled  # noqa: F401 (a fixture)
 from tunnelpy.io import gro, segmentation
+from tunnelpy.io.headers import l3_offset
 from tunnelpy.protocol.actions import Output
+from tunnelpy.protocol.vxlan_header import pack_header
 
 PROTO_TCP = 6
 ACK, PSH, FIN = 0x10, 0x08, 0x01
@@ -77,7 +79,8 @@ def _batch(r: random.Random, flows: list[Flow], mode: str) -> list[bytes]:
             if k == 0:
                 out.append(f.segment(r.randrange(1, mss), ACK | PSH))  # ends the write
             elif k == 1:
-                out.append(f.segment(r.randrange(1, mss)))  # a shorter one: the last joined
+                # A shorter one: the last joined (now and then a tiny one, which a frame pads).
+                out.append(f.segment(r.choice([r.randrange(1, 6), r.randrange(1, mss)])))
             elif k == 2:
                 f.window += 1  # a window change: a new write (tcp_gro_receive flushes too)
                 out.append(f.segment(mss))
@@ -224,3 +227,162 @@ def test_without_the_flag_packets_stay_bytes():
     out = n.b.from_network([(m, A_ADDR) for m in msgs], n.now)
     assert n.b.tcp_units is False and len(out.packets) == 8
     assert all(type(x) is bytes for x in out.packets)
+
+
+# ------------------------------------------------------------------ frames for a TAP (L2)
+
+ETH_IPV4, ETH_IPV6, ETH_ARP = b"\x08\x00", b"\x86\xdd", b"\x08\x06"
+
+
+def _frame(dst: bytes, src: bytes, packet: bytes, *, vlan: int | None = None) -> bytes:
+    """`packet` in an Ethernet frame, padded to Ethernet's 60 bytes as a real sender pads it."""
+    f = eth(dst, src, (ETH_IPV6 if packet[0] >> 4 == 6 else ETH_IPV4) + packet, vlan=vlan)
+    return f + bytes(max(0, 60 - len(f)))
+
+
+def _frame_batch(r: random.Random, flows: list[Flow], mode: str) -> list[bytes]:
+    """_batch's segments as frames of one MAC pair, with, outside `clean`, what the compiled
+    join leaves to the Python GRO between them: a VLAN-tagged segment, an ARP frame, another
+    ethertype whose first byte looks like IPv4, a frame cut shorter than its IP length, and a
+    frame of another source MAC (a new pair: it ends the compiled call)."""
+    out = [_frame(MAC_B, MAC_A, p) for p in _batch(r, flows, mode)]
+    if mode != "clean":
+        for _ in range(r.randrange(0, 6)):
+            i = r.randrange(len(out) + 1)
+            seg = flows[0].segment(_mss(flows[0]) // 2)
+            k = r.randrange(5)
+            if k == 0:
+                extra = _frame(MAC_B, MAC_A, seg, vlan=7)
+            elif k == 1:
+                extra = eth(MAC_B, MAC_A, ETH_ARP + bytes(28)) + bytes(18)
+            elif k == 2:
+                extra = eth(MAC_B, MAC_A, b"\x88\xb5" + seg)  # (0x45 first: not IP for us)
+            elif k == 3:
+                extra = _frame(MAC_B, MAC_A, seg)[:-10]  # shorter than its IP length says
+            else:
+                extra = _frame(MAC_B, mac(0x0C), seg)
+            out.insert(i, extra)
+    return out
+
+
+def _frame_flows(frames: list[bytes]) -> dict[bytes, list]:
+    """_per_flow for frames: each IP packet without its Ethernet header and padding, under a
+    key that starts with that header; frames that carry no IP, or less of it than its length
+    says, under b"other", whole."""
+    by_header: dict[bytes, list[bytes]] = {}
+    for f in frames:
+        l3 = l3_offset(f)
+        kind = f[l3 - 2 : l3]
+        if kind not in (ETH_IPV4, ETH_IPV6) or len(f) < l3 + 20:
+            by_header.setdefault(b"other", []).append(f)
+            continue
+        ip = f[l3:]
+        end = 40 + int.from_bytes(ip[4:6], "big") if ip[0] >> 4 == 6 else int.from_bytes(ip[2:4], "big")
+        if end > len(ip):  # (cut short: no checksum to check)
+            by_header.setdefault(b"other", []).append(f)
+            continue
+        by_header.setdefault(f[:l3], []).append(ip[:end])
+    flows: dict[bytes, list] = {}
+    for header, packets in by_header.items():
+        if header == b"other":
+            flows[header] = packets
+            continue
+        for key, got in _per_flow([p for p in packets if len(p) >= (40 if p[0] >> 4 == 6 else 20)]).items():
+            flows[header + key] = got
+    return flows
+
+
+def _frame_writes(frames: list) -> list[bytes]:
+    return [b"".join(bytes(x) for x in unit) for unit in gro.coalesce(frames, l2=True)]
+
+
+def _frame_segments(writes: list[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for w in writes:
+        out.extend(segmentation.split(memoryview(w), l2=True) if w[1] else [w[10:]])
+    return out
+
+
+def _frame_pair() -> tuple[Net, Net]:
+    needs_compiled()
+    u, p = Net(seed=5, vni=VNI).established(), Net(seed=5, vni=VNI).established()
+    u.b.frame_units = True
+    assert u.pb.current.opener is not None and p.pb.current.opener is not None
+    return u, p
+
+
+def _sent_frames(n: Net, frames: list[bytes]) -> list[bytes]:
+    return n.sealed(n.a, [pack_header(VNI) + f for f in frames])
+
+
+def test_a_clean_run_of_frames_is_one_write_the_same_bytes_as_the_python_gro():
+    u, p = _frame_pair()
+    for v6 in (False, True):
+        outs = []
+        for n in (u, p):
+            f = Flow(v6, 4001, TS_OPTION)
+            frames = [_frame(MAC_B, MAC_A, f.segment(_mss(f))) for _ in range(40)]
+            frames.append(_frame(MAC_B, MAC_A, f.segment(300, ACK | PSH)))
+            outs.append((n.b.from_network([(m, A_ADDR) for m in _sent_frames(n, frames)], n.now), frames))
+        (out_u, frames), (out_p, _) = outs
+        got_u, got_p = out_u.frames[VNI], out_p.frames[VNI]
+        # The first frame went through the switch (_deliver_frame) and was taken back: one unit.
+        assert len(got_u) == 1 and type(got_u[0]) is list, [type(x) for x in got_u]
+        assert len(got_p) == 41 and all(type(x) is bytes for x in got_p)
+        writes = _frame_writes(got_u)
+        assert writes == _frame_writes(got_p) and len(writes) == 1
+        assert _frame_flows(_frame_segments(writes)) == _frame_flows(frames)
+        assert _state(u, Output())[1:] == _state(p, Output())[1:]
+
+
+@pytest.mark.parametrize("mode", ["clean", "mixed", "interleaved"])
+def test_frame_units_equal_the_python_gro_over_random_batches(mode: str):
+    u, p = _frame_pair()
+    r = random.Random("l2" + mode)
+    joined = 0
+    for trial in range(120):
+        seed = r.getrandbits(32)
+        nets = []
+        for n in (u, p):
+            g = random.Random(seed)
+            flows = [Flow(False, 4001, TS_OPTION), Flow(True, 4002, b""),
+                     Flow(False, 4003, b"")]  # fmt: skip
+            for f in flows:
+                f.seq += trial * 10_000_000
+            frames = _frame_batch(g, flows, mode)
+            batch = _hostile(g, _sent_frames(n, frames))
+            out = n.b.from_network(batch, n.now)
+            fdb = sorted((m, str(q), a) for m, q, a in n.b.segments[VNI].fdb.entries(n.now))
+            nets.append((out, frames, fdb))
+        (out_u, frames, fdb_u), (out_p, _, fdb_p) = nets
+        got_u, got_p = out_u.frames.get(VNI, []), out_p.frames.get(VNI, [])
+        # Everything but the frames' form is the same: drops, statistics, timers, the FDB.
+        state_u, state_p = _state(u, out_u), _state(p, out_p)
+        assert state_u[1:] == state_p[1:] and fdb_u == fdb_p, trial
+        assert not out_u.packets and not out_p.packets
+        writes_u, writes_p = _frame_writes(got_u), _frame_writes(got_p)
+        if mode == "clean":
+            assert writes_u == writes_p, trial  # the very bytes of every write
+        # What the fused open hands the TAP, its units cut again, is per flow the segments sent
+        # in the order sent; the writes of both hold the same frames (sorted: see above).
+        fused = [bytes(x[0]) if type(x) is list else b"\0" * 10 + x for x in got_u]
+        sent = _delivered(frames, got_p)
+        assert _frame_flows(_frame_segments(fused)) == _frame_flows(sent), trial
+        fl_u, fl_p = _frame_flows(_frame_segments(writes_u)), _frame_flows(_frame_segments(writes_p))
+        assert {k: sorted(v) for k, v in fl_u.items()} == {k: sorted(v) for k, v in fl_p.items()}
+        joined += sum(type(x) is list for x in got_u)
+        u.now += 0.01
+        p.now += 0.01
+    assert joined > 200  # (the units path really ran)
+
+
+def _delivered(sent: list[bytes], got: list[bytes]) -> list[bytes]:
+    """The frames of `sent` that the Python path delivered too (every one, unless a forgery
+    or a replay was dropped; the switch drops none of these), in the order sent."""
+    left = list(got)
+    out = []
+    for f in sent:
+        if f in left:
+            left.remove(f)
+            out.append(f)
+    return out

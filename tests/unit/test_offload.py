@@ -366,6 +366,20 @@ def test_coalesce_tap_frames():
     assert len(o.coalesce(segs6, l2=True)) == 1
 
 
+def test_coalesce_tap_joins_only_frames_whose_ethertype_says_ip_and_that_hold_it_whole():
+    """A frame of another ethertype whose payload looks like IPv4 is not read as IP; one that
+    holds less than its IP length is written alone, as it is (joined, its length and checksum
+    would be rewritten as if it were whole, and the kernel would not drop it)."""
+    segs = segments(n=3)
+    other = [ETH[:12] + b"\x88\xb5" + s for s in segs]
+    assert o.coalesce(other, l2=True) == [[o.ZERO_VNET_HDR, f] for f in other]
+    whole = [ETH + s for s in segs]
+    cut = whole[1][:-10]
+    units = o.coalesce([whole[0], cut, whole[2]], l2=True)
+    assert units == [[o.ZERO_VNET_HDR, whole[0]], [o.ZERO_VNET_HDR, cut], [o.ZERO_VNET_HDR, whole[2]]]
+    assert len(o.coalesce(whole, l2=True)) == 1  # (the same frames, whole, join)
+
+
 def test_single_segment_goes_plain():
     (s,) = segments(n=1)
     assert o.coalesce([s]) == [[o.ZERO_VNET_HDR, s]]

@@ -153,12 +153,21 @@ def coalesce(
             l3 = l3_offset(p)
             if n >= l3 + 20:
                 # Ethernet pads short frames to 60 bytes: the IP length says where data ends.
+                # Only a frame whose ethertype says IP is read as IP, and one that holds less
+                # than its IP length is written alone, for the kernel to drop (joined, its
+                # length and checksums would be rewritten as if it were whole).
                 v = p[l3] >> 4
-                end = n
-                if v == 4:
+                e0, e1 = p[l3 - 2], p[l3 - 1]
+                if v == 4 and e0 == 0x08 and e1 == 0x00:
                     end = l3 + ((p[l3 + 2] << 8) | p[l3 + 3])
-                elif v == 6:
+                elif v == 6 and e0 == 0x86 and e1 == 0xDD:
                     end = l3 + 40 + ((p[l3 + 4] << 8) | p[l3 + 5])
+                else:
+                    units.append([ZERO_VNET_HDR, p])
+                    continue
+                if end > n:
+                    units.append([ZERO_VNET_HDR, p])
+                    continue
                 if l3 + 20 <= end < n:
                     p = p[:end]
                     n = end

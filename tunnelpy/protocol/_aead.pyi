@@ -37,6 +37,7 @@ class Opener:
         units: bool = ...,
         l2_key: bytes | None = ...,
         l2_frames: list[bytes] | None = ...,
+        frame_units: bool = ...,
     ) -> tuple[int, int, int, int, bytes | None, int, int, int, int, int]: ...
 
 def same_destination(packets: list[Any], i: int) -> int: ...

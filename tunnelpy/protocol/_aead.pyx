@@ -34,6 +34,8 @@ call handles a whole run:
 * The L2 fast path (`l2_key`, `l2_frames`): a frame that starts like the last one the engine's
   switch wrote to a TAP goes straight to that TAP's list, as engine._deliver's own fast path
   would put it; any other L2 plaintext ends the call, so the engine's switch sees it in order.
+  With `frame_units` (Engine.frame_units, TAPs that take GSO writes) those frames are joined
+  into TAP write units as the TCP segments of `units` are.
 * `same_destination`: where a run of IP packets to one destination ends, for
   allowedips.route_packets (one owner lookup and one slice per run).
 
@@ -147,6 +149,7 @@ cdef enum:
     SMALL_UNIT = (VNET + MAX_IP) // 2  # a unit below this is copied out of its buffer
     TCP_ACK = 0x10
     TCP_PSH = 0x08
+    ETH = 14  # an untagged Ethernet header: where a TAP frame's IP header starts
 
 
 
@@ -204,6 +207,22 @@ cdef inline Py_ssize_t _joinable(const uint8_t* q, Py_ssize_t n, Py_ssize_t* h) 
     return t
 
 
+cdef inline Py_ssize_t _frame_ip(const uint8_t* q, Py_ssize_t n) noexcept nogil:
+    """The IP length of the Ethernet frame q[:n] when it is untagged and carries IPv4 or IPv6
+    (by its ethertype and its version both) that the frame holds whole, else 0. What follows
+    the IP packet is Ethernet's padding (a short frame is padded to 60 bytes), not joined."""
+    cdef Py_ssize_t length
+    if n < ETH + 20:
+        return 0
+    if q[12] == 0x08 and q[13] == 0x00 and (q[ETH] >> 4) == 4:
+        length = (<Py_ssize_t>q[ETH + 2] << 8) | q[ETH + 3]
+    elif q[12] == 0x86 and q[13] == 0xDD and (q[ETH] >> 4) == 6 and n >= ETH + 40:
+        length = 40 + ((<Py_ssize_t>q[ETH + 4] << 8) | q[ETH + 5])
+    else:
+        return 0
+    return length if length <= n - ETH else 0
+
+
 cdef class _Units:
     """The TCP segments of one open_run call joined as gro.coalesce would join them, written
     straight into the super-packet that goes to the TUN: behind its virtio_net_hdr, the first
@@ -213,35 +232,56 @@ cdef class _Units:
     one-message-at-a-time delivery: a finished super-packet goes there as a write unit (a list
     holding one memoryview: header and packet), a lone segment as the bytes of its packet.
 
+    `l2` (ETH): the same for the Ethernet frames of a TAP (gro.coalesce's `l2`), untagged ones
+    carrying IPv4 or IPv6 (_frame_ip; any other frame is handed on alone, as bytes, for the
+    Python GRO): the Ethernet header is part of what must be equal, the offsets in the
+    virtio_net_hdr count it, and a frame's Ethernet padding is left out of the join.
+
     The run's first message went through the engine's Python path, so it already sits at the
     end of `packets`: the first joinable segment takes it back as the super-packet's start when
     it continues it (the seed), as gro.coalesce would have joined the two."""
 
     cdef list packets
-    cdef object buf  # the super-packet being built: bytes of VNET + MAX_IP, or None
+    cdef object buf  # the super-packet being built: bytes of VNET + l2 + MAX_IP, or None
     cdef uint8_t* b
-    cdef Py_ssize_t t, h, size, gso, count
+    cdef Py_ssize_t l2, t, h, size, gso, count  # (t, h: from the IP header)
     cdef uint32_t next_seq
     cdef bint v6, open, psh, tried_seed
     cdef object seed  # the start taken back from `packets`, handed back as is if alone
 
-    def __cinit__(self, list packets):
+    def __cinit__(self, list packets, Py_ssize_t l2=0):
         self.packets = packets
+        self.l2 = l2
         self.buf = None
         self.b = NULL
         self.count = 0
         self.tried_seed = False
         self.seed = None
 
+    cdef inline Py_ssize_t _ip(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t* h) noexcept:
+        """Where the TCP header of the packet or frame q[:n] starts, from its IP header, when
+        it is a segment that may join (else 0); h[0]: where its payload starts, h[1]: its IP
+        length (the frame's padding left out)."""
+        cdef Py_ssize_t ipn = n
+        if self.l2:
+            ipn = _frame_ip(q, n)
+            if ipn == 0:
+                return 0
+        h[1] = ipn
+        return _joinable(q + self.l2, ipn, h)
+
     cdef bint _continues(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h) noexcept:
-        """q (joinable, TCP header at t, payload at h) continues the open super-packet: in
-        sequence, no bigger than its segments, room left, and every header field equal but IP
-        length, id, checksums, sequence number and PSH (gro.coalesce's flow key)."""
-        cdef const uint8_t* a = self.b + VNET
+        """q (the IP packet of a joinable segment, TCP header at t, payload at h, n its IP
+        length) continues the open super-packet: in sequence, no bigger than its segments,
+        room left, and every header field equal but IP length, id, checksums, sequence number
+        and PSH (gro.coalesce's flow key); for a frame, its Ethernet header too."""
+        cdef const uint8_t* a = self.b + VNET + self.l2
         cdef Py_ssize_t plen = n - h
         if (self.count == 0 or not self.open or t != self.t or h != self.h
                 or plen > self.gso or self.size + plen + h > MAX_IP
                 or _be32(q + t + 4) != self.next_seq):
+            return False
+        if self.l2 and memcmp(self.b + VNET, q - self.l2, self.l2) != 0:
             return False
         if self.v6:
             if memcmp(a, q, 4) != 0 or memcmp(a + 6, q + 6, t + 4 - 6) != 0:
@@ -253,13 +293,14 @@ cdef class _Units:
                 and memcmp(a + t + 20, q + t + 20, h - (t + 20)) == 0)
 
     cdef int _start(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h) except -1:
+        """A new super-packet from the packet or frame q (its IP length n)."""
         if self.buf is None:
-            self.buf = PyBytes_FromStringAndSize(NULL, VNET + MAX_IP)
+            self.buf = PyBytes_FromStringAndSize(NULL, VNET + self.l2 + MAX_IP)
             self.b = <uint8_t*>PyBytes_AS_STRING(self.buf)
-        memcpy(self.b + VNET, q, n)
+        memcpy(self.b + VNET, q, self.l2 + n)
         self.t = t
         self.h = h
-        self.v6 = (q[0] >> 4) == 6
+        self.v6 = (q[self.l2] >> 4) == 6
         self.size = self.gso = n - h
         self.count = 1
         self.open = True
@@ -268,15 +309,21 @@ cdef class _Units:
         return 0
 
     cdef int add(self, const uint8_t* q, Py_ssize_t n) except -1:
-        """Deliver the IP packet q[:n] (exactly its IP length)."""
-        cdef Py_ssize_t h = 0, t, plen, lh = 0, lt, ln, k
+        """Deliver the IP packet q[:n] (exactly its IP length), or with `l2` the frame q[:n]."""
+        cdef Py_ssize_t hl[2]
+        cdef Py_ssize_t lhl[2]
+        cdef Py_ssize_t h, t, plen, ipn, lt, ln, k
         cdef const uint8_t* lp
+        cdef const uint8_t* qi
         cdef object last
-        t = _joinable(q, n, &h)
+        t = self._ip(q, n, hl)
         if t == 0:
             self.flush()
             self.packets.append(PyBytes_FromStringAndSize(<char*>q, n))
             return 0
+        h = hl[0]
+        ipn = hl[1]
+        qi = q + self.l2
         if self.count == 0 and not self.tried_seed:
             self.tried_seed = True
             k = len(self.packets)
@@ -285,27 +332,28 @@ cdef class _Units:
                 if type(last) is bytes:
                     lp = <const uint8_t*>PyBytes_AS_STRING(last)
                     ln = PyBytes_GET_SIZE(last)
-                    lt = _joinable(lp, ln, &lh)
+                    lt = self._ip(lp, ln, lhl)
                     if lt:
                         self.packets.pop()
-                        self._start(lp, ln, lt, lh)
-                        self.next_seq = _be32(lp + lt + 4) + <uint32_t>(ln - lh)
+                        self._start(lp, lhl[1], lt, lhl[0])
+                        lp += self.l2
+                        self.next_seq = _be32(lp + lt + 4) + <uint32_t>(lhl[1] - lhl[0])
                         if lp[lt + 13] & TCP_PSH:
                             self.open = False
                             self.psh = True
                         self.seed = last
-        plen = n - h
-        if self._continues(q, n, t, h):
-            memcpy(self.b + VNET + self.h + self.size, q + h, plen)
+        plen = ipn - h
+        if self._continues(qi, ipn, t, h):
+            memcpy(self.b + VNET + self.l2 + self.h + self.size, qi + h, plen)
             self.size += plen
             self.count += 1
             if plen < self.gso:
                 self.open = False  # a shorter segment is the last one
         else:
             self.flush()
-            self._start(q, n, t, h)
-        self.next_seq = _be32(q + t + 4) + <uint32_t>plen
-        if q[t + 13] & TCP_PSH:
+            self._start(q, ipn, t, h)
+        self.next_seq = _be32(qi + t + 4) + <uint32_t>plen
+        if qi[t + 13] & TCP_PSH:
             self.open = False
             self.psh = True
         return 0
@@ -314,7 +362,7 @@ cdef class _Units:
         """The open super-packet to `packets`: alone as its packet's bytes, or as a GSO write
         with NEEDS_CSUM whose checksum field holds the folded pseudo-header sum (gro._unit)."""
         cdef uint8_t* a
-        cdef Py_ssize_t t = self.t, h = self.h, l4_len, total
+        cdef Py_ssize_t l2 = self.l2, t = self.t, h = self.h, l4_len, total
         cdef uint64_t psum
         if self.count == 0:
             return 0
@@ -322,11 +370,12 @@ cdef class _Units:
             if self.seed is not None:
                 self.packets.append(self.seed)
             else:
-                self.packets.append(PyBytes_FromStringAndSize(<char*>self.b + VNET, h + self.size))
+                self.packets.append(
+                    PyBytes_FromStringAndSize(<char*>self.b + VNET, l2 + h + self.size))
             self.count = 0
             self.seed = None
             return 0
-        a = self.b + VNET
+        a = self.b + VNET + l2
         l4_len = h - t + self.size
         if self.v6:
             _be16_put(a + 4, l4_len)
@@ -342,11 +391,11 @@ cdef class _Units:
         _be16_put(a + t + 16, _fold(psum))
         self.b[0] = 1  # F_NEEDS_CSUM
         self.b[1] = 4 if self.v6 else 1  # GSO_TCPV6, GSO_TCPV4
-        _le16_put(self.b + 2, h)  # hdr_len
+        _le16_put(self.b + 2, l2 + h)  # hdr_len
         _le16_put(self.b + 4, self.gso)
-        _le16_put(self.b + 6, t)  # csum_start
+        _le16_put(self.b + 6, l2 + t)  # csum_start
         _le16_put(self.b + 8, 16)  # csum_offset
-        total = VNET + h + self.size
+        total = VNET + l2 + h + self.size
         if total < SMALL_UNIT:
             # Copied out, the buffer kept for the next: a unit never pins more than twice its
             # size (a peer sending pairs of tiny segments must not hold 64 KiB per pair).
@@ -615,7 +664,8 @@ cdef class Opener:
     def open_run(self, list items, Py_ssize_t i, uint32_t index, object origin,
                  Window window not None,
                  uint64_t limit, list packets, list rest, object check, object known_src,
-                 bint units=False, object l2_key=None, list l2_frames=None):
+                 bint units=False, object l2_key=None, list l2_frames=None,
+                 bint frame_units=False):
         """Open items[i:] while each is (bytes, `origin` itself) holding a transport message to
         `index`; see the module docstring. -> (next index, messages accepted, their bytes,
         packets delivered, the inner source last routed, and the drops: expired_session,
@@ -624,7 +674,9 @@ cdef class Opener:
         `l2_key`, `l2_frames`: an L2 plaintext whose first 20 bytes (header, destination and
         source MAC) are `l2_key` has its frame appended to `l2_frames` (engine._deliver's fast
         path: the TAP bucket of the last such frame); any other goes to `rest` and ends the
-        call, so that the engine delivers it before the frames after it."""
+        call, so that the engine delivers it before the frames after it. `frame_units`: the
+        frames that go to `l2_frames` are joined as `units` joins packets (_Units with ETH),
+        for TAPs that take GSO writes."""
         cdef Py_ssize_t j = i, n, pl, length, src_at, src_len
         cdef uint64_t counter
         cdef const uint8_t* d
@@ -636,7 +688,8 @@ cdef class Opener:
         cdef Py_ssize_t expired = 0, bad_auth = 0, replay = 0, bad_inner = 0, not_allowed = 0
         cdef object item, data, plain = None, src
         cdef _Units joiner = _Units(packets) if units else None
-        if units and self.plain == NULL:
+        cdef _Units frame_joiner = None
+        if (units or frame_units) and self.plain == NULL:
             # One scratch per Opener, not one for the module: no two receive paths share it.
             self.plain = <uint8_t*>PyMem_Malloc(PLAIN_ROOM)
             if self.plain == NULL:
@@ -647,6 +700,8 @@ cdef class Opener:
             if type(l2_key) is not bytes or PyBytes_GET_SIZE(l2_key) != L2_KEY:
                 raise ValueError("l2_key must be 20 bytes")
             l2k = <const uint8_t*>PyBytes_AS_STRING(l2_key)
+            if frame_units:
+                frame_joiner = _Units(l2_frames, ETH)
         if known_src is not None:
             if type(known_src) is not bytes:
                 raise TypeError("known_src must be bytes or None")
@@ -675,7 +730,7 @@ cdef class Opener:
             pl = n - OVERHEAD
             # Units mode opens into the scratch: a joined segment's payload is copied from
             # there (still in cache) into its super-packet, and no bytes object is made for it.
-            scratch = units and pl <= PLAIN_ROOM
+            scratch = (units or frame_units) and pl <= PLAIN_ROOM
             if scratch:
                 q = self.plain
             else:
@@ -709,10 +764,18 @@ cdef class Opener:
                 src_len = 16
             elif b0 == FLAG_I:
                 if l2k != NULL and pl >= L2_MIN and memcmp(q, l2k, L2_KEY) == 0:
-                    l2_frames.append(PyBytes_FromStringAndSize(<char*>q + L2_HEADER, pl - L2_HEADER))
+                    if frame_joiner is not None and scratch:
+                        frame_joiner.add(q + L2_HEADER, pl - L2_HEADER)
+                    else:
+                        if frame_joiner is not None:
+                            frame_joiner.flush()  # (a plaintext too big for the scratch)
+                        l2_frames.append(
+                            PyBytes_FromStringAndSize(<char*>q + L2_HEADER, pl - L2_HEADER))
                     delivered += 1
                     continue
-                # An L2 plaintext: the engine's switch takes it.
+                # An L2 plaintext: the engine's switch takes it, after the frames before it.
+                if frame_joiner is not None:
+                    frame_joiner.flush()
                 rest.append(PyBytes_FromStringAndSize(<char*>q, pl) if scratch else plain)
                 if l2k != NULL:
                     break  # (the engine delivers it now: it may change what l2_key should be)
@@ -734,7 +797,10 @@ cdef class Opener:
                 known_len = src_len
             delivered += 1
             if scratch:
-                joiner.add(q, length)
+                if joiner is not None:
+                    joiner.add(q, length)
+                else:  # (the scratch is for the frames: the packet is copied out)
+                    packets.append(PyBytes_FromStringAndSize(<char*>q, length))
                 continue
             if length < pl:
                 # Padding off: small packets only (full-size segments carry none).
@@ -744,6 +810,8 @@ cdef class Opener:
             packets.append(plain)
         if joiner is not None:
             joiner.flush()
+        if frame_joiner is not None:
+            frame_joiner.flush()
         return (j, accepted, nbytes, delivered, known_src,
                 expired, bad_auth, replay, bad_inner, not_allowed)
 

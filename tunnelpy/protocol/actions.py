@@ -124,7 +124,8 @@ class Output:
     # may stand among them, which only a TUN with offloads can write; declared list[bytes]
     # for every other reader, since no unit is made without that flag.
     packets: list[bytes] = field(default_factory=list)
-    frames: dict[int, list[bytes]] = field(default_factory=dict)  # VNI -> frames for its TAP
+    # VNI -> frames for its TAP; with Engine.frame_units write units among them, as above.
+    frames: dict[int, list[bytes]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
 
     def send(self, dest: Dest, data: bytes) -> None:
