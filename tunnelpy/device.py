@@ -337,6 +337,7 @@ class Device:
             self.engine.tcp_units = True
         if isinstance(self.engine, Engine):
             self.engine.frame_units = self._taps_take_units()
+            self.engine.uso_units = self._devices_take_uso()
         self.datapath = DataPath(
             loop, self.engine, self.udp, self.tun, self.on_event, clock,
             on_device_gone=self._device_gone,
@@ -354,6 +355,12 @@ class Device:
         """Whether every segment's TAP takes joined TCP write units from the compiled receive
         (Engine.frame_units): it takes GSO writes and does not vouch for what it is given."""
         return all(tap.vnet_hdr and not tap.vouch for tap in self.taps.values())
+
+    def _devices_take_uso(self) -> bool:
+        """Whether the compiled receive may join UDP datagrams into USO writes
+        (Engine.uso_units): the TUN and every TAP took USO (gro.coalesce's `uso`)."""
+        devices = [self.tun, *self.taps.values()] if self.tun is not None else []
+        return bool(devices) and all(d.vnet_hdr and d.uso for d in devices)
 
     # ------------------------------------------------------------------ following the TUN
 
@@ -729,6 +736,7 @@ class Device:
         self.taps[seg.vni] = tap
         if isinstance(self.engine, Engine) and self.datapath is not None:
             self.engine.frame_units = self._taps_take_units()
+            self.engine.uso_units = self._devices_take_uso()
         self.bind_segment(seg)
         if self.datapath is not None:
             self.datapath.add_tap(seg.vni, tap, running=True)

@@ -31,9 +31,30 @@ L2_KEY = b"\x08\x00\x00\x00\x00\x00\x64\x00" + bytes.fromhex("020000000001" "020
 _SEQ = [0]  # the next sequence number of the fuzz's TCP segments: runs of them continue
 
 
+def _udp(r: random.Random) -> bytes:
+    """A UDP datagram for the joiner's USO writes: mostly 64 bytes of payload from one flow,
+    with other sizes, fragments and mangled headers mixed in."""
+    v6 = r.random() < 0.3
+    size = 64 if r.random() < 0.8 else r.randrange(0, 1400)
+    dgram = struct.pack(">HHHH", 5001, 40000, 8 + size, 0) + r.randbytes(size)
+    if v6:
+        ip = bytearray(struct.pack(">IHBB16s16s", 0x60000000, len(dgram), 17, 64, bytes(16),
+                                   bytes(16)))  # fmt: skip
+    else:
+        frag = 0x4000 if r.random() < 0.95 else r.randrange(0x10000)
+        ip = bytearray(struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(dgram), 0, frag, 64, 17, 0,
+                                   bytes(4), bytes(4)))  # fmt: skip
+    if r.random() < 0.1:
+        ip[r.randrange(len(ip))] = r.randrange(256)
+    return bytes(ip + dgram)
+
+
 def _tcp(r: random.Random) -> bytes:
     """A TCP segment for the units mode's joiner: mostly one that continues the last (so runs
-    join), with hostile data offsets, flags, options, lengths and headers mixed in."""
+    join), with hostile data offsets, flags, options, lengths and headers mixed in; now and
+    then a run of UDP datagrams instead (_udp, for USO writes)."""
+    if r.random() < 0.15:
+        return _udp(r)
     v6 = r.random() < 0.3
     plen = r.choice([0, 1, 1368, 1368, 1368, r.randrange(0, 1360)])
     seq = _SEQ[0] if r.random() < 0.85 else r.getrandbits(32)
@@ -155,7 +176,7 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
     tcp_pool = _pool(mod, r, key, 8192, tcp=True)
     frame_pool = _pool(mod, r, key, 8192, tcp=True, frames=True)
     stats = dict(inputs=0, calls=0, accepted=0, delivered=0, rest=0, open_ok=0, units=0,
-                 l2_direct=0, frame_units=0)  # fmt: skip
+                 l2_direct=0, frame_units=0, uso_units=0)  # fmt: skip
     refuse = r.random
 
     def check(src: bytes) -> bool:
@@ -172,6 +193,7 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
             items = runs[at : at + 2000]
         units = r.random() < 0.5
         frame_units = r.random() < 0.5
+        uso = r.random() < 0.5
         l2_frames: list[bytes] | None = [] if r.random() < 0.6 else None
         l2_key = L2_KEY if l2_frames is not None else None
         window = mod.Window()
@@ -182,7 +204,7 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
         while i < len(items):
             j, accepted, nbytes, delivered, known, *drops = opener.open_run(
                 items, i, INDEX, ORIGIN, window, REJECT, packets, rest, check, known, units,
-                l2_key, l2_frames, frame_units,
+                l2_key, l2_frames, frame_units, uso,
             )
             stats["calls"] += 1
             assert i <= j <= len(items) and accepted >= 0 and nbytes >= 32 * accepted
@@ -198,8 +220,13 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
                 gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack_from(
                     "<xBHHHH", p[0]
                 )
-                assert gso_type in (1, 4) and csum_offset == 16 and csum_start in (20, 40)
-                assert 0 < gso_size <= 1500 and csum_start + 20 <= hdr_len
+                assert csum_start in (20, 40) and 0 < gso_size <= 1500
+                if gso_type == 5:  # a USO write
+                    assert uso and csum_offset == 6 and hdr_len == csum_start + 8
+                    assert len(p[0]) <= 10 + hdr_len + 64 * gso_size
+                    stats["uso_units"] += 1
+                else:
+                    assert gso_type in (1, 4) and csum_offset == 16 and csum_start + 20 <= hdr_len
                 assert 10 + hdr_len + 2 * 1 <= len(p[0]) <= 10 + 65535
                 stats["units"] += 1
             else:
@@ -212,10 +239,14 @@ def fuzz(mod: ModuleType, count: int = 1_000_000, seed: int = 1) -> dict[str, in
                 gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack_from(
                     "<xBHHHH", f[0]
                 )
-                assert gso_type in (1, 4) and csum_offset == 16 and csum_start in (34, 54)
-                assert 0 < gso_size <= 1500 and csum_start + 20 <= hdr_len
+                assert csum_start in (34, 54) and 0 < gso_size <= 1500
+                if gso_type == 5:
+                    assert uso and csum_offset == 6 and hdr_len == csum_start + 8
+                else:
+                    assert gso_type in (1, 4) and csum_offset == 16 and csum_start + 20 <= hdr_len
                 assert 10 + hdr_len + 2 <= len(f[0]) <= 10 + 14 + 65535
-                assert bytes(f[0][10 + 12 : 10 + 14]) == (b"\x86\xdd" if gso_type == 4 else b"\x08\x00")
+                v6 = csum_start == 54
+                assert bytes(f[0][10 + 12 : 10 + 14]) == (b"\x86\xdd" if v6 else b"\x08\x00")
                 stats["frame_units"] += 1
             else:
                 assert type(f) is bytes and 14 <= len(f) <= 1600

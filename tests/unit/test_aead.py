@@ -514,6 +514,7 @@ def test_fuzz_the_compiled_open_with_a_million_inputs():
     assert stats["units"] > 1_000  # the units mode joined runs (tcp_units, _Units)
     assert stats["l2_direct"] > 50  # frames taken by the L2 fast path (l2_key)
     assert stats["frame_units"] > 300  # frames joined too (frame_units, _Units with ETH)
+    assert stats["uso_units"] > 100  # UDP datagrams into USO writes (uso)
 
 
 # ---------------------------------------------------------------- the bench's floor

@@ -58,11 +58,41 @@ class Flow:
         )
 
 
+class UdpFlow:
+    """One UDP flow from A's inner address (for USO writes): datagrams of one size, IPv4 ids
+    rising by one as the kernel's USO segmentation makes them, so that a joined write cut
+    again gives back the very datagrams."""
+
+    def __init__(self, v6: bool, sport: int, size: int) -> None:
+        self.v6, self.sport, self.size = v6, sport, size
+        self.ident = sport
+        self.n = 0
+
+    def datagram(self, size: int) -> bytes:
+        self.n += 1
+        data = bytes((self.n + k) & 0xFF for k in range(size))
+        dgram = udp(self.sport, 5201, data)
+        if self.v6:
+            return with_l4_checksum(ipv6("fd00::1", "fd00::2", dgram, 17))
+        self.ident += 1
+        return with_l4_checksum(ipv4(A_IN, B_IN, dgram, 17, ident=self.ident & 0xFFFF, csum=True))
+
+
+def _udp_run(r: random.Random, f: UdpFlow) -> list[bytes]:
+    """A run of one UDP flow: mostly full-size datagrams (past the 64 a USO write may carry),
+    now and then a shorter one, which ends the write in both GROs."""
+    out = []
+    for _ in range(r.randrange(1, 90)):
+        short = r.random() < 0.05
+        out.append(f.datagram(r.randrange(1, f.size) if short else f.size))
+    return out
+
+
 def _mss(f: Flow) -> int:
     return 1420 - (40 if f.v6 else 20) - 20 - len(f.options)
 
 
-def _batch(r: random.Random, flows: list[Flow], mode: str) -> list[bytes]:
+def _batch(r: random.Random, flows: list[Flow | UdpFlow], mode: str) -> list[bytes]:
     """The plaintexts of one receive batch: runs of segments of one flow at a time, with what
     ends or breaks a join between. `clean`: the flows one after another, and only what closes
     a write in both GROs alike (PSH, a shorter segment, a window change, a gap); `mixed`: pure
@@ -71,6 +101,9 @@ def _batch(r: random.Random, flows: list[Flow], mode: str) -> list[bytes]:
     out: list[bytes] = []
     order = [r.choice(flows) for _ in range(r.randrange(1, 6))] if mode == "interleaved" else flows
     for f in order:
+        if isinstance(f, UdpFlow):
+            out.extend(_udp_run(r, f))
+            continue
         mss = _mss(f)
         for _ in range(r.randrange(1, 50)):
             k = r.randrange(4 if mode == "clean" else 7, 40) if r.random() < 0.5 else r.randrange(40)
@@ -125,8 +158,8 @@ def _state(n: Net, out: Output) -> tuple:
     )  # fmt: skip
 
 
-def _writes(packets: list) -> list[bytes]:
-    return [b"".join(bytes(x) for x in unit) for unit in gro.coalesce(packets)]
+def _writes(packets: list, uso: bool = False) -> list[bytes]:
+    return [b"".join(bytes(x) for x in unit) for unit in gro.coalesce(packets, uso=uso)]
 
 
 def _segments(writes: list[bytes]) -> list[bytes]:
@@ -137,9 +170,23 @@ def _segments(writes: list[bytes]) -> list[bytes]:
     return out
 
 
+def _l4_ok(p: bytes) -> bool:
+    """The TCP/UDP checksum of `p` is right (0x0000 and 0xFFFF both stand for a sum of zero:
+    one's complement has two zeros)."""
+    good = with_l4_checksum(p)
+    if good == p:
+        return True
+    at = (40 if p[0] >> 4 == 6 else 20) + (16 if (p[6] if p[0] >> 4 == 6 else p[9]) == 6 else 6)
+    return (
+        good[:at] == p[:at] and good[at + 2 :] == p[at + 2 :]
+        and {good[at : at + 2], p[at : at + 2]} == {b"\0\0", b"\xff\xff"}
+    )  # fmt: skip
+
+
 def _per_flow(packets: list[bytes]) -> dict[bytes, list[tuple[int, int, bytes]]]:
     """Packets by flow (IP version, addresses, ports; anything not TCP under one key): TCP as
-    (sequence number, flags, payload), after checking every checksum."""
+    (sequence number, flags, payload), after checking every checksum; the rest whole, but for
+    the IPv4 id."""
     flows: dict[bytes, list] = {}
     for p in packets:
         v6 = p[0] >> 4 == 6
@@ -148,9 +195,16 @@ def _per_flow(packets: list[bytes]) -> dict[bytes, list[tuple[int, int, bytes]]]
         if not v6:
             assert checksum(p[:20]) == 0  # the IPv4 header checksum
         if proto != PROTO_TCP:
+            if proto == 17:
+                assert _l4_ok(p)  # the UDP checksum is right
+            if not v6:
+                # (The IPv4 id left out: a USO write cut again numbers its datagrams from the
+                # first one's id, as the kernel's segmentation does, so it depends on where
+                # a write starts.)
+                p = p[:4] + b"\0\0" + p[6:10] + b"\0\0" + p[12:]
             flows.setdefault(b"other", []).append(p)
             continue
-        assert with_l4_checksum(p) == p  # the TCP checksum is right
+        assert _l4_ok(p)  # the TCP checksum is right
         key = p[:1] + (p[8:40] if v6 else p[12:20]) + p[t : t + 4]
         h = t + (p[t + 12] >> 4) * 4
         seq = struct.unpack_from(">I", p, t + 4)[0]
@@ -158,10 +212,11 @@ def _per_flow(packets: list[bytes]) -> dict[bytes, list[tuple[int, int, bytes]]]
     return flows
 
 
-def _pair() -> tuple[Net, Net]:
+def _pair(uso: bool = False) -> tuple[Net, Net]:
     needs_compiled()
     u, p = Net(seed=5).established(), Net(seed=5).established()
     u.b.tcp_units = True
+    u.b.uso_units = uso
     assert u.pb.current.opener is not None and p.pb.current.opener is not None
     return u, p
 
@@ -183,26 +238,36 @@ def test_a_clean_run_is_one_write_the_same_bytes_as_the_python_gro():
         assert _state(u, out_u) == _state(p, out_p)
 
 
+def _flows(uso: bool) -> list[Flow | UdpFlow]:
+    flows: list[Flow | UdpFlow] = [Flow(False, 4001, TS_OPTION), Flow(True, 4002, b""),
+                                   Flow(False, 4003, b"")]  # fmt: skip
+    if uso:
+        flows += [UdpFlow(False, 6001, 64), UdpFlow(True, 6002, 1000)]
+    return flows
+
+
+@pytest.mark.parametrize("uso", [False, True])
 @pytest.mark.parametrize("mode", ["clean", "mixed", "interleaved"])
-def test_units_equal_the_python_gro_over_random_batches(mode: str):
-    u, p = _pair()
-    r = random.Random(mode)
-    joined = 0
+def test_units_equal_the_python_gro_over_random_batches(mode: str, uso: bool):
+    """(`uso`: UDP flows too, joined into USO writes by both.)"""
+    u, p = _pair(uso)
+    r = random.Random(mode + str(uso))
+    joined = uso_joined = 0
     for trial in range(120):
         seed = r.getrandbits(32)
         nets = []
         for n in (u, p):
             g = random.Random(seed)
-            flows = [Flow(False, 4001, TS_OPTION), Flow(True, 4002, b""),
-                     Flow(False, 4003, b"")]  # fmt: skip
+            flows = _flows(uso)
             for f in flows:
-                f.seq += trial * 10_000_000
+                if isinstance(f, Flow):
+                    f.seq += trial * 10_000_000
             plains = _batch(g, flows, mode)
             batch = _hostile(g, n.sealed(n.a, plains))
             nets.append((n, n.b.from_network(batch, n.now), plains))
         (_, out_u, plains), (_, out_p, _) = nets
         assert _state(u, out_u) == _state(p, out_p), trial
-        writes_u, writes_p = _writes(out_u.packets), _writes(out_p.packets)
+        writes_u, writes_p = _writes(out_u.packets, uso), _writes(out_p.packets, uso)
         if mode == "clean":
             assert writes_u == writes_p, trial  # the very bytes of every write
         # What the fused open hands on, its units cut again, is the segments sent in the order
@@ -214,9 +279,11 @@ def test_units_equal_the_python_gro_over_random_batches(mode: str):
         got_u, got_p = _per_flow(_segments(writes_u)), _per_flow(_segments(writes_p))
         assert {k: sorted(v) for k, v in got_u.items()} == {k: sorted(v) for k, v in got_p.items()}
         joined += sum(type(x) is list for x in out_u.packets)
+        uso_joined += sum(type(x) is list and x[0][1] == 5 for x in out_u.packets)
         u.now += 0.01
         p.now += 0.01
     assert joined > 200  # (the units path really ran)
+    assert (uso_joined > 50) == uso  # (and joined datagrams into USO writes only with uso)
 
 
 def test_without_the_flag_packets_stay_bytes():
@@ -240,7 +307,7 @@ def _frame(dst: bytes, src: bytes, packet: bytes, *, vlan: int | None = None) ->
     return f + bytes(max(0, 60 - len(f)))
 
 
-def _frame_batch(r: random.Random, flows: list[Flow], mode: str) -> list[bytes]:
+def _frame_batch(r: random.Random, flows: list[Flow | UdpFlow], mode: str) -> list[bytes]:
     """_batch's segments as frames of one MAC pair, with, outside `clean`, what the compiled
     join leaves to the Python GRO between them: a VLAN-tagged segment, an ARP frame, another
     ethertype whose first byte looks like IPv4, a frame cut shorter than its IP length, and a
@@ -249,7 +316,9 @@ def _frame_batch(r: random.Random, flows: list[Flow], mode: str) -> list[bytes]:
     if mode != "clean":
         for _ in range(r.randrange(0, 6)):
             i = r.randrange(len(out) + 1)
-            seg = flows[0].segment(_mss(flows[0]) // 2)
+            f0 = flows[0]
+            assert isinstance(f0, Flow)
+            seg = f0.segment(_mss(f0) // 2)
             k = r.randrange(5)
             if k == 0:
                 extra = _frame(MAC_B, MAC_A, seg, vlan=7)
@@ -292,8 +361,8 @@ def _frame_flows(frames: list[bytes]) -> dict[bytes, list]:
     return flows
 
 
-def _frame_writes(frames: list) -> list[bytes]:
-    return [b"".join(bytes(x) for x in unit) for unit in gro.coalesce(frames, l2=True)]
+def _frame_writes(frames: list, uso: bool = False) -> list[bytes]:
+    return [b"".join(bytes(x) for x in unit) for unit in gro.coalesce(frames, l2=True, uso=uso)]
 
 
 def _frame_segments(writes: list[bytes]) -> list[bytes]:
@@ -303,10 +372,11 @@ def _frame_segments(writes: list[bytes]) -> list[bytes]:
     return out
 
 
-def _frame_pair() -> tuple[Net, Net]:
+def _frame_pair(uso: bool = False) -> tuple[Net, Net]:
     needs_compiled()
     u, p = Net(seed=5, vni=VNI).established(), Net(seed=5, vni=VNI).established()
     u.b.frame_units = True
+    u.b.uso_units = uso
     assert u.pb.current.opener is not None and p.pb.current.opener is not None
     return u, p
 
@@ -335,20 +405,21 @@ def test_a_clean_run_of_frames_is_one_write_the_same_bytes_as_the_python_gro():
         assert _state(u, Output())[1:] == _state(p, Output())[1:]
 
 
+@pytest.mark.parametrize("uso", [False, True])
 @pytest.mark.parametrize("mode", ["clean", "mixed", "interleaved"])
-def test_frame_units_equal_the_python_gro_over_random_batches(mode: str):
-    u, p = _frame_pair()
-    r = random.Random("l2" + mode)
-    joined = 0
+def test_frame_units_equal_the_python_gro_over_random_batches(mode: str, uso: bool):
+    u, p = _frame_pair(uso)
+    r = random.Random("l2" + mode + str(uso))
+    joined = uso_joined = 0
     for trial in range(120):
         seed = r.getrandbits(32)
         nets = []
         for n in (u, p):
             g = random.Random(seed)
-            flows = [Flow(False, 4001, TS_OPTION), Flow(True, 4002, b""),
-                     Flow(False, 4003, b"")]  # fmt: skip
+            flows = _flows(uso)
             for f in flows:
-                f.seq += trial * 10_000_000
+                if isinstance(f, Flow):
+                    f.seq += trial * 10_000_000
             frames = _frame_batch(g, flows, mode)
             batch = _hostile(g, _sent_frames(n, frames))
             out = n.b.from_network(batch, n.now)
@@ -360,7 +431,7 @@ def test_frame_units_equal_the_python_gro_over_random_batches(mode: str):
         state_u, state_p = _state(u, out_u), _state(p, out_p)
         assert state_u[1:] == state_p[1:] and fdb_u == fdb_p, trial
         assert not out_u.packets and not out_p.packets
-        writes_u, writes_p = _frame_writes(got_u), _frame_writes(got_p)
+        writes_u, writes_p = _frame_writes(got_u, uso), _frame_writes(got_p, uso)
         if mode == "clean":
             assert writes_u == writes_p, trial  # the very bytes of every write
         # What the fused open hands the TAP, its units cut again, is per flow the segments sent
@@ -371,9 +442,11 @@ def test_frame_units_equal_the_python_gro_over_random_batches(mode: str):
         fl_u, fl_p = _frame_flows(_frame_segments(writes_u)), _frame_flows(_frame_segments(writes_p))
         assert {k: sorted(v) for k, v in fl_u.items()} == {k: sorted(v) for k, v in fl_p.items()}
         joined += sum(type(x) is list for x in got_u)
+        uso_joined += sum(type(x) is list and x[0][1] == 5 for x in got_u)
         u.now += 0.01
         p.now += 0.01
     assert joined > 200  # (the units path really ran)
+    assert (uso_joined > 50) == uso
 
 
 def _delivered(sent: list[bytes], got: list[bytes]) -> list[bytes]:

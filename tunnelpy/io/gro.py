@@ -174,8 +174,11 @@ def coalesce(
         if n < l3 + 28:  # shorter than IPv4 + UDP headers
             if type(p) is list:
                 # A unit the receive path already joined (_aead's units mode): as it is. (A
-                # unit is a list of one or two buffers, so it always lands here.)
+                # unit is a list of one or two buffers, so it always lands here.) Nothing
+                # before it joins anything after it: the unit may hold the same flow's
+                # packets between them (a UDP datagram has no sequence number to tell).
                 units.append(p)
+                flows.clear()
                 continue
             units.append([ZERO_VNET_HDR, p])
             continue

@@ -38,6 +38,7 @@ class Opener:
         l2_key: bytes | None = ...,
         l2_frames: list[bytes] | None = ...,
         frame_units: bool = ...,
+        uso: bool = ...,
     ) -> tuple[int, int, int, int, bytes | None, int, int, int, int, int]: ...
 
 def same_destination(packets: list[Any], i: int) -> int: ...

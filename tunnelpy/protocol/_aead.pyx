@@ -35,7 +35,8 @@ call handles a whole run:
   switch wrote to a TAP goes straight to that TAP's list, as engine._deliver's own fast path
   would put it; any other L2 plaintext ends the call, so the engine's switch sees it in order.
   With `frame_units` (Engine.frame_units, TAPs that take GSO writes) those frames are joined
-  into TAP write units as the TCP segments of `units` are.
+  into TAP write units as the TCP segments of `units` are; with `uso` (Engine.uso_units) both
+  join UDP datagrams into USO writes as well.
 * `same_destination`: where a run of IP packets to one destination ends, for
   allowedips.route_packets (one owner lookup and one slice per run).
 
@@ -150,6 +151,7 @@ cdef enum:
     TCP_ACK = 0x10
     TCP_PSH = 0x08
     ETH = 14  # an untagged Ethernet header: where a TAP frame's IP header starts
+    USO_MAX = 64  # the most datagrams one USO write carries (gro.USO_MAX_SEGMENTS)
 
 
 
@@ -207,6 +209,22 @@ cdef inline Py_ssize_t _joinable(const uint8_t* q, Py_ssize_t n, Py_ssize_t* h) 
     return t
 
 
+cdef inline Py_ssize_t _joinable_udp(const uint8_t* q, Py_ssize_t n) noexcept nogil:
+    """Where the UDP header starts when q[:n] (an IP packet of exactly its IP length) is a
+    datagram a USO write may join, else 0 (its payload starts 8 bytes further). Joinable, as
+    gro.coalesce's with `uso`: IPv4 without options and not a fragment, or IPv6 straight to
+    UDP; a payload of at least one byte."""
+    if n > MAX_IP:
+        return 0
+    if n > 28 and q[0] == 0x45:
+        if q[9] != 17 or (q[6] & 0x3F) or q[7]:
+            return 0
+        return 20
+    if n > 48 and (q[0] >> 4) == 6 and q[6] == 17:
+        return 40
+    return 0
+
+
 cdef inline Py_ssize_t _frame_ip(const uint8_t* q, Py_ssize_t n) noexcept nogil:
     """The IP length of the Ethernet frame q[:n] when it is untagged and carries IPv4 or IPv6
     (by its ethertype and its version both) that the frame holds whole, else 0. What follows
@@ -232,6 +250,10 @@ cdef class _Units:
     one-message-at-a-time delivery: a finished super-packet goes there as a write unit (a list
     holding one memoryview: header and packet), a lone segment as the bytes of its packet.
 
+    `uso` (the device took USO): UDP datagrams of one flow join as well, as gro.coalesce's
+    `uso` joins them (same header fields but length, id and checksums; one payload size, the
+    last possibly shorter; at most USO_MAX) into one GSO_UDP_L4 write.
+
     `l2` (ETH): the same for the Ethernet frames of a TAP (gro.coalesce's `l2`), untagged ones
     carrying IPv4 or IPv6 (_frame_ip; any other frame is handed on alone, as bytes, for the
     Python GRO): the Ethernet header is part of what must be equal, the offsets in the
@@ -246,12 +268,14 @@ cdef class _Units:
     cdef uint8_t* b
     cdef Py_ssize_t l2, t, h, size, gso, count  # (t, h: from the IP header)
     cdef uint32_t next_seq
-    cdef bint v6, open, psh, tried_seed
+    cdef bint v6, open, psh, tried_seed, uso, udp
     cdef object seed  # the start taken back from `packets`, handed back as is if alone
 
-    def __cinit__(self, list packets, Py_ssize_t l2=0):
+    def __cinit__(self, list packets, Py_ssize_t l2=0, bint uso=False):
         self.packets = packets
         self.l2 = l2
+        self.uso = uso
+        self.udp = False
         self.buf = None
         self.b = NULL
         self.count = 0
@@ -259,27 +283,40 @@ cdef class _Units:
         self.seed = None
 
     cdef inline Py_ssize_t _ip(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t* h) noexcept:
-        """Where the TCP header of the packet or frame q[:n] starts, from its IP header, when
-        it is a segment that may join (else 0); h[0]: where its payload starts, h[1]: its IP
-        length (the frame's padding left out)."""
-        cdef Py_ssize_t ipn = n
+        """Where the TCP (or with `uso` UDP) header of the packet or frame q[:n] starts, from
+        its IP header, when it may join (else 0); h[0]: where its payload starts, h[1]: its IP
+        length (the frame's padding left out), h[2]: 1 for a UDP datagram."""
+        cdef Py_ssize_t ipn = n, t
         if self.l2:
             ipn = _frame_ip(q, n)
             if ipn == 0:
                 return 0
         h[1] = ipn
-        return _joinable(q + self.l2, ipn, h)
+        h[2] = 0
+        t = _joinable(q + self.l2, ipn, h)
+        if t == 0 and self.uso:
+            t = _joinable_udp(q + self.l2, ipn)
+            if t:
+                h[0] = t + 8
+                h[2] = 1
+        return t
 
-    cdef bint _continues(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h) noexcept:
+    cdef bint _continues(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h,
+                         bint udp) noexcept:
         """q (the IP packet of a joinable segment, TCP header at t, payload at h, n its IP
         length) continues the open super-packet: in sequence, no bigger than its segments,
         room left, and every header field equal but IP length, id, checksums, sequence number
-        and PSH (gro.coalesce's flow key); for a frame, its Ethernet header too."""
+        and PSH (gro.coalesce's flow key); for a frame, its Ethernet header too. A datagram
+        (`udp`): no sequence, at most USO_MAX in one write, the header fields to the ports."""
         cdef const uint8_t* a = self.b + VNET + self.l2
         cdef Py_ssize_t plen = n - h
-        if (self.count == 0 or not self.open or t != self.t or h != self.h
-                or plen > self.gso or self.size + plen + h > MAX_IP
-                or _be32(q + t + 4) != self.next_seq):
+        if (self.count == 0 or not self.open or udp != self.udp or t != self.t or h != self.h
+                or plen > self.gso or self.size + plen + h > MAX_IP):
+            return False
+        if udp:
+            if self.count >= USO_MAX:
+                return False
+        elif _be32(q + t + 4) != self.next_seq:
             return False
         if self.l2 and memcmp(self.b + VNET, q - self.l2, self.l2) != 0:
             return False
@@ -289,10 +326,13 @@ cdef class _Units:
         elif (memcmp(a, q, 2) != 0 or memcmp(a + 6, q + 6, 4) != 0
               or memcmp(a + 12, q + 12, t + 4 - 12) != 0):
             return False
+        if udp:
+            return True
         return (memcmp(a + t + 8, q + t + 8, 5) == 0 and memcmp(a + t + 14, q + t + 14, 2) == 0
                 and memcmp(a + t + 20, q + t + 20, h - (t + 20)) == 0)
 
-    cdef int _start(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h) except -1:
+    cdef int _start(self, const uint8_t* q, Py_ssize_t n, Py_ssize_t t, Py_ssize_t h,
+                    bint udp) except -1:
         """A new super-packet from the packet or frame q (its IP length n)."""
         if self.buf is None:
             self.buf = PyBytes_FromStringAndSize(NULL, VNET + self.l2 + MAX_IP)
@@ -300,6 +340,7 @@ cdef class _Units:
         memcpy(self.b + VNET, q, self.l2 + n)
         self.t = t
         self.h = h
+        self.udp = udp
         self.v6 = (q[self.l2] >> 4) == 6
         self.size = self.gso = n - h
         self.count = 1
@@ -310,8 +351,8 @@ cdef class _Units:
 
     cdef int add(self, const uint8_t* q, Py_ssize_t n) except -1:
         """Deliver the IP packet q[:n] (exactly its IP length), or with `l2` the frame q[:n]."""
-        cdef Py_ssize_t hl[2]
-        cdef Py_ssize_t lhl[2]
+        cdef Py_ssize_t hl[3]
+        cdef Py_ssize_t lhl[3]
         cdef Py_ssize_t h, t, plen, ipn, lt, ln, k
         cdef const uint8_t* lp
         cdef const uint8_t* qi
@@ -335,15 +376,16 @@ cdef class _Units:
                     lt = self._ip(lp, ln, lhl)
                     if lt:
                         self.packets.pop()
-                        self._start(lp, lhl[1], lt, lhl[0])
+                        self._start(lp, lhl[1], lt, lhl[0], lhl[2])
                         lp += self.l2
-                        self.next_seq = _be32(lp + lt + 4) + <uint32_t>(lhl[1] - lhl[0])
-                        if lp[lt + 13] & TCP_PSH:
-                            self.open = False
-                            self.psh = True
+                        if not lhl[2]:
+                            self.next_seq = _be32(lp + lt + 4) + <uint32_t>(lhl[1] - lhl[0])
+                            if lp[lt + 13] & TCP_PSH:
+                                self.open = False
+                                self.psh = True
                         self.seed = last
         plen = ipn - h
-        if self._continues(qi, ipn, t, h):
+        if self._continues(qi, ipn, t, h, hl[2]):
             memcpy(self.b + VNET + self.l2 + self.h + self.size, qi + h, plen)
             self.size += plen
             self.count += 1
@@ -351,7 +393,9 @@ cdef class _Units:
                 self.open = False  # a shorter segment is the last one
         else:
             self.flush()
-            self._start(q, ipn, t, h)
+            self._start(q, ipn, t, h, hl[2])
+        if hl[2]:
+            return 0  # (a datagram: no sequence, no PSH)
         self.next_seq = _be32(qi + t + 4) + <uint32_t>plen
         if qi[t + 13] & TCP_PSH:
             self.open = False
@@ -363,7 +407,7 @@ cdef class _Units:
         with NEEDS_CSUM whose checksum field holds the folded pseudo-header sum (gro._unit)."""
         cdef uint8_t* a
         cdef Py_ssize_t l2 = self.l2, t = self.t, h = self.h, l4_len, total
-        cdef uint64_t psum
+        cdef uint64_t psum, proto
         if self.count == 0:
             return 0
         if self.count == 1:
@@ -376,25 +420,34 @@ cdef class _Units:
             self.seed = None
             return 0
         a = self.b + VNET + l2
+        # (GSO_UDP_L4: the UDP length and pseudo-header sum are those of the whole, as the
+        # kernel's segmentation replaces the length in both per datagram: gro._unit)
+        proto = 17 if self.udp else 6
         l4_len = h - t + self.size
         if self.v6:
             _be16_put(a + 4, l4_len)
-            psum = _words(a + 8, 32) + 6 + <uint64_t>l4_len
+            psum = _words(a + 8, 32) + proto + <uint64_t>l4_len
         else:
             _be16_put(a + 2, t + l4_len)
             a[10] = 0
             a[11] = 0
             _be16_put(a + 10, 0xFFFF - _words(a, 20) % 0xFFFF)  # checksum.finish
-            psum = _words(a + 12, 8) + 6 + <uint64_t>l4_len
-        if self.psh:
-            a[t + 13] |= TCP_PSH
-        _be16_put(a + t + 16, _fold(psum))
+            psum = _words(a + 12, 8) + proto + <uint64_t>l4_len
         self.b[0] = 1  # F_NEEDS_CSUM
-        self.b[1] = 4 if self.v6 else 1  # GSO_TCPV6, GSO_TCPV4
+        if self.udp:
+            _be16_put(a + t + 4, l4_len)
+            _be16_put(a + t + 6, _fold(psum))
+            self.b[1] = 5  # GSO_UDP_L4
+            _le16_put(self.b + 8, 6)  # csum_offset
+        else:
+            if self.psh:
+                a[t + 13] |= TCP_PSH
+            _be16_put(a + t + 16, _fold(psum))
+            self.b[1] = 4 if self.v6 else 1  # GSO_TCPV6, GSO_TCPV4
+            _le16_put(self.b + 8, 16)  # csum_offset
         _le16_put(self.b + 2, l2 + h)  # hdr_len
         _le16_put(self.b + 4, self.gso)
         _le16_put(self.b + 6, l2 + t)  # csum_start
-        _le16_put(self.b + 8, 16)  # csum_offset
         total = VNET + l2 + h + self.size
         if total < SMALL_UNIT:
             # Copied out, the buffer kept for the next: a unit never pins more than twice its
@@ -665,7 +718,7 @@ cdef class Opener:
                  Window window not None,
                  uint64_t limit, list packets, list rest, object check, object known_src,
                  bint units=False, object l2_key=None, list l2_frames=None,
-                 bint frame_units=False):
+                 bint frame_units=False, bint uso=False):
         """Open items[i:] while each is (bytes, `origin` itself) holding a transport message to
         `index`; see the module docstring. -> (next index, messages accepted, their bytes,
         packets delivered, the inner source last routed, and the drops: expired_session,
@@ -676,7 +729,8 @@ cdef class Opener:
         path: the TAP bucket of the last such frame); any other goes to `rest` and ends the
         call, so that the engine delivers it before the frames after it. `frame_units`: the
         frames that go to `l2_frames` are joined as `units` joins packets (_Units with ETH),
-        for TAPs that take GSO writes."""
+        for TAPs that take GSO writes. `uso`: both join UDP datagrams too (USO writes), for
+        devices that took USO."""
         cdef Py_ssize_t j = i, n, pl, length, src_at, src_len
         cdef uint64_t counter
         cdef const uint8_t* d
@@ -687,7 +741,7 @@ cdef class Opener:
         cdef Py_ssize_t accepted = 0, nbytes = 0, delivered = 0
         cdef Py_ssize_t expired = 0, bad_auth = 0, replay = 0, bad_inner = 0, not_allowed = 0
         cdef object item, data, plain = None, src
-        cdef _Units joiner = _Units(packets) if units else None
+        cdef _Units joiner = _Units(packets, 0, uso) if units else None
         cdef _Units frame_joiner = None
         if (units or frame_units) and self.plain == NULL:
             # One scratch per Opener, not one for the module: no two receive paths share it.
@@ -701,7 +755,7 @@ cdef class Opener:
                 raise ValueError("l2_key must be 20 bytes")
             l2k = <const uint8_t*>PyBytes_AS_STRING(l2_key)
             if frame_units:
-                frame_joiner = _Units(l2_frames, ETH)
+                frame_joiner = _Units(l2_frames, ETH, uso)
         if known_src is not None:
             if type(known_src) is not bytes:
                 raise TypeError("known_src must be bytes or None")

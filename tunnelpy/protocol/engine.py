@@ -162,6 +162,8 @@ class Engine:
         # The same for the segments' TAPs (every one takes GSO writes and joins what it is
         # given unvouched: WireGuard authenticated it): out.frames may then hold units too.
         self.frame_units = False
+        # And when the TUN and every TAP took USO: UDP datagrams are joined into USO writes.
+        self.uso_units = False
         self.peers: dict[bytes, Peer] = {}
         self.allowed: AllowedIPs[Peer] = AllowedIPs()
         # local index -> (peer, keypair); keypair None = our pending initiation.
@@ -780,7 +782,7 @@ class Engine:
          expired, bad_auth, replay, bad_inner, not_allowed) = kp.opener.open_run(
             items, i, kp.local_index, addr, window, REJECT_AFTER_MESSAGES,
             out.packets, rest, lambda src: lookup(src) is peer, known_src, self.tcp_units,
-            l2[0], l2[1], self.frame_units,
+            l2[0], l2[1], self.frame_units, self.uso_units,
         )  # fmt: skip
         if expired or bad_auth or replay or bad_inner or not_allowed:
             for reason, k in (
