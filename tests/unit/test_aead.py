@@ -189,6 +189,40 @@ def test_seal_equals_the_python_seal_for_random_runs():
             assert counter + k < REJECT
 
 
+def test_seal_with_a_prefix_equals_sealing_the_joined_plaintexts():
+    """Sealer.seal's `prefix` (a segment's L2 header before each frame, sealed in place) gives
+    the bytes of sealing prefix + payload, in the compiled seal and the `cryptography` one, for
+    random runs (frames, any first byte, empty ones, bytearrays, counters near the limit) and
+    in the floor's copy mode; the plaintext with the prefix is what the other end opens."""
+    needs_compiled()
+    from tunnelpy.protocol.vxlan_header import pack_header
+
+    r = random.Random(2)
+    for trial in range(300):
+        key = r.randbytes(32)
+        mtu = r.choice([1280, 1420, 9000])
+        counter = r.choice([0, r.getrandbits(40), REJECT - r.randrange(1, 70), REJECT])
+        prefix = r.choice([pack_header(r.randrange(1 << 24)), b"\x45" + r.randbytes(7)])
+        payloads = [random_payload(r, mtu) for _ in range(r.choice([0, 1, 3, 44, 64]))]
+        joined = [prefix + bytes(p) for p in payloads]
+        index = r.getrandbits(32)
+        copy = r.random() < 0.2
+        got, sent, count = seal(aead.Sealer(key, copy), lambda *a: b"", index, counter,
+                                payloads, mtu, prefix)  # fmt: skip
+        ref, ref_sent, ref_count = seal(aead.Sealer(key, copy), lambda *a: b"", index, counter,
+                                        joined, mtu)  # fmt: skip
+        assert list(got) == list(ref) and (sent, count) == (ref_sent, ref_count), trial
+        assert isinstance(got, Sealed) and isinstance(ref, Sealed) and got.runs == ref.runs
+        if not copy:
+            py, py_sent, py_count = seal(None, ChaCha20Poly1305(key).encrypt, index, counter,
+                                         payloads, mtu, prefix)  # fmt: skip
+            assert list(got) == py and (sent, count) == (py_sent, py_count), trial
+            opener = aead.Opener(key)
+            for k, d in enumerate(py[:3]):
+                plain = opener.open(counter + k, d)
+                assert plain is not None and plain[: len(joined[k])] == joined[k]
+
+
 def test_seal_batch_padding_rule_is_the_reference():
     """The Python seal's padding, stated: IP (0x4_..0x7_) up to 16, capped at the MTU."""
     key = bytes(32)

@@ -137,8 +137,10 @@ class RecordingEngine(Engine):
         super().__init__(*args, **kw)
         self.sent: list[tuple[str, bytes]] = []
 
-    def send_to_peer(self, peer: Peer, payloads: list[bytes], now: float, out: Output) -> None:
-        self.sent += [(peer.name, p) for p in payloads]
+    def send_to_peer(
+        self, peer: Peer, payloads: list[bytes], now: float, out: Output, prefix: bytes = b""
+    ) -> None:
+        self.sent += [(peer.name, prefix + p) for p in payloads]
 
 
 class WireGuardSide:

@@ -14,7 +14,13 @@ class Sealer:
     def __init__(self, key: bytes, copy: bool = False) -> None: ...
     def encrypt(self, counter: int, plaintext: bytes, aad: bytes = ...) -> bytes: ...
     def seal(
-        self, remote_index: int, counter: int, payloads: list[bytes], mtu: int, limit: int
+        self,
+        remote_index: int,
+        counter: int,
+        payloads: list[bytes],
+        mtu: int,
+        limit: int,
+        prefix: bytes | None = ...,
     ) -> tuple[bytes, list[tuple[int, int, int]], int, int]: ...
 
 class Opener:

@@ -542,11 +542,13 @@ cdef class Sealer:
 
     cdef int _seal(self, const uint8_t* p, Py_ssize_t n, Py_ssize_t pad, uint64_t counter,
                    uint8_t* out, const uint8_t* aad=NULL, Py_ssize_t aadlen=0) except -1:
-        """Ciphertext of p ‖ zeros(pad) and its tag at `out` (n + pad + 16 bytes)."""
+        """Ciphertext of p ‖ zeros(pad) and its tag at `out` (n + pad + 16 bytes). `out` may
+        be `p` itself (sealed in place: OpenSSL's ChaCha20-Poly1305 allows it)."""
         cdef unsigned char iv[12]
         cdef int outl = 0
         if self.copy:
-            memcpy(out, p, n)
+            if out != p:
+                memcpy(out, p, n)
             memset(out + n, 0, pad + TAG)
             return 0
         _nonce(iv, counter)
@@ -564,6 +566,28 @@ cdef class Sealer:
             raise RuntimeError("EVP_CTRL_AEAD_GET_TAG failed")
         return 0
 
+    cdef Py_ssize_t _put(self, const uint8_t* p, Py_ssize_t n, const uint8_t* pre,
+                         Py_ssize_t plen, Py_ssize_t mtu, uint64_t counter, uint8_t* o,
+                         Py_ssize_t at, Py_ssize_t total) except -1:
+        """Seal the plaintext (pre[:plen] ‖) p[:n], padded, at o + at + HEADER; -> its sealed
+        length without the overhead. Pass 1 sized the buffer: a plaintext that grew since
+        (another thread wrote to a bytearray) is refused rather than written past its end."""
+        cdef Py_ssize_t pad
+        cdef uint8_t* dst = o + at + HEADER
+        if pre != NULL:
+            pad = _pad(pre, plen + n, mtu)
+            if at + OVERHEAD + plen + n + pad > total:
+                raise ValueError("a plaintext changed while it was sealed")
+            memcpy(dst, pre, plen)
+            memcpy(dst + plen, p, n)
+            self._seal(dst, plen + n, pad, counter, dst)
+            return plen + n + pad
+        pad = _pad(p, n, mtu)
+        if at + OVERHEAD + n + pad > total:
+            raise ValueError("a plaintext changed while it was sealed")
+        self._seal(p, n, pad, counter, dst)
+        return n + pad
+
     def encrypt(self, uint64_t counter, bytes plaintext, bytes aad=b""):
         """One AEAD seal, ciphertext ‖ tag, as cryptography's ChaCha20Poly1305.encrypt with
         WireGuard's nonce for `counter` (no padding, no header): for the RFC 8439 vectors."""
@@ -575,15 +599,24 @@ cdef class Sealer:
         return out
 
     def seal(self, uint32_t remote_index, uint64_t counter, list payloads, Py_ssize_t mtu,
-             uint64_t limit):
+             uint64_t limit, bytes prefix=None):
         """-> (buffer, runs, messages sealed, bytes): see the module docstring.
 
         IP plaintexts (first byte 0x4_ to 0x7_, as session.seal_batch tests it) are padded with
         zeros to a multiple of 16, never beyond `mtu`; L2 plaintexts and keepalives (empty) are
         not. `runs` is a list of (start, end, size): the datagrams from `start` to `end` are
-        `size` bytes each, the last possibly shorter (a shorter one ends a run)."""
+        `size` bytes each, the last possibly shorter (a shorter one ends a run).
+
+        `prefix` (the L2 header of a segment's frames): each plaintext is prefix ‖ payload,
+        copied into its place in the buffer and sealed there, so no joined bytes object is made
+        per frame. Padding then follows the prefix's first byte (an L2 header: none)."""
         cdef Py_ssize_t count = len(payloads)
-        cdef Py_ssize_t k, n, pad, total = 0, at = 0, size
+        cdef Py_ssize_t k, n, total = 0, at = 0, size
+        cdef Py_ssize_t plen = 0
+        cdef const uint8_t* pre = NULL
+        if prefix is not None and PyBytes_GET_SIZE(prefix):
+            plen = PyBytes_GET_SIZE(prefix)
+            pre = <const uint8_t*>PyBytes_AS_STRING(prefix)
         cdef Py_ssize_t run_start = 0, run_size = -1
         cdef bint run_open = False
         cdef Py_buffer view
@@ -600,10 +633,16 @@ cdef class Sealer:
             if type(item) is bytes:
                 n = PyBytes_GET_SIZE(item)
                 p = <const uint8_t*>PyBytes_AS_STRING(item)
-                total += OVERHEAD + n + _pad(p, n, mtu)
+                if pre != NULL:
+                    total += OVERHEAD + plen + n + _pad(pre, plen + n, mtu)
+                else:
+                    total += OVERHEAD + n + _pad(p, n, mtu)
             else:
                 PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
-                total += OVERHEAD + view.len + _pad(<const uint8_t*>view.buf, view.len, mtu)
+                if pre != NULL:
+                    total += OVERHEAD + plen + view.len + _pad(pre, plen + view.len, mtu)
+                else:
+                    total += OVERHEAD + view.len + _pad(<const uint8_t*>view.buf, view.len, mtu)
                 PyBuffer_Release(&view)
         buf = PyBytes_FromStringAndSize(NULL, total)
         o = <uint8_t*>PyBytes_AS_STRING(buf)
@@ -612,20 +651,13 @@ cdef class Sealer:
         for k in range(count):
             item = payloads[k]
             if type(item) is bytes:
-                n = PyBytes_GET_SIZE(item)
-                p = <const uint8_t*>PyBytes_AS_STRING(item)
-                pad = _pad(p, n, mtu)
-                if at + OVERHEAD + n + pad > total:
-                    raise ValueError("a plaintext changed while it was sealed")
-                self._seal(p, n, pad, counter, o + at + HEADER)
+                n = self._put(<const uint8_t*>PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item),
+                              pre, plen, mtu, counter, o, at, total)
             else:
                 PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
                 try:
-                    n = view.len
-                    pad = _pad(<const uint8_t*>view.buf, n, mtu)
-                    if at + OVERHEAD + n + pad > total:
-                        raise ValueError("a plaintext changed while it was sealed")
-                    self._seal(<const uint8_t*>view.buf, n, pad, counter, o + at + HEADER)
+                    n = self._put(<const uint8_t*>view.buf, view.len, pre, plen, mtu, counter,
+                                  o, at, total)
                 finally:
                     PyBuffer_Release(&view)
             o[at] = MSG_TRANSPORT
@@ -637,7 +669,7 @@ cdef class Sealer:
             o[at + 6] = (remote_index >> 16) & 0xFF
             o[at + 7] = (remote_index >> 24) & 0xFF
             _le64_put(o + at + 8, counter)
-            size = OVERHEAD + n + pad
+            size = OVERHEAD + n
             if run_open and size == run_size:
                 pass
             elif run_open and size < run_size:
@@ -916,7 +948,8 @@ def egress_run(list frames, Py_ssize_t i, bytes header not None, Py_ssize_t max_
     """Switch.egress's loop for one run: `header` + frame appended to `payloads` for frames[i:]
     while each is bytes, an Ethernet header long (14 bytes) and at most `max_frame`, and sent to
     the destination MAC of frames[i]. Returns the index after the run (`i` itself when frames[i]
-    is no such frame: the Python loop takes it)."""
+    is no such frame: the Python loop takes it). An empty `header`: the frames themselves, no
+    copy (the engine seals them behind the segment's header: Sealer.seal's `prefix`)."""
     cdef Py_ssize_t n = len(frames), j = i, size, hlen = PyBytes_GET_SIZE(header)
     cdef const uint8_t* a
     cdef const uint8_t* b
@@ -938,10 +971,13 @@ def egress_run(list frames, Py_ssize_t i, bytes header not None, Py_ssize_t max_
         b = <const uint8_t*>PyBytes_AS_STRING(p)
         if memcmp(a, b, 6) != 0:
             break
+        j += 1
+        if hlen == 0:
+            payloads.append(p)
+            continue
         out = PyBytes_FromStringAndSize(NULL, hlen + size)
         o = PyBytes_AS_STRING(out)
         memcpy(o, PyBytes_AS_STRING(header), hlen)
         memcpy(o + hlen, b, size)
         payloads.append(out)
-        j += 1
     return j

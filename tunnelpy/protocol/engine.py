@@ -451,7 +451,8 @@ class Engine:
             self.drops[Drop.UNKNOWN_VNI] += 1
             return out
         by_peer: dict[Peer, list[bytes]] = {}
-        for targets, payloads in seg.egress(frames, now, self.drops):
+        # The frames as they are: the segment's header goes before each as it is sealed.
+        for targets, payloads in seg.egress(frames, now, self.drops, headed=False):
             for p in targets:
                 bucket = by_peer.get(p)
                 if bucket is None:
@@ -459,26 +460,29 @@ class Engine:
                 else:
                     bucket.extend(payloads)
         for peer, payloads in by_peer.items():
-            self.send_to_peer(peer, payloads, now, out)
+            self.send_to_peer(peer, payloads, now, out, seg.header)
             self._schedule(peer)
         return out
 
-    def send_to_peer(self, peer: Peer, payloads: list[bytes], now: float, out: Output) -> None:
-        """Encrypt payloads (IP packets, or L2 plaintexts) for one peer, or stage them."""
+    def send_to_peer(
+        self, peer: Peer, payloads: list[bytes], now: float, out: Output, prefix: bytes = b""
+    ) -> None:
+        """Encrypt payloads (IP packets, or L2 plaintexts) for one peer, or stage them.
+        `prefix`: each plaintext is prefix ‖ payload (a segment's header and a frame)."""
         kp = peer.current
         if kp is None or not kp.usable_for_sending(now) or peer.endpoint is None:
             for p in payloads:
                 if len(peer.staged) == peer.staged.maxlen:
                     self.drops[Drop.STAGED_OVERFLOW] += 1
                     peer.count_drop(Drop.STAGED_OVERFLOW)
-                peer.staged.append(p)
+                peer.staged.append(prefix + p if prefix else p)
             if peer.endpoint is None:
                 self.drops[Drop.NO_ENDPOINT] += 1
                 peer.count_drop(Drop.NO_ENDPOINT)
                 return
             self._send_initiation(peer, now, out, retry=False)
             return
-        self._encrypt_batch(peer, kp, payloads, now, out)
+        self._encrypt_batch(peer, kp, payloads, now, out, prefix)
         # keepKeyFreshSending: the initiator rekeys an old or much-used session before it expires.
         if kp.is_initiator and (
             kp.send_counter > REKEY_AFTER_MESSAGES or now - kp.created > REKEY_AFTER_TIME
@@ -486,7 +490,13 @@ class Engine:
             self._send_initiation(peer, now, out, retry=False)
 
     def _encrypt_batch(
-        self, peer: Peer, kp: Keypair, payloads: list[bytes], now: float, out: Output
+        self,
+        peer: Peer,
+        kp: Keypair,
+        payloads: list[bytes],
+        now: float,
+        out: Output,
+        prefix: bytes = b"",
     ) -> None:
         n = len(payloads)
         if kp.ident:
@@ -498,7 +508,7 @@ class Engine:
         else:
             counter = kp.send_counter
         datagrams, sent, sealed = seal(
-            kp.sealer, kp.send.encrypt, kp.remote_index, counter, payloads, self.mtu
+            kp.sealer, kp.send.encrypt, kp.remote_index, counter, payloads, self.mtu, prefix
         )
         # Never reuse a nonce: past REJECT_AFTER_MESSAGES the batch was cut (seal), and the
         # keypair is done for sending, which forces a rekey.

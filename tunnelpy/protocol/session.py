@@ -46,17 +46,21 @@ def seal_batch(
     counter: int,
     payloads: list[bytes],
     mtu: int,
+    prefix: bytes = b"",
 ) -> tuple[list[bytes], int]:
     """Transport messages for `payloads` with counters `counter`, `counter`+1, …; and their bytes.
 
     Only IP packets are padded to a multiple of 16 (their length field says where padding
     starts); L2 plaintexts (first byte 0x08) and keepalives (empty) travel as they are.
+    `prefix` (a segment's L2 header): each plaintext is prefix ‖ payload.
     """
     pack = _TRANSPORT_HEADER.pack
     nonce = _NONCE.pack
     datagrams = []
     sent = 0
     for p in payloads:
+        if prefix:
+            p = prefix + p
         n = len(p)
         if n and n < mtu and p[0] & 0xC0 == 0x40:
             pad = (-n) % 16
@@ -78,22 +82,24 @@ def seal(
     counter: int,
     payloads: list[bytes],
     mtu: int,
+    prefix: bytes = b"",
 ) -> tuple[Datagrams, int, int]:
     """Transport messages for `payloads` from `counter` on -> (datagrams, their bytes, how many).
 
     Never a counter at or above REJECT_AFTER_MESSAGES: the batch is cut there (the count says
     how many were sealed), so no nonce is ever used past the limit. With a compiled `sealer`
     the datagrams are one Sealed buffer; else `encrypt` (`cryptography`) seals them one by one.
+    `prefix`: every plaintext is prefix ‖ payload (seal_batch).
     """
     if sealer is not None:
         buf, runs, count, sent = sealer.seal(
-            remote_index, counter, payloads, mtu, REJECT_AFTER_MESSAGES
+            remote_index, counter, payloads, mtu, REJECT_AFTER_MESSAGES, prefix or None
         )
         return Sealed(buf, runs, count), sent, count
     room = REJECT_AFTER_MESSAGES - counter
     if len(payloads) > room:
         payloads = payloads[: max(0, room)]
-    datagrams, sent = seal_batch(encrypt, remote_index, counter, payloads, mtu)
+    datagrams, sent = seal_batch(encrypt, remote_index, counter, payloads, mtu, prefix)
     return datagrams, sent, len(datagrams)
 
 

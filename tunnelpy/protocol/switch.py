@@ -108,11 +108,13 @@ class Switch(Generic[P]):
         self.fdb.forget_peer(peer)
 
     def egress(
-        self, frames: Iterable[bytes], now: float, drops: Counter[str]
+        self, frames: Iterable[bytes], now: float, drops: Counter[str], *, headed: bool = True
     ) -> list[tuple[list[P], list[bytes]]]:
         """Frames from the TAP, switched: (peers, VXLAN-headed payloads) per run of frames to
-        one destination MAC, in order. Drops are counted in `drops`."""
-        header = self.header
+        one destination MAC, in order. Drops are counted in `drops`. `headed=False`: the
+        frames themselves, for a caller that puts `header` before each as it seals it (the
+        WireGuard engine: no joined copy of every frame)."""
+        header = self.header if headed else b""
         max_frame = self.max_frame
         lookup = self.fdb.lookup
         runs: list[tuple[list[P], list[bytes]]] = []
@@ -150,7 +152,7 @@ class Switch(Generic[P]):
                 runs.append((targets, payloads))
             j = i if scan is None else scan(items, i, header, max_frame, payloads)
             if j == i:
-                payloads.append(header + f)
+                payloads.append(header + f if header else f)
                 j = i + 1
             i = j
         return runs
