@@ -238,9 +238,13 @@ def test_a_clean_run_is_one_write_the_same_bytes_as_the_python_gro():
         assert _state(u, out_u) == _state(p, out_p)
 
 
-def _flows(uso: bool) -> list[Flow | UdpFlow]:
+def _flows(uso: bool, trial: int) -> list[Flow | UdpFlow]:
+    """The flows of one trial (its TCP sequence numbers apart from the other trials')."""
     flows: list[Flow | UdpFlow] = [Flow(False, 4001, TS_OPTION), Flow(True, 4002, b""),
                                    Flow(False, 4003, b"")]  # fmt: skip
+    for f in flows:
+        assert isinstance(f, Flow)
+        f.seq += trial * 10_000_000
     if uso:
         flows += [UdpFlow(False, 6001, 64), UdpFlow(True, 6002, 1000)]
     return flows
@@ -258,10 +262,7 @@ def test_units_equal_the_python_gro_over_random_batches(mode: str, uso: bool):
         nets = []
         for n in (u, p):
             g = random.Random(seed)
-            flows = _flows(uso)
-            for f in flows:
-                if isinstance(f, Flow):
-                    f.seq += trial * 10_000_000
+            flows = _flows(uso, trial)
             plains = _batch(g, flows, mode)
             batch = _hostile(g, n.sealed(n.a, plains))
             nets.append((n, n.b.from_network(batch, n.now), plains))
@@ -416,10 +417,7 @@ def test_frame_units_equal_the_python_gro_over_random_batches(mode: str, uso: bo
         nets = []
         for n in (u, p):
             g = random.Random(seed)
-            flows = _flows(uso)
-            for f in flows:
-                if isinstance(f, Flow):
-                    f.seq += trial * 10_000_000
+            flows = _flows(uso, trial)
             frames = _frame_batch(g, flows, mode)
             batch = _hostile(g, _sent_frames(n, frames))
             out = n.b.from_network(batch, n.now)
