@@ -332,12 +332,7 @@ class Device:
         assert self.udp is not None
         self.loop = loop
         self.now = clock.now
-        if isinstance(self.engine, Engine) and self.tun is not None and self.tun.vnet_hdr:
-            # A TUN that takes GSO writes: the compiled receive may hand it joined TCP units.
-            self.engine.tcp_units = True
-        if isinstance(self.engine, Engine):
-            self.engine.frame_units = self._taps_take_units()
-            self.engine.uso_units = self._devices_take_uso()
+        self._set_receive_units()
         self.datapath = DataPath(
             loop, self.engine, self.udp, self.tun, self.on_event, clock,
             on_device_gone=self._device_gone,
@@ -351,16 +346,19 @@ class Device:
         if isinstance(self.engine, Engine):
             self._watch_addresses()
 
-    def _taps_take_units(self) -> bool:
-        """Whether every segment's TAP takes joined TCP write units from the compiled receive
-        (Engine.frame_units): it takes GSO writes and does not vouch for what it is given."""
-        return all(tap.vnet_hdr and not tap.vouch for tap in self.taps.values())
-
-    def _devices_take_uso(self) -> bool:
-        """Whether the compiled receive may join UDP datagrams into USO writes
-        (Engine.uso_units): the TUN and every TAP took USO (gro.coalesce's `uso`)."""
-        devices = [self.tun, *self.taps.values()] if self.tun is not None else []
-        return bool(devices) and all(d.vnet_hdr and d.uso for d in devices)
+    def _set_receive_units(self) -> None:
+        """What the compiled receive may hand the devices as joined write units (io/gro.py):
+        TCP units to a TUN that takes GSO writes (Engine.tcp_units); frame units when every
+        segment's TAP takes them and vouches for nothing (frame_units); UDP joined into USO
+        writes when the TUN and every TAP took USO (uso_units, gro.coalesce's `uso`)."""
+        if not isinstance(self.engine, Engine):
+            return
+        tun, taps = self.tun, list(self.taps.values())
+        self.engine.tcp_units = tun is not None and tun.vnet_hdr
+        self.engine.frame_units = all(tap.vnet_hdr and not tap.vouch for tap in taps)
+        self.engine.uso_units = tun is not None and all(
+            d.vnet_hdr and d.uso for d in [tun, *taps]
+        )
 
     # ------------------------------------------------------------------ following the TUN
 
@@ -734,9 +732,8 @@ class Device:
             tap.close()
             raise
         self.taps[seg.vni] = tap
-        if isinstance(self.engine, Engine) and self.datapath is not None:
-            self.engine.frame_units = self._taps_take_units()
-            self.engine.uso_units = self._devices_take_uso()
+        if self.datapath is not None:
+            self._set_receive_units()
         self.bind_segment(seg)
         if self.datapath is not None:
             self.datapath.add_tap(seg.vni, tap, running=True)

@@ -238,6 +238,16 @@ def test_a_clean_run_is_one_write_the_same_bytes_as_the_python_gro():
         assert _state(u, out_u) == _state(p, out_p)
 
 
+def _trials(r: random.Random, u: Net, p: Net, count: int = 120):
+    """Each trial's number and, for both engines alike, a Random from one seed; both clocks
+    are moved on after each."""
+    for trial in range(count):
+        seed = r.getrandbits(32)
+        yield trial, [(n, random.Random(seed)) for n in (u, p)]
+        u.now += 0.01
+        p.now += 0.01
+
+
 def _flows(uso: bool, trial: int) -> list[Flow | UdpFlow]:
     """The flows of one trial (its TCP sequence numbers apart from the other trials')."""
     flows: list[Flow | UdpFlow] = [Flow(False, 4001, TS_OPTION), Flow(True, 4002, b""),
@@ -257,11 +267,9 @@ def test_units_equal_the_python_gro_over_random_batches(mode: str, uso: bool):
     u, p = _pair(uso)
     r = random.Random(mode + str(uso))
     joined = uso_joined = 0
-    for trial in range(120):
-        seed = r.getrandbits(32)
+    for trial, engines in _trials(r, u, p):
         nets = []
-        for n in (u, p):
-            g = random.Random(seed)
+        for n, g in engines:
             flows = _flows(uso, trial)
             plains = _batch(g, flows, mode)
             batch = _hostile(g, n.sealed(n.a, plains))
@@ -281,8 +289,6 @@ def test_units_equal_the_python_gro_over_random_batches(mode: str, uso: bool):
         assert {k: sorted(v) for k, v in got_u.items()} == {k: sorted(v) for k, v in got_p.items()}
         joined += sum(type(x) is list for x in out_u.packets)
         uso_joined += sum(type(x) is list and x[0][1] == 5 for x in out_u.packets)
-        u.now += 0.01
-        p.now += 0.01
     assert joined > 200  # (the units path really ran)
     assert (uso_joined > 50) == uso  # (and joined datagrams into USO writes only with uso)
 
@@ -412,11 +418,9 @@ def test_frame_units_equal_the_python_gro_over_random_batches(mode: str, uso: bo
     u, p = _frame_pair(uso)
     r = random.Random("l2" + mode + str(uso))
     joined = uso_joined = 0
-    for trial in range(120):
-        seed = r.getrandbits(32)
+    for trial, engines in _trials(r, u, p):
         nets = []
-        for n in (u, p):
-            g = random.Random(seed)
+        for n, g in engines:
             flows = _flows(uso, trial)
             frames = _frame_batch(g, flows, mode)
             batch = _hostile(g, _sent_frames(n, frames))
@@ -441,8 +445,6 @@ def test_frame_units_equal_the_python_gro_over_random_batches(mode: str, uso: bo
         assert {k: sorted(v) for k, v in fl_u.items()} == {k: sorted(v) for k, v in fl_p.items()}
         joined += sum(type(x) is list for x in got_u)
         uso_joined += sum(type(x) is list and x[0][1] == 5 for x in got_u)
-        u.now += 0.01
-        p.now += 0.01
     assert joined > 200  # (the units path really ran)
     assert (uso_joined > 50) == uso
 
