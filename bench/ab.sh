@@ -11,7 +11,8 @@
 #   -t SECONDS iperf3 duration per test (default 5)
 #   -a        all tests (TCP x1, TCP x4, UDP 64 B); default TCP x1 only, which is the quickest
 #             signal: a change to the per-segment path shows there first
-#   env: OFFLOAD (auto), WORKERS (1), L2=1 (run over an L2 segment's TAP), ANCHORS (anchor
+#   env: OFFLOAD (auto), WORKERS (1), L2=1 (run over an L2 segment's TAP), VXLAN=1 (plain
+#        RFC 7348 VXLAN, no cipher, over a segment's TAP, as the tunnelpyd-vxlan row), ANCHORS (anchor
 #        rows interleaved with them, e.g. ANCHORS="raw wggo" for the ratios), and everything
 #        anchors.sh reads (MTU, QUIET_WAIT, OUTDIR)
 #
@@ -87,8 +88,8 @@ EOF
   chmod +x "$W/tp-$name"
   cat >>"$PLUGIN" <<EOF
 tun_${row}_up() {
-  TUNNELPYD=$W/tp-$name TP_OFFLOAD=\${OFFLOAD:-auto} TP_WORKERS=\${WORKERS:-1} TP_L2=\${L2:-} tp_up $row || return 1
-  NOTE[$row]="tunnelpyd $id ($rev), Offload = \${OFFLOAD:-auto}, Workers = \${WORKERS:-1}\${L2:+, L2 segment (TAP)}${envs:+, $envs}"
+  TUNNELPYD=$W/tp-$name TP_OFFLOAD=\${OFFLOAD:-auto} TP_WORKERS=\${WORKERS:-1} TP_L2=\${L2:-} TP_VXLAN=\${VXLAN:-} tp_up $row || return 1
+  NOTE[$row]="tunnelpyd $id ($rev), Offload = \${OFFLOAD:-auto}, Workers = \${WORKERS:-1}\${L2:+, L2 segment (TAP)}\${VXLAN:+, plain VXLAN (no cipher), segment TAP}${envs:+, $envs}"
 }
 EOF
   ROWS+=("$row")

@@ -14,7 +14,8 @@
 #               (sent, dropped) and UDP counters of the receiving namespace (datagrams in,
 #               receive-buffer drops). Shows which stage is the bottleneck, e.g. under -u
 #   env: OFFLOAD=auto|off (written as [Interface] Offload), MTU (1420), TUNNELPYD (daemon command),
-#        L2=1 (iperf3 over an L2 segment's TAP, as the bench's tunnelpyd-l2 row)
+#        L2=1 (iperf3 over an L2 segment's TAP, as the bench's tunnelpyd-l2 row),
+#        VXLAN=1 (plain RFC 7348 VXLAN, no cipher, over a segment's TAP: the tunnelpyd-vxlan row)
 #
 # Same namespaces and site.conf as the bench's tunnelpyd row (anchors.sh + tunnelpyd.plugin.sh),
 # so a profile explains a bench figure. Prints py-spy's top functions (by own time) for each side:
@@ -63,6 +64,7 @@ source "$HERE/tunnelpyd.plugin.sh"
 # OFFLOAD and L2 as the bench's rows: tunnelpyd (auto), tunnelpyd-off, tunnelpyd-l2 (with
 # TP_L2 the inner addresses sit on the segment's TAP and the TUN moves aside).
 [ "${L2:-0}" = 1 ] && export TP_L2=1
+[ "${VXLAN:-0}" = 1 ] && export TP_VXLAN=1
 TP_OFFLOAD=${OFFLOAD:-auto} tp_up tunnelpyd || { echo "tunnelpyd did not start"; cat "$W"/tunnelpyd-*.log; exit 1; }
 for i in $(seq 30); do nsa ping -c1 -W1 -q $IN_B >/dev/null 2>&1 && break; sleep 0.5; done
 

@@ -606,3 +606,61 @@ def test_batches_give_what_each_frame_alone_gives(monkeypatch, numpy):
         batch = rng.sample(pool, rng.randrange(1, len(pool)))
         assert checksum.finish_partial(batch) == [finish1(f) for f in batch]
         assert checksum.l4_vouched(batch) == [vouched1(f) for f in batch]
+
+
+# ------------------------------------------------------- compiled vouch == Python --
+
+
+def with_options(frame: bytes, k: int) -> bytes:
+    """An untagged IPv6 `frame` with `k` empty destination options headers (PadN) in front of
+    its transport header (checksum._l4 reads at most four)."""
+    b = bytearray(frame)
+    proto = b[20]
+    b[20] = 60
+    opts = b"".join(bytes((60 if i < k - 1 else proto, 0, 1, 4, 0, 0, 0, 0)) for i in range(k))
+    struct.pack_into(">H", b, 18, struct.unpack_from(">H", b, 18)[0] + 8 * k)
+    return bytes(b[:54]) + opts + bytes(b[54:])
+
+
+def _vouch_pool() -> list[bytes]:
+    """Frames every branch of checksum._l4 takes: the captured ones with partial, full, wrong
+    and zero fields, tagged (802.1Q, stacked 802.1ad), odd lengths, padded, and every header
+    byte of some of them set to values that flip a check (version, IHL, fragment bits, lengths,
+    protocol, extension headers, TCP data offset, UDP length)."""
+    pool = list(FRAMES.values())
+    for name in PARTIAL:
+        f = FRAMES[name]
+        pool += [full(f), with_field(f, pseudo(f) ^ 0x0101), with_field(f, 0),
+                 with_field(f, 0xFFFF), with_field(f, pseudo(f) % 0xFFFF or 0xFFFF)]  # fmt: skip
+        pool += [tagged(full(f), 0x8100), tagged(f, 0x88A8, 0x8100), full(f) + b"\0" * 7]
+    pool.append(set_ip_length(full(FRAMES["ipv4_tcp_psh_data"]), 14, False,
+                              len(FRAMES["ipv4_tcp_psh_data"]) - 14 - 1))  # fmt: skip
+    pool += [full(with_options(FRAMES["ipv6_udp"], k)) for k in range(1, 7)]
+    rng = random.Random(23)
+    bases = [full(FRAMES[n]) for n in ("ipv4_tcp_psh_data", "ipv6_tcp_psh_data", "ipv4_udp",
+                                       "ipv6_udp", "ipv6_hop_by_hop_mld")]  # fmt: skip
+    for base in bases:
+        for at in range(0, min(len(base), 90)):
+            for value in {0, 0xFF, base[at] ^ 1, base[at] ^ 0x10, rng.randrange(256)}:
+                b = bytearray(base)
+                b[at] = value
+                pool.append(bytes(b))
+        pool += [base[:k] for k in range(0, min(len(base), 100))]
+    pool += [rng.randbytes(rng.randrange(0, 200)) for _ in range(300)]
+    return pool
+
+
+@pytest.mark.skipif(checksum._vouch_frames is None, reason="the compiled segment loops are not built")
+def test_compiled_vouch_equals_the_python_loop(monkeypatch):
+    pool = _vouch_pool()
+    compiled = checksum.l4_vouched(pool)
+    assert sum(compiled) > 100 and not all(compiled)  # (both outcomes well represented)
+    assert [vouched1(full(with_options(FRAMES["ipv6_udp"], k))) for k in (4, 5)] == [True, False]
+    monkeypatch.setattr(checksum, "_vouch_frames", None)
+    assert checksum.l4_vouched(pool) == compiled
+    assert checksum.l4_vouched(tuple(pool)) == compiled
+
+
+def test_vouch_takes_the_python_loop_for_items_not_bytes():
+    f = full(FRAMES["ipv4_tcp_psh_data"])
+    assert checksum.l4_vouched([f, bytearray(f), memoryview(f)]) == [True, True, True]

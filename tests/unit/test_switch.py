@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tunnelpy.protocol import aead
 from tunnelpy.protocol.crypto import generate_private_key, public_key
 from tunnelpy.protocol.engine import Engine, Output
 from tunnelpy.protocol.peer import Peer
@@ -337,3 +338,173 @@ def test_compiled_egress_runs_equal_the_python_loop():
             assert results[0] == results[1]
     finally:
         aead.enable(was)
+
+
+# ---------------------------------------------- plain VXLAN's receive run == one at a time
+
+
+def _vxlan_batch(rng: random.Random, addr: dict) -> list[tuple[bytes, tuple[str, int]]]:
+    """Datagrams as a UDP GRO read hands them over, mostly runs of one flow (same header and
+    MACs from one peer), mixed with other flows, other peers, other VNIs, short and bad ones."""
+    macs = [mac(i) for i in range(1, 7)] + [BCAST]
+    out = []
+    for _ in range(rng.randrange(1, 6)):
+        name = rng.choice("abcd")
+        # mostly the peer's own MAC (a MAC seen behind two peers is held, and takes no run)
+        src = mac("abcd".index(name) + 1) if rng.random() < 0.8 else rng.choice(macs[:6])
+        dst = rng.choice(macs)
+        vni = rng.choice((7, 7, 7, 8))
+        if out and rng.random() < 0.2:  # the flow before, from another peer (a MAC moving)
+            data, _ = out[-1]
+            vni, dst, src = int.from_bytes(data[4:7], "big"), data[8:14], data[14:20]
+        origin = (addr[name][0], rng.choice((50000, 50001)))  # (the port does not count)
+        for k in range(rng.randrange(1, 12)):
+            r = rng.random()
+            if r < 0.04:
+                data = pack_header(vni) + dst + src  # a frame shorter than its header
+            elif r < 0.07:
+                data = b"\x00" + pack_header(vni)[1:] + frame(dst, src)  # the I flag clear
+            elif r < 0.1:
+                data = pack_header(vni) + frame(dst, b"\x01" + src[1:])  # a group source
+            else:
+                data = pack_header(vni) + frame(dst, src, bytes([k]) * rng.randrange(0, 40))
+            out.append((data, origin))
+    return out
+
+
+@pytest.mark.parametrize("seg", SCENARIOS)
+def test_vxlan_receive_runs_equal_one_datagram_at_a_time(seg, monkeypatch):
+    """from_network's run (a datagram starting like the one before goes straight to its TAP)
+    against the same datagrams one call each (no run can form): the same frames and relays in
+    the same order, drops, peer counters and FDB, and the run taken for most datagrams."""
+    import tunnelpy.protocol.vxlan as vxlan_mod
+
+    parsed = Counter[str]()
+    real_parse = vxlan_mod.parse_header
+
+    def counting(data: bytes) -> int | None:
+        parsed["calls"] += 1
+        return real_parse(data)
+
+    monkeypatch.setattr(vxlan_mod, "parse_header", counting)
+    kw = {k: list(v) if k in ("static", "allowed_macs") else v for k, v in seg.items()}
+    sides = [VxlanSide("abcd", **kw) for _ in range(2)]
+    results: list[list] = [[], []]
+    datagrams = 0
+    for side in sides:
+        side.e.add_segment(8, None)
+    rng = random.Random(5)
+    now = 0.0
+    for _ in range(150):
+        now += rng.choice((0, 0.5, 4))
+        batch = _vxlan_batch(rng, sides[0].addr)
+        datagrams += len(batch)
+        before = parsed["calls"]
+        outs = [sides[0].e.from_network(batch, now)]
+        batched_calls = parsed["calls"] - before
+        outs.append(Output())
+        for item in batch:
+            one = sides[1].e.from_network([item], now)
+            for vni, frames in one.frames.items():
+                outs[1].frames.setdefault(vni, []).extend(frames)
+            for dest, xs in one.datagrams.items():
+                outs[1].datagrams.setdefault(dest, []).extend(xs)
+        assert parsed["calls"] - before - batched_calls == len(batch)
+        for i, out in enumerate(outs):
+            results[i].append((dict(out.frames), dict(out.datagrams)))
+    for i, side in enumerate(sides):
+        stats = [(p.name, p.rx_bytes, p.rx_packets, p.tx_packets) for p in side.peer.values()]
+        fdbs = [sorted((m, p.name, age) for m, p, age in s.fdb.entries(now))
+                for s in side.e.segments.values()]  # fmt: skip
+        held = [s.fdb.held for s in side.e.segments.values()]
+        results[i].append((dict(side.e.drops), stats, fdbs, held))
+    assert results[0] == results[1]
+    batched = parsed["calls"] - datagrams  # the reference parsed every datagram once
+    if not seg.get("hub"):  # (a hub decides per frame: no runs)
+        assert batched < datagrams * 0.6  # most went through the run
+    drops = results[0][-1][0]
+    assert drops.get("frame_too_short") and drops.get("bad_vxlan_header")
+    assert drops.get("bad_src_mac")
+
+
+def _flow_frames(rng: random.Random) -> list[bytes]:
+    """Frames behind a VXLAN header as Switch.egress hands them to the plain VXLAN engine: runs
+    of one flow (TSO segments: same MACs and addresses, other lengths and IDs), other flows,
+    IPv4 and IPv6 long enough for their addresses or not, ARP, a bare Ethernet header."""
+
+    def ip4(src: int, dst: int, n: int) -> bytes:
+        return (
+            b"\x08\x00"
+            + bytes([0x45, 0])
+            + rng.randbytes(10)
+            + bytes([src, 0, 0, 9, dst, 0, 0, 9])
+            + b"p" * n
+        )
+
+    def ip6(src: int, dst: int, n: int) -> bytes:
+        return (
+            b"\x86\xdd"
+            + rng.randbytes(6)
+            + bytes([src])
+            + bytes(14)
+            + bytes([src, dst])
+            + bytes(14)
+            + bytes([dst])
+            + b"p" * n
+        )
+
+    kinds = [
+        lambda: ip4(1, 2, rng.randrange(0, 40)), lambda: ip4(1, 3, 20), lambda: ip4(3, 2, 9), lambda: ip4(1, 2, -20)[:30],
+        lambda: ip6(1, 2, rng.randrange(0, 40)), lambda: ip6(2, 1, 4), lambda: ip6(1, 2, 0)[:50],
+        lambda: b"\x08\x06" + rng.randbytes(28), lambda: b"\x08\x00", lambda: b"\x86\xdd" + bytes(30),
+    ]  # fmt: skip
+    out = []
+    for _ in range(rng.randrange(1, 8)):
+        kind, macs = (
+            rng.choice(kinds),
+            rng.choice((mac(1) + mac(2), mac(2) + mac(1), BCAST + mac(3))),
+        )
+        for _ in range(rng.randrange(1, 10)):
+            out.append(pack_header(7) + macs + kind())
+    if rng.random() < 0.1:
+        out.append(
+            pack_header(7) + mac(1)[:5]
+        )  # (never from egress, but the scan must not read it)
+    return out
+
+
+def _flow_key(f: bytes) -> tuple | None:
+    """What flow_hash reads of the frame behind a VXLAN header, with its length class."""
+    e = f[8:]
+    if len(e) < 14:
+        return None
+    if e[12:14] == b"\x08\x00" and len(e) >= 34:
+        return (34, e[:14], e[26:34])
+    if e[12:14] == b"\x86\xdd" and len(e) >= 54:
+        return (54, e[:14], e[22:54])
+    return (14, e[:14])
+
+
+@pytest.mark.skipif(not aead.BUILT, reason="the compiled AEAD module is not built")
+def test_flow_runs_hash_alike_and_give_the_same_datagrams(monkeypatch):
+    rng = random.Random(9)
+    runs = 0
+    for _ in range(300):
+        frames = _flow_frames(rng)
+        i = 0
+        while i < len(frames):
+            j = aead.flow_run(frames, i, 8)
+            assert i < j <= len(frames)
+            assert {flow_hash(f, 8) for f in frames[i:j]} == {flow_hash(frames[i], 8)}
+            assert {_flow_key(f) for f in frames[i:j]} == {_flow_key(frames[i])}
+            if j < len(frames) and _flow_key(frames[i]) is not None:
+                assert _flow_key(frames[j]) != _flow_key(frames[i])  # (the run is whole)
+            runs += j - i > 1
+            i = j
+    assert runs > 200
+    v = VxlanSide("ab")
+    batches = [[f[8:] for f in _flow_frames(rng) if len(f) >= 22] for _ in range(100)]
+    got = [dict(v.e.from_segment(7, b, 0).datagrams) for b in batches]
+    monkeypatch.setattr(aead, "flow_runs", lambda: None)
+    v = VxlanSide("ab")
+    assert [dict(v.e.from_segment(7, b, 0).datagrams) for b in batches] == got

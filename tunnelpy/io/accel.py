@@ -20,6 +20,7 @@ join_run = None if _built is None or _off else _built.join_run
 split_tcp_segments = None if _built is None or _off else _built.split_tcp_segments
 read_packets = None if _built is None or _off else _built.read_packets
 cut_datagrams = None if _built is None or _off else _built.cut_datagrams
+vouch_frames = None if _built is None or _off else _built.vouch_frames
 # read_packets' outcomes that its caller acts on (the module's own numbers; unused without it).
 READ_SUPER = None if _built is None else _built.READ_SUPER
 READ_ERROR = None if _built is None else _built.READ_ERROR

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 try:
-    from ._aead import Opener, Sealer, Window, egress_run, same_destination
+    from ._aead import Opener, Sealer, Window, egress_run, flow_run, same_destination
 
     BUILT = True
 except ImportError:  # pragma: no cover - depends on the build
@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - depends on the build
 
 __all__ = [
     "BUILT", "Opener", "Sealer", "Window", "copying", "destination_runs", "egress_runs", "enable",
-    "enabled",
+    "enabled", "flow_runs",
 ]  # fmt: skip
 
 _enabled = BUILT
@@ -68,3 +68,9 @@ def egress_runs() -> Callable[[list[Any], int, bytes, int, list[bytes]], int] | 
     """The compiled loop of switch.Switch.egress for one run of frames to one destination, or
     None when the compiled module is off (as destination_runs)."""
     return egress_run if _enabled else None
+
+
+def flow_runs() -> Callable[[list[Any], int, int], int] | None:
+    """The compiled scan for runs of frames with one VXLAN flow hash (vxlan.py's send), or None
+    when the compiled module is off (as destination_runs)."""
+    return flow_run if _enabled else None

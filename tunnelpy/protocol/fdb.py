@@ -169,6 +169,13 @@ class Fdb(Generic[P]):
             return None
         return self._learn_other(mac, peer, now, entry)
 
+    def learned_by(self, mac: bytes) -> P | None:
+        """The peer `mac` is learnt behind (None when it is not learnt: unknown or static),
+        without refreshing it. A fast path checks it before it skips learning that source again
+        within one batch, where learn() would change nothing."""
+        entry = self._learned.get(mac)
+        return None if entry is None else entry.peer
+
     def _learn_other(
         self, mac: bytes, peer: P, now: float, entry: FdbEntry[P] | None
     ) -> Drop | None:
