@@ -1032,3 +1032,31 @@ def flow_run(list frames, Py_ssize_t i, Py_ssize_t offset):
             break
         j += 1
     return j
+
+
+def vxlan_run(list items, Py_ssize_t i, bytes key not None, object key_ip, list frames not None):
+    """VxlanEngine.from_network's run: the frames of items[i:] (each a (datagram, origin)
+    tuple) appended to `frames` while the datagram is bytes holding a VXLAN and an Ethernet
+    header, starts with `key` (VXLAN header, destination and source MAC) and comes from an
+    origin whose host equals `key_ip`. Returns (index after the run, bytes of its datagrams)."""
+    cdef Py_ssize_t n = len(items), j = i, size, klen = PyBytes_GET_SIZE(key), total = 0
+    cdef object item, data, origin
+    if i < 0 or klen < 8:
+        return i, 0
+    while j < n:
+        item = items[j]
+        if type(item) is not tuple or len(<tuple>item) != 2:
+            break
+        data = (<tuple>item)[0]
+        origin = (<tuple>item)[1]
+        if type(data) is not bytes:
+            break
+        size = PyBytes_GET_SIZE(data)
+        if size < 8 + 14 or size < klen or memcmp(PyBytes_AS_STRING(data), PyBytes_AS_STRING(key), klen) != 0:
+            break
+        if type(origin) is not tuple or len(<tuple>origin) < 1 or (<tuple>origin)[0] != key_ip:
+            break
+        frames.append(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + 8, size - 8))
+        total += size
+        j += 1
+    return j, total

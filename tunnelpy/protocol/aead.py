@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 try:
-    from ._aead import Opener, Sealer, Window, egress_run, flow_run, same_destination
+    from ._aead import Opener, Sealer, Window, egress_run, flow_run, same_destination, vxlan_run
 
     BUILT = True
 except ImportError:  # pragma: no cover - depends on the build
@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - depends on the build
 
 __all__ = [
     "BUILT", "Opener", "Sealer", "Window", "copying", "destination_runs", "egress_runs", "enable",
-    "enabled", "flow_runs",
+    "enabled", "flow_runs", "vxlan_runs",
 ]  # fmt: skip
 
 _enabled = BUILT
@@ -74,3 +74,9 @@ def flow_runs() -> Callable[[list[Any], int, int], int] | None:
     """The compiled scan for runs of frames with one VXLAN flow hash (vxlan.py's send), or None
     when the compiled module is off (as destination_runs)."""
     return flow_run if _enabled else None
+
+
+def vxlan_runs() -> Callable[[list[Any], int, bytes, object, list[bytes]], tuple[int, int]] | None:
+    """The compiled loop of plain VXLAN's receive run (vxlan.py), or None when the compiled
+    module is off (as destination_runs)."""
+    return vxlan_run if _enabled else None
