@@ -153,10 +153,8 @@ def daemon_main(argv: list[str] | None = None) -> int:
 
     from .daemon import Daemon, StartupError
     from .datapath import relax_gc
-    from .io.heap import keep_heap
 
     relax_gc()
-    keep_heap()
 
     daemon = Daemon(
         conf,

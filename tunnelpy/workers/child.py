@@ -19,7 +19,6 @@ import sys
 
 from ..datapath import ProtocolClock, relax_gc
 from ..io import knobs
-from ..io.heap import keep_heap
 from ..io.tun import Tun
 from ..io.udp import UdpSocket
 from ..protocol import aead
@@ -187,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     relax_gc()
-    keep_heap()
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
