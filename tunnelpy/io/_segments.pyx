@@ -111,20 +111,32 @@ cdef inline unsigned long long _sum16(const unsigned char* p, Py_ssize_t n) noex
     """A number congruent modulo 0xFFFF to the sum of the big-endian 16-bit words at `p` (an
     odd last byte padded with zero): every caller reduces it modulo 0xFFFF.
 
-    Eight bytes per step: a 64-bit word is congruent to the sum of its four 16-bit words
-    (2^16 = 1 modulo 0xFFFF), and an overflow of the 64-bit sum is carried around (2^64 = 1
-    too). Loaded in little-endian order each 16-bit word comes byte-swapped, and a swapped word
-    is congruent to 256 times the word, so that sum is multiplied by 256 (256 * 256 = 1 modulo
-    0xFFFF) to give the big-endian one (RFC 1071's byte-order independence)."""
-    cdef unsigned long long s = 0, w
+    Sixteen bytes per step: each 32-bit half of a 64-bit word is congruent to the sum of its
+    two 16-bit words (2^16 = 1 modulo 0xFFFF), and it goes into one of four 64-bit sums,
+    which 2^32 halves cannot overflow: no end-around carry to test in the loop, and four
+    independent additions per step. 50-60 ns for a 1368-byte payload at -O2 (Debian's
+    python3), 36 ns at -O3, against 85-89 ns for one sum of 64-bit words with the carry
+    tested each step (session 24, a C microbenchmark of both loops). Loaded in little-endian
+    order each 16-bit word comes byte-swapped, and a swapped word is congruent to 256 times
+    the word, so that sum is multiplied by 256 (256 * 256 = 1 modulo 0xFFFF) to give the
+    big-endian one (RFC 1071's byte-order independence)."""
+    cdef unsigned long long s0 = 0, s1 = 0, s2 = 0, s3 = 0, w, x, s
     cdef unsigned long long be = 0
     cdef Py_ssize_t k = 0
+    while k + 16 <= n:
+        memcpy(&w, p + k, 8)
+        memcpy(&x, p + k + 8, 8)
+        s0 += w & 0xFFFFFFFFULL
+        s1 += w >> 32
+        s2 += x & 0xFFFFFFFFULL
+        s3 += x >> 32
+        k += 16
     while k + 8 <= n:
         memcpy(&w, p + k, 8)
-        s += w
-        if s < w:
-            s += 1
+        s0 += w & 0xFFFFFFFFULL
+        s1 += w >> 32
         k += 8
+    s = s0 + s1 + s2 + s3
     s %= 0xFFFF
     if _LITTLE:
         s <<= 8
