@@ -114,9 +114,9 @@ cdef inline unsigned long long _sum16(const unsigned char* p, Py_ssize_t n) noex
     Sixteen bytes per step: each 32-bit half of a 64-bit word is congruent to the sum of its
     two 16-bit words (2^16 = 1 modulo 0xFFFF), and it goes into one of four 64-bit sums,
     which 2^32 halves cannot overflow: no end-around carry to test in the loop, and four
-    independent additions per step. 50-60 ns for a 1368-byte payload at -O2 (Debian's
+    independent additions per step. 50-61 ns for a 1368-byte payload at -O2 (Debian's
     python3), 36 ns at -O3, against 85-89 ns for one sum of 64-bit words with the carry
-    tested each step (session 24, a C microbenchmark of both loops). Loaded in little-endian
+    tested each step (bench/c/sum16_cost.c times both loops). Loaded in little-endian
     order each 16-bit word comes byte-swapped, and a swapped word is congruent to 256 times
     the word, so that sum is multiplied by 256 (256 * 256 = 1 modulo 0xFFFF) to give the
     big-endian one (RFC 1071's byte-order independence)."""
